@@ -1,0 +1,122 @@
+"""Per-filter masks: the masks tree, the optax transform that respects it, drop and revive.
+
+``TrainState.masks`` has the structure of ``params``. For a prunable conv (see
+:mod:`repr_jax.layers`) the kernel, bias and following BatchNorm scale/bias leaves hold the
+same ``(F,)`` 0/1 vector, which broadcasts onto each leaf's last (filter) axis; every other
+leaf holds a scalar 1. Pruning only ever changes these values, never shapes, so a jitted
+train step compiled once serves the whole run.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from repr_jax.layers import ConvLayer, channel_leaves, get_path, replace_path
+
+
+def init_masks(params, layers: tuple[ConvLayer, ...]):
+    """All-ones masks tree: ``(F,)`` for each prunable conv's channel leaves, ``()`` elsewhere."""
+    masks = jax.tree_util.tree_map(lambda _: jnp.ones((), jnp.float32), params)
+    for layer in layers:
+        for _, path in channel_leaves(layer):
+            masks = replace_path(masks, path, lambda _, f=layer.num_filters: jnp.ones((f,), jnp.float32))
+    return masks
+
+
+def live_filters(masks, layers: tuple[ConvLayer, ...]) -> dict[str, jax.Array]:
+    """``{layer name: (F,) mask}`` read from each conv's kernel mask."""
+    return {layer.name: get_path(masks, layer.path + ("kernel",)) for layer in layers}
+
+
+def with_live_filters(masks, layers: tuple[ConvLayer, ...], live: dict[str, jax.Array]):
+    """Write per-layer ``(F,)`` masks onto kernel, bias and BatchNorm scale/bias leaves."""
+    for layer in layers:
+        if layer.name in live:
+            value = jnp.asarray(live[layer.name], jnp.float32)
+            for _, path in channel_leaves(layer):  # a buffer per leaf: the state is donated
+                masks = replace_path(masks, path, lambda _, v=value: jnp.array(v, copy=True))
+    return masks
+
+
+def apply_masks(tree, masks):
+    """``tree * masks`` leaf by leaf (masks broadcast onto the filter axis)."""
+    return jax.tree_util.tree_map(lambda x, m: x * m.astype(x.dtype), tree, masks)
+
+
+class MaskedUpdatesState(NamedTuple):
+    """Stateless: the masks arrive with each update call."""
+
+
+def masked_updates() -> optax.GradientTransformationExtraArgs:
+    """Zero the updates of dropped filters: ``u ← u ⊙ m``.
+
+    The masks are passed at update time as the extra argument ``masks`` (a tree like
+    ``params``), so they live in the train state rather than in the optimizer. Placed both
+    first (gradients of dead filters never enter momentum or Adam moments) and last (weight
+    decay and any moment residue never reach dead parameters), it keeps dropped parameters
+    exactly 0 through any optax chain. ``optax.masked`` cannot do this: it masks whole leaves.
+    """
+
+    def init_fn(params):
+        del params
+        return MaskedUpdatesState()
+
+    def update_fn(updates, state, params=None, *, masks=None, **extra_args):
+        del params, extra_args
+        if masks is None:
+            return updates, state
+        return apply_masks(updates, masks), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def scale_moments(tx: optax.GradientTransformation, opt_state, factors):
+    """Multiply every params-shaped part of ``opt_state`` (momentum, Adam μ/ν…) by ``factors``."""
+    return optax.tree_utils.tree_map_params(
+        tx, lambda moment, f: moment * f.astype(moment.dtype), opt_state, factors,
+        transform_non_params=lambda x: x)
+
+
+def drop_filters(state, layers: tuple[ConvLayer, ...], live: dict[str, jax.Array]):
+    """Install new per-layer masks: zero the dropped parameters and their optimizer moments."""
+    masks = with_live_filters(state.masks, layers, live)
+    return state.replace(params=apply_masks(state.params, masks), masks=masks,
+                         opt_state=scale_moments(state.tx, state.opt_state, masks))
+
+
+def revive_filters(state, layers: tuple[ConvLayer, ...], revived: dict[str, jax.Array],
+                   new_params):
+    """Bring filters back: take their kernels from ``new_params``, reset BatchNorm and moments.
+
+    For each revived channel (``revived[name][f] == 1``): the kernel comes from
+    ``new_params``, the conv bias is 0, BatchNorm γ = 1, β = 0, running mean 0, variance 1,
+    and every optimizer moment of those parameters is 0 (Prakash et al. 2019, §5: "their
+    training-specific parameters from BatchNorm and Adam"). Masks become 1 for them.
+    """
+    params, stats = state.params, state.batch_stats
+    live = live_filters(state.masks, layers)
+    for layer in layers:
+        if layer.name not in revived:
+            continue
+        r = jnp.asarray(revived[layer.name], jnp.float32)
+        new_kernel = get_path(new_params, layer.path + ("kernel",))
+        params = replace_path(params, layer.path + ("kernel",),
+                              lambda k, n=new_kernel, r=r: jnp.where(r > 0, n, k))
+        resets = [(layer.path + ("bias",), 0.0)] if layer.has_bias else []
+        if layer.bn_path is not None:
+            resets += [(layer.bn_path + ("scale",), 1.0), (layer.bn_path + ("bias",), 0.0)]
+            for leaf, value in (("mean", 0.0), ("var", 1.0)):
+                stats = replace_path(stats, layer.bn_path + (leaf,),
+                                     lambda s, r=r, v=value: jnp.where(r > 0, v, s))
+        for path, value in resets:
+            params = replace_path(params, path, lambda p, r=r, v=value: jnp.where(r > 0, v, p))
+        live[layer.name] = jnp.maximum(live[layer.name], r)
+    masks = with_live_filters(state.masks, layers, live)
+    keep_moments = with_live_filters(
+        jax.tree_util.tree_map(jnp.ones_like, state.masks), layers,
+        {name: 1.0 - jnp.asarray(r, jnp.float32) for name, r in revived.items()})
+    return state.replace(params=params, batch_stats=stats, masks=masks,
+                         opt_state=scale_moments(state.tx, state.opt_state, keep_moments))

@@ -1,0 +1,58 @@
+"""CIFAR ResNet-20/32/56/110 (He et al. 2016, §4.2).
+
+conv 3×3 (16) → 3 stages of n basic blocks (16, 32, 64 channels; depth = 6n + 2) →
+global average pool → dense. Shortcuts use option A (identity, stride-2 subsampling and
+zero-padded channels), giving ResNet-20 its 0.27 M parameters. Every conv is followed by
+BatchNorm (``<conv>_bn``) and is prunable; dropping the second conv's filter of a block
+leaves the shortcut's channel alive.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from repr_jax.models.convnet import he_normal
+
+
+def _bn(train, name):
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
+
+
+class BasicBlock(nn.Module):
+    channels: int
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        y = nn.Conv(self.channels, (3, 3), (self.stride, self.stride), padding=1,
+                    use_bias=False, kernel_init=he_normal, name="conv1")(x)
+        y = nn.relu(_bn(train, "conv1_bn")(y))
+        y = nn.Conv(self.channels, (3, 3), padding=1, use_bias=False,
+                    kernel_init=he_normal, name="conv2")(y)
+        y = _bn(train, "conv2_bn")(y)
+        if self.stride != 1 or x.shape[-1] != self.channels:  # option A shortcut
+            x = x[:, ::self.stride, ::self.stride, :]
+            extra = self.channels - x.shape[-1]
+            x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+        return nn.relu(x + y)
+
+
+class CifarResNet(nn.Module):
+    depth: int = 20
+    num_classes: int = 10
+    widths: tuple[int, ...] = (16, 32, 64)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if (self.depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {self.depth}")
+        n = (self.depth - 2) // 6
+        x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False,
+                    kernel_init=he_normal, name="conv0")(x)
+        x = nn.relu(_bn(train, "conv0_bn")(x))
+        for stage, width in enumerate(self.widths):
+            for b in range(n):
+                stride = 2 if stage > 0 and b == 0 else 1
+                x = BasicBlock(width, stride, name=f"stage{stage + 1}_block{b}")(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, name="head")(x).astype(jnp.float32)

@@ -1,0 +1,33 @@
+"""CIFAR VGG-16 with BatchNorm, as pruned by Li et al. (2017) and Liu et al. (2017).
+
+13 conv 3×3 → BatchNorm → ReLU layers in five blocks (64, 128, 256, 512, 512 channels),
+2×2 max-pool after each block, then a single dense classifier on the 512-d feature.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from repr_jax.models.convnet import he_normal
+
+VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG(nn.Module):
+    num_classes: int = 10
+    config: tuple = VGG16
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        i = 0
+        for item in self.config:
+            if item == "M":
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                continue
+            x = nn.Conv(item, (3, 3), padding=1, use_bias=False, kernel_init=he_normal,
+                        name=f"conv{i}")(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"conv{i}_bn")(x)
+            x = nn.relu(x)
+            i += 1
+        x = x.reshape(x.shape[0], -1)
+        return nn.Dense(self.num_classes, name="head")(x).astype(jnp.float32)

@@ -1,0 +1,51 @@
+"""Device-resident input pipeline: shuffling, batching and augmentation as pure JAX.
+
+The whole uint8 data set lives on the accelerator; an epoch is a permutation of indices
+(keyed by the run's PRNG) reshaped to ``(steps, batch)``. Augmentation — zero-pad 4 and
+random 32×32 crop, random horizontal flip (He et al. 2016) — and normalisation run inside
+the jitted train step, so the training loop does no per-image Python work.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+CIFAR_MEAN = jnp.array([0.4914, 0.4822, 0.4465], jnp.float32)
+CIFAR_STD = jnp.array([0.2470, 0.2435, 0.2616], jnp.float32)
+
+
+def normalize(images: jax.Array) -> jax.Array:
+    """uint8 (…, 32, 32, 3) → float32, per-channel standardised."""
+    return (images.astype(jnp.float32) / 255.0 - CIFAR_MEAN) / CIFAR_STD
+
+
+def augment(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
+    """Random crop after zero padding by ``pad`` and random horizontal flip, per image."""
+    n, h, w, _ = images.shape
+    k_crop, k_flip = jax.random.split(key)
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    offsets = jax.random.randint(k_crop, (n, 2), 0, 2 * pad + 1)
+    flips = jax.random.bernoulli(k_flip, 0.5, (n,))
+
+    def one(img, off, flip):
+        crop = jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))
+        return jnp.where(flip, crop[:, ::-1], crop)
+
+    return jax.vmap(one)(padded, offsets, flips)
+
+
+def epoch_indices(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+    """A shuffled epoch as ``(num_examples // batch_size, batch_size)`` indices (remainder dropped)."""
+    steps = num_examples // batch_size
+    if steps == 0:
+        raise ValueError(f"batch size {batch_size} exceeds the {num_examples} training examples")
+    perm = jax.random.permutation(key, num_examples)
+    return perm[: steps * batch_size].reshape(steps, batch_size)
+
+
+def eval_indices(num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """Every example once, padded to full batches; returns (indices, validity weights)."""
+    steps = -(-num_examples // batch_size)
+    idx = jnp.arange(steps * batch_size)
+    valid = (idx < num_examples).astype(jnp.float32)
+    return jnp.minimum(idx, num_examples - 1).reshape(steps, batch_size), valid.reshape(steps, batch_size)

@@ -1,0 +1,69 @@
+"""Turn per-filter scores into new live-filter masks (global or per-layer ranking).
+
+Convention: a higher score means "drop first" (criteria whose natural order is the other
+way negate their scores). The number dropped is ``floor(p · n + 0.5)`` where n counts the
+live filters of the eligible layers (all prunable layers except the excluded ones) —
+network-wide for the global ranking (Prakash et al. 2019, §5: "ranked globally"), per layer
+for the per-layer ranking. No layer falls below ``min_keep`` live filters (default 1, so
+no layer ever dies); when that cap binds, fewer filters are dropped and the count is
+reported by the caller from the returned masks.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@functools.partial(jax.jit, static_argnames=("names", "per_layer", "exclude", "min_keep"))
+def _select(scores, live, fraction, names, per_layer, exclude, min_keep):
+    sizes = [scores[n].shape[0] for n in names]
+    layer_id = jnp.asarray(np.repeat(np.arange(len(names)), sizes))
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+    starts = jnp.asarray(offsets)
+    eligible_layer = jnp.asarray([n not in exclude for n in names])
+    s = jnp.concatenate([scores[n].astype(jnp.float32) for n in names])
+    alive = jnp.concatenate([live[n] for n in names]) > 0
+    eligible = alive & eligible_layer[layer_id]
+    s = jnp.where(eligible, s, -jnp.inf)
+
+    # rank of each filter inside its own layer, highest score first
+    order = jnp.lexsort((-s, layer_id))
+    rank_in_layer = jnp.zeros_like(layer_id).at[order].set(jnp.arange(s.shape[0]) - starts[layer_id[order]])
+    live_count = jax.ops.segment_sum(eligible.astype(jnp.int32), layer_id, len(names))
+    cap = jnp.maximum(live_count - min_keep, 0)
+    droppable = eligible & (rank_in_layer < cap[layer_id])
+
+    if per_layer:
+        quota = jnp.floor(fraction * live_count + 0.5).astype(jnp.int32)
+        drop = droppable & (rank_in_layer < quota[layer_id])
+    else:
+        quota = jnp.floor(fraction * jnp.sum(eligible) + 0.5).astype(jnp.int32)
+        ranked = jnp.argsort(-jnp.where(droppable, s, -jnp.inf), stable=True)
+        global_rank = jnp.zeros_like(layer_id).at[ranked].set(jnp.arange(s.shape[0]))
+        drop = droppable & (global_rank < quota)
+    new_live = (alive & ~drop).astype(jnp.float32)
+    return {n: new_live[offsets[i]: offsets[i] + sizes[i]] for i, n in enumerate(names)}
+
+
+def select_drops(scores: dict, live: dict, fraction: float, *, per_layer: bool = False,
+                 exclude: tuple[str, ...] = (), min_keep: int = 1) -> dict:
+    """New ``{layer: (F,) 0/1}`` live masks after dropping the highest-scoring ``fraction``.
+
+    Args:
+      scores: ``{layer: (F,)}``, higher = drop first. Already-dead filters are ignored.
+      live: ``{layer: (F,)}`` current live masks (same keys).
+      fraction: p in [0, 1]; drops ``floor(p·n + 0.5)`` of n eligible live filters.
+      per_layer: rank within each layer instead of globally.
+      exclude: layer names never pruned (e.g. the first conv).
+      min_keep: minimum live filters left in every layer.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"drop fraction must be in [0, 1], got {fraction}")
+    if min_keep < 0:
+        raise ValueError(f"min_keep must be >= 0, got {min_keep}")
+    names = tuple(scores)
+    return _select(scores, {n: live[n] for n in names}, jnp.float32(fraction), names=names,
+                   per_layer=per_layer, exclude=tuple(exclude), min_keep=int(min_keep))

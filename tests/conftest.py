@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny CIFAR copies in real file formats, and the shared JPEG copy."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """One decode cache for the test session, never the user's ~/.cache (keys are per source)."""
+    old = {k: os.environ.get(k) for k in ("REPR_JAX_CACHE", "REPR_JAX_DATA_DIR")}
+    os.environ["REPR_JAX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ.pop("REPR_JAX_DATA_DIR", None)
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def synthetic_cifar(n_train: int, n_test: int, num_classes: int = 10, seed: int = 0):
+    """Learnable uint8 images: each class has its own mean colour plus noise."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(30, 225, (num_classes, 3))
+
+    def make(n):
+        y = rng.integers(0, num_classes, n).astype(np.int32)
+        noise = rng.normal(0, 25, (n, 32, 32, 3))
+        x = np.clip(colours[y][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+        return x, y
+
+    return (*make(n_train), *make(n_test))
+
+
+def write_cifar10_pickles(root: Path, tx, ty, vx, vy) -> Path:
+    """The python layout ``cifar-10-batches-py/`` (5 train batches, test batch, meta)."""
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    rows = lambda x: x.transpose(0, 3, 1, 2).reshape(len(x), -1)
+    for i, (xs, ys) in enumerate(zip(np.array_split(tx, 5), np.array_split(ty, 5)), start=1):
+        with open(d / f"data_batch_{i}", "wb") as f:
+            pickle.dump({"data": rows(xs), "labels": ys.tolist()}, f)
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump({"data": rows(vx), "labels": vy.tolist()}, f)
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog",
+                                     "frog", "horse", "ship", "truck"]}, f)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar_dir(tmp_path_factory):
+    """A small learnable CIFAR-10 copy in the pickle layout: 512 train / 128 test images."""
+    root = tmp_path_factory.mktemp("tiny_cifar")
+    write_cifar10_pickles(root, *synthetic_cifar(512, 128))
+    return root
+
+
+def requires_shared_cifar():
+    return pytest.mark.skipif(not SHARED_CIFAR.exists(),
+                              reason=f"shared CIFAR-10 JPEG copy not found at {SHARED_CIFAR}")

@@ -1,0 +1,95 @@
+"""Training: loss goes down, checkpoints round-trip, kill-and-resume equals an uninterrupted run."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import synthetic_cifar
+from repr_jax import OptimConfig, ReprConfig, create_model, create_train_state, make_optimizer
+from repr_jax.checkpoint import Checkpointer
+from repr_jax.experiment import RunConfig, run
+import repr_jax.experiment as experiment
+from repr_jax.train import evaluate, learning_rate_schedule, run_epoch
+
+_TIMING = {"images_per_second", "epoch_seconds", "elapsed_seconds"}
+
+
+def test_a_few_epochs_reduce_the_loss():
+    tx, ty, vx, vy = synthetic_cifar(256, 64, seed=5)
+    cfg = OptimConfig(learning_rate=0.01, schedule="constant")
+    state = create_train_state(create_model("convnet", depth=2, width=8), make_optimizer(
+        cfg, learning_rate_schedule(cfg, 8, 4)), seed=0)
+    x, y = jnp.asarray(tx), jnp.asarray(ty)
+    before = evaluate(state, jnp.asarray(vx), jnp.asarray(vy))
+    losses = []
+    for epoch in range(4):
+        state, m = run_epoch(state, x, y, jax.random.key(epoch), batch_size=32, layers=state.layers)
+        losses.append(m["loss"])
+    after = evaluate(state, jnp.asarray(vx), jnp.asarray(vy))
+    assert losses[-1] < losses[0] and after["loss"] < before["loss"]
+    assert after["accuracy"] > 0.5  # class colours are easy to learn
+    assert int(state.step) == 4 * (256 // 32)
+
+
+def test_checkpoint_round_trips_the_whole_state(tmp_path):
+    cfg = OptimConfig(optimizer="adam", learning_rate=1e-3)
+    tx = make_optimizer(cfg, optax.constant_schedule(1e-3))
+    state = create_train_state(create_model("resnet20"), tx, seed=3)
+    x, y, _, _ = synthetic_cifar(64, 1)
+    state, _ = run_epoch(state, jnp.asarray(x), jnp.asarray(y), jax.random.key(0), batch_size=32,
+                         layers=state.layers)
+    ckpt = Checkpointer(tmp_path / "ck")
+    ckpt.save(1, state, {"test_accuracy": 0.1}, {"epochs_done": 1})
+    fresh = create_train_state(create_model("resnet20"), tx, seed=99)
+    restored, extra = ckpt.restore(fresh)
+    assert extra == {"epochs_done": 1}
+    leaves_a, tree_a = jax.tree_util.tree_flatten(state)
+    leaves_b, tree_b = jax.tree_util.tree_flatten(restored)
+    assert len(leaves_a) == len(leaves_b)
+    for a, b in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _config(tmp_path, data_dir, name, **kw):
+    return RunConfig(out=str(tmp_path / name), data_dir=str(data_dir), method="repr", epochs=4,
+                     batch_size=64, seed=1, optim=OptimConfig(learning_rate=0.01),
+                     repr=ReprConfig(s1=1, s2=1, iterations=2), convnet_width=8, quiet=True, **kw)
+
+
+def _rows(path):
+    return [{k: v for k, v in json.loads(line).items() if k not in _TIMING}
+            for line in path.read_text().splitlines()]
+
+
+def test_kill_and_resume_equals_uninterrupted_run(tmp_path, tiny_cifar_dir, monkeypatch):
+    full = run(_config(tmp_path, tiny_cifar_dir, "full"))
+
+    real_save = Checkpointer.save
+
+    def save_then_die(self, epoch, *args, **kwargs):
+        real_save(self, epoch, *args, **kwargs)
+        if epoch == 3:  # after the first round's re-initialisation and one more drop
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment.Checkpointer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(_config(tmp_path, tiny_cifar_dir, "killed"))
+    monkeypatch.setattr(experiment.Checkpointer, "save", real_save)
+    assert not (tmp_path / "killed" / "summary.json").exists()
+    resumed = run(dataclasses.replace(_config(tmp_path, tiny_cifar_dir, "killed"), resume=True))
+
+    assert _rows(tmp_path / "full" / "metrics.jsonl") == _rows(tmp_path / "killed" / "metrics.jsonl")
+    assert (tmp_path / "full" / "pruning.jsonl").read_text() == (tmp_path / "killed" / "pruning.jsonl").read_text()
+    assert resumed["final_test_accuracy"] == full["final_test_accuracy"]
+    template = create_train_state(create_model("convnet", width=8), make_optimizer(
+        OptimConfig(), optax.constant_schedule(0.1)), seed=0)
+    a, _ = Checkpointer(tmp_path / "full" / "checkpoints").restore(template)
+    b, _ = Checkpointer(tmp_path / "killed" / "checkpoints").restore(template)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
