@@ -16,7 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from repr_jax.data import DataError  # noqa: E402  (also sets CPU XLA flags before JAX starts)
+from repr_jax._xla_flags import enable_cpu_fusion  # noqa: E402
+
+enable_cpu_fusion()  # before JAX starts its backend; REPR_JAX_NO_YNN=1 opts out
+
+from repr_jax.data import DataError  # noqa: E402
 from repr_jax.experiment import RunConfig, RunError, run  # noqa: E402
 from repr_jax.methods import ReprConfig  # noqa: E402
 from repr_jax.models import MODELS  # noqa: E402

@@ -1,10 +1,14 @@
-"""CPU default: XLA's YNNPACK fusion for dot/elementwise/reduce ops (jaxlib 0.10.x).
+"""Opt-in CPU speed-up: XLA's YNNPACK fusion for dot/elementwise/reduce ops (jaxlib 0.10.x).
 
-Measured on a 2-core x86 CPU with jaxlib 0.10.2 (see benchmarks/RESULTS.md): a C^3(32)
-train step 390 → 610 img/s and ResNet-20 144 → 201 img/s, losses equal to float32
-round-off. The flag is appended to ``XLA_FLAGS`` only if JAX's backend has not started,
-the user has not set it, the jaxlib version is one it was checked on, and
-``REPR_JAX_NO_YNN`` is unset. It only affects XLA:CPU.
+Measured on a 2-core x86 CPU with jaxlib 0.10.2: a C^3(32) train step 390 → 610 img/s and
+ResNet-20 144 → 201 img/s, losses equal to float32 round-off. It is *not* switched on by
+``import repr_jax``: with the flag, a batched ``a.T @ a`` feeding ``jnp.linalg.cholesky``
+or a triangular solve failed to run ("Instruction with unsupported layout in YNN
+fusion"), so only entry points whose whole program is tested with it call
+:func:`enable_cpu_fusion` — ``experiments/cifar.py``, ``benchmarks/run.py`` and the tests.
+The flag is appended to ``XLA_FLAGS`` only if JAX's backend has not started, the user has
+not set it, the jaxlib version is one it was checked on, and ``REPR_JAX_NO_YNN`` is unset.
+It only affects XLA:CPU.
 """
 from __future__ import annotations
 
@@ -35,5 +39,3 @@ def enable_cpu_fusion() -> bool:
     os.environ["XLA_FLAGS"] = (flags + " " + YNN_FLAG).strip()
     return True
 
-
-CPU_FUSION = enable_cpu_fusion()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import time
 from importlib import metadata
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from repr_jax.checkpoint import Checkpointer
-from repr_jax.data import DataError, load_cifar
+from repr_jax.data import Cifar, DataError, load_cifar
 from repr_jax.masks import live_filters
 from repr_jax.methods import ReprConfig, create_method
 from repr_jax.models import create_model
@@ -82,7 +83,8 @@ class RunConfig:
 
 def _versions() -> dict:
     out = {"python": platform.python_version(), "platform": platform.platform(),
-           "jax_backend": jax.default_backend(), "devices": [d.device_kind for d in jax.devices()]}
+           "jax_backend": jax.default_backend(), "devices": [d.device_kind for d in jax.devices()],
+           "xla_flags": os.environ.get("XLA_FLAGS", "")}
     for pkg in ("repr-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "numpy"):
         try:
             out[pkg] = metadata.version(pkg)
@@ -140,8 +142,12 @@ def prepare_run_dir(config: RunConfig) -> tuple[Path, bool]:
     return out, False
 
 
-def run(config: RunConfig) -> dict:
-    """Train as configured; returns the summary dict (also written to ``summary.json``)."""
+def run(config: RunConfig, data: Cifar | None = None) -> dict:
+    """Train as configured; returns the summary dict (also written to ``summary.json``).
+
+    ``data`` replaces loading from ``config.data_dir`` (benchmarks, notebooks); the
+    validation split and slices of ``config`` still apply.
+    """
     config.validate()
     try:
         model = create_model(config.model, num_classes=10 if config.dataset == "cifar10" else 100,
@@ -151,7 +157,8 @@ def run(config: RunConfig) -> dict:
         method = create_method(config.method, config.repr)
     except ValueError as err:
         raise RunError(str(err)) from None
-    data = load_cifar(config.dataset, config.data_dir)  # DataError propagates: one line
+    if data is None:
+        data = load_cifar(config.dataset, config.data_dir)  # DataError propagates: one line
     if config.val_split:
         data = data.split_validation(config.val_split)
     data = data.subset(config.train_limit, config.test_limit, seed=config.seed)

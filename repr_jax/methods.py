@@ -15,8 +15,8 @@ import numpy as np
 
 from repr_jax.masks import drop_filters, live_filters, revive_filters
 from repr_jax.layers import get_path
-from repr_jax.ortho import filter_rows, normalize_rows, score_layers
-from repr_jax.ranking import select_drops
+from repr_jax.ortho import filter_rows, normalize_rows
+from repr_jax.ranking import rank_by_orthogonality
 from repr_jax.reinit import reinit_layers
 from repr_jax.schedule import Phase, ReprSchedule, standard_phase
 
@@ -63,10 +63,10 @@ class RePr:
             return state, None
         layers, cfg = state.layers, self.config
         live = live_filters(state.masks, layers)
-        scores = score_layers(state.params, state.masks, layers)
         exclude = (layers[0].name,) if cfg.exclude_first else ()
-        new_live = select_drops(scores, live, cfg.drop_fraction, per_layer=cfg.per_layer,
-                                exclude=exclude, min_keep=cfg.min_keep)
+        scores, new_live = rank_by_orthogonality(
+            state.params, state.masks, cfg.drop_fraction, layers=layers,
+            per_layer=cfg.per_layer, exclude=exclude, min_keep=cfg.min_keep)
         snapshot = state.params
         state = drop_filters(state, layers, new_live).replace(snapshot=snapshot)
         return state, drop_record(epoch, phase.round, layers, live, new_live, scores)

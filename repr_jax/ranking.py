@@ -22,28 +22,28 @@ def _select(scores, live, fraction, names, per_layer, exclude, min_keep):
     sizes = [scores[n].shape[0] for n in names]
     layer_id = jnp.asarray(np.repeat(np.arange(len(names)), sizes))
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
-    starts = jnp.asarray(offsets)
     eligible_layer = jnp.asarray([n not in exclude for n in names])
     s = jnp.concatenate([scores[n].astype(jnp.float32) for n in names])
     alive = jnp.concatenate([live[n] for n in names]) > 0
     eligible = alive & eligible_layer[layer_id]
     s = jnp.where(eligible, s, -jnp.inf)
 
-    # rank of each filter inside its own layer, highest score first
-    order = jnp.lexsort((-s, layer_id))
-    rank_in_layer = jnp.zeros_like(layer_id).at[order].set(jnp.arange(s.shape[0]) - starts[layer_id[order]])
+    # One global sort (highest first; ineligible filters sort last as -inf). A filter's rank
+    # inside its layer is the running count of its layer's filters before it in that order.
+    order = jnp.argsort(-s, stable=True)
+    lid = layer_id[order]
+    onehot = (lid[:, None] == jnp.arange(len(names))[None, :]).astype(jnp.int32)
+    rank_in_layer = jnp.take_along_axis(jnp.cumsum(onehot, axis=0), lid[:, None], axis=1)[:, 0] - 1
     live_count = jax.ops.segment_sum(eligible.astype(jnp.int32), layer_id, len(names))
     cap = jnp.maximum(live_count - min_keep, 0)
-    droppable = eligible & (rank_in_layer < cap[layer_id])
-
+    droppable = eligible[order] & (rank_in_layer < cap[lid])
     if per_layer:
         quota = jnp.floor(fraction * live_count + 0.5).astype(jnp.int32)
-        drop = droppable & (rank_in_layer < quota[layer_id])
+        drop_sorted = droppable & (rank_in_layer < quota[lid])
     else:
         quota = jnp.floor(fraction * jnp.sum(eligible) + 0.5).astype(jnp.int32)
-        ranked = jnp.argsort(-jnp.where(droppable, s, -jnp.inf), stable=True)
-        global_rank = jnp.zeros_like(layer_id).at[ranked].set(jnp.arange(s.shape[0]))
-        drop = droppable & (global_rank < quota)
+        drop_sorted = droppable & (jnp.cumsum(droppable) - 1 < quota)
+    drop = jnp.zeros_like(eligible).at[order].set(drop_sorted)
     new_live = (alive & ~drop).astype(jnp.float32)
     return {n: new_live[offsets[i]: offsets[i] + sizes[i]] for i, n in enumerate(names)}
 
@@ -67,3 +67,19 @@ def select_drops(scores: dict, live: dict, fraction: float, *, per_layer: bool =
     names = tuple(scores)
     return _select(scores, {n: live[n] for n in names}, jnp.float32(fraction), names=names,
                    per_layer=per_layer, exclude=tuple(exclude), min_keep=int(min_keep))
+
+
+@functools.partial(jax.jit, static_argnames=("layers", "per_layer", "exclude", "min_keep"))
+def rank_by_orthogonality(params, masks, fraction, *, layers, per_layer: bool = False,
+                          exclude: tuple[str, ...] = (), min_keep: int = 1):
+    """RePr's drop step as one jitted program: O_f for every layer, then the ranking.
+
+    Returns ``(scores, new_live)``, both ``{layer name: (F,)}``; see :func:`select_drops`.
+    """
+    from repr_jax.masks import live_filters  # local: masks imports nothing from here
+    from repr_jax.ortho import score_layers
+    scores = score_layers(params, masks, layers)
+    names = tuple(layer.name for layer in layers)
+    new_live = _select(scores, live_filters(masks, layers), jnp.asarray(fraction, jnp.float32),
+                       names=names, per_layer=per_layer, exclude=tuple(exclude), min_keep=min_keep)
+    return scores, new_live

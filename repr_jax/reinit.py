@@ -6,9 +6,11 @@ they were dropped and ``keep`` the live mask, the constraint set is
     C = {kept rows of W} ∪ {dropped rows of S}         (always F rows)
 
 and each dropped filter gets a new direction in span(C)^⊥, the new directions mutually
-orthogonal. Algorithm (no D × D complete QR): a reduced QR of Cᵀ (D × F) gives a basis Q of
-span(C); random Gaussian vectors G are projected off it twice, ``G ← G − Q (Qᵀ G)``, then a
-reduced QR of the projected G orders the dropped filters first and keeps its first columns.
+orthogonal. Algorithm (no D × D complete QR): Gram–Schmidt with re-orthogonalisation
+(CGS2) turns the F constraint rows into an orthonormal basis Q of span(C) (dependent rows
+give zero columns, so they claim no direction), then one Gaussian vector per dropped filter
+is orthonormalised against Q and the new filters before it — the same null space a QR
+gives, in O(D·F²) matmul work that batches under ``vmap``.
 
 Scale: each new filter gets the mean L2 norm of the layer's kept filters (the mean norm of
 the saved filters if none is kept, √2 — He-normal's expected norm — if all are zero).
@@ -17,7 +19,7 @@ Fallback when the complement is too small (F + n_drop > D; e.g. a first layer of
 × 27 weights): only the ``D − n_drop`` most-overlapping constraint rows — highest RePr score
 O_f among the rows of C — are kept as constraints, so the new filters are still orthogonal
 to the rows that crowd the space most and mutually orthogonal. If n_drop > D, the first D
-new filters are orthonormal and the rest are normalised projected random vectors. The rule
+new filters are orthonormal and the rest are normalised random vectors. The rule
 is deterministic given the key; outputs are always finite.
 """
 from __future__ import annotations
@@ -39,6 +41,32 @@ def _mean_norm(rows, weights):
     return jnp.where(count > 0, jnp.sum(norms * weights) / jnp.maximum(count, 1.0), 0.0)
 
 
+def _orthonormalize(vectors, use, basis=None, tol: float = 1e-5):
+    """Classical Gram–Schmidt with re-orthogonalisation (CGS2), column by column.
+
+    Column j of ``vectors`` (D × K) is projected off ``basis`` (D × B, orthonormal or zero
+    columns) and off the columns already produced, twice, then normalised. Columns with
+    ``use[j] == False`` or a residual below ``tol`` × their norm (linearly dependent) come
+    out as zero, so they never claim a direction. Returns (Q, ok): Q is D × K, ok marks the
+    columns that were kept. Only matmuls: unlike XLA:CPU's QR it is cheap and batches well.
+    """
+    d, k = vectors.shape
+    basis = jnp.zeros((d, 0), vectors.dtype) if basis is None else basis
+
+    def body(j, carry):
+        q, ok = carry
+        v = vectors[:, j]
+        for _ in range(2):
+            v = v - basis @ (basis.T @ v)
+            v = v - q @ (q.T @ v)
+        norm = jnp.linalg.norm(v)
+        keep = use[j] & (norm > tol * jnp.linalg.norm(vectors[:, j])) & (norm > _TINY)
+        q = q.at[:, j].set(jnp.where(keep, v / jnp.where(keep, norm, 1.0), 0.0))
+        return q, ok.at[j].set(keep)
+
+    return jax.lax.fori_loop(0, k, body, (jnp.zeros_like(vectors), jnp.zeros((k,), bool)))
+
+
 def orthogonal_reinit(key: jax.Array, kernel: jax.Array, keep: jax.Array,
                       saved_kernel: jax.Array) -> jax.Array:
     """Kernel with each ``keep == False`` filter replaced by a new null-space filter.
@@ -53,11 +81,11 @@ def orthogonal_reinit(key: jax.Array, kernel: jax.Array, keep: jax.Array,
     Returns the new kernel, same shape and dtype; kept filters are bit-identical.
     """
     f, d = kernel.shape[-1], kernel.size // kernel.shape[-1]
-    dtype = kernel.dtype
     w = filter_rows(kernel).astype(jnp.float32)
     s = filter_rows(saved_kernel).astype(jnp.float32)
     keep = jnp.asarray(keep) > 0
-    n_drop = jnp.sum(~keep)
+    drop = ~keep
+    n_drop = jnp.sum(drop)
     constraints = jnp.where(keep[:, None], w, s)                         # (F, D)
 
     # Constraint budget: all F rows if there is room, else the most-overlapping D − n_drop.
@@ -66,49 +94,39 @@ def orthogonal_reinit(key: jax.Array, kernel: jax.Array, keep: jax.Array,
     overlap = jnp.sum(jnp.abs(c_hat @ c_hat.T - jnp.eye(f)), axis=-1)
     by_overlap = jnp.argsort(-overlap, stable=True)
     chosen = jnp.zeros((f,), bool).at[by_overlap].set(jnp.arange(f) < budget)
-    order = jnp.argsort(~chosen, stable=True)                            # chosen rows first
-    k = min(f, d)
-    q, _ = jnp.linalg.qr(constraints[order].T)                           # (D, k) reduced
-    q = q * (jnp.arange(k) < jnp.minimum(budget, k))[None, :]
+    q_c, _ = _orthonormalize(constraints.T, chosen)                      # basis of span(C)
 
+    # One random vector per dropped filter, orthonormalised against span(C) and each other.
     g = jax.random.normal(key, (d, f), jnp.float32)
-    g = g - q @ (q.T @ g)
-    g = g - q @ (q.T @ g)                                                # re-orthogonalise
-    slots = jnp.argsort(keep, stable=True)                               # dropped filters first
-    g = g[:, slots]
-    q2, _ = jnp.linalg.qr(g[:, :k])                                      # (D, k)
-    spare = normalize_rows(g[:, k:].T).T                                 # only if F > D
-    directions = jnp.concatenate([q2, spare], axis=1)                    # (D, F) by slot
-    new_rows = jnp.zeros((f, d), jnp.float32).at[slots].set(directions.T)
+    q_new, ok = _orthonormalize(g, drop, basis=q_c)
+    fallback = normalize_rows(g.T).T                                     # only if n_drop > room
+    directions = jnp.where(ok[None, :], q_new, fallback).T               # (F, D)
 
     scale = _mean_norm(w, keep.astype(jnp.float32))
-    scale = jnp.where(scale > _TINY, scale, _mean_norm(s, (~keep).astype(jnp.float32)))
+    scale = jnp.where(scale > _TINY, scale, _mean_norm(s, drop.astype(jnp.float32)))
     scale = jnp.where(scale > _TINY, scale, jnp.sqrt(2.0))
-    rows = jnp.where(keep[:, None], w, new_rows * scale)
+    rows = jnp.where(keep[:, None], w, directions * scale)
     rows = jnp.where(jnp.isfinite(rows), rows, 0.0)
-    out = rows.T.reshape(kernel.shape).astype(dtype)
+    out = rows.T.reshape(kernel.shape).astype(kernel.dtype)
     return jnp.where(keep, kernel, out)
 
 
-@jax.jit
-def _reinit_group(keys, kernels, keeps, saved):
-    return jax.vmap(orthogonal_reinit)(keys, kernels, keeps, saved)
-
-
+@functools.partial(jax.jit, static_argnames="layers")
 def reinit_layers(key: jax.Array, params, saved_params, keep: dict[str, jax.Array],
                   layers: tuple[ConvLayer, ...]):
     """Params with the dropped filters of every layer re-initialised (kernels only).
 
-    Same-shaped layers are stacked and processed by one vmapped, jitted call per shape
-    group (one jit per group: a single jit holding several batched QR groups has hung on
-    XLA:CPU). ``keep[name]`` is the live mask at re-initialisation time.
+    One jitted program: same-shaped layers are stacked and processed by one ``vmap`` of
+    :func:`orthogonal_reinit` per shape group. ``keep[name]`` is the live mask at
+    re-initialisation time; the key of group g's i-th layer is
+    ``split(fold_in(key, g), len(group))[i]``.
     """
-    groups = list(shape_groups(layers).values())
-    for g, group in enumerate(groups):
+    for g, group in enumerate(shape_groups(layers).values()):
         stack = lambda tree, leaf: jnp.stack([get_path(tree, l.path + (leaf,)) for l in group])
         keys = jax.random.split(jax.random.fold_in(key, g), len(group))
         keeps = jnp.stack([keep[l.name] for l in group])
-        new = _reinit_group(keys, stack(params, "kernel"), keeps, stack(saved_params, "kernel"))
+        new = jax.vmap(orthogonal_reinit)(keys, stack(params, "kernel"), keeps,
+                                          stack(saved_params, "kernel"))
         for i, layer in enumerate(group):
             params = replace_path(params, layer.path + ("kernel",), lambda _, v=new[i]: v)
     return params

@@ -8,6 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from repr_jax._xla_flags import enable_cpu_fusion
+
+enable_cpu_fusion()  # test what the CLI runs (before any test starts JAX's backend)
+
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
 

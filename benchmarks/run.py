@@ -1,0 +1,379 @@
+#!/usr/bin/env python
+"""Benchmark harness: repr-jax against NumPy and PyTorch, measured side by side in one run.
+
+    python benchmarks/run.py [--quick] [--only NAME ...] [--json PATH] [--markdown PATH]
+
+Benchmarks: ``metric`` (RePr metric + global ranking over every prunable conv),
+``reinit`` (null-space re-initialisation of 30 % of the filters), ``train_step``
+(images/s of one train step, batch 128), ``repr_overhead`` (a short RePr run vs a standard
+run of the same length, and compilations across it). Every time is the median (with min
+and max) over repeats after warm-up, synchronised with ``block_until_ready`` (JAX) or
+``torch.cuda.synchronize`` (PyTorch on a GPU); compile time is reported separately.
+PyTorch is optional (``pip install -e ".[bench]"``): without it its columns are skipped
+and the JSON says so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from repr_jax._xla_flags import enable_cpu_fusion  # noqa: E402
+
+enable_cpu_fusion()  # the CLI's CPU setting; REPR_JAX_NO_YNN=1 measures without it
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import reference_impls as ref  # noqa: E402
+from repr_jax import ReprConfig, create_model, reinit_layers  # noqa: E402
+from repr_jax.ranking import rank_by_orthogonality  # noqa: E402
+from repr_jax.layers import get_path, prunable_convs  # noqa: E402
+from repr_jax.masks import init_masks  # noqa: E402
+
+BENCHMARKS = ("metric", "reinit", "train_step", "repr_overhead")
+
+
+# --------------------------------------------------------------------------- timing helpers
+def _torch():
+    try:
+        import torch
+        return torch
+    except ImportError:
+        return None
+
+
+def _sync(out):
+    torch = _torch()
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return jax.block_until_ready(out)
+
+
+def measure(fn, repeats: int, warmup: int = 1, budget_s: float = 30.0) -> dict:
+    """First call timed as compile/warm-up; then timed calls → median/min/max.
+
+    ``repeats`` is lowered (never below 3) when one call is so slow that the repeats would
+    exceed ``budget_s``; the JSON records the count actually used.
+    """
+    t0 = time.perf_counter()
+    _sync(fn())
+    first = time.perf_counter() - t0
+    for _ in range(max(warmup - 1, 0)):
+        t0 = time.perf_counter()
+        _sync(fn())
+        first_warm = time.perf_counter() - t0
+    probe = first_warm if warmup > 1 else first
+    repeats = max(3, min(repeats, int(budget_s / max(probe, 1e-9))))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _sync(fn())
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "repeats": repeats, "first_call_s": first}
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    torch = _torch()
+    info = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "jax_backend": jax.default_backend(),
+            "device_kind": jax.devices()[0].device_kind, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "torch_device": ("cuda" if torch is not None and torch.cuda.is_available() else "cpu")
+            if torch is not None else None}
+    for pkg in ("jax", "jaxlib", "flax", "optax", "numpy", "torch"):
+        try:
+            info[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            info[pkg] = None
+    return info
+
+
+def _params(name):
+    model = create_model(name)
+    return model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+
+
+def _ratio(row, slow, fast="repr_jax"):
+    if slow in row["impls"] and fast in row["impls"]:
+        row["ratios"][f"{slow}/{fast}"] = row["impls"][slow]["median_s"] / row["impls"][fast]["median_s"]
+
+
+# --------------------------------------------------------------------------- benchmarks
+def bench_metric(models, repeats):
+    torch = _torch()
+    rows = []
+    for name in models:
+        params = _params(name)
+        layers = prunable_convs(params)
+        masks = init_masks(params, layers)
+        kernels = [np.asarray(get_path(params, l.path + ("kernel",))) for l in layers]
+
+        def ours():  # the drop step RePr runs: scores + global ranking, one jitted program
+            return rank_by_orthogonality(params, masks, 0.3, layers=layers)
+
+        row = {"model": name, "layers": len(layers), "impls": {}, "ratios": {}}
+        row["impls"]["repr_jax"] = measure(ours, repeats)
+        row["impls"]["numpy_loop"] = measure(lambda: ref.numpy_rank(kernels, 0.3), repeats)
+        if torch is not None:
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+            tk = [torch.tensor(k).permute(3, 2, 0, 1).contiguous().to(dev) for k in kernels]
+            row["impls"]["torch_loop"] = measure(lambda: ref.torch_rank(tk, 0.3), repeats)
+        _ratio(row, "numpy_loop")
+        _ratio(row, "torch_loop")
+        rows.append(row)
+    return rows
+
+
+def bench_reinit(models, repeats):
+    torch = _torch()
+    rows = []
+    for name in models:
+        params = _params(name)
+        layers = prunable_convs(params)
+        rng = np.random.default_rng(0)
+        keep = {l.name: rng.random(l.num_filters) >= 0.3 for l in layers}
+        keep_j = {k: jnp.asarray(v) for k, v in keep.items()}
+        key = jax.random.key(0)
+        row = {"model": name, "layers": len(layers), "impls": {}, "ratios": {}}
+        row["impls"]["repr_jax"] = measure(lambda: reinit_layers(key, params, params, keep_j, layers), repeats)
+        kernels = [np.asarray(get_path(params, l.path + ("kernel",))) for l in layers]
+        keeps = [keep[l.name] for l in layers]
+        row["impls"]["numpy_loop"] = measure(lambda: ref.numpy_reinit(kernels, keeps, kernels), repeats)
+        if torch is not None:
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+            tk = [torch.tensor(k).permute(3, 2, 0, 1).contiguous().to(dev) for k in kernels]
+            tkeep = [torch.tensor(k).to(dev) for k in keeps]
+            row["impls"]["torch_loop"] = measure(lambda: ref.torch_reinit(tk, tkeep, tk), repeats)
+        _ratio(row, "numpy_loop")
+        _ratio(row, "torch_loop")
+        rows.append(row)
+    return rows
+
+
+def _jax_step_fn(name, batch):
+    from repr_jax import OptimConfig, create_train_state, make_optimizer
+    from repr_jax.train import train_step_indexed
+    import optax
+    cfg = OptimConfig(learning_rate=0.01, schedule="constant")
+    state = create_train_state(create_model(name), make_optimizer(cfg, optax.constant_schedule(0.01)), 0)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 255, (batch * 4, 32, 32, 3), np.uint8))
+    y = jnp.asarray(rng.integers(0, 10, batch * 4).astype(np.int32))
+    holder = {"state": state, "i": 0}
+    layers = state.layers
+
+    def step():
+        idx = jnp.arange(batch) + batch * (holder["i"] % 4)
+        totals = {"loss": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
+        holder["state"], t = train_step_indexed(holder["state"], totals, x, y, idx,
+                                                jax.random.key(holder["i"]), layers=layers)
+        holder["i"] += 1
+        return t
+    return step
+
+
+def _plain_flax_step_fn(name, batch):
+    """The same model and SGD chain with plain optax and no masks: the cost of masking."""
+    import optax
+    from repr_jax.pipeline import augment, normalize
+    model = create_model(name)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.01, momentum=0.9))
+    carry = {"v": variables, "o": tx.init(variables["params"]), "i": 0}
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 255, (batch, 32, 32, 3), np.uint8))
+    y = jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
+
+    @jax.jit
+    def step(variables, opt_state, key):
+        def loss_fn(params):
+            logits, upd = model.apply({**variables, "params": params}, normalize(augment(key, x)),
+                                      train=True, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
+        (loss, upd), g = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+        u, opt_state = tx.update(g, opt_state, variables["params"])
+        return {**variables, **upd, "params": optax.apply_updates(variables["params"], u)}, opt_state, loss
+
+    def run_one():
+        carry["v"], carry["o"], loss = step(carry["v"], carry["o"], jax.random.key(carry["i"]))
+        carry["i"] += 1
+        return loss
+    return run_one
+
+
+def _torch_step_fn(name, batch, compiled):
+    torch = _torch()
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = ref.torch_models()[name]().to(dev).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(batch, 3, 32, 32, device=dev).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=dev)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step_impl():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    fn = torch.compile(step_impl) if compiled else step_impl
+
+    def step():
+        return fn().detach()
+    return step
+
+
+def bench_train_step(models, repeats, batch=128, steps=5, quick=False):
+    torch = _torch()
+    rows = []
+    for name in models:
+        row = {"model": name, "batch": batch, "steps_per_repeat": steps, "impls": {}, "ratios": {},
+               "images_per_second": {}}
+        jax_step = _jax_step_fn(name, batch)
+        row["impls"]["repr_jax"] = measure(lambda: [jax_step() for _ in range(steps)][-1], repeats, warmup=2)
+        plain = _plain_flax_step_fn(name, batch)
+        row["impls"]["flax_plain"] = measure(lambda: [plain() for _ in range(steps)][-1], repeats, warmup=2)
+        if torch is not None:
+            t_step = _torch_step_fn(name, batch, compiled=False)
+            row["impls"]["torch_eager"] = measure(lambda: [t_step() for _ in range(steps)][-1], repeats, warmup=2)
+            try:
+                if quick:
+                    raise RuntimeError("not measured in --quick runs (compilation takes minutes)")
+                c_step = _torch_step_fn(name, batch, compiled=True)
+                row["impls"]["torch_compile"] = measure(lambda: [c_step() for _ in range(steps)][-1],
+                                                        repeats, warmup=2)
+            except Exception as err:  # torch.compile needs a working C++ toolchain
+                row["torch_compile_skipped"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        for impl, t in row["impls"].items():
+            row["images_per_second"][impl] = batch * steps / t["median_s"]
+        for other in ("flax_plain", "torch_eager", "torch_compile"):
+            if other in row["impls"]:  # > 1 means repr-jax is faster
+                row["ratios"][f"repr_jax_speed/{other}"] = (row["impls"][other]["median_s"]
+                                                            / row["impls"]["repr_jax"]["median_s"])
+        rows.append(row)
+    return rows
+
+
+def bench_repr_overhead(train_images, epochs_cfg, repeats):
+    from repr_jax.data import Cifar
+    from repr_jax.experiment import RunConfig, run
+    from repr_jax.train import OptimConfig, train_step_indexed
+    from repr_jax import reinit as reinit_mod, ranking as ranking_mod
+    rng = np.random.default_rng(0)
+    colours = rng.integers(30, 225, (10, 3))
+    y = rng.integers(0, 10, train_images + 500).astype(np.int32)
+    x = np.clip(colours[y][:, None, None] + rng.normal(0, 25, (len(y), 32, 32, 3)), 0, 255).astype(np.uint8)
+    data = Cifar(x[:train_images], y[:train_images], x[train_images:], y[train_images:],
+                 tuple(f"c{i}" for i in range(10)), "synthetic")
+    s1, s2, n = epochs_cfg
+    epochs = n * (s1 + s2)
+    row = {"model": "convnet", "train_images": train_images, "epochs": epochs,
+           "schedule": {"s1": s1, "s2": s2, "iterations": n}, "impls": {}, "ratios": {}}
+    walls = {"standard": [], "repr": []}
+    compiles = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(repeats + 1):  # first pair warms caches (compilations)
+            for method in ("standard", "repr"):
+                before = train_step_indexed._cache_size()
+                cfg = RunConfig(out=f"{tmp}/{method}{r}", method=method, epochs=epochs, seed=0,
+                                optim=OptimConfig(learning_rate=0.002),
+                                repr=ReprConfig(s1=s1, s2=s2, iterations=n), quiet=True)
+                t0 = time.perf_counter()
+                run(cfg, data=data)
+                if r:
+                    walls[method].append(time.perf_counter() - t0)
+                compiles[f"{method}_run{r}_new_train_step_compilations"] = train_step_indexed._cache_size() - before
+    for method, times in walls.items():
+        row["impls"][method] = {"median_s": statistics.median(times), "min_s": min(times),
+                                "max_s": max(times), "repeats": len(times)}
+    row["ratios"]["repr/standard"] = row["impls"]["repr"]["median_s"] / row["impls"]["standard"]["median_s"]
+    row["compilations"] = compiles
+    row["compilations"]["rank_by_orthogonality_cache"] = ranking_mod.rank_by_orthogonality._cache_size()
+    row["compilations"]["reinit_layers_cache"] = reinit_mod.reinit_layers._cache_size()
+    return [row]
+
+
+# --------------------------------------------------------------------------- reporting
+def to_markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [f"### {m['device_kind']} — {m['cpu']} ({m['cores']} cores), jax {m['jax']}, "
+             f"torch {m['torch']} ({'quick' if results['quick'] else 'full'} run)", ""]
+    for name, rows in results["benchmarks"].items():
+        lines += [f"**{name}**", "", "| model | ratios | " + " | ".join(
+            sorted({k for r in rows for k in r["impls"]})) + " |"]
+        impls = sorted({k for r in rows for k in r["impls"]})
+        lines.append("| --- | --- |" + " --- |" * len(impls))
+        for r in rows:
+            ratios = ", ".join(f"{k} = {v:.2f}×" for k, v in r["ratios"].items())
+            cells = [f"{1e3 * r['impls'][i]['median_s']:.2f} ms ({1e3 * r['impls'][i]['min_s']:.2f}–"
+                     f"{1e3 * r['impls'][i]['max_s']:.2f})" if i in r["impls"] else "—" for i in impls]
+            lines.append(f"| {r['model']} | {ratios} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if results.get("skipped"):
+        lines.append("Skipped: " + "; ".join(results["skipped"]))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smallest size of every benchmark, few repeats")
+    p.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks")
+    p.add_argument("--json", default=None, help="write results here (default: benchmarks/results/<machine>.json)")
+    p.add_argument("--markdown", default=None, help="also write a markdown table here")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per figure")
+    args = p.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        print("error: --repeats must be >= 1", file=sys.stderr)
+        return 2
+    quick = args.quick
+    repeats = args.repeats or (3 if quick else 20)
+    models = ["resnet20"] if quick else ["resnet20", "resnet56", "resnet110", "vgg16"]
+    results = {"machine": machine(), "quick": quick, "benchmarks": {}, "skipped": []}
+    if _torch() is None:
+        results["skipped"].append("PyTorch not installed: torch_* columns skipped (pip install -e '.[bench]')")
+    todo = args.only or BENCHMARKS
+    if "metric" in todo:
+        results["benchmarks"]["metric"] = bench_metric(models, repeats)
+    if "reinit" in todo:
+        results["benchmarks"]["reinit"] = bench_reinit(models, max(repeats // 2, 2) if not quick else repeats)
+    if "train_step" in todo:
+        results["benchmarks"]["train_step"] = bench_train_step(
+            ["convnet"] if quick else ["convnet", "resnet20"], repeats=3 if quick else 5,
+            batch=32 if quick else 128, steps=1 if quick else 5, quick=quick)
+    if "repr_overhead" in todo:
+        results["benchmarks"]["repr_overhead"] = bench_repr_overhead(
+            256 if quick else 2000, (1, 1, 1) if quick else (2, 1, 2), repeats=1 if quick else 3)
+    kind = results["machine"]["device_kind"].lower().replace(" ", "-")
+    path = Path(args.json or Path(__file__).parent / "results" / f"{kind}{'-quick' if quick else ''}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    table = to_markdown(results)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The benchmark harness runs end to end in --quick mode and writes complete JSON."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_harness_writes_every_benchmark(tmp_path):
+    out = tmp_path / "bench.json"
+    md = tmp_path / "bench.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick",
+                           "--json", str(out), "--markdown", str(md)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert {"cpu", "cores", "device_kind", "jax"} <= set(results["machine"])
+    assert set(results["benchmarks"]) == {"metric", "reinit", "train_step", "repr_overhead"}
+    for name, rows in results["benchmarks"].items():
+        assert rows, name
+        for row in rows:
+            assert "repr_jax" in row["impls"] or name == "repr_overhead"
+            for impl in row["impls"].values():
+                for key in ("median_s", "min_s", "max_s"):
+                    assert math.isfinite(impl[key]) and impl[key] > 0, (name, impl)
+                assert impl["min_s"] <= impl["median_s"] <= impl["max_s"]
+            assert row["ratios"], f"{name} has no ratio"
+            assert all(math.isfinite(v) and v > 0 for v in row["ratios"].values())
+    overhead = results["benchmarks"]["repr_overhead"][0]
+    assert overhead["compilations"]["repr_run1_new_train_step_compilations"] == 0
+    assert "repr_jax" in md.read_text()
+
+
+def test_bad_repeats_exit_2():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--repeats", "0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "--repeats" in proc.stderr
