@@ -107,9 +107,18 @@ def machine() -> dict:
     return info
 
 
-def _params(name):
-    model = create_model(name)
-    return model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+def _model_kernels(name):
+    """Initialised params of ``name``, its prunable convs, their kernels as NumPy arrays and
+    as PyTorch ``(F, c_in, kh, kw)`` tensors on the PyTorch device (None without PyTorch)."""
+    params = create_model(name).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    layers = prunable_convs(params)
+    kernels = [np.asarray(get_path(params, l.path + ("kernel",))) for l in layers]
+    torch = _torch()
+    torch_kernels = None
+    if torch is not None:
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        torch_kernels = [torch.tensor(k).permute(3, 2, 0, 1).contiguous().to(dev) for k in kernels]
+    return params, layers, kernels, torch_kernels
 
 
 def _ratio(row, slow, fast="repr_jax"):
@@ -119,13 +128,10 @@ def _ratio(row, slow, fast="repr_jax"):
 
 # --------------------------------------------------------------------------- benchmarks
 def bench_metric(models, repeats):
-    torch = _torch()
     rows = []
     for name in models:
-        params = _params(name)
-        layers = prunable_convs(params)
+        params, layers, kernels, tk = _model_kernels(name)
         masks = init_masks(params, layers)
-        kernels = [np.asarray(get_path(params, l.path + ("kernel",))) for l in layers]
 
         def ours():  # the drop step RePr runs: scores + global ranking, one jitted program
             return rank_by_orthogonality(params, masks, 0.3, layers=layers)
@@ -133,9 +139,7 @@ def bench_metric(models, repeats):
         row = {"model": name, "layers": len(layers), "impls": {}, "ratios": {}}
         row["impls"]["repr_jax"] = measure(ours, repeats)
         row["impls"]["numpy_loop"] = measure(lambda: ref.numpy_rank(kernels, 0.3), repeats)
-        if torch is not None:
-            dev = "cuda" if torch.cuda.is_available() else "cpu"
-            tk = [torch.tensor(k).permute(3, 2, 0, 1).contiguous().to(dev) for k in kernels]
+        if tk is not None:
             row["impls"]["torch_loop"] = measure(lambda: ref.torch_rank(tk, 0.3), repeats)
         _ratio(row, "numpy_loop")
         _ratio(row, "torch_loop")
@@ -144,24 +148,19 @@ def bench_metric(models, repeats):
 
 
 def bench_reinit(models, repeats):
-    torch = _torch()
     rows = []
     for name in models:
-        params = _params(name)
-        layers = prunable_convs(params)
+        params, layers, kernels, tk = _model_kernels(name)
         rng = np.random.default_rng(0)
         keep = {l.name: rng.random(l.num_filters) >= 0.3 for l in layers}
         keep_j = {k: jnp.asarray(v) for k, v in keep.items()}
         key = jax.random.key(0)
         row = {"model": name, "layers": len(layers), "impls": {}, "ratios": {}}
         row["impls"]["repr_jax"] = measure(lambda: reinit_layers(key, params, params, keep_j, layers), repeats)
-        kernels = [np.asarray(get_path(params, l.path + ("kernel",))) for l in layers]
         keeps = [keep[l.name] for l in layers]
         row["impls"]["numpy_loop"] = measure(lambda: ref.numpy_reinit(kernels, keeps, kernels), repeats)
-        if torch is not None:
-            dev = "cuda" if torch.cuda.is_available() else "cpu"
-            tk = [torch.tensor(k).permute(3, 2, 0, 1).contiguous().to(dev) for k in kernels]
-            tkeep = [torch.tensor(k).to(dev) for k in keeps]
+        if tk is not None:
+            tkeep = [_torch().tensor(k).to(tk[0].device) for k in keeps]
             row["impls"]["torch_loop"] = measure(lambda: ref.torch_reinit(tk, tkeep, tk), repeats)
         _ratio(row, "numpy_loop")
         _ratio(row, "torch_loop")

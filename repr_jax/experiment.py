@@ -179,7 +179,7 @@ def run(config: RunConfig, data: Cifar | None = None) -> dict:
         state, extra = ckpt.restore(state)
         start_epoch, prior_seconds = int(extra["epochs_done"]), float(extra["wall_seconds"])
     metrics = [m for m in metrics if m["epoch"] <= start_epoch]
-    events = [e for e in events if e["epoch"] < start_epoch]
+    events = [e for e in events if e["epoch"] <= start_epoch]  # 1-based, like metrics
 
     train_x, train_y = jnp.asarray(data.train_x), jnp.asarray(data.train_y)
     test_x, test_y = jnp.asarray(data.test_x), jnp.asarray(data.test_y)

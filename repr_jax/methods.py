@@ -91,7 +91,11 @@ def _stats(x: np.ndarray) -> dict:
 
 
 def drop_record(epoch, round_, layers, live_before, live_after, scores) -> dict:
-    """One ``pruning.jsonl`` line: per layer live/dropped counts, indices, score statistics."""
+    """One ``pruning.jsonl`` line: per layer live/dropped counts, indices, score statistics.
+
+    ``epoch`` (0-based index) is recorded 1-based like ``metrics.jsonl``: the drop happens
+    before that epoch, the first sub-network epoch.
+    """
     rows = []
     for layer in layers:
         before = np.asarray(live_before[layer.name]) > 0
@@ -104,12 +108,16 @@ def drop_record(epoch, round_, layers, live_before, live_after, scores) -> dict:
                      "score_live": _stats(s[before]), "score_dropped": _stats(s[dropped])})
     total_live = sum(r["live_before"] for r in rows)
     total_drop = sum(r["dropped"] for r in rows)
-    return {"event": "drop", "epoch": epoch, "round": round_, "criterion": "ortho",
+    return {"event": "drop", "epoch": epoch + 1, "round": round_, "criterion": "ortho",
             "live_before": total_live, "dropped": total_drop, "layers": rows}
 
 
 def reinit_record(epoch, round_, layers, keep, params, snapshot) -> dict:
-    """One ``pruning.jsonl`` line for a re-initialisation, with orthogonality diagnostics."""
+    """One ``pruning.jsonl`` line for a re-initialisation, with orthogonality diagnostics.
+
+    ``epoch`` is recorded 1-based: the re-initialisation follows that epoch (the last
+    sub-network epoch of the round).
+    """
     rows = []
     for layer in layers:
         k = np.asarray(keep[layer.name]) > 0
@@ -128,7 +136,7 @@ def reinit_record(epoch, round_, layers, keep, params, snapshot) -> dict:
                      "max_abs_cos_to_kept": float(cos_kept),
                      "max_abs_cos_to_own_saved": float(cos_saved),
                      "max_abs_cos_among_new": float(gram)})
-    return {"event": "reinit", "epoch": epoch, "round": round_, "reinit": "orthogonal",
+    return {"event": "reinit", "epoch": epoch + 1, "round": round_, "reinit": "orthogonal",
             "revived": int(sum(r["revived"] for r in rows)), "layers": rows}
 
 

@@ -39,7 +39,7 @@ def plot_pruned_per_layer(drops: list[dict], path: str | Path) -> None:
     x = np.arange(len(layers))
     for i, drop in enumerate(drops):
         counts = [row["dropped"] for row in drop["layers"]]
-        ax.bar(x + i * width, counts, width, label=f"round {drop['round'] + 1} (epoch {drop['epoch'] + 1})")
+        ax.bar(x + i * width, counts, width, label=f"round {drop['round'] + 1} (before epoch {drop['epoch']})")
     ax.set_xticks(x + 0.4 - width / 2, layers, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("filters dropped")
     ax.set_title("Filters dropped per layer (global ranking)")

@@ -16,6 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from repr_jax.masks import live_filters
+from repr_jax.ortho import score_layers
+
 
 @functools.partial(jax.jit, static_argnames=("names", "per_layer", "exclude", "min_keep"))
 def _select(scores, live, fraction, names, per_layer, exclude, min_keep):
@@ -76,8 +79,6 @@ def rank_by_orthogonality(params, masks, fraction, *, layers, per_layer: bool = 
 
     Returns ``(scores, new_live)``, both ``{layer name: (F,)}``; see :func:`select_drops`.
     """
-    from repr_jax.masks import live_filters  # local: masks imports nothing from here
-    from repr_jax.ortho import score_layers
     scores = score_layers(params, masks, layers)
     names = tuple(layer.name for layer in layers)
     new_live = _select(scores, live_filters(masks, layers), jnp.asarray(fraction, jnp.float32),

@@ -48,7 +48,7 @@ def test_repr_run_writes_pruning_log_and_plot(tmp_path, tiny_cifar_dir):
     assert (out / "pruned_per_layer.png").exists()
     events = [json.loads(l) for l in (out / "pruning.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events] == ["drop", "reinit", "drop", "reinit"]
-    assert [e["epoch"] for e in events] == [1, 1, 3, 3]
+    assert [e["epoch"] for e in events] == [2, 2, 4, 4]  # 1-based: sub-network epochs 2 and 4
     total = 8 * 3
     assert events[0]["dropped"] == round(0.3 * total)  # global: round(p · live filters)
     metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]

@@ -83,3 +83,20 @@ def test_score_layers_vmap_equals_per_layer_loop():
             live = live[key]
         np.testing.assert_allclose(batched[layer.name], filter_orthogonality(kernel, live),
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_orthogonality_penalty_is_the_summed_scores_and_differentiable():
+    from repr_jax import orthogonality_penalty
+    params = create_model("convnet", width=8).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    layers = prunable_convs(params)
+    masks = init_masks(params, layers)
+    params["conv1"]["kernel"] = params["conv1"]["kernel"].at[..., 3].set(0.0)  # a zero filter
+    expected = sum(float(jnp.sum(filter_orthogonality(params[l.name]["kernel"]))) for l in layers)
+    np.testing.assert_allclose(orthogonality_penalty(params, masks, layers), expected, rtol=1e-5)
+    loss = lambda p: orthogonality_penalty(p, masks, layers)
+    grads = jax.grad(loss)(params)
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
+    p = params
+    for _ in range(20):  # gradient descent on the penalty alone makes filters more orthogonal
+        p = jax.tree_util.tree_map(lambda w, g: w - 0.05 * g, p, jax.grad(loss)(p))
+    assert float(loss(p)) < 0.8 * float(loss(params))

@@ -93,3 +93,19 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path, tiny_cifar_dir, monk
     b, _ = Checkpointer(tmp_path / "killed" / "checkpoints").restore(template)
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_orthogonality_loss_lowers_the_penalty_during_training():
+    from repr_jax import orthogonality_penalty
+    tx, ty, _, _ = synthetic_cifar(128, 1, seed=2)
+    cfg = OptimConfig(learning_rate=0.01, schedule="constant")
+    penalties = {}
+    for lam in (0.0, 1.0):
+        state = create_train_state(create_model("convnet", depth=2, width=8), make_optimizer(
+            cfg, learning_rate_schedule(cfg, 4, 3)), seed=0)
+        for epoch in range(3):
+            state, m = run_epoch(state, jnp.asarray(tx), jnp.asarray(ty), jax.random.key(epoch),
+                                 batch_size=32, layers=state.layers, ortho_lambda=lam)
+        assert np.isfinite(m["loss"])
+        penalties[lam] = float(orthogonality_penalty(state.params, state.masks, state.layers))
+    assert penalties[1.0] < penalties[0.0]
