@@ -245,7 +245,8 @@ def run(config: RunConfig, data: Cifar | None = None) -> dict:
     plot_curves(metrics, out / "curves.png", f"{config.model} {config.method} ({config.dataset})")
     drops = [e for e in events if e["event"] == "drop"]
     if drops:
-        plot_pruned_per_layer(drops, out / "pruned_per_layer.png")
+        plot_pruned_per_layer(drops, out / "pruned_per_layer.png",
+                              "per-layer" if config.repr.per_layer else "global")
     return summary
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-CIFAR_MEAN = jnp.array([0.4914, 0.4822, 0.4465], jnp.float32)
-CIFAR_STD = jnp.array([0.2470, 0.2435, 0.2616], jnp.float32)
+# NumPy, not jnp: creating device arrays at import would start JAX's backend before an
+# entry point can set XLA flags (see repr_jax._xla_flags).
+CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
+CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
 
 
 def normalize(images: jax.Array) -> jax.Array:

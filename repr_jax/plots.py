@@ -29,7 +29,7 @@ def plot_curves(metrics: list[dict], path: str | Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def plot_pruned_per_layer(drops: list[dict], path: str | Path) -> None:
+def plot_pruned_per_layer(drops: list[dict], path: str | Path, ranking: str = "global") -> None:
     """Filters dropped per layer, one bar group per layer and one bar per RePr round."""
     if not drops:
         return
@@ -42,7 +42,7 @@ def plot_pruned_per_layer(drops: list[dict], path: str | Path) -> None:
         ax.bar(x + i * width, counts, width, label=f"round {drop['round'] + 1} (before epoch {drop['epoch']})")
     ax.set_xticks(x + 0.4 - width / 2, layers, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("filters dropped")
-    ax.set_title("Filters dropped per layer (global ranking)")
+    ax.set_title(f"Filters dropped per layer ({ranking} ranking)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -6,11 +6,12 @@ they were dropped and ``keep`` the live mask, the constraint set is
     C = {kept rows of W} ∪ {dropped rows of S}         (always F rows)
 
 and each dropped filter gets a new direction in span(C)^⊥, the new directions mutually
-orthogonal. Algorithm (no D × D complete QR): Gram–Schmidt with re-orthogonalisation
-(CGS2) turns the F constraint rows into an orthonormal basis Q of span(C) (dependent rows
-give zero columns, so they claim no direction), then one Gaussian vector per dropped filter
-is orthonormalised against Q and the new filters before it — the same null space a QR
-gives, in O(D·F²) matmul work that batches under ``vmap``.
+orthogonal. Algorithm (no D × D complete QR): block Gram–Schmidt with
+re-orthogonalisation (BCGS2, a QR factorisation) turns the F constraint rows into an
+orthonormal basis Q of span(C) (dependent rows give zero columns, so they claim no
+direction), then one Gaussian vector per dropped filter is orthonormalised against Q and
+the new filters before it — the same null space a complete QR gives, in O(D·F²) matmul
+work that batches under ``vmap``.
 
 Scale: each new filter gets the mean L2 norm of the layer's kept filters (the mean norm of
 the saved filters if none is kept, √2 — He-normal's expected norm — if all are zero).
@@ -41,30 +42,63 @@ def _mean_norm(rows, weights):
     return jnp.where(count > 0, jnp.sum(norms * weights) / jnp.maximum(count, 1.0), 0.0)
 
 
-def _orthonormalize(vectors, use, basis=None, tol: float = 1e-5):
-    """Classical Gram–Schmidt with re-orthogonalisation (CGS2), column by column.
-
-    Column j of ``vectors`` (D × K) is projected off ``basis`` (D × B, orthonormal or zero
-    columns) and off the columns already produced, twice, then normalised. Columns with
-    ``use[j] == False`` or a residual below ``tol`` × their norm (linearly dependent) come
-    out as zero, so they never claim a direction. Returns (Q, ok): Q is D × K, ok marks the
-    columns that were kept. Only matmuls: unlike XLA:CPU's QR it is cheap and batches well.
-    """
-    d, k = vectors.shape
-    basis = jnp.zeros((d, 0), vectors.dtype) if basis is None else basis
+def _gram_schmidt_block(vectors, use, tol):
+    """CGS2 inside one small block (D × b): columns orthonormalised in order; unused or
+    dependent columns (residual below ``tol`` × input norm) come out as zero."""
+    d, b = vectors.shape
 
     def body(j, carry):
         q, ok = carry
         v = vectors[:, j]
         for _ in range(2):
-            v = v - basis @ (basis.T @ v)
             v = v - q @ (q.T @ v)
         norm = jnp.linalg.norm(v)
         keep = use[j] & (norm > tol * jnp.linalg.norm(vectors[:, j])) & (norm > _TINY)
         q = q.at[:, j].set(jnp.where(keep, v / jnp.where(keep, norm, 1.0), 0.0))
         return q, ok.at[j].set(keep)
 
-    return jax.lax.fori_loop(0, k, body, (jnp.zeros_like(vectors), jnp.zeros((k,), bool)))
+    return jax.lax.fori_loop(0, b, body, (jnp.zeros_like(vectors), jnp.zeros((b,), bool)))
+
+
+def _orthonormalize(vectors, use, basis=None, tol: float = 1e-5, block: int = 64):
+    """Block classical Gram–Schmidt with re-orthogonalisation (BCGS2).
+
+    Columns of ``vectors`` (D × K) are processed in blocks of ``block``: each block is
+    projected off ``basis`` (D × B, orthonormal or zero columns) and off the blocks already
+    produced with matmuls, then orthonormalised inside the block; with several blocks the
+    whole step runs twice so that small residuals cannot leave a column tilted towards
+    earlier blocks. Columns with
+    ``use[j] == False`` or linearly dependent ones come out as zero, so they never claim a
+    direction. Returns (Q, ok), Q of shape D × K and ok marking the kept columns. BLAS-3
+    work and ⌈K/block⌉ passes over Q — unlike XLA:CPU's QR (slow) or LAPACK calls after a
+    batched matmul (which fail to compile under the YNNPACK CPU flag).
+    """
+    d, k = vectors.shape
+    block = min(block, k)
+    n_blocks = -(-k // block)
+    padded = n_blocks * block
+    v_all = jnp.pad(vectors, ((0, 0), (0, padded - k)))
+    use_all = jnp.pad(use, (0, padded - k))
+    basis = jnp.zeros((d, 0), vectors.dtype) if basis is None else basis
+
+    def project(x, q):
+        return x - q @ (q.T @ x)
+
+    def body(b, carry):
+        q, ok = carry
+        vb = jax.lax.dynamic_slice_in_dim(v_all, b * block, block, axis=1)
+        ub = jax.lax.dynamic_slice_in_dim(use_all, b * block, block)
+        for _ in range(1 if n_blocks == 1 else 2):
+            for _ in range(2):
+                vb = project(project(vb, basis), q)
+            vb, ub = _gram_schmidt_block(vb, ub, tol)
+        q = jax.lax.dynamic_update_slice_in_dim(q, vb, b * block, axis=1)
+        ok = jax.lax.dynamic_update_slice_in_dim(ok, ub, b * block, axis=0)
+        return q, ok
+
+    q, ok = jax.lax.fori_loop(0, n_blocks, body,
+                              (jnp.zeros_like(v_all), jnp.zeros((padded,), bool)))
+    return q[:, :k], ok[:k]
 
 
 def orthogonal_reinit(key: jax.Array, kernel: jax.Array, keep: jax.Array,

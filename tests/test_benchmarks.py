@@ -31,7 +31,10 @@ def test_quick_harness_writes_every_benchmark(tmp_path):
             assert row["ratios"], f"{name} has no ratio"
             assert all(math.isfinite(v) and v > 0 for v in row["ratios"].values())
     overhead = results["benchmarks"]["repr_overhead"][0]
-    assert overhead["compilations"]["repr_run1_new_train_step_compilations"] == 0
+    compiles = overhead["compilations"]
+    # each run builds its own optimizer, so compiles its step once; drops/reinits add none
+    runs = [k for k in compiles if k.endswith("_new_train_step_compilations")]
+    assert runs and all(compiles[k] == 1 for k in runs), compiles
     assert "repr_jax" in md.read_text()
 
 

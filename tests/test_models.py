@@ -56,3 +56,13 @@ def test_convnet_options(kw, convs, size):
 def test_unknown_model_lists_choices():
     with pytest.raises(ValueError, match="resnet20"):
         create_model("resnet7")
+
+
+def test_importing_the_package_does_not_start_jax_backend():
+    """Entry points set XLA flags after ``import repr_jax``: the import must not start JAX."""
+    import subprocess
+    import sys
+    code = ("import sys, repr_jax, repr_jax.experiment; "
+            "xb = sys.modules.get('jax._src.xla_bridge'); "
+            "sys.exit(1 if getattr(xb, '_backends', None) else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -45,7 +45,7 @@ def test_metric_matches_numpy_reference(shape):
 
 
 @settings(max_examples=40, deadline=None)
-@given(f=st.integers(2, 24), d=st.integers(1, 30), seed=st.integers(0, 10_000))
+@given(f=st.sampled_from([2, 7, 24]), d=st.sampled_from([1, 5, 30]), seed=st.integers(0, 10_000))
 def test_metric_with_mask_matches_reference(f, d, seed):
     rng = np.random.default_rng(seed)
     kernel = rng.normal(size=(1, 1, d, f)).astype(np.float32)

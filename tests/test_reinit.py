@@ -20,6 +20,9 @@ def _unit(rows):
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
+reinit = jax.jit(orthogonal_reinit)  # one compilation per shape, reused across examples
+
+
 def _case(seed, kh, cin, f, drop_frac):
     rng = np.random.default_rng(seed)
     kernel = rng.normal(size=(kh, kh, cin, f)).astype(np.float32)
@@ -29,15 +32,16 @@ def _case(seed, kh, cin, f, drop_frac):
     return kernel, keep, saved
 
 
-@settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), kh=st.sampled_from([1, 3]), cin=st.integers(1, 24),
-       f=st.integers(2, 40), drop=st.floats(0.05, 0.9))
+# Shapes drawn from small sets so jit caches are reused; masks, values and keys vary freely.
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), kh=st.sampled_from([1, 3]), cin=st.sampled_from([2, 8, 24]),
+       f=st.sampled_from([3, 16, 40, 70]), drop=st.floats(0.05, 0.9))
 def test_new_rows_orthogonal_to_kept_and_saved_when_room(seed, kh, cin, f, drop):
     kernel, keep, saved = _case(seed, kh, cin, f, drop)
     d = kh * kh * cin
     n_drop = int((~keep).sum())
     assume(n_drop > 0 and f + n_drop <= d)
-    out = jax.jit(orthogonal_reinit)(jax.random.key(seed), jnp.asarray(kernel), jnp.asarray(keep),
+    out = reinit(jax.random.key(seed), jnp.asarray(kernel), jnp.asarray(keep),
                                     jnp.asarray(saved))
     rows = _rows(out)
     np.testing.assert_array_equal(np.asarray(out)[..., keep], kernel[..., keep])
@@ -52,15 +56,15 @@ def test_new_rows_orthogonal_to_kept_and_saved_when_room(seed, kh, cin, f, drop)
         np.testing.assert_allclose(np.linalg.norm(rows[~keep], axis=1), expected, rtol=1e-4)
 
 
-@settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), cin=st.integers(1, 4), f=st.integers(8, 64),
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), cin=st.sampled_from([1, 3]), f=st.sampled_from([8, 32, 64]),
        drop=st.floats(0.05, 0.9))
 def test_fallback_is_finite_and_mutually_orthogonal(seed, cin, f, drop):
     kernel, keep, saved = _case(seed, 3, cin, f, drop)
     d = 9 * cin
     n_drop = int((~keep).sum())
     assume(n_drop > 0 and f + n_drop > d)  # complement too small: the fallback rule
-    out = orthogonal_reinit(jax.random.key(seed), jnp.asarray(kernel), jnp.asarray(keep), jnp.asarray(saved))
+    out = reinit(jax.random.key(seed), jnp.asarray(kernel), jnp.asarray(keep), jnp.asarray(saved))
     rows = _rows(out)
     assert np.isfinite(rows).all()
     np.testing.assert_array_equal(np.asarray(out)[..., keep], kernel[..., keep])
@@ -75,16 +79,16 @@ def test_fallback_is_finite_and_mutually_orthogonal(seed, cin, f, drop):
         if chosen.size:
             assert np.abs(new @ c_hat[chosen].T).max() < 1e-3
     # deterministic given the key
-    again = orthogonal_reinit(jax.random.key(seed), jnp.asarray(kernel), jnp.asarray(keep), jnp.asarray(saved))
+    again = reinit(jax.random.key(seed), jnp.asarray(kernel), jnp.asarray(keep), jnp.asarray(saved))
     np.testing.assert_array_equal(np.asarray(out), np.asarray(again))
 
 
 def test_nothing_dropped_is_identity_and_all_dropped_is_finite():
     kernel, _, saved = _case(0, 3, 8, 16, 0.0)
     keep = np.ones(16, bool)
-    out = orthogonal_reinit(jax.random.key(0), jnp.asarray(kernel), jnp.asarray(keep), jnp.asarray(saved))
+    out = reinit(jax.random.key(0), jnp.asarray(kernel), jnp.asarray(keep), jnp.asarray(saved))
     np.testing.assert_array_equal(np.asarray(out), kernel)
-    out = orthogonal_reinit(jax.random.key(0), jnp.zeros_like(kernel), jnp.zeros(16, bool), jnp.asarray(saved))
+    out = reinit(jax.random.key(0), jnp.zeros_like(kernel), jnp.zeros(16, bool), jnp.asarray(saved))
     rows = _unit(_rows(out))
     assert np.isfinite(rows).all() and np.abs(rows @ rows.T - np.eye(16)).max() < 1e-4
 
@@ -104,6 +108,6 @@ def test_reinit_layers_vmap_equals_per_layer_loop():
     for g, group in enumerate(shape_groups(layers).values()):
         keys = jax.random.split(jax.random.fold_in(key, g), len(group))
         for i, layer in enumerate(group):
-            single = orthogonal_reinit(keys[i], get_path(zeroed, layer.path + ("kernel",)),
+            single = reinit(keys[i], get_path(zeroed, layer.path + ("kernel",)),
                                        keep[layer.name], get_path(params, layer.path + ("kernel",)))
             np.testing.assert_allclose(get_path(batched, layer.path + ("kernel",)), single, atol=1e-5)
