@@ -78,7 +78,6 @@ def torch_reinit(kernels, keeps, saved, seed: int = 0):
 # --------------------------------------------------------------------------- models
 def torch_models():
     """C^3(32) and CIFAR ResNet-20 (option A) in PyTorch, He-normal init like repr_jax."""
-    import torch
     from torch import nn
     import torch.nn.functional as F
 

@@ -8,7 +8,7 @@ train step compiled once serves the whole run.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

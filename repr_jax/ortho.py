@@ -82,9 +82,4 @@ def score_layers(params, masks, layers: tuple[ConvLayer, ...]) -> dict[str, jax.
 
 def orthogonality_penalty(params, masks, layers: tuple[ConvLayer, ...]) -> jax.Array:
     """Σ_layers Σ_f O_f over live filters: the optional regulariser λ·Σ P (paper's "OL")."""
-    total = jnp.zeros((), jnp.float32)
-    for group in shape_groups(layers).values():
-        kernels = _stack(params, group, "kernel")
-        live = _stack(masks, group, "kernel")
-        total = total + jnp.sum(jax.vmap(filter_orthogonality)(kernels, live))
-    return total
+    return sum(jnp.sum(s) for s in score_layers(params, masks, layers).values())

@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 from hypothesis import given, settings, strategies as st
 
 from repr_jax import (ReprConfig, create_model, create_train_state, drop_filters, live_filters,
