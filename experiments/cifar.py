@@ -5,6 +5,7 @@ Examples:
   python experiments/cifar.py --model convnet --epochs 10 --data-dir ../shared/datasets/cifar10-jpeg.tar.gz
   python experiments/cifar.py --method repr --repr-s1 20 --repr-s2 10 --repr-iterations 3 \\
       --repr-drop 0.3 --epochs 100 --out runs/c3-repr
+  python experiments/cifar.py --method repr --repr-criterion taylor --repr-reinit random ...
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from repr_jax._xla_flags import enable_cpu_fusion  # noqa: E402
 
 enable_cpu_fusion()  # before JAX starts its backend; REPR_JAX_NO_YNN=1 opts out
 
+from repr_jax.criteria import CRITERIA  # noqa: E402
 from repr_jax.data import DataError  # noqa: E402
 from repr_jax.experiment import RunConfig, RunError, run  # noqa: E402
-from repr_jax.methods import ReprConfig  # noqa: E402
+from repr_jax.methods import REINITS, ReprConfig  # noqa: E402
 from repr_jax.models import MODELS  # noqa: E402
 from repr_jax.train import OptimConfig  # noqa: E402
 
@@ -81,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--repr-per-layer", action="store_true", help="rank within each layer, not globally")
     g.add_argument("--repr-exclude-first", action="store_true", help="never prune the first conv")
     g.add_argument("--repr-min-keep", type=int, default=1, help="filters every layer keeps")
+    g.add_argument("--repr-criterion", default="ortho", choices=list(CRITERIA),
+                   help="filter ranking criterion (repr_jax.criteria): " + "; ".join(
+                       f"{c.name}: {c.summary}" for c in CRITERIA.values()))
+    g.add_argument("--repr-reinit", default="orthogonal", choices=list(REINITS),
+                   help="dropped filters come back orthogonal to the rest (the paper's), drawn "
+                        "from the layer's initialiser, or zero (left for training to regrow; a "
+                        "conv without BatchNorm feeding a ReLU cannot: ReLU'(0) = 0)")
+    g.add_argument("--repr-criterion-batches", type=int, default=4,
+                   help="batches (of --batch-size training images, fixed per seed) that a "
+                        "data-driven criterion scores on")
     g.add_argument("--ortho-loss", type=float, default=0.0,
                    help="weight λ of the orthogonality penalty λ·Σ_layers Σ_f O_f (any method)")
     return p
@@ -104,7 +116,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                           step_epochs=tuple(args.step_epochs), step_factor=args.step_factor),
         repr=ReprConfig(s1=args.repr_s1, s2=args.repr_s2, iterations=args.repr_iterations,
                         drop_fraction=args.repr_drop, per_layer=args.repr_per_layer,
-                        exclude_first=args.repr_exclude_first, min_keep=args.repr_min_keep),
+                        exclude_first=args.repr_exclude_first, min_keep=args.repr_min_keep,
+                        criterion=args.repr_criterion, reinit=args.repr_reinit,
+                        criterion_batches=args.repr_criterion_batches),
         ortho_loss=args.ortho_loss, convnet_depth=args.depth, convnet_width=args.width,
         convnet_batch_norm=args.batch_norm, convnet_variant=args.convnet_variant,
         val_split=args.val_split, train_limit=args.train_limit, test_limit=args.test_limit,

@@ -7,9 +7,12 @@ Public API::
     select_drops(scores, live, fraction, ...)       # global / per-layer ranking → masks
     orthogonal_reinit(key, kernel, keep, saved)     # null-space re-initialisation (QR)
     reinit_layers(key, params, saved, keep, layers)
+    score_filters(name, state, layers, key=, images=, labels=)  # any criterion in CRITERIA
+    drop_priority(name, scores)                     # → "higher = drop first" for the ranking
     prunable_convs(params), init_masks, masked_updates, drop_filters, revive_filters
     TrainState, create_train_state, create_model, load_cifar
 """
+from repr_jax.criteria import CRITERIA, drop_priority, get_criterion, score_filters
 from repr_jax.data import Cifar, DataError, load_cifar
 from repr_jax.layers import ConvLayer, prunable_convs
 from repr_jax.masks import (apply_masks, drop_filters, init_masks, live_filters, masked_updates,
@@ -25,6 +28,7 @@ from repr_jax.train import OptimConfig, evaluate, learning_rate_schedule, make_o
 
 __version__ = "0.1.0"
 __all__ = [
+    "CRITERIA", "drop_priority", "get_criterion", "score_filters",
     "Cifar", "ConvLayer", "DataError", "OptimConfig", "Phase", "RePr", "ReprConfig",
     "ReprSchedule", "Standard", "TrainState", "apply_masks", "create_method", "create_model",
     "create_train_state", "drop_filters", "evaluate", "filter_orthogonality", "init_masks",

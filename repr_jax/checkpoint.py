@@ -48,8 +48,11 @@ class Checkpointer:
         if epoch is None:
             raise FileNotFoundError("no checkpoint to restore")
         target = flax.serialization.to_state_dict(template)
+        # An explicit sharding onto this process's first device: a checkpoint written on a
+        # GPU restores on a CPU-only machine (and vice versa) instead of failing on topology.
+        here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), target)
+            lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=here), target)
         out = self.manager.restore(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()))
         return flax.serialization.from_state_dict(template, out["state"]), dict(out["extra"])

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from repr_jax.checkpoint import Checkpointer
+from repr_jax.criteria import check_applicable, get_criterion, scoring_batches
 from repr_jax.data import Cifar, DataError, load_cifar
 from repr_jax.masks import live_filters
 from repr_jax.methods import ReprConfig, create_method
@@ -75,6 +76,22 @@ class RunConfig:
             raise RunError(f"--repr-drop must be in [0, 1), got {self.repr.drop_fraction}")
         if self.ortho_loss < 0:
             raise RunError(f"--ortho-loss must be >= 0, got {self.ortho_loss}")
+        try:
+            self.repr.validate()
+        except ValueError as err:
+            raise RunError(str(err)) from None
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "RunConfig":
+        """Inverse of :meth:`to_dict` (a ``config.json``'s ``config``); unknown keys are refused."""
+        saved = dict(saved)
+        optim = dict(saved.pop("optim", {}))
+        if "step_epochs" in optim:
+            optim["step_epochs"] = tuple(optim["step_epochs"])
+        try:
+            return cls(optim=OptimConfig(**optim), repr=ReprConfig(**saved.pop("repr", {})), **saved)
+        except TypeError as err:
+            raise RunError(f"config.json does not match this version of repr-jax: {err}") from None
 
     def to_dict(self) -> dict:
         """JSON-shaped settings (tuples as lists), comparable with a saved config.json."""
@@ -142,6 +159,63 @@ def prepare_run_dir(config: RunConfig) -> tuple[Path, bool]:
     return out, False
 
 
+def build_model(config: RunConfig):
+    """The Flax module ``config`` names (``ValueError`` for unknown names/options)."""
+    options = ({"depth": config.convnet_depth, "width": config.convnet_width,
+                "batch_norm": config.convnet_batch_norm, "variant": config.convnet_variant}
+               if config.model == "convnet" else {})
+    return create_model(config.model, num_classes=10 if config.dataset == "cifar10" else 100,
+                        **options)
+
+
+def initial_state(config: RunConfig, train_images: int):
+    """``(model, lr schedule, fresh TrainState)`` for ``config`` and a training-set size."""
+    model = build_model(config)
+    steps_per_epoch = train_images // config.batch_size
+    schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.epochs)
+    return model, schedule, create_train_state(model, make_optimizer(config.optim, schedule), config.seed)
+
+
+def _load_data(config: RunConfig, data: Cifar | None) -> Cifar:
+    if data is None:
+        data = load_cifar(config.dataset, config.data_dir)  # DataError propagates: one line
+    if config.val_split:
+        data = data.split_validation(config.val_split)
+    return data.subset(config.train_limit, config.test_limit, seed=config.seed)
+
+
+def _method(config: RunConfig, model, state, data: Cifar):
+    """The training method, with a RePr criterion's scoring batches and initialiser."""
+    if config.method != "repr":
+        return create_method(config.method)
+    check_applicable(config.repr.criterion, state.layers)
+    score_data = None
+    if get_criterion(config.repr.criterion).needs_data:
+        x, y = scoring_batches(data.train_x, data.train_y, config.repr.criterion_batches,
+                               config.batch_size, seed=config.seed + 1)
+        score_data = (jnp.asarray(x), jnp.asarray(y))
+    zeros = jnp.zeros((1,) + data.train_x.shape[1:], jnp.float32)
+    init_params = jax.jit(lambda key: model.init(key, zeros, train=False)["params"])
+    return create_method("repr", config.repr, score_data=score_data, init_params=init_params)
+
+
+def load_run_state(run_dir: str | Path, epoch: int | None = None):
+    """``(RunConfig, TrainState)`` of a saved run, restored from its checkpoint at ``epoch``
+    (default: the latest kept) into a state rebuilt from its ``config.json``."""
+    run_dir = Path(run_dir)
+    saved = json.loads((run_dir / "config.json").read_text())["config"]
+    config = RunConfig.from_dict(saved)
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    train_images = int(summary.get("train_images", config.train_limit or 50_000))
+    _, _, template = initial_state(config, train_images)
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=config.keep_checkpoints)
+    try:
+        state, _ = ckpt.restore(template, epoch)
+    finally:
+        ckpt.close()
+    return config, state
+
+
 def run(config: RunConfig, data: Cifar | None = None) -> dict:
     """Train as configured; returns the summary dict (also written to ``summary.json``).
 
@@ -149,27 +223,17 @@ def run(config: RunConfig, data: Cifar | None = None) -> dict:
     validation split and slices of ``config`` still apply.
     """
     config.validate()
-    try:
-        model = create_model(config.model, num_classes=10 if config.dataset == "cifar10" else 100,
-                             **({"depth": config.convnet_depth, "width": config.convnet_width,
-                                 "batch_norm": config.convnet_batch_norm,
-                                 "variant": config.convnet_variant} if config.model == "convnet" else {}))
-        method = create_method(config.method, config.repr)
-    except ValueError as err:
-        raise RunError(str(err)) from None
-    if data is None:
-        data = load_cifar(config.dataset, config.data_dir)  # DataError propagates: one line
-    if config.val_split:
-        data = data.split_validation(config.val_split)
-    data = data.subset(config.train_limit, config.test_limit, seed=config.seed)
+    data = _load_data(config, data)
     if len(data.train_y) < config.batch_size:
         raise RunError(f"--batch-size {config.batch_size} exceeds the {len(data.train_y)} training images")
+    try:
+        model, schedule, state = initial_state(config, len(data.train_y))
+        method = _method(config, model, state, data)
+    except ValueError as err:
+        raise RunError(str(err)) from None
     out, resuming = prepare_run_dir(config)
 
     steps_per_epoch = len(data.train_y) // config.batch_size
-    schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.epochs)
-    tx = make_optimizer(config.optim, schedule)
-    state = create_train_state(model, tx, config.seed)
     layers = state.layers
     ckpt = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
     start_epoch, prior_seconds = 0, 0.0
@@ -250,4 +314,5 @@ def run(config: RunConfig, data: Cifar | None = None) -> dict:
     return summary
 
 
-__all__ = ["RunConfig", "RunError", "DataError", "prepare_run_dir", "run"]
+__all__ = ["RunConfig", "RunError", "DataError", "build_model", "initial_state",
+           "load_run_state", "prepare_run_dir", "run"]

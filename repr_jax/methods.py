@@ -2,9 +2,11 @@
 
 A method decides each epoch's phase and may change the train state before and after the
 epoch (pure functions of the state; the caller does the I/O). ``RePr`` implements
-Prakash et al. 2019, Alg. 1: drop the worst ``p`` of the filters by the orthogonality
-ranking after S1 full epochs, train the sub-network S2 epochs, re-initialise the dropped
-filters in the null space of the rest, N times, then train the full network to the end.
+Prakash et al. 2019, Alg. 1: drop the worst ``p`` of the filters by a ranking criterion
+(default the orthogonality O_f; any of :mod:`repr_jax.criteria`) after S1 full epochs,
+train the sub-network S2 epochs, re-initialise the dropped filters (default in the null
+space of the rest; or from the layer's initialiser, or left at zero), N times, then train
+the full network to the end.
 """
 from __future__ import annotations
 
@@ -13,12 +15,15 @@ import dataclasses
 import jax
 import numpy as np
 
-from repr_jax.masks import drop_filters, live_filters, revive_filters
+from repr_jax.criteria import drop_priority, get_criterion, score_filters
 from repr_jax.layers import get_path
+from repr_jax.masks import drop_filters, live_filters, revive_filters
 from repr_jax.ortho import filter_rows, normalize_rows
-from repr_jax.ranking import rank_by_orthogonality
+from repr_jax.ranking import select_drops
 from repr_jax.reinit import reinit_layers
 from repr_jax.schedule import Phase, ReprSchedule, standard_phase
+
+REINITS = ("orthogonal", "random", "zero")
 
 
 class Standard:
@@ -44,15 +49,40 @@ class ReprConfig:
     per_layer: bool = False       # rank within each layer instead of globally
     exclude_first: bool = False   # never prune the first conv
     min_keep: int = 1             # live filters every layer keeps
+    criterion: str = "ortho"      # ranking criterion, see repr_jax.criteria.CRITERIA
+    reinit: str = "orthogonal"    # "orthogonal" (null space), "random" (layer init) or "zero"
+    criterion_batches: int = 4    # batches of training images a data-driven criterion sees
+
+    def validate(self) -> None:
+        get_criterion(self.criterion)  # ValueError listing the valid names
+        if self.reinit not in REINITS:
+            raise ValueError(f"unknown re-initialisation {self.reinit!r}; choose from {', '.join(REINITS)}")
+        if self.criterion_batches < 1:
+            raise ValueError(f"criterion batches must be >= 1, got {self.criterion_batches}")
 
 
 class RePr:
-    """RePr with the orthogonality ranking and null-space re-initialisation."""
+    """RePr: rank by ``config.criterion``, drop, train the sub-network, re-initialise.
+
+    Args:
+      config: the schedule, drop fraction, criterion and re-initialisation.
+      score_data: ``(images (n, B, H, W, C) uint8, labels (n, B))``, the fixed batches a
+        data-driven criterion scores on (see :func:`repr_jax.criteria.scoring_batches`).
+      init_params: ``key → params`` (the model's initialiser), needed by ``reinit="random"``.
+    """
     name = "repr"
 
-    def __init__(self, config: ReprConfig):
+    def __init__(self, config: ReprConfig, *, score_data=None, init_params=None):
+        config.validate()
         self.config = config
         self.schedule = ReprSchedule(config.s1, config.s2, config.iterations)
+        self.criterion = get_criterion(config.criterion)
+        if self.criterion.needs_data and score_data is None:
+            raise ValueError(f"criterion {config.criterion!r} needs score_data")
+        if config.reinit == "random" and init_params is None:
+            raise ValueError("reinit 'random' needs init_params (the model initialiser)")
+        self.score_data = score_data if score_data is not None else (None, None)
+        self.init_params = init_params
 
     def phase(self, epoch: int) -> Phase:
         return self.schedule.phase(epoch)
@@ -64,12 +94,15 @@ class RePr:
         layers, cfg = state.layers, self.config
         live = live_filters(state.masks, layers)
         exclude = (layers[0].name,) if cfg.exclude_first else ()
-        scores, new_live = rank_by_orthogonality(
-            state.params, state.masks, cfg.drop_fraction, layers=layers,
-            per_layer=cfg.per_layer, exclude=exclude, min_keep=cfg.min_keep)
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 2_000_000 + phase.round)
+        images, labels = self.score_data
+        scores = score_filters(cfg.criterion, state, layers, key=key, images=images, labels=labels)
+        new_live = select_drops(drop_priority(cfg.criterion, scores), live, cfg.drop_fraction,
+                                per_layer=cfg.per_layer, exclude=exclude, min_keep=cfg.min_keep)
         snapshot = state.params
         state = drop_filters(state, layers, new_live).replace(snapshot=snapshot)
-        return state, drop_record(epoch, phase.round, layers, live, new_live, scores)
+        return state, drop_record(epoch, phase.round, layers, live, new_live, scores,
+                                  criterion=self.criterion)
 
     def after_epoch(self, state, epoch: int):
         phase = self.phase(epoch)
@@ -78,10 +111,18 @@ class RePr:
         layers = state.layers
         live = live_filters(state.masks, layers)
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 1_000_000 + phase.round)
-        new_params = reinit_layers(key, state.params, state.snapshot, live, layers)
+        mode = self.config.reinit
+        if mode == "orthogonal":
+            new_params = reinit_layers(key, state.params, state.snapshot, live, layers)
+        elif mode == "random":   # a fresh draw of the model's own initialiser
+            new_params = self.init_params(key)
+        else:   # "zero": dropped kernels are already 0; training may regrow them (DSD-like).
+            # Without BatchNorm a zero filter feeding a ReLU never does: ReLU'(0) = 0.
+            new_params = state.params
         revived = {name: 1.0 - m for name, m in live.items()}
         state = revive_filters(state, layers, revived, new_params)
-        return state, reinit_record(epoch, phase.round, layers, live, state.params, state.snapshot)
+        return state, reinit_record(epoch, phase.round, layers, live, state.params,
+                                    state.snapshot, mode=mode)
 
 
 def _stats(x: np.ndarray) -> dict:
@@ -90,8 +131,8 @@ def _stats(x: np.ndarray) -> dict:
     return {"min": float(x.min()), "mean": float(x.mean()), "max": float(x.max())}
 
 
-def drop_record(epoch, round_, layers, live_before, live_after, scores) -> dict:
-    """One ``pruning.jsonl`` line: per layer live/dropped counts, indices, score statistics.
+def drop_record(epoch, round_, layers, live_before, live_after, scores, criterion=None) -> dict:
+    """One ``pruning.jsonl`` line: per layer live/dropped counts, indices, raw score statistics.
 
     ``epoch`` (0-based index) is recorded 1-based like ``metrics.jsonl``: the drop happens
     before that epoch, the first sub-network epoch.
@@ -108,11 +149,12 @@ def drop_record(epoch, round_, layers, live_before, live_after, scores) -> dict:
                      "score_live": _stats(s[before]), "score_dropped": _stats(s[dropped])})
     total_live = sum(r["live_before"] for r in rows)
     total_drop = sum(r["dropped"] for r in rows)
-    return {"event": "drop", "epoch": epoch + 1, "round": round_, "criterion": "ortho",
-            "live_before": total_live, "dropped": total_drop, "layers": rows}
+    criterion = criterion or get_criterion("ortho")
+    return {"event": "drop", "epoch": epoch + 1, "round": round_, "criterion": criterion.name,
+            "drop_first": criterion.drop_first, "live_before": total_live, "dropped": total_drop, "layers": rows}
 
 
-def reinit_record(epoch, round_, layers, keep, params, snapshot) -> dict:
+def reinit_record(epoch, round_, layers, keep, params, snapshot, mode="orthogonal") -> dict:
     """One ``pruning.jsonl`` line for a re-initialisation, with orthogonality diagnostics.
 
     ``epoch`` is recorded 1-based: the re-initialisation follows that epoch (the last
@@ -136,13 +178,14 @@ def reinit_record(epoch, round_, layers, keep, params, snapshot) -> dict:
                      "max_abs_cos_to_kept": float(cos_kept),
                      "max_abs_cos_to_own_saved": float(cos_saved),
                      "max_abs_cos_among_new": float(gram)})
-    return {"event": "reinit", "epoch": epoch + 1, "round": round_, "reinit": "orthogonal",
+    return {"event": "reinit", "epoch": epoch + 1, "round": round_, "reinit": mode,
             "revived": int(sum(r["revived"] for r in rows)), "layers": rows}
 
 
-def create_method(name: str, repr_config: ReprConfig | None = None):
+def create_method(name: str, repr_config: ReprConfig | None = None, **repr_kwargs):
+    """``standard`` or ``repr`` (``repr_kwargs``: ``score_data``, ``init_params``)."""
     if name == "standard":
         return Standard()
     if name == "repr":
-        return RePr(repr_config or ReprConfig())
+        return RePr(repr_config or ReprConfig(), **repr_kwargs)
     raise ValueError(f"unknown method {name!r}; choose standard or repr")

@@ -58,7 +58,23 @@ def test_repr_run_writes_pruning_log_and_plot(tmp_path, tiny_cifar_dir):
     assert summary["drops"] == 2 and summary["train_step_compilations_this_process"] >= 1
 
 
+def test_repr_criterion_and_reinit_are_recorded(tmp_path, tiny_cifar_dir):
+    out = tmp_path / "taylor"
+    code = cli.main(_fast(tiny_cifar_dir, out, "--method", "repr", "--epochs", "3", "--repr-s1", "1",
+                          "--repr-s2", "1", "--repr-iterations", "1", "--repr-criterion", "taylor",
+                          "--repr-reinit", "random", "--repr-criterion-batches", "2"))
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())["config"]["repr"]
+    assert (config["criterion"], config["reinit"], config["criterion_batches"]) == ("taylor", "random", 2)
+    drop, reinit = [json.loads(l) for l in (out / "pruning.jsonl").read_text().splitlines()]
+    assert (drop["criterion"], drop["drop_first"], reinit["reinit"]) == ("taylor", "low", "random")
+
+
 @pytest.mark.parametrize("args,message", [
+    (["--method", "repr", "--epochs", "3", "--repr-s1", "1", "--repr-s2", "1", "--repr-iterations", "1",
+      "--repr-criterion", "bn_gamma"], "needs a BatchNorm after every prunable conv"),
+    (["--method", "repr", "--epochs", "3", "--repr-s1", "1", "--repr-s2", "1", "--repr-iterations", "1",
+      "--repr-criterion", "oracle", "--repr-criterion-batches", "50"], "criterion data needs 50×64"),
     (["--model", "resnet7"], "unknown model"),
     (["--epochs", "-3"], "--epochs must be >= 1"),
     (["--method", "repr", "--epochs", "5"], "needs at least"),
@@ -102,5 +118,6 @@ def test_help_documents_every_flag():
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "cifar.py"), "--help"],
                          capture_output=True, text=True, check=True).stdout
     for flag in ("--model", "--method", "--repr-s1", "--repr-s2", "--repr-iterations", "--repr-drop",
-                 "--ortho-loss", "--resume", "--data-dir", "--quiet"):
+                 "--ortho-loss", "--resume", "--data-dir", "--quiet", "--repr-criterion",
+                 "--repr-reinit", "--repr-criterion-batches", "taylor", "oracle", "zero"):
         assert flag in out
