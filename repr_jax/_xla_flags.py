@@ -5,7 +5,7 @@ ResNet-20 144 → 201 img/s, losses equal to float32 round-off. It is *not* swit
 ``import repr_jax``: with the flag, a batched ``a.T @ a`` feeding ``jnp.linalg.cholesky``
 or a triangular solve failed to run ("Instruction with unsupported layout in YNN
 fusion"), and a ``vmap`` over Hessian-vector products of a conv net returned NaN
-(see :func:`repr_jax.criteria.obd_saliency`, which maps over its probes instead), so only
+(see :func:`repr_jax.criteria.obd_saliency`, which unrolls its probes instead), so only
 entry points whose whole program is tested with it call
 :func:`enable_cpu_fusion` — ``experiments/cifar.py``, ``benchmarks/run.py`` and the tests.
 The flag is appended to ``XLA_FLAGS`` only if JAX's backend has not started, the user has

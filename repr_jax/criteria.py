@@ -20,8 +20,8 @@ adding a zero probe to z with :func:`flax.linen.intercept_methods`, so any model
   ``activations``  mean over examples and positions of a; low = drop.
   ``apoz``         mean of 1[a = 0], Average Percentage of Zeros (Hu et al. 2016); high = drop.
   ``gradients``    mean |g|; low = drop.
-  ``taylor``       mean over examples of |mean over positions of a·g| (Molchanov et al. 2017,
-                   Eq. 8; a·g = a·∂L/∂a since g = 0 where a = 0); low = drop.
+  ``taylor``       mean over examples of |mean over positions of a·g| (Molchanov et al. 2017;
+                   a·g = a·∂L/∂a since g = 0 where a = 0); low = drop.
   ``hessian``      Optimal-Brain-Damage saliency ½ Σ_{w ∈ W_f} H_ww w² with the diagonal
                    Hessian of the mean loss estimated by Hutchinson, diag H ≈ E[v ⊙ Hv],
                    v Rademacher on the prunable kernels; low = drop.
