@@ -66,13 +66,13 @@ def correlation_with_oracle(run_dir, data, batches: int) -> dict:
     every criterion scores the same ``batches`` of its training images. ρ is reported over
     all live filters at once (the global ranking) and as the mean of per-layer ρ.
     """
-    from repr_jax.experiment import _load_data, load_run_state  # run-directory I/O
+    from repr_jax.experiment import load_run_data, load_run_state  # run-directory I/O
 
     run_dir = Path(run_dir)
     if not (run_dir / "summary.json").exists():
         return {"skipped": f"no finished run in {run_dir}"}
     config, state = load_run_state(run_dir)
-    subset = _load_data(config, data)
+    subset = load_run_data(config, data)
     x, y = scoring_batches(subset.train_x, subset.train_y, batches, config.batch_size,
                            seed=config.seed + 1)
     x, y = jnp.asarray(x), jnp.asarray(y)

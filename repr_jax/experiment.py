@@ -168,15 +168,16 @@ def build_model(config: RunConfig):
                         **options)
 
 
-def initial_state(config: RunConfig, train_images: int):
+def initial_state(config: RunConfig, train_images: int, model=None):
     """``(model, lr schedule, fresh TrainState)`` for ``config`` and a training-set size."""
-    model = build_model(config)
+    model = build_model(config) if model is None else model
     steps_per_epoch = train_images // config.batch_size
     schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.epochs)
     return model, schedule, create_train_state(model, make_optimizer(config.optim, schedule), config.seed)
 
 
-def _load_data(config: RunConfig, data: Cifar | None) -> Cifar:
+def load_run_data(config: RunConfig, data: Cifar | None = None) -> Cifar:
+    """The run's data: loaded (or ``data``), validation split and fixed-seed slices applied."""
     if data is None:
         data = load_cifar(config.dataset, config.data_dir)  # DataError propagates: one line
     if config.val_split:
@@ -194,8 +195,10 @@ def _method(config: RunConfig, model, state, data: Cifar):
         x, y = scoring_batches(data.train_x, data.train_y, config.repr.criterion_batches,
                                config.batch_size, seed=config.seed + 1)
         score_data = (jnp.asarray(x), jnp.asarray(y))
-    zeros = jnp.zeros((1,) + data.train_x.shape[1:], jnp.float32)
-    init_params = jax.jit(lambda key: model.init(key, zeros, train=False)["params"])
+    init_params = None
+    if config.repr.reinit == "random":
+        zeros = jnp.zeros((1,) + data.train_x.shape[1:], jnp.float32)
+        init_params = jax.jit(lambda key: model.init(key, zeros, train=False)["params"])
     return create_method("repr", config.repr, score_data=score_data, init_params=init_params)
 
 
@@ -223,11 +226,15 @@ def run(config: RunConfig, data: Cifar | None = None) -> dict:
     validation split and slices of ``config`` still apply.
     """
     config.validate()
-    data = _load_data(config, data)
+    try:
+        model = build_model(config)  # bad names fail before any data is read
+    except ValueError as err:
+        raise RunError(str(err)) from None
+    data = load_run_data(config, data)
     if len(data.train_y) < config.batch_size:
         raise RunError(f"--batch-size {config.batch_size} exceeds the {len(data.train_y)} training images")
     try:
-        model, schedule, state = initial_state(config, len(data.train_y))
+        model, schedule, state = initial_state(config, len(data.train_y), model)
         method = _method(config, model, state, data)
     except ValueError as err:
         raise RunError(str(err)) from None
@@ -315,4 +322,4 @@ def run(config: RunConfig, data: Cifar | None = None) -> dict:
 
 
 __all__ = ["RunConfig", "RunError", "DataError", "build_model", "initial_state",
-           "load_run_state", "prepare_run_dir", "run"]
+           "load_run_data", "load_run_state", "prepare_run_dir", "run"]
