@@ -16,29 +16,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from repr_jax._xla_flags import enable_cpu_fusion  # noqa: E402
+from repr_jax._xla_flags import enable_cpu_fusion
 
 enable_cpu_fusion()  # the CLI's CPU setting; REPR_JAX_NO_YNN=1 measures without it
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import reference_impls as ref  # noqa: E402
-from repr_jax import ReprConfig, create_model, reinit_layers  # noqa: E402
+import reference_impls as ref  # noqa: E402  (benchmarks/ is the script's directory)
+from repr_jax import create_model, reinit_layers  # noqa: E402
 from repr_jax.ranking import rank_by_orthogonality  # noqa: E402
 from repr_jax.layers import get_path, prunable_convs  # noqa: E402
+from repr_jax import versions  # noqa: E402
+from repr_jax.cli import fail  # noqa: E402
 from repr_jax.masks import init_masks  # noqa: E402
 
 BENCHMARKS = ("metric", "reinit", "train_step", "repr_overhead")
@@ -84,26 +80,9 @@ def measure(fn, repeats: int, warmup: int = 1, budget_s: float = 30.0) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     torch = _torch()
-    info = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "jax_backend": jax.default_backend(),
-            "device_kind": jax.devices()[0].device_kind, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "torch_device": ("cuda" if torch is not None and torch.cuda.is_available() else "cpu")
-            if torch is not None else None}
-    for pkg in ("jax", "jaxlib", "flax", "optax", "numpy", "torch"):
-        try:
-            info[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            info[pkg] = None
-    return info
+    return {**versions.machine(), "device_kind": jax.devices()[0].device_kind,
+            "torch_device": ("cuda" if torch.cuda.is_available() else "cpu") if torch is not None else None}
 
 
 def _model_kernels(name):
@@ -169,7 +148,7 @@ def bench_reinit(models, repeats):
 
 def _jax_step_fn(name, batch):
     from repr_jax import OptimConfig, create_train_state, make_optimizer
-    from repr_jax.train import train_step_indexed
+    from repr_jax.train import train_step_indexed, zero_totals
     import optax
     cfg = OptimConfig(learning_rate=0.01, schedule="constant")
     state = create_train_state(create_model(name), make_optimizer(cfg, optax.constant_schedule(0.01)), 0)
@@ -181,8 +160,7 @@ def _jax_step_fn(name, batch):
 
     def step():
         idx = jnp.arange(batch) + batch * (holder["i"] % 4)
-        totals = {"loss": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
-        holder["state"], t = train_step_indexed(holder["state"], totals, x, y, idx,
+        holder["state"], t = train_step_indexed(holder["state"], zero_totals(), x, y, idx,
                                                 jax.random.key(holder["i"]), layers=layers)
         holder["i"] += 1
         return t
@@ -273,16 +251,14 @@ def bench_train_step(models, repeats, batch=128, steps=5, quick=False):
 
 
 def bench_repr_overhead(train_images, epochs_cfg, repeats):
-    from repr_jax.data import Cifar
-    from repr_jax.experiment import RunConfig, run
-    from repr_jax.train import OptimConfig, train_step_indexed
+    from repr_jax.config import RunConfig
+    from repr_jax.data import synthetic_cifar
+    from repr_jax.experiment import run
+    from repr_jax.methods import method_config
+    from repr_jax.optim import OptimConfig
+    from repr_jax.train import train_step_indexed
     from repr_jax import reinit as reinit_mod, ranking as ranking_mod
-    rng = np.random.default_rng(0)
-    colours = rng.integers(30, 225, (10, 3))
-    y = rng.integers(0, 10, train_images + 500).astype(np.int32)
-    x = np.clip(colours[y][:, None, None] + rng.normal(0, 25, (len(y), 32, 32, 3)), 0, 255).astype(np.uint8)
-    data = Cifar(x[:train_images], y[:train_images], x[train_images:], y[train_images:],
-                 tuple(f"c{i}" for i in range(10)), "synthetic")
+    data = synthetic_cifar(train_images, 500)
     s1, s2, n = epochs_cfg
     epochs = n * (s1 + s2)
     row = {"model": "convnet", "train_images": train_images, "epochs": epochs,
@@ -293,9 +269,10 @@ def bench_repr_overhead(train_images, epochs_cfg, repeats):
         for r in range(repeats + 1):  # first pair warms caches (compilations)
             for method in ("standard", "repr"):
                 before = train_step_indexed._cache_size()
-                cfg = RunConfig(out=f"{tmp}/{method}{r}", method=method, epochs=epochs, seed=0,
+                settings = dict(s1=s1, s2=s2, iterations=n) if method == "repr" else {}
+                cfg = RunConfig(out=f"{tmp}/{method}{r}", epochs=epochs, seed=0,
                                 optim=OptimConfig(learning_rate=0.002),
-                                repr=ReprConfig(s1=s1, s2=s2, iterations=n), quiet=True)
+                                method=method_config(method, **settings), quiet=True)
                 t0 = time.perf_counter()
                 run(cfg, data=data)
                 if r:
@@ -341,8 +318,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per figure")
     args = p.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
-        print("error: --repeats must be >= 1", file=sys.stderr)
-        return 2
+        return fail(ValueError("--repeats must be >= 1"))
     quick = args.quick
     repeats = args.repeats or (3 if quick else 20)
     models = ["resnet20"] if quick else ["resnet20", "resnet56", "resnet110", "vgg16"]

@@ -32,18 +32,18 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from repr_jax._xla_flags import enable_cpu_fusion  # noqa: E402
+from repr_jax._xla_flags import enable_cpu_fusion
 
 enable_cpu_fusion()  # before JAX starts its backend; REPR_JAX_NO_YNN=1 opts out
 
 from repr_jax.ablation import (Row, ablation_rows, correlation_with_oracle, summarize,  # noqa: E402
                                write_report)
+from repr_jax.cli import fail  # noqa: E402
+from repr_jax.config import DataConfig, ModelConfig, RunConfig, RunError  # noqa: E402
 from repr_jax.data import DataError, load_cifar  # noqa: E402
-from repr_jax.experiment import RunConfig, RunError, run  # noqa: E402
-from repr_jax.methods import ReprConfig  # noqa: E402
-from repr_jax.train import OptimConfig  # noqa: E402
+from repr_jax.experiment import run  # noqa: E402
+from repr_jax.methods import method_config  # noqa: E402
+from repr_jax.optim import OptimConfig  # noqa: E402
 
 SCALES = {
     "cpu": dict(train_limit=10_000, epochs=8, s1=2, s2=1, iterations=2, seeds=(0, 1)),
@@ -86,18 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_config(args, row: Row, seed: int, out: Path, scale: dict) -> RunConfig:
-    repr_cfg = ReprConfig(s1=scale["s1"], s2=scale["s2"], iterations=scale["iterations"],
-                          drop_fraction=args.drop, per_layer=args.per_layer,
-                          criterion=row.criterion or "ortho", reinit=row.reinit or "orthogonal",
-                          criterion_batches=args.criterion_batches)
+    method = method_config("standard")
+    if row.method == "repr":
+        method = method_config(
+            "repr", s1=scale["s1"], s2=scale["s2"], iterations=scale["iterations"],
+            drop_fraction=args.drop, per_layer=args.per_layer, criterion=row.criterion or "ortho",
+            reinit=row.reinit or "orthogonal", criterion_batches=args.criterion_batches)
     return RunConfig(
-        out=str(out / "runs" / f"{row.id}-seed{seed}"), model="convnet", dataset="cifar10",
-        data_dir=args.data_dir, method=row.method, epochs=scale["epochs"],
-        batch_size=args.batch_size, seed=seed,
+        out=str(out / "runs" / f"{row.id}-seed{seed}"), seed=seed, epochs=scale["epochs"],
+        batch_size=args.batch_size,
+        model=ModelConfig("convnet", width=args.width, batch_norm=args.batch_norm),
+        data=DataConfig("cifar10", dir=args.data_dir, train_limit=scale["train_limit"],
+                        test_limit=args.test_limit),
         optim=OptimConfig(optimizer="sgd", learning_rate=args.lr, schedule="cosine"),
-        repr=repr_cfg, convnet_width=args.width, convnet_batch_norm=args.batch_norm,
-        train_limit=scale["train_limit"], test_limit=args.test_limit, quiet=True,
-        keep_checkpoints=1)
+        method=method, quiet=True, keep_checkpoints=1)
 
 
 def _existing(config: RunConfig):
@@ -144,8 +146,7 @@ def main(argv=None) -> int:
             cfg.validate()
         data = load_cifar("cifar10", args.data_dir)   # fails early, fills the decode cache
     except (RunError, DataError, ValueError) as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
+        return fail(err)
     out.mkdir(parents=True, exist_ok=True)
     protocol = {"scale": args.scale, "model": f"C^3({args.width})", "batch_norm": args.batch_norm,
                 "data_source": data.source, **scale, "seeds": list(seeds), "drop_fraction": args.drop, "ranking": "per-layer" if args.per_layer else "global",
@@ -178,8 +179,7 @@ def main(argv=None) -> int:
                     results[(row.id, seed)] = fut.result()
                     _progress(row, seed, results[(row.id, seed)], started, args.quiet)
     except (RunError, DataError) as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
+        return fail(err)
 
     correlation = correlation_with_oracle(out / "runs" / f"standard-seed{seeds[0]}", data,
                                           args.criterion_batches)

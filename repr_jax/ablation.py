@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 from pathlib import Path
 
 import jax
@@ -19,6 +18,7 @@ import numpy as np
 from scipy import stats
 
 from repr_jax.criteria import CRITERIA, drop_priority, score_filters, scoring_batches
+from repr_jax.versions import machine
 
 PAPER_TABLE = {"standard": 72.1, "random": 73.4, "activations": 74.1, "apoz": 74.3,
                "gradients": 74.3, "taylor": 74.3, "hessian": 74.4, "weights": 74.6,
@@ -113,10 +113,7 @@ def summarize(rows, seeds, results: dict, protocol: dict, correlation: dict,
                       for s, r in runs.items()},
         })
     trained_on = sorted({d for r in results.values() for d in r.get("devices", [])})
-    return {"protocol": protocol, "trained_on": trained_on,
-            "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                        "jax_backend": jax.default_backend(),
-                        "devices": [d.device_kind for d in jax.devices()], "jax": jax.__version__},
+    return {"protocol": protocol, "trained_on": trained_on, "machine": machine(),
             "wall_seconds": wall_seconds, "rows": table, "spearman_vs_oracle": correlation}
 
 

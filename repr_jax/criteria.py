@@ -36,12 +36,11 @@ import dataclasses
 import functools
 from typing import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from repr_jax.layers import ConvLayer, channel_leaves, get_path, replace_path
+from repr_jax.layers import ConvLayer, channel_leaves, get_path, intercept_outputs, replace_path, response_site
 from repr_jax.ortho import score_layers
 from repr_jax.pipeline import normalize
 from repr_jax.train import cross_entropy
@@ -95,26 +94,17 @@ def _random(state, layers, key, images, labels):
 
 
 # ----------------------------------------------------------------------------- data-driven
-def _response_site(layer: ConvLayer) -> tuple[str, ...]:
-    return layer.bn_path if layer.bn_path is not None else layer.path
-
-
 def _forward(state, params, images, layers, probes=None):
     """Eval-mode logits and each layer's response z (plus ``probes[name]`` if given)."""
-    sites = {_response_site(l): l.name for l in layers}
     responses = {}
 
-    def interceptor(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        name = sites.get(tuple(context.module.path)) if context.method_name == "__call__" else None
-        if name is None:
-            return out
+    def probe(name, out):
         if probes is not None:
             out = out + probes[name]
         responses[name] = out
         return out
 
-    with nn.intercept_methods(interceptor):
+    with intercept_outputs({response_site(l): l.name for l in layers}, probe):
         logits = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
                                 normalize(images), train=False)
     return logits, responses

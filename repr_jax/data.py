@@ -87,6 +87,22 @@ class Cifar:
         return dataclasses.replace(self, train_x=tx, train_y=ty, test_x=vx, test_y=vy)
 
 
+def synthetic_cifar(n_train: int, n_test: int, num_classes: int = 10, seed: int = 0) -> Cifar:
+    """A learnable stand-in for CIFAR (tests, benchmarks, notebooks): each class has its own
+    mean colour, plus Gaussian noise (σ = 25) per pixel; uint8 images, int32 labels."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(30, 225, (num_classes, 3))
+
+    def make(n):
+        y = rng.integers(0, num_classes, n).astype(np.int32)
+        noise = rng.normal(0, 25, (n, 32, 32, 3))
+        return np.clip(colours[y][:, None, None, :] + noise, 0, 255).astype(np.uint8), y
+
+    (tx, ty), (vx, vy) = make(n_train), make(n_test)
+    return Cifar(tx, ty, vx, vy, tuple(f"class_{i}" for i in range(num_classes)),
+                 f"synthetic (seed {seed})")
+
+
 # ----------------------------------------------------------------------------- reading
 def _read_files(source: Path) -> dict[str, bytes]:
     """All regular files of a directory or tar archive: relative posix path -> bytes."""
@@ -335,7 +351,7 @@ def load_cifar(dataset: str = "cifar10", data_dir: str | os.PathLike | None = No
         import tensorflow  # noqa: F401  (only then can TFDS prepare CIFAR)
         return _load_tfds(dataset)
     except ImportError:
-        errors.append("TensorFlow not installed for TFDS")
+        errors.append("TensorFlow / tensorflow-datasets not installed (pip install -e '.[tfds]')")
     except Exception as err:  # TFDS prepare failed (offline, ...)
         errors.append(f"TFDS failed: {err}")
     try:

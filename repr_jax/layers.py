@@ -85,3 +85,30 @@ def shape_groups(layers: tuple[ConvLayer, ...]) -> dict[tuple, list[ConvLayer]]:
     for layer in layers:
         groups.setdefault(layer.shape, []).append(layer)
     return groups
+
+
+def stack_leaves(tree: Mapping[str, Any], layers, leaf: str = "kernel"):
+    """``tree``'s ``leaf`` of each layer stacked on a new leading axis (one shape group)."""
+    import jax.numpy as jnp
+    return jnp.stack([get_path(tree, layer.path + (leaf,)) for layer in layers])
+
+
+def response_site(layer: ConvLayer) -> tuple[str, ...]:
+    """Module path whose output is a filter's response: its BatchNorm, else the conv itself."""
+    return layer.bn_path if layer.bn_path is not None else layer.path
+
+
+def intercept_outputs(sites: Mapping[tuple[str, ...], str], fn):
+    """Context manager: inside it, the output of each module at a path in ``sites`` becomes
+    ``fn(sites[path], output)`` (via :func:`flax.linen.intercept_methods`, so any model
+    works unchanged). Used for scoring probes and for a method's channel gates."""
+    import flax.linen as nn
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name != "__call__":
+            return out
+        name = sites.get(tuple(context.module.path))
+        return out if name is None else fn(name, out)
+
+    return nn.intercept_methods(interceptor)

@@ -1,10 +1,16 @@
-"""Per-filter masks: the masks tree, the optax transform that respects it, drop and revive.
+"""Masks of any granularity: the masks tree, the optax transform that respects it, drop and revive.
 
-``TrainState.masks`` has the structure of ``params``. For a prunable conv (see
-:mod:`repr_jax.layers`) the kernel, bias and following BatchNorm scale/bias leaves hold the
-same ``(F,)`` 0/1 vector, which broadcasts onto each leaf's last (filter) axis; every other
-leaf holds a scalar 1. Pruning only ever changes these values, never shapes, so a jitted
-train step compiled once serves the whole run.
+``TrainState.masks`` has the structure of ``params``; each leaf's mask broadcasts onto it:
+  * a scalar ``()`` — the leaf is not masked (value 1);
+  * a filter mask ``(F,)`` — for a prunable conv (see :mod:`repr_jax.layers`) its kernel,
+    bias and following BatchNorm scale/bias hold the same 0/1 vector, broadcast onto each
+    leaf's last (filter) axis;
+  * an element mask, the leaf's own shape — any leaf (conv or dense kernels) whose path a
+    method asks for in :func:`init_masks` (Han et al. 2015 magnitude pruning, DSD).
+A conv kernel with an element mask still carries its filters: a filter is live while any of
+its elements is, dropping it zeroes all of them and reviving it sets all of them to 1.
+Pruning only ever changes mask values, never shapes, so a jitted train step compiled once
+serves the whole run.
 """
 from __future__ import annotations
 
@@ -17,28 +23,60 @@ import optax
 from repr_jax.layers import ConvLayer, channel_leaves, get_path, replace_path
 
 
-def init_masks(params, layers: tuple[ConvLayer, ...]):
-    """All-ones masks tree: ``(F,)`` for each prunable conv's channel leaves, ``()`` elsewhere."""
+def init_masks(params, layers: tuple[ConvLayer, ...], element: tuple[tuple[str, ...], ...] = ()):
+    """All-ones masks tree: ``(F,)`` for each prunable conv's channel leaves, the leaf's shape
+    for every params path in ``element``, ``()`` elsewhere."""
     masks = jax.tree_util.tree_map(lambda _: jnp.ones((), jnp.float32), params)
     for layer in layers:
         for _, path in channel_leaves(layer):
             masks = replace_path(masks, path, lambda _, f=layer.num_filters: jnp.ones((f,), jnp.float32))
+    for path in element:
+        leaf = get_path(params, tuple(path))
+        masks = replace_path(masks, tuple(path), lambda _, s=jnp.shape(leaf): jnp.ones(s, jnp.float32))
     return masks
+
+
+def _filter_live(mask) -> jax.Array:
+    """``(F,)`` live filters of a kernel mask, filter- or element-shaped."""
+    if jnp.ndim(mask) <= 1:
+        return mask
+    return jnp.any(mask != 0, axis=tuple(range(mask.ndim - 1))).astype(jnp.float32)
 
 
 def live_filters(masks, layers: tuple[ConvLayer, ...]) -> dict[str, jax.Array]:
-    """``{layer name: (F,) mask}`` read from each conv's kernel mask."""
-    return {layer.name: get_path(masks, layer.path + ("kernel",)) for layer in layers}
+    """``{layer name: (F,) mask}`` read from each conv's kernel mask (a filter with an element
+    mask is live while any of its elements is)."""
+    return {layer.name: _filter_live(get_path(masks, layer.path + ("kernel",))) for layer in layers}
+
+
+def _set_filters(old, live):
+    """Filter mask ``live`` onto an ``old`` leaf mask: a vector is replaced; an element mask
+    keeps its pattern in filters live before and after, is 1 in revived filters, 0 in dead."""
+    if jnp.ndim(old) <= 1:
+        return jnp.array(live, copy=True)  # a buffer per leaf: the state is donated
+    was_live = _filter_live(old) > 0
+    return jnp.where(live > 0, jnp.where(was_live, old, 1.0), 0.0).astype(old.dtype)
 
 
 def with_live_filters(masks, layers: tuple[ConvLayer, ...], live: dict[str, jax.Array]):
-    """Write per-layer ``(F,)`` masks onto kernel, bias and BatchNorm scale/bias leaves."""
+    """Write per-layer ``(F,)`` live filters onto kernel, bias and BatchNorm scale/bias masks."""
     for layer in layers:
         if layer.name in live:
             value = jnp.asarray(live[layer.name], jnp.float32)
-            for _, path in channel_leaves(layer):  # a buffer per leaf: the state is donated
-                masks = replace_path(masks, path, lambda _, v=value: jnp.array(v, copy=True))
+            for _, path in channel_leaves(layer):
+                masks = replace_path(masks, path, lambda old, v=value: _set_filters(old, v))
     return masks
+
+
+def with_element_mask(masks, path: tuple[str, ...], mask):
+    """Masks with the element mask of the params leaf at ``path`` replaced by ``mask`` (same
+    shape as the leaf, which :func:`init_masks` must have given an element mask)."""
+    old = get_path(masks, tuple(path))
+    mask = jnp.asarray(mask, jnp.float32)
+    if jnp.shape(old) != jnp.shape(mask):
+        raise ValueError(f"element mask for {'/'.join(path)} has shape {jnp.shape(mask)}, "
+                         f"the masks tree holds {jnp.shape(old)} (declare it in init_masks)")
+    return replace_path(masks, tuple(path), lambda _: mask)
 
 
 def apply_masks(tree, masks):
@@ -80,11 +118,15 @@ def scale_moments(tx: optax.GradientTransformation, opt_state, factors):
         transform_non_params=lambda x: x)
 
 
-def drop_filters(state, layers: tuple[ConvLayer, ...], live: dict[str, jax.Array]):
-    """Install new per-layer masks: zero the dropped parameters and their optimizer moments."""
-    masks = with_live_filters(state.masks, layers, live)
+def with_masks(state, masks):
+    """Install a new masks tree: masked parameters and their optimizer moments become 0."""
     return state.replace(params=apply_masks(state.params, masks), masks=masks,
                          opt_state=scale_moments(state.tx, state.opt_state, masks))
+
+
+def drop_filters(state, layers: tuple[ConvLayer, ...], live: dict[str, jax.Array]):
+    """Install new per-layer live filters: zero the dropped parameters and their optimizer moments."""
+    return with_masks(state, with_live_filters(state.masks, layers, live))
 
 
 def revive_filters(state, layers: tuple[ConvLayer, ...], revived: dict[str, jax.Array],

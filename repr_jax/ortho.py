@@ -15,14 +15,24 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from repr_jax.layers import ConvLayer, get_path, shape_groups
+import chex
+
+from repr_jax.layers import ConvLayer, shape_groups, stack_leaves
 
 _EPS = 1e-12
 
 
 def filter_rows(kernel: jax.Array) -> jax.Array:
     """Flax kernel ``(kh, kw, c_in, F)`` → W, one flattened filter per row ``(F, kh·kw·c_in)``."""
+    chex.assert_rank(kernel, 4)
     return jnp.reshape(kernel, (-1, kernel.shape[-1])).T
+
+
+def _filter_mask(mask: jax.Array) -> jax.Array:
+    """``(F,)`` live filters of a filter- or element-shaped kernel mask."""
+    if mask.ndim <= 1:
+        return mask
+    return jnp.any(mask != 0, axis=tuple(range(mask.ndim - 1))).astype(mask.dtype)
 
 
 def normalize_rows(w: jax.Array) -> jax.Array:
@@ -61,10 +71,6 @@ def filter_orthogonality(kernel: jax.Array, mask: jax.Array | None = None) -> ja
     return jnp.sum(p, axis=-1) / count
 
 
-def _stack(tree, layers, leaf):
-    return jnp.stack([get_path(tree, layer.path + (leaf,)) for layer in layers])
-
-
 @functools.partial(jax.jit, static_argnames="layers")
 def score_layers(params, masks, layers: tuple[ConvLayer, ...]) -> dict[str, jax.Array]:
     """O_f for every prunable conv at once: same-shaped layers stacked, one vmap per shape.
@@ -73,8 +79,8 @@ def score_layers(params, masks, layers: tuple[ConvLayer, ...]) -> dict[str, jax.
     """
     scores = {}
     for group in shape_groups(layers).values():
-        kernels = _stack(params, group, "kernel")
-        live = _stack(masks, group, "kernel")
+        kernels = stack_leaves(params, group)
+        live = jax.vmap(_filter_mask)(stack_leaves(masks, group))
         out = jax.vmap(filter_orthogonality)(kernels, live)
         scores.update({layer.name: out[i] for i, layer in enumerate(group)})
     return scores

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 
-from repr_jax.layers import ConvLayer, get_path, replace_path, shape_groups
+from repr_jax.layers import ConvLayer, replace_path, shape_groups, stack_leaves
 from repr_jax.ortho import filter_rows, normalize_rows
 
 _TINY = 1e-12
@@ -114,6 +115,8 @@ def orthogonal_reinit(key: jax.Array, kernel: jax.Array, keep: jax.Array,
 
     Returns the new kernel, same shape and dtype; kept filters are bit-identical.
     """
+    chex.assert_equal_shape([kernel, saved_kernel])
+    chex.assert_shape(keep, (kernel.shape[-1],))
     f, d = kernel.shape[-1], kernel.size // kernel.shape[-1]
     w = filter_rows(kernel).astype(jnp.float32)
     s = filter_rows(saved_kernel).astype(jnp.float32)
@@ -156,11 +159,10 @@ def reinit_layers(key: jax.Array, params, saved_params, keep: dict[str, jax.Arra
     ``split(fold_in(key, g), len(group))[i]``.
     """
     for g, group in enumerate(shape_groups(layers).values()):
-        stack = lambda tree, leaf: jnp.stack([get_path(tree, l.path + (leaf,)) for l in group])
         keys = jax.random.split(jax.random.fold_in(key, g), len(group))
         keeps = jnp.stack([keep[l.name] for l in group])
-        new = jax.vmap(orthogonal_reinit)(keys, stack(params, "kernel"), keeps,
-                                          stack(saved_params, "kernel"))
+        new = jax.vmap(orthogonal_reinit)(keys, stack_leaves(params, group), keeps,
+                                          stack_leaves(saved_params, group))
         for i, layer in enumerate(group):
             params = replace_path(params, layer.path + ("kernel",), lambda _, v=new[i]: v)
     return params

@@ -1,9 +1,11 @@
 """The single train-state pytree: everything a run needs to continue bit-for-bit.
 
-Fields: ``step``, ``params``, ``batch_stats``, ``opt_state``, ``masks`` (params-shaped, see
-:mod:`repr_jax.masks`), ``rng`` (the run's root key; epoch and step keys are folded from it)
-and ``snapshot`` (the params at the last drop: RePr re-initialises against these values).
-``apply_fn`` and ``tx`` are static.
+Fields: ``step``, ``params``, ``batch_stats``, ``opt_state``, ``masks`` (params-shaped, any
+granularity, see :mod:`repr_jax.masks`), ``rng`` (the run's root key; epoch and step keys
+are folded from it), and what the method adds (:mod:`repr_jax.methods.base`):
+``method_state`` (e.g. RePr's snapshot of the dropped filters), ``method_params`` (extra
+trainable parameters) and ``method_opt_state`` (their optimizer state). ``apply_fn``,
+``tx`` and ``method_tx`` are static.
 """
 from __future__ import annotations
 
@@ -26,25 +28,45 @@ class TrainState:
     opt_state: Any
     masks: Any
     rng: jax.Array
-    snapshot: Any
-    apply_fn: Callable = flax.struct.field(pytree_node=False)
-    tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+    method_state: Any = flax.struct.field(default_factory=dict)
+    method_params: Any = flax.struct.field(default_factory=dict)
+    method_opt_state: Any = flax.struct.field(default_factory=dict)
+    apply_fn: Callable = flax.struct.field(pytree_node=False, default=None)
+    tx: optax.GradientTransformation = flax.struct.field(pytree_node=False, default=None)
+    method_tx: optax.GradientTransformation | None = flax.struct.field(pytree_node=False, default=None)
 
     @property
     def layers(self):
         return prunable_convs(self.params)
 
 
+# Key streams folded from the run key for a method's setup (the model init key and the
+# run key are the first split of the seed's key, as before methods existed).
+_METHOD_STATE_STREAM, _METHOD_PARAMS_STREAM = 3_000_001, 3_000_002
+
+
 def create_train_state(model, tx: optax.GradientTransformation, seed: int,
-                       input_shape=(1, 32, 32, 3)) -> TrainState:
-    """Initialise params/batch stats from ``seed``; all-ones masks; fresh optimizer state."""
+                       input_shape=(1, 32, 32, 3), method=None) -> TrainState:
+    """Initialise params/batch stats from ``seed``; all-ones masks (element masks where
+    ``method`` asks); fresh optimizer state; the method's state and extra parameters."""
     root = jax.random.key(seed)
     init_key, run_key = jax.random.split(root)
     variables = model.init(init_key, jnp.zeros(input_shape, jnp.float32), train=False)
     params = variables["params"]
+    element = method.element_masks(params) if method is not None else ()
+    method_state, method_params, method_tx, method_opt_state = {}, {}, None, {}
+    if method is not None:
+        method_state = method.init_method_state(params, jax.random.fold_in(run_key, _METHOD_STATE_STREAM))
+        method_params = method.init_method_params(params, jax.random.fold_in(run_key, _METHOD_PARAMS_STREAM))
+        if jax.tree_util.tree_leaves(method_params):
+            method_tx = method.method_optimizer()
+            if method_tx is None:
+                raise ValueError(f"method {method.name!r} has method_params but no method_optimizer()")
+            method_opt_state = method_tx.init(method_params)
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
         batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-        masks=init_masks(params, prunable_convs(params)), rng=jax.random.key_data(run_key),
-        snapshot=jax.tree_util.tree_map(jnp.zeros_like, params),
-        apply_fn=model.apply, tx=tx)
+        masks=init_masks(params, prunable_convs(params), element),
+        rng=jax.random.key_data(run_key), method_state=method_state,
+        method_params=method_params, method_opt_state=method_opt_state,
+        apply_fn=model.apply, tx=tx, method_tx=method_tx)

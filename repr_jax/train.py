@@ -4,10 +4,15 @@ An epoch is a shuffled ``(steps, batch)`` index array over the device-resident d
 step gathers its batch on device, so the host only dispatches (asynchronously) and reads
 metrics every ``log_every`` steps for the progress bar. The step compiles once per run:
 masks and re-initialisation change values, never shapes.
+
+The step's loss is the cross-entropy plus named terms: ``λ·Σ O_f`` when ``ortho_lambda``
+is set (any method) and the method's :meth:`~repr_jax.methods.base.Method.loss_terms`;
+each term's epoch mean is reported. A method may also change the state before the forward
+pass (``step_hook``), gate conv outputs (``channel_gates``) and carry trainable
+``method_params``. The model gets per-step RNG streams ``dropout`` and ``dropconnect``.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 
@@ -15,99 +20,99 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from repr_jax.layers import ConvLayer
-from repr_jax.masks import masked_updates
+from repr_jax.layers import ConvLayer, intercept_outputs, prunable_convs
+from repr_jax.methods.base import Method, StepInputs
 from repr_jax.ortho import orthogonality_penalty
 from repr_jax.pipeline import augment, epoch_indices, eval_indices, normalize
 from repr_jax.state import TrainState
 
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    optimizer: str = "sgd"          # "sgd" (momentum) or "adam"
-    learning_rate: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4      # L2 on kernels (conv and dense), decoupled from Adam
-    schedule: str = "cosine"        # "constant", "cosine" or "step"
-    warmup_epochs: int = 0
-    step_epochs: tuple[int, ...] = ()  # "step": multiply by step_factor at these epochs
-    step_factor: float = 0.1
-
-
-def learning_rate_schedule(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> optax.Schedule:
-    """An optax schedule over optimizer steps."""
-    total = max(steps_per_epoch * epochs, 1)
-    warm = cfg.warmup_epochs * steps_per_epoch
-    if cfg.schedule == "constant":
-        main = optax.constant_schedule(cfg.learning_rate)
-    elif cfg.schedule == "cosine":
-        main = optax.cosine_decay_schedule(cfg.learning_rate, max(total - warm, 1))
-    elif cfg.schedule == "step":
-        main = optax.piecewise_constant_schedule(
-            cfg.learning_rate, {max(e * steps_per_epoch - warm, 1): cfg.step_factor
-                                for e in cfg.step_epochs})
-    else:
-        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose constant, cosine or step")
-    if warm:
-        return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, warm), main], [warm])
-    return main
-
-
-def _is_kernel(params):
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
-
-
-def make_optimizer(cfg: OptimConfig, schedule: optax.Schedule) -> optax.GradientTransformationExtraArgs:
-    """masked → (weight decay + SGD momentum | AdamW) → masked; call ``update(..., masks=...)``."""
-    if cfg.optimizer == "sgd":
-        core = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=_is_kernel),
-                           optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
-    elif cfg.optimizer == "adam":  # decoupled weight decay (AdamW)
-        core = optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=_is_kernel)
-    else:
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adam")
-    return optax.chain(masked_updates(), core, masked_updates())
+RNG_STREAMS = ("dropout", "dropconnect")
+# fold_in constants of a step key (augmentation uses the step key itself)
+_HOOK_STREAM, _MODEL_STREAM, _LOSS_STREAM = 11, 12, 13
 
 
 def cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def _forward(state, params, images, train):
+def zero_totals(terms=()) -> dict:
+    """Running sums of an epoch's metrics: loss, correct, count and each loss term."""
+    return {"loss": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(()),
+            **{f"term/{name}": jnp.zeros(()) for name in terms}}
+
+
+def _gates(state, method, method_params, train):
+    gates = method.channel_gates(method_params, state.method_state, train) if method is not None else None
+    if not gates:
+        return None
+    sites = {layer.path: layer.name for layer in prunable_convs(state.params)}
+    return intercept_outputs(sites, lambda name, out: out * gates[name].astype(out.dtype)
+                             if name in gates else out)
+
+
+def forward(state, params, images, *, train: bool, method=None, method_params=None, rngs=None):
+    """Logits (and the new batch stats when ``train``) of normalised ``images``, with the
+    method's channel gates applied."""
     variables = {"params": params, "batch_stats": state.batch_stats}
-    if train:
-        logits, updates = state.apply_fn(variables, images, train=True, mutable=["batch_stats"])
-        return logits, updates["batch_stats"]
-    return state.apply_fn(variables, images, train=False), state.batch_stats
+    gates = _gates(state, method, state.method_params if method_params is None else method_params, train)
+
+    def apply():
+        if train:
+            logits, updates = state.apply_fn(variables, images, train=True, mutable=["batch_stats"],
+                                             rngs=rngs)
+            return logits, updates["batch_stats"]
+        return state.apply_fn(variables, images, train=False), state.batch_stats
+
+    if gates is None:
+        return apply()
+    with gates:
+        return apply()
 
 
-def train_step(state: TrainState, images, labels, key, *,
-               layers: tuple[ConvLayer, ...], ortho_lambda: float = 0.0):
+def train_step(state: TrainState, images, labels, key, *, layers: tuple[ConvLayer, ...],
+               ortho_lambda: float = 0.0, method=None):
     """One optimizer step on a uint8 batch (augmented and normalised here)."""
+    if method is not None:
+        state = method.step_hook(state, jax.random.fold_in(key, _HOOK_STREAM))
     x = normalize(augment(key, images))
+    model_key = jax.random.fold_in(key, _MODEL_STREAM)
+    rngs = {name: jax.random.fold_in(model_key, i) for i, name in enumerate(RNG_STREAMS)}
 
-    def loss_fn(params):
-        logits, stats = _forward(state, params, x, train=True)
+    def loss_fn(trainable):
+        params, method_params = trainable
+        logits, stats = forward(state, params, x, train=True, method=method,
+                                method_params=method_params, rngs=rngs)
         loss = jnp.mean(cross_entropy(logits, labels))
-        total = loss
+        terms = {}
         if ortho_lambda:
-            total = total + ortho_lambda * orthogonality_penalty(params, state.masks, layers)
-        return total, (loss, logits, stats)
+            terms["ortho"] = ortho_lambda * orthogonality_penalty(params, state.masks, layers)
+        if method is not None:
+            terms.update(method.loss_terms(StepInputs(params, method_params, state, x, labels, logits,
+                                                      jax.random.fold_in(key, _LOSS_STREAM))))
+        total = loss
+        for name in sorted(terms):
+            total = total + terms[name]
+        return total, (loss, logits, stats, terms)
 
-    (_, (loss, logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (loss, logits, stats, terms)), (grads, method_grads) = jax.value_and_grad(
+        loss_fn, has_aux=True)((state.params, state.method_params))
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params, masks=state.masks)
     params = optax.apply_updates(state.params, updates)
     new = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state)
-    metrics = {"loss": loss * labels.shape[0], "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
-               "count": jnp.asarray(labels.shape[0], jnp.float32)}
+    if state.method_tx is not None:
+        m_updates, m_opt = state.method_tx.update(method_grads, state.method_opt_state, state.method_params)
+        new = new.replace(method_params=optax.apply_updates(state.method_params, m_updates),
+                          method_opt_state=m_opt)
+    batch = labels.shape[0]
+    metrics = {"loss": loss * batch, "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
+               "count": jnp.asarray(batch, jnp.float32),
+               **{f"term/{name}": value * batch for name, value in terms.items()}}
     return new, metrics
 
 
-@functools.partial(jax.jit, static_argnames=("layers", "ortho_lambda"), donate_argnums=(0, 1))
+@functools.partial(jax.jit, static_argnames=("layers", "ortho_lambda", "method"), donate_argnums=(0, 1))
 def train_step_indexed(state: TrainState, totals, images, labels, batch_index, key, *,
-                       layers: tuple[ConvLayer, ...], ortho_lambda: float = 0.0):
+                       layers: tuple[ConvLayer, ...], ortho_lambda: float = 0.0, method=None):
     """Gather the batch on device, step, and add its metrics to the running ``totals``.
 
     Called once per step from the host with no synchronisation in between: dispatch is
@@ -116,14 +121,25 @@ def train_step_indexed(state: TrainState, totals, images, labels, batch_index, k
     """
     state, m = train_step(state, images[batch_index], labels[batch_index],
                           jax.random.fold_in(key, state.step), layers=layers,
-                          ortho_lambda=ortho_lambda)
+                          ortho_lambda=ortho_lambda, method=method)
     return state, jax.tree_util.tree_map(jnp.add, totals, m)
 
 
-@functools.partial(jax.jit, donate_argnums=(1,))
-def eval_step(state: TrainState, totals, images, labels, batch_index, weights):
+def loss_term_names(state: TrainState, images, labels, *, batch_size: int, layers,
+                    ortho_lambda: float = 0.0, method=None) -> tuple[str, ...]:
+    """Names of the loss terms the step reports (traced once, nothing is computed)."""
+    if not ortho_lambda and (method is None or type(method).loss_terms is Method.loss_terms):
+        return ()
+    out = jax.eval_shape(functools.partial(train_step, layers=layers, ortho_lambda=ortho_lambda,
+                                           method=method),
+                         state, images[:batch_size], labels[:batch_size], jax.random.key(0))
+    return tuple(sorted(k[len("term/"):] for k in out[1] if k.startswith("term/")))
+
+
+@functools.partial(jax.jit, static_argnames=("method",), donate_argnums=(1,))
+def eval_step(state: TrainState, totals, images, labels, batch_index, weights, *, method=None):
     """Add one padded batch's loss / correct / count (eval-mode network) to ``totals``."""
-    logits, _ = _forward(state, state.params, normalize(images[batch_index]), train=False)
+    logits, _ = forward(state, state.params, normalize(images[batch_index]), train=False, method=method)
     y = labels[batch_index]
     m = {"loss": jnp.sum(cross_entropy(logits, y) * weights),
          "correct": jnp.sum((jnp.argmax(logits, -1) == y) * weights), "count": jnp.sum(weights)}
@@ -131,14 +147,21 @@ def eval_step(state: TrainState, totals, images, labels, batch_index, weights):
 
 
 def run_epoch(state: TrainState, images, labels, key, *, batch_size: int, layers,
-              ortho_lambda: float = 0.0, progress=None, log_every: int = 20):
-    """Train one epoch; returns ``(state, {"loss", "accuracy", "images_per_second", …})``."""
+              ortho_lambda: float = 0.0, method=None, terms=None, progress=None, log_every: int = 20):
+    """Train one epoch; returns ``(state, {"loss", "accuracy", "images_per_second", …})``.
+
+    ``terms``: the loss-term names (:func:`loss_term_names`; looked up when None). Their
+    epoch means are returned under ``"loss_terms"``.
+    """
+    if terms is None:
+        terms = loss_term_names(state, images, labels, batch_size=batch_size, layers=layers,
+                                ortho_lambda=ortho_lambda, method=method)
     idx = epoch_indices(key, images.shape[0], batch_size)
-    totals = {"loss": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
+    totals = zero_totals(terms)
     start = time.perf_counter()
     for i in range(idx.shape[0]):
         state, totals = train_step_indexed(state, totals, images, labels, idx[i], key,
-                                           layers=layers, ortho_lambda=ortho_lambda)
+                                           layers=layers, ortho_lambda=ortho_lambda, method=method)
         if progress is not None:
             progress.update(1)
             if (i + 1) % log_every == 0 or i + 1 == idx.shape[0]:
@@ -148,15 +171,18 @@ def run_epoch(state: TrainState, images, labels, key, *, batch_size: int, layers
     jax.block_until_ready(state)
     seconds = time.perf_counter() - start
     count = float(totals["count"])
-    return state, {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count,
-                   "images_per_second": count / seconds, "train_seconds": seconds}
+    out = {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count,
+           "images_per_second": count / seconds, "train_seconds": seconds}
+    if terms:
+        out["loss_terms"] = {name: float(totals[f"term/{name}"]) / count for name in terms}
+    return state, out
 
 
-def evaluate(state: TrainState, images, labels, batch_size: int = 500) -> dict:
+def evaluate(state: TrainState, images, labels, batch_size: int = 500, method=None) -> dict:
     """Test loss and accuracy over every example (padded last batch is weighted out)."""
     idx, w = eval_indices(images.shape[0], min(batch_size, images.shape[0]))
-    totals = {"loss": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
+    totals = zero_totals()
     for i in range(idx.shape[0]):
-        totals = eval_step(state, totals, images, labels, idx[i], w[i])
+        totals = eval_step(state, totals, images, labels, idx[i], w[i], method=method)
     count = float(totals["count"])
     return {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count}

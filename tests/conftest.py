@@ -9,18 +9,39 @@ import numpy as np
 import pytest
 
 from repr_jax._xla_flags import enable_cpu_fusion
+from repr_jax import data
 
 enable_cpu_fusion()  # test what the CLI runs (before any test starts JAX's backend)
 
-SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+def load_script(relative: str):
+    """An entry-point script (e.g. ``experiments/cifar.py``) loaded as a module, to call its main."""
+    import importlib.util
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem + "_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
-    """One decode cache for the test session, never the user's ~/.cache (keys are per source)."""
-    old = {k: os.environ.get(k) for k in ("REPR_JAX_CACHE", "REPR_JAX_DATA_DIR")}
+    """One decode cache for the test session, never the user's ~/.cache (keys are per source);
+    one XLA compilation cache, so runs that build the same program (a fresh optimizer or
+    method object each) compile it once per session — subprocesses included."""
+    import jax
+    old = {k: os.environ.get(k) for k in ("REPR_JAX_CACHE", "REPR_JAX_DATA_DIR", "JAX_COMPILATION_CACHE_DIR",
+                                          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
     os.environ["REPR_JAX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     os.environ.pop("REPR_JAX_DATA_DIR", None)
+    xla_cache = str(tmp_path_factory.mktemp("xla_cache"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = xla_cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    jax.config.update("jax_compilation_cache_dir", xla_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     yield
     for k, v in old.items():
         if v is None:
@@ -30,17 +51,9 @@ def _isolated_cache(tmp_path_factory):
 
 
 def synthetic_cifar(n_train: int, n_test: int, num_classes: int = 10, seed: int = 0):
-    """Learnable uint8 images: each class has its own mean colour plus noise."""
-    rng = np.random.default_rng(seed)
-    colours = rng.integers(30, 225, (num_classes, 3))
-
-    def make(n):
-        y = rng.integers(0, num_classes, n).astype(np.int32)
-        noise = rng.normal(0, 25, (n, 32, 32, 3))
-        x = np.clip(colours[y][:, None, None, :] + noise, 0, 255).astype(np.uint8)
-        return x, y
-
-    return (*make(n_train), *make(n_test))
+    """``(train_x, train_y, test_x, test_y)`` of :func:`repr_jax.data.synthetic_cifar`."""
+    d = data.synthetic_cifar(n_train, n_test, num_classes, seed)
+    return d.train_x, d.train_y, d.test_x, d.test_y
 
 
 def write_cifar10_pickles(root: Path, tx, ty, vx, vy) -> Path:

@@ -1,18 +1,15 @@
 """experiments/ablation.py end to end on a tiny data set: report files, resumption, errors."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from conftest import load_script
 from repr_jax.ablation import PAPER_TABLE, ablation_rows
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("ablation_cli", ROOT / "experiments" / "ablation.py")
-cli = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cli)
+cli = load_script("experiments/ablation.py")
 
 ROWS = ["standard", "ortho", "hessian", "oracle", "ortho-zero-reinit"]
 

@@ -1,7 +1,6 @@
 """The experiments/cifar.py CLI: end-to-end run directory, bad input → exit 2, no overwrite."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,14 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_CIFAR, requires_shared_cifar
+from conftest import ROOT, SHARED_CIFAR, load_script, requires_shared_cifar
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("cifar_cli", ROOT / "experiments" / "cifar.py")
-cli = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cli)
+cli = load_script("experiments/cifar.py")
 
-RUN_FILES = {"config.json", "metrics.jsonl", "summary.json", "curves.png", "checkpoints"}
+RUN_FILES = {"config.json", "architecture.json", "metrics.jsonl", "summary.json", "curves.png", "checkpoints"}
 
 
 def _fast(data_dir, out, *extra):
@@ -64,8 +60,9 @@ def test_repr_criterion_and_reinit_are_recorded(tmp_path, tiny_cifar_dir):
                           "--repr-s2", "1", "--repr-iterations", "1", "--repr-criterion", "taylor",
                           "--repr-reinit", "random", "--repr-criterion-batches", "2"))
     assert code == 0
-    config = json.loads((out / "config.json").read_text())["config"]["repr"]
-    assert (config["criterion"], config["reinit"], config["criterion_batches"]) == ("taylor", "random", 2)
+    config = json.loads((out / "config.json").read_text())["config"]["method"]
+    assert (config["name"], config["criterion"], config["reinit"], config["criterion_batches"]) == (
+        "repr", "taylor", "random", 2)
     drop, reinit = [json.loads(l) for l in (out / "pruning.jsonl").read_text().splitlines()]
     assert (drop["criterion"], drop["drop_first"], reinit["reinit"]) == ("taylor", "low", "random")
 
@@ -103,7 +100,7 @@ def test_existing_run_is_never_overwritten(tmp_path, tiny_cifar_dir, capsys):
     assert cli.main(_fast(tiny_cifar_dir, out, "--epochs", "1")) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert cli.main(_fast(tiny_cifar_dir, out, "--epochs", "2", "--resume")) == 2
-    assert "holds a different run (settings differ: epochs)" in capsys.readouterr().err
+    assert "holds a different run (settings differ: epochs: saved 1, given 2)" in capsys.readouterr().err
     assert cli.main(_fast(tiny_cifar_dir, out, "--epochs", "1", "--resume")) == 2
     assert "already complete" in capsys.readouterr().err
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
@@ -114,10 +111,17 @@ def test_existing_run_is_never_overwritten(tmp_path, tiny_cifar_dir, capsys):
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 
 
-def test_help_documents_every_flag():
+def test_help_documents_every_flag_method_and_setting():
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "cifar.py"), "--help"],
                          capture_output=True, text=True, check=True).stdout
     for flag in ("--model", "--method", "--repr-s1", "--repr-s2", "--repr-iterations", "--repr-drop",
                  "--ortho-loss", "--resume", "--data-dir", "--quiet", "--repr-criterion",
-                 "--repr-reinit", "--repr-criterion-batches", "taylor", "oracle", "zero"):
+                 "--repr-reinit", "--repr-criterion-batches", "taylor", "oracle", "zero", "--set",
+                 "--config", "--batch-size", "--eval-batch-size", "--momentum", "--optimizer",
+                 "--schedule", "--warmup-epochs", "--step-factor", "--nesterov", "--dataset"):
         assert flag in out
+    assert "repr: RePr" in out and "standard: plain training" in out           # methods listed
+    for key in ("repr.s1 (int, default 20)", "optim.learning_rate (float", "model.width (int, default 32)",
+                "data.train_limit", "ortho_loss (float"):                       # every --set key
+        assert key in out
+    assert "[--set repr.s1; default 20]" in " ".join(out.split())                # flags are aliases

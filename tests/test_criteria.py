@@ -15,7 +15,7 @@ from repr_jax.models import create_model
 from repr_jax.pipeline import normalize
 from repr_jax.ranking import select_drops
 from repr_jax.state import create_train_state
-from repr_jax.train import OptimConfig, make_optimizer
+from repr_jax.optim import OptimConfig, make_optimizer
 
 
 def _state(model, seed=0):

@@ -7,29 +7,34 @@ import numpy as np
 import optax
 from hypothesis import given, settings, strategies as st
 
-from repr_jax import (ReprConfig, create_model, create_train_state, drop_filters, live_filters,
-                      make_optimizer, OptimConfig, RePr)
+from repr_jax import (MethodContext, ReprConfig, create_model, create_train_state, drop_filters,
+                      live_filters, make_optimizer, OptimConfig, RePr)
 from repr_jax.layers import get_path
-from repr_jax.train import train_step_indexed
+from repr_jax.methods.repr import conv_kernels
+from repr_jax.train import train_step_indexed, zero_totals
 
 from conftest import synthetic_cifar
 
 X, Y, _, _ = synthetic_cifar(64, 1, seed=3)
 
 
-def _state(model="convnet", optimizer="sgd", momentum=0.9, wd=5e-4, **model_kw):
+def _state(model="convnet", optimizer="sgd", momentum=0.9, wd=5e-4, method=None, **model_kw):
     cfg = OptimConfig(optimizer=optimizer, learning_rate=0.01, momentum=momentum, weight_decay=wd,
                       schedule="constant")
     tx = make_optimizer(cfg, optax.constant_schedule(cfg.learning_rate))
-    return create_train_state(create_model(model, **model_kw), tx, seed=0)
+    return create_train_state(create_model(model, **model_kw), tx, seed=0, method=method)
 
 
-def _steps(state, n, batch=16):
+def _repr(model, **cfg):
+    return RePr(ReprConfig(**cfg), MethodContext.for_model(model))
+
+
+def _steps(state, n, batch=16, method=None):
     x, y = jnp.asarray(X), jnp.asarray(Y)
-    zero = lambda: {"loss": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
     for i in range(n):
         idx = jnp.arange(batch) + (i * batch) % (len(Y) - batch)
-        state, _ = train_step_indexed(state, zero(), x, y, idx, jax.random.key(i), layers=state.layers)
+        state, _ = train_step_indexed(state, zero_totals(), x, y, idx, jax.random.key(i),
+                                      layers=state.layers, method=method)
     return state
 
 
@@ -90,9 +95,10 @@ def test_drop_zeroes_params_and_moments_and_revive_resets_bn():
     assert np.all(np.asarray(get_path(trace, layer.path + ("kernel",)))[..., dead] == 0)
     assert np.any(np.asarray(get_path(trace, layer.path + ("kernel",)))[..., ~dead] != 0)
 
-    method = RePr(ReprConfig(s1=1, s2=1, iterations=1))
-    dropped = dropped.replace(snapshot=state.params)
-    revived, record = method.after_epoch(dropped, epoch=1)  # epoch 1 is the last sub epoch
+    method = _repr(create_model("resnet20"), s1=1, s2=1, iterations=1)
+    dropped = dropped.replace(method_state={"snapshot": conv_kernels(state.params, layers)})
+    revived, (event,) = method.after_epoch(dropped, epoch=1)  # epoch 1 is the last sub epoch
+    record = method.record(event)
     assert record["revived"] == sum(int((np.asarray(m) == 0).sum()) for m in live.values())
     assert all(float(jnp.min(m)) == 1.0 for m in live_filters(revived.masks, layers).values())
     kernel = np.asarray(get_path(revived.params, layer.path + ("kernel",)))
@@ -109,13 +115,18 @@ def test_drop_zeroes_params_and_moments_and_revive_resets_bn():
 
 
 def test_no_recompilation_across_drop_and_reinit():
-    state = _state("convnet", depth=2, width=8, batch_norm=True)
-    method = RePr(ReprConfig(s1=1, s2=1, iterations=2, drop_fraction=0.3))
-    state = _steps(state, 2)
+    method = _repr(create_model("convnet", depth=2, width=8, batch_norm=True),
+                   s1=1, s2=1, iterations=2, drop_fraction=0.3)
+    state = _state("convnet", depth=2, width=8, batch_norm=True, method=method)
+    state = _steps(state, 2, method=method)
     compiled = train_step_indexed._cache_size()
+    transitions = (method._drop_jit._cache_size(), method._reinit_jit._cache_size())
     for epoch in range(4):
         state, _ = method.before_epoch(state, epoch)
-        state = _steps(state, 2)
+        state = _steps(state, 2, method=method)
         state, _ = method.after_epoch(state, epoch)
-    state = _steps(state, 2)
+    state = _steps(state, 2, method=method)
     assert train_step_indexed._cache_size() == compiled
+    # each transition compiled once for the two rounds (the round is a traced argument)
+    assert (method._drop_jit._cache_size(), method._reinit_jit._cache_size()) == (
+        transitions[0] + 1, transitions[1] + 1)

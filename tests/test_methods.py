@@ -11,33 +11,39 @@ import pytest
 from repr_jax.criteria import get_criterion, score_filters
 from repr_jax.layers import get_path
 from repr_jax.masks import live_filters
-from repr_jax.methods import RePr, ReprConfig
+from repr_jax.methods import MethodContext
+from repr_jax.methods.repr import RePr, ReprConfig
 from repr_jax.models import create_model
+from repr_jax.optim import OptimConfig, make_optimizer
 from repr_jax.ortho import filter_rows, normalize_rows
 from repr_jax.state import create_train_state
-from repr_jax.train import OptimConfig, make_optimizer
 
 MODEL = create_model("convnet", depth=2, width=8)
 ZEROS = jnp.zeros((1, 32, 32, 3))
 
 
 def _setup(criterion="ortho", reinit="orthogonal", **cfg):
-    state = create_train_state(MODEL, make_optimizer(OptimConfig(), optax.constant_schedule(0.01)), 0)
     rng = np.random.default_rng(0)
-    data = (jnp.asarray(rng.integers(0, 256, (2, 8, 32, 32, 3), dtype=np.uint8)),
-            jnp.asarray(rng.integers(0, 10, (2, 8)).astype(np.int32)))
-    init = jax.jit(lambda key: MODEL.init(key, ZEROS)["params"])
+    images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 16).astype(np.int32)
     config = ReprConfig(s1=1, s2=1, iterations=1, drop_fraction=0.25, criterion=criterion,
-                        reinit=reinit, **cfg)
-    return state, RePr(config, score_data=data, init_params=init), data
+                        reinit=reinit, criterion_batches=2, **cfg)
+    context = MethodContext.for_model(MODEL, epochs=2, batch_size=8, train_images=images,
+                                      train_labels=labels)
+    method = RePr(config, context)
+    state = create_train_state(MODEL, make_optimizer(OptimConfig(), optax.constant_schedule(0.01)), 0,
+                               method=method)
+    return state, method, method.score_data
 
 
 @pytest.mark.parametrize("criterion", ["weights", "apoz", "taylor", "oracle"])
 def test_drop_takes_the_filters_the_criterion_ranks_first(criterion):
     state, method, (x, y) = _setup(criterion, per_layer=True)
+    assert (x is None) == (not get_criterion(criterion).needs_data)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 2_000_000)
     scores = score_filters(criterion, state, state.layers, key=key, images=x, labels=y)
-    state, record = method.before_epoch(state, 1)
+    state, (event,) = method.before_epoch(state, 1)
+    record = method.record(event)
     sign = 1 if get_criterion(criterion).drop_first == "high" else -1
     for layer, row in zip(state.layers, record["layers"]):
         expect = np.argsort(-sign * np.asarray(scores[layer.name]), kind="stable")[:2]
@@ -48,9 +54,10 @@ def test_drop_takes_the_filters_the_criterion_ranks_first(criterion):
 @pytest.mark.parametrize("reinit", ["orthogonal", "random", "zero"])
 def test_reinit_modes(reinit):
     state, method, _ = _setup(reinit=reinit)
-    state, drop = method.before_epoch(state, 1)
-    dropped = {r["layer"]: r["dropped_indices"] for r in drop["layers"]}
-    state, record = method.after_epoch(state, 1)
+    state, (drop,) = method.before_epoch(state, 1)
+    dropped = {r["layer"]: r["dropped_indices"] for r in method.record(drop)["layers"]}
+    state, (event,) = method.after_epoch(state, 1)
+    record = method.record(event)
     assert record["reinit"] == reinit
     assert all(np.all(np.asarray(m) == 1) for m in live_filters(state.masks, state.layers).values())
     fresh = MODEL.init(jax.random.fold_in(jax.random.wrap_key_data(state.rng), 1_000_000), ZEROS)["params"]
@@ -74,5 +81,11 @@ def test_config_rejects_unknown_names():
         ReprConfig(criterion="l3").validate()
     with pytest.raises(ValueError, match="unknown re-initialisation 'ones'; choose from orthogonal, random, zero"):
         ReprConfig(reinit="ones").validate()
-    with pytest.raises(ValueError, match="needs score_data"):
-        RePr(ReprConfig(criterion="taylor"))
+    with pytest.raises(ValueError, match="RePr schedule needs at least N·\\(S1\\+S2\\) = 90 epochs"):
+        ReprConfig().validate(type("Run", (), {"epochs": 10})())
+    context = MethodContext.for_model(MODEL)          # no training images: scoring must refuse
+    method = RePr(ReprConfig(criterion="taylor", s1=1, s2=1, iterations=1), context)
+    state = create_train_state(MODEL, make_optimizer(OptimConfig(), optax.constant_schedule(0.01)), 0,
+                               method=method)
+    with pytest.raises(ValueError, match="needs training images"):
+        method.before_epoch(state, 1)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from repr_jax.schedule import ReprSchedule
+from repr_jax.methods.repr import ReprSchedule
 
 
 def test_paper_schedule_phases():

@@ -11,11 +11,13 @@ import optax
 import pytest
 
 from conftest import synthetic_cifar
-from repr_jax import OptimConfig, ReprConfig, create_model, create_train_state, make_optimizer
+from repr_jax import OptimConfig, create_model, create_train_state, make_optimizer, method_config
 from repr_jax.checkpoint import Checkpointer
-from repr_jax.experiment import RunConfig, run
+from repr_jax.config import DataConfig, ModelConfig, RunConfig
+from repr_jax.experiment import load_run_state, run
 import repr_jax.experiment as experiment
-from repr_jax.train import evaluate, learning_rate_schedule, run_epoch
+from repr_jax.optim import learning_rate_schedule
+from repr_jax.train import evaluate, run_epoch
 
 _TIMING = {"images_per_second", "epoch_seconds", "elapsed_seconds"}
 
@@ -57,9 +59,10 @@ def test_checkpoint_round_trips_the_whole_state(tmp_path):
 
 
 def _config(tmp_path, data_dir, name, **kw):
-    return RunConfig(out=str(tmp_path / name), data_dir=str(data_dir), method="repr", epochs=4,
+    return RunConfig(out=str(tmp_path / name), data=DataConfig(dir=str(data_dir)), epochs=4,
                      batch_size=64, seed=1, optim=OptimConfig(learning_rate=0.01),
-                     repr=ReprConfig(s1=1, s2=1, iterations=2), convnet_width=8, quiet=True, **kw)
+                     method=method_config("repr", s1=1, s2=1, iterations=2),
+                     model=ModelConfig(width=8), quiet=True, **kw)
 
 
 def _rows(path):
@@ -87,11 +90,12 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path, tiny_cifar_dir, monk
     assert _rows(tmp_path / "full" / "metrics.jsonl") == _rows(tmp_path / "killed" / "metrics.jsonl")
     assert (tmp_path / "full" / "pruning.jsonl").read_text() == (tmp_path / "killed" / "pruning.jsonl").read_text()
     assert resumed["final_test_accuracy"] == full["final_test_accuracy"]
-    template = create_train_state(create_model("convnet", width=8), make_optimizer(
-        OptimConfig(), optax.constant_schedule(0.1)), seed=0)
-    a, _ = Checkpointer(tmp_path / "full" / "checkpoints").restore(template)
-    b, _ = Checkpointer(tmp_path / "killed" / "checkpoints").restore(template)
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    _, a = load_run_state(tmp_path / "full")
+    _, b = load_run_state(tmp_path / "killed")
+    leaves_a, leaves_b = (jax.tree_util.tree_flatten_with_path(s)[0] for s in (a, b))
+    assert [k for k, _ in leaves_a] == [k for k, _ in leaves_b]
+    assert "snapshot" in a.method_state   # RePr's state is part of the checkpoint
+    for (_, x), (_, y) in zip(leaves_a, leaves_b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
@@ -109,3 +113,30 @@ def test_orthogonality_loss_lowers_the_penalty_during_training():
         assert np.isfinite(m["loss"])
         penalties[lam] = float(orthogonality_penalty(state.params, state.masks, state.layers))
     assert penalties[1.0] < penalties[0.0]
+
+
+def test_stochastic_layers_get_a_fresh_rng_stream_every_step():
+    """Models receive per-step ``rngs`` (dropout, dropconnect): a Dropout model trains (Flax
+    raises without a 'dropout' stream), its masks differ between steps and repeat for the
+    same step key."""
+    import flax.linen as nn
+    from repr_jax.train import RNG_STREAMS, forward, train_step
+
+    class Dropped(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = nn.relu(nn.Conv(4, (3, 3), name="conv0")(x)).reshape(x.shape[0], -1)
+            x = nn.Dropout(0.5, deterministic=not train)(x)
+            return nn.Dense(10, name="head")(x)
+
+    cfg = OptimConfig(learning_rate=0.0, schedule="constant", weight_decay=0.0)
+    state = create_train_state(Dropped(), make_optimizer(cfg, optax.constant_schedule(0.0)), seed=0)
+    x, y, _, _ = synthetic_cifar(16, 1)
+    losses = [float(train_step(state, jnp.asarray(x), jnp.asarray(y), jax.random.key(k),
+                               layers=state.layers)[1]["loss"]) for k in (0, 1, 0)]
+    assert losses[0] != losses[1] and losses[0] == losses[2]
+    images = jax.random.normal(jax.random.key(9), (4, 32, 32, 3))
+    out = [forward(state, state.params, images, train=True, rngs={s: jax.random.key(k) for s in RNG_STREAMS})[0]
+           for k in (0, 1)]
+    assert not np.allclose(out[0], out[1])                        # only dropout differs here
+    assert evaluate(state, jnp.asarray(x), jnp.asarray(y))["loss"] == evaluate(state, jnp.asarray(x), jnp.asarray(y))["loss"]

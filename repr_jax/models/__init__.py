@@ -1,26 +1,54 @@
-"""Model zoo: ``create_model(name, num_classes, **options)``.
+"""Model zoo: ``create_model(name, num_classes, channels=None, **options)``.
 
 Names: ``convnet`` (C^n(F), options ``depth``, ``width``, ``batch_norm``, ``variant``),
-``resnet20|32|56|110``, ``vgg16``.
+``resnet20|32|56|110``, ``vgg16``. ``channels`` is a per-conv width spec (see
+:mod:`repr_jax.models.channels`): every builder makes the smaller dense model an export
+describes. An *architecture* — ``{"name", "num_classes", "options", "channels"}``, the
+content of a run's ``architecture.json`` — rebuilds the same module with
+:func:`from_architecture`.
 """
 from __future__ import annotations
 
+from repr_jax.models.channels import as_spec
 from repr_jax.models.convnet import ConvNet
 from repr_jax.models.resnet import CifarResNet
 from repr_jax.models.vgg import VGG
 
 MODELS = ("convnet", "resnet20", "resnet32", "resnet56", "resnet110", "vgg16")
+CONVNET_OPTIONS = ("depth", "width", "batch_norm", "variant")
 
 
-def create_model(name: str, num_classes: int = 10, **options):
-    """Build a Flax module by name; unknown names raise ``ValueError`` listing the valid ones."""
+def create_model(name: str, num_classes: int = 10, channels=None, **options):
+    """Build a Flax module by name; unknown names or options raise ``ValueError``."""
+    spec = as_spec(channels)
     if name == "convnet":
-        return ConvNet(num_classes=num_classes, **options)
+        unknown = sorted(set(options) - set(CONVNET_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown convnet option(s) {', '.join(unknown)}")
+        return ConvNet(num_classes=num_classes, channels=spec, **options)
+    if options:
+        raise ValueError(f"model {name!r} takes no options, got {', '.join(sorted(options))}")
     if name.startswith("resnet") and name in MODELS:
-        return CifarResNet(depth=int(name[len("resnet"):]), num_classes=num_classes)
+        return CifarResNet(depth=int(name[len("resnet"):]), num_classes=num_classes, channels=spec)
     if name == "vgg16":
-        return VGG(num_classes=num_classes)
+        return VGG(num_classes=num_classes, channels=spec)
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
-__all__ = ["ConvNet", "CifarResNet", "VGG", "MODELS", "create_model"]
+def architecture(name: str, num_classes: int = 10, channels=None, **options) -> dict:
+    """The JSON-shaped description :func:`from_architecture` rebuilds."""
+    return {"name": name, "num_classes": int(num_classes), "options": dict(options),
+            "channels": dict(as_spec(channels))}
+
+
+def from_architecture(arch: dict):
+    """The Flax module an ``architecture.json`` describes."""
+    try:
+        return create_model(arch["name"], arch.get("num_classes", 10), arch.get("channels") or None,
+                            **arch.get("options", {}))
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"not a model architecture: {err}") from None
+
+
+__all__ = ["ConvNet", "CifarResNet", "VGG", "MODELS", "architecture", "create_model",
+           "from_architecture"]

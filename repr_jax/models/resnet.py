@@ -5,13 +5,21 @@ global average pool → dense. Shortcuts use option A (identity, stride-2 subsam
 zero-padded channels), giving ResNet-20 its 0.27 M parameters. Every conv is followed by
 BatchNorm (``<conv>_bn``) and is prunable; dropping the second conv's filter of a block
 leaves the shortcut's channel alive.
+
+Channel spec: only the first conv of each block (``stage{s}_block{b}/conv1``) may change
+width. The stem conv and every block's second conv write into the residual stream, which
+the option-A shortcuts add and zero-pad channel by channel, so their widths are tied to the
+stage width (the rule Li et al. 2017 apply: prune only the first conv of each block).
 """
 from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from repr_jax.models.channels import check_names, width
 from repr_jax.models.convnet import he_normal
+
+RESIDUAL_RULE = "the stem and each block's conv2 are tied to the residual stream; resize conv1 only"
 
 
 def _bn(train, name):
@@ -21,10 +29,11 @@ def _bn(train, name):
 class BasicBlock(nn.Module):
     channels: int
     stride: int = 1
+    inner: int | None = None      # conv1's width (default: ``channels``)
 
     @nn.compact
     def __call__(self, x, train: bool):
-        y = nn.Conv(self.channels, (3, 3), (self.stride, self.stride), padding=1,
+        y = nn.Conv(self.inner or self.channels, (3, 3), (self.stride, self.stride), padding=1,
                     use_bias=False, kernel_init=he_normal, name="conv1")(x)
         y = nn.relu(_bn(train, "conv1_bn")(y))
         y = nn.Conv(self.channels, (3, 3), padding=1, use_bias=False,
@@ -41,18 +50,22 @@ class CifarResNet(nn.Module):
     depth: int = 20
     num_classes: int = 10
     widths: tuple[int, ...] = (16, 32, 64)
+    channels: tuple[tuple[str, int], ...] = ()
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         if (self.depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {self.depth}")
         n = (self.depth - 2) // 6
+        blocks = [(s, b, f"stage{s + 1}_block{b}") for s in range(len(self.widths)) for b in range(n)]
+        check_names(self.channels, [f"{name}/conv1" for *_, name in blocks],
+                    f"ResNet-{self.depth}", RESIDUAL_RULE)
         x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False,
                     kernel_init=he_normal, name="conv0")(x)
         x = nn.relu(_bn(train, "conv0_bn")(x))
-        for stage, width in enumerate(self.widths):
-            for b in range(n):
-                stride = 2 if stage > 0 and b == 0 else 1
-                x = BasicBlock(width, stride, name=f"stage{stage + 1}_block{b}")(x, train)
+        for stage, b, name in blocks:
+            stride = 2 if stage > 0 and b == 0 else 1
+            inner = width(self.channels, f"{name}/conv1", self.widths[stage])
+            x = BasicBlock(self.widths[stage], stride, inner, name=name)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, name="head")(x).astype(jnp.float32)

@@ -2,12 +2,14 @@
 
 13 conv 3×3 → BatchNorm → ReLU layers in five blocks (64, 128, 256, 512, 512 channels),
 2×2 max-pool after each block, then a single dense classifier on the 512-d feature.
+``channels`` gives any conv (``conv0`` … ``conv12``) its own width.
 """
 from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from repr_jax.models.channels import check_names, width
 from repr_jax.models.convnet import he_normal
 
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -16,16 +18,19 @@ VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512
 class VGG(nn.Module):
     num_classes: int = 10
     config: tuple = VGG16
+    channels: tuple[tuple[str, int], ...] = ()
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        convs = sum(item != "M" for item in self.config)
+        check_names(self.channels, [f"conv{i}" for i in range(convs)], "VGG")
         i = 0
         for item in self.config:
             if item == "M":
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
                 continue
-            x = nn.Conv(item, (3, 3), padding=1, use_bias=False, kernel_init=he_normal,
-                        name=f"conv{i}")(x)
+            x = nn.Conv(width(self.channels, f"conv{i}", item), (3, 3), padding=1, use_bias=False,
+                        kernel_init=he_normal, name=f"conv{i}")(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"conv{i}_bn")(x)
             x = nn.relu(x)
             i += 1

@@ -1,0 +1,157 @@
+"""Command-line plumbing shared by the entry points in ``experiments/`` and ``benchmarks/``.
+
+The training CLI composes a :class:`~repr_jax.config.RunConfig` from, in order: a JSON
+settings file (``--config``), ``--method NAME``, the named flags (each an alias of one
+``--set`` key, kept so that every earlier command still runs), and ``--set KEY=VALUE``
+(repeatable; the last word). Bad input exits with code 2 and one line (:func:`fail`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+# flag → (--set key, help). Defaults are read from the config dataclasses for --help.
+ALIASES = {
+    "--model": ("model.name", "architecture"),
+    "--dataset": ("data.dataset", "cifar10 or cifar100"),
+    "--data-dir": ("data.dir", "local CIFAR copy: directory or .tar.gz in any standard layout "
+                               "(default: $REPR_JAX_DATA_DIR, else TFDS/official download)"),
+    "--epochs": ("epochs", "total training epochs"),
+    "--batch-size": ("batch_size", "training batch size (the last partial batch of an epoch is dropped)"),
+    "--seed": ("seed", "seed for init, shuffling, augmentation and the method's randomness"),
+    "--keep-checkpoints": ("keep_checkpoints", "latest checkpoints kept (+ the best)"),
+    "--val-split": ("data.val_split", "hold out the last N training images and evaluate on them instead of test"),
+    "--train-limit": ("data.train_limit", "train on a fixed random slice of N images"),
+    "--test-limit": ("data.test_limit", "evaluate on a fixed random slice of N images"),
+    "--eval-batch-size": ("eval_batch_size", "evaluation batch size"),
+    "--optimizer": ("optim.optimizer", "sgd (momentum) or adam (AdamW)"),
+    "--lr": ("optim.learning_rate", "peak learning rate (default: 1e-3 for adam; for sgd 0.002 for convnet, "
+                                    "whose 32·32·F-input dense layer diverged at 0.01-0.05, and 0.1 otherwise)"),
+    "--momentum": ("optim.momentum", "SGD momentum"),
+    "--weight-decay": ("optim.weight_decay", "L2 on conv/dense kernels (decoupled for adam)"),
+    "--schedule": ("optim.schedule", "learning-rate schedule: constant, cosine or step"),
+    "--warmup-epochs": ("optim.warmup_epochs", "linear warm-up epochs"),
+    "--step-epochs": ("optim.step_epochs", "epochs at which the 'step' schedule multiplies the rate by --step-factor"),
+    "--step-factor": ("optim.step_factor", "factor of the 'step' schedule"),
+    "--depth": ("model.depth", "convnet: number of conv layers n"),
+    "--width": ("model.width", "convnet: filters per layer F"),
+    "--convnet-variant": ("model.variant", "convnet: paper (3x3 convs) or official (5x5 convs, each followed by 2x2 max-pool)"),
+    "--ortho-loss": ("ortho_loss", "weight λ of the orthogonality penalty λ·Σ_layers Σ_f O_f (any method)"),
+    "--repr-s1": ("repr.s1", "full-network epochs per round (S1)"),
+    "--repr-s2": ("repr.s2", "sub-network epochs per round (S2)"),
+    "--repr-iterations": ("repr.iterations", "number of rounds (N)"),
+    "--repr-drop": ("repr.drop_fraction", "fraction p of live filters dropped"),
+    "--repr-min-keep": ("repr.min_keep", "filters every layer keeps"),
+    "--repr-criterion": ("repr.criterion", "filter ranking criterion (repr_jax.criteria)"),
+    "--repr-reinit": ("repr.reinit", "dropped filters come back orthogonal to the rest (the paper's), drawn "
+                                     "from the layer's initialiser, or zero (left for training to regrow; a "
+                                     "conv without BatchNorm feeding a ReLU cannot: ReLU'(0) = 0)"),
+    "--repr-criterion-batches": ("repr.criterion_batches", "batches (of --batch-size training images, fixed per "
+                                                           "seed) that a data-driven criterion scores on"),
+}
+SWITCHES = {  # store_true flags → key set to true
+    "--nesterov": ("optim.nesterov", "Nesterov momentum"),
+    "--batch-norm": ("model.batch_norm", "convnet: BatchNorm after each conv"),
+    "--repr-per-layer": ("repr.per_layer", "rank within each layer, not globally"),
+    "--repr-exclude-first": ("repr.exclude_first", "never prune the first conv"),
+}
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def fail(err: BaseException, code: int = 2) -> int:
+    """Print ``error: <one line>`` to stderr and return ``code`` (the CLI's exit status)."""
+    print("error: " + one_line(err), file=sys.stderr)
+    return code
+
+
+def _defaults() -> dict:
+    from repr_jax.config import RunConfig, flatten
+    d = flatten(RunConfig(out="").to_dict())
+    from repr_jax.methods.base import get_method
+    for name in ("repr",):
+        d.update({f"{name}.{k}": v for k, v in flatten(get_method(name).config_class().to_dict()).items()})
+    return d
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    from repr_jax.config import settings_help
+    from repr_jax.criteria import CRITERIA
+    from repr_jax.methods.base import get_method, method_names
+    defaults = _defaults()
+    methods = "; ".join(f"{n}: {get_method(n).summary}" for n in method_names())
+    p = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Every setting, as --set KEY=VALUE (type, default: meaning); a method's settings "
+               "are prefixed by its name:\n" + settings_help())
+    g = p.add_argument_group("run")
+    g.add_argument("--method", default=None, help=f"training method (default standard): {methods}")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any setting, e.g. --set repr.s1=20 --set optim.lr=0.01 (repeatable; "
+                        "applied last; the keys are listed below)")
+    g.add_argument("--config", default=None, metavar="FILE.json",
+                   help="settings file: the nested layout of a run's config.json (or that file)")
+    g.add_argument("--out", default=None, help="run directory (default: runs/<model>-<method>-<time>)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (same settings)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    groups = {"": g, "optim": p.add_argument_group("optimiser (aliases of --set optim.*)"),
+              "model": p.add_argument_group("model (aliases of --set model.*)"),
+              "data": p.add_argument_group("data (aliases of --set data.*)"),
+              "repr": p.add_argument_group("RePr, --method repr (aliases of --set repr.*)")}
+    for flag, (key, text) in ALIASES.items():
+        group = groups.get(key.split(".")[0] if "." in key else "", g)
+        extra = ""
+        if flag == "--repr-criterion":
+            extra = ": " + "; ".join(f"{c.name}: {c.summary}" for c in CRITERIA.values())
+        default = "per model/optimiser" if flag == "--lr" else defaults.get(key)
+        kwargs = {"nargs": "*"} if flag == "--step-epochs" else {}
+        group.add_argument(flag, dest=key, default=None, metavar=key.split(".")[-1].upper(), **kwargs,
+                           help=f"{text}{extra} [--set {key}; default {default}]")
+    for flag, (key, text) in SWITCHES.items():
+        group = groups.get(key.split(".")[0], g)
+        group.add_argument(flag, dest=key, action="store_const", const="true", default=None,
+                           help=f"{text} [--set {key}=true]")
+    return p
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~repr_jax.config.RunConfig` the parsed flags describe (``RunError`` if bad)."""
+    from repr_jax.config import (RunConfig, apply_overrides, default_learning_rate,
+                                 load_config_file)
+    explicit: set = set()
+    base = load_config_file(args.config) if args.config else {}
+    if args.config:
+        from repr_jax.config import flatten
+        explicit |= set(flatten(base))
+    if args.method is not None:
+        base = apply_overrides(base, [f"method={args.method}"])
+    method = base.get("method", {}).get("name", "standard")
+    aliases = []
+    ignored = []
+    for key in [*ALIASES.values(), *SWITCHES.values()]:
+        key = key[0]
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        if key.startswith("repr.") and method != "repr":
+            ignored.append(key)
+            continue
+        aliases.append(f"{key}={','.join(value) if isinstance(value, list) else value}")
+    if ignored:
+        print(f"warning: {', '.join(ignored)} ignored: they are RePr settings and --method is {method}",
+              file=sys.stderr)
+    d = apply_overrides(base, aliases + list(args.overrides), explicit=explicit)
+    if not {"optim.learning_rate", "optim.lr", "lr"} & explicit:
+        d.setdefault("optim", {})["learning_rate"] = default_learning_rate(
+            d.get("optim", {}).get("optimizer", "sgd"), d.get("model", {}).get("name", "convnet"))
+    model, name = d.get("model", {}).get("name", "convnet"), d["method"]["name"]
+    d["out"] = args.out or d.get("out") or f"runs/{model}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    d["resume"], d["quiet"] = args.resume, args.quiet
+    return RunConfig.from_dict(d)
+
+
+__all__ = ["ALIASES", "SWITCHES", "build_parser", "config_from_args", "fail", "one_line"]

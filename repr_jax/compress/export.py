@@ -1,0 +1,207 @@
+"""Physical compression: masks + channel graph → a smaller dense model that computes the same.
+
+Rule (applied to the :class:`~repr_jax.compress.graph.ChannelGraph`): a dead filter (live
+mask 0) is *removed* only if every index it feeds is fed by removed filters alone. An index
+also fed by a live filter or by a :data:`~repr_jax.compress.graph.FIXED` source (the image,
+a zero-padded option-A shortcut channel) keeps all its sources, so a dead filter tied into a
+residual sum stays in the exported model as a zero filter (``kept_dead`` counts them).
+For CIFAR ResNets this means only the first conv of each block shrinks (Li et al. 2017,
+§4.3 prune those only for the same reason); for C^n and VGG every dead filter goes.
+
+Every leaf axis the graph records is then sliced to the kept indices — the conv's kernel
+output axis, bias and BatchNorm leaves, the next conv's input axis, the dense head's rows of
+the flattened features — and the smaller model is rebuilt from the per-layer channel spec
+(:func:`repr_jax.models.create_model` with ``channels=``); its parameter shapes must equal
+the sliced ones or :class:`ExportError` names the first leaf that differs. A dead filter
+contributes exactly 0 to every consumer in the masked model (its kernel, bias and BatchNorm
+γ/β are 0), so the two models compute the same logits up to float32 summation order.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from repr_jax.compress.graph import FIXED, ChannelGraph, channel_graph
+from repr_jax.layers import replace_path
+from repr_jax.models import from_architecture
+
+
+class ExportError(ValueError):
+    """The pruned model cannot be rebuilt as a smaller dense model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Exported:
+    """A smaller dense model: its architecture (``architecture.json``), variables, and what
+    changed. ``channels``: width per conv; ``removed``: removed filter indices per conv;
+    ``kept_dead``: dead filters kept because they are tied to a live or fixed channel."""
+    architecture: dict
+    variables: dict
+    channels: dict[str, int]
+    removed: dict[str, list[int]]
+    kept_dead: dict[str, int]
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+
+    def report(self) -> dict:
+        """``export.json``'s counts (logit difference added by the caller)."""
+        return {"params_before": self.params_before, "params_after": self.params_after,
+                "flops_before": self.flops_before, "flops_after": self.flops_after,
+                "params_ratio": self.params_before / max(self.params_after, 1),
+                "flops_ratio": self.flops_before / max(self.flops_after, 1),
+                "channels": self.channels,
+                "removed_filters": {k: len(v) for k, v in self.removed.items()},
+                "kept_dead_filters": self.kept_dead}
+
+
+def removable(graph: ChannelGraph, live: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``{conv: (F,) bool}``, True where the filter is physically removed (see module docstring).
+
+    Starts from the dead filters and, until nothing changes, keeps every source of an index
+    that still has a live, fixed or kept source.
+    """
+    removed = {name: ~(np.asarray(live[name]) > 0) if name in live else np.zeros(n, bool)
+               for name, n in graph.layers.items()}
+
+    def kept(src):
+        return src == FIXED or not removed[src[0]][src[1]]
+
+    changed = True
+    while changed:
+        changed = False
+        for use in graph.uses:
+            for srcs in use.sources:
+                if not srcs or any(kept(s) for s in srcs):
+                    for name, ch in srcs:
+                        if (name, ch) != FIXED and removed[name][ch]:
+                            removed[name][ch] = False
+                            changed = True
+    return removed
+
+
+def _slice_variables(graph: ChannelGraph, variables: dict, removed: dict[str, np.ndarray]) -> dict:
+    keep_by_leaf: dict[tuple, dict[int, np.ndarray]] = {}
+    for use in graph.uses:
+        keep = np.asarray([not srcs or any(s == FIXED or not removed[s[0]][s[1]] for s in srcs)
+                           for srcs in use.sources])
+        axes = keep_by_leaf.setdefault((use.collection,) + use.path, {})
+        if use.axis in axes and not np.array_equal(axes[use.axis], keep):
+            raise ExportError(f"{use.leaf} axis {use.axis} is indexed by two different channel sets")
+        axes[use.axis] = keep
+    out = {k: v for k, v in variables.items()}
+    for (collection, *path), axes in keep_by_leaf.items():
+        def cut(leaf, axes=axes):   # on the host: one program per leaf shape would compile otherwise
+            leaf = np.asarray(leaf)
+            for axis, keep in axes.items():
+                leaf = np.compress(keep, leaf, axis=axis)
+            return leaf
+        out[collection] = replace_path(out[collection], tuple(path), cut)
+    return jax.tree_util.tree_map(jnp.asarray, out)
+
+
+def _shapes(tree) -> dict:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(k): tuple(np.shape(v)) for k, v in flat}
+
+
+def export(architecture: dict, variables: dict, live: dict[str, jax.Array],
+           input_shape=(1, 32, 32, 3)) -> Exported:
+    """The smaller dense model that ``variables`` with live-filter masks ``live`` compute.
+
+    Args:
+      architecture: the model's ``architecture.json`` (:func:`repr_jax.models.architecture`).
+      variables: ``{"params", "batch_stats"}`` of the big model; dead filters must already be
+        zero (as :func:`repr_jax.masks.drop_filters` leaves them; :func:`export_state`
+        applies the masks first).
+      live: ``{conv name: (F,) 0/1}`` live filters (e.g. :func:`repr_jax.masks.live_filters`).
+    """
+    model = from_architecture(architecture)
+    variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+    variables.setdefault("batch_stats", {})
+    graph = channel_graph(model, variables, input_shape)
+    removed = removable(graph, {k: np.asarray(v) for k, v in live.items()})
+    small_vars = _slice_variables(graph, variables, removed)
+    widths = {name: int(n - removed[name].sum()) for name, n in graph.layers.items()}
+    if any(w == 0 for w in widths.values()):
+        empty = [n for n, w in widths.items() if w == 0]
+        raise ExportError(f"export would leave {', '.join(empty)} with no filters")
+    changed = {name: w for name, w in widths.items() if w != graph.layers[name]}
+    small_arch = dict(architecture, channels={**architecture.get("channels", {}), **changed})
+    try:
+        small_model = from_architecture(small_arch)
+        template = jax.eval_shape(lambda: small_model.init(jax.random.key(0), jnp.zeros(input_shape)))
+    except ValueError as err:
+        raise ExportError(f"the model cannot be rebuilt with these widths: {err}") from None
+    template = {k: template.get(k, {}) for k in small_vars}
+    want, got = _shapes(template), _shapes(small_vars)
+    for key in sorted(set(want) | set(got)):
+        if want.get(key) != got.get(key):
+            raise ExportError(f"exported leaf {key} has shape {got.get(key)}, the rebuilt model "
+                              f"expects {want.get(key)}")
+    small_graph = channel_graph(small_model, small_vars, input_shape)
+    dead = {name: int((np.asarray(live[name]) <= 0).sum()) if name in live else 0 for name in graph.layers}
+    return Exported(
+        architecture=small_arch, variables=small_vars, channels=widths,
+        removed={n: np.flatnonzero(r).tolist() for n, r in removed.items()},
+        kept_dead={n: dead[n] - int(removed[n].sum()) for n in graph.layers if dead[n] - int(removed[n].sum())},
+        params_before=graph.params, params_after=small_graph.params,
+        flops_before=graph.flops, flops_after=small_graph.flops)
+
+
+def export_state(state, architecture: dict) -> Exported:
+    """:func:`export` of a train state: masks applied to the params, live filters from the masks."""
+    from repr_jax.masks import apply_masks, live_filters
+    params = apply_masks(state.params, state.masks)
+    return export(architecture, {"params": params, "batch_stats": state.batch_stats},
+                  live_filters(state.masks, state.layers))
+
+
+def logits(architecture: dict, variables: dict, images: jax.Array) -> jax.Array:
+    """Eval-mode logits of the model ``architecture`` describes on float images."""
+    model = from_architecture(architecture)
+    return model.apply({k: v for k, v in variables.items() if k in ("params", "batch_stats")},
+                       images, train=False)
+
+
+def max_logit_difference(big_arch: dict, big_vars: dict, exported: Exported, images) -> float:
+    """max |logits(masked big model) − logits(exported model)| on ``images`` (float32)."""
+    a = logits(big_arch, big_vars, images)
+    b = logits(exported.architecture, exported.variables, images)
+    return float(jnp.max(jnp.abs(a - b)))
+
+
+def save_exported(exported: Exported, directory, report: dict) -> None:
+    """``directory/`` ← ``architecture.json``, ``export.json`` (``report``) and ``checkpoint/``
+    holding the smaller model's variables; :func:`load_exported` reads it back."""
+    import json
+    from pathlib import Path
+
+    from repr_jax.checkpoint import save_variables
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_variables(directory / "checkpoint", exported.variables)
+    (directory / "architecture.json").write_text(json.dumps(exported.architecture, indent=2) + "\n")
+    (directory / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def load_exported(directory):
+    """``(module, variables, architecture)`` of a model written by :func:`save_exported`."""
+    import json
+    from pathlib import Path
+
+    from repr_jax.checkpoint import restore_variables
+    directory = Path(directory)
+    arch = json.loads((directory / "architecture.json").read_text())
+    model = from_architecture(arch)
+    template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    template = {k: template.get(k, {}) for k in ("params", "batch_stats")}
+    return model, restore_variables(directory / "checkpoint", template), arch
+
+
+__all__ = ["ExportError", "Exported", "export", "export_state", "load_exported", "logits",
+           "max_logit_difference", "removable", "save_exported"]

@@ -1,0 +1,330 @@
+"""Run settings: one frozen :class:`RunConfig` of sections, its JSON form, and overrides.
+
+Every setting has a dotted key — ``epochs``, ``seed``, ``model.width``, ``data.train_limit``,
+``optim.learning_rate`` (alias ``optim.lr``), ``ortho_loss``, and the chosen method's fields
+under its name (``repr.s1``; ``method.s1`` works too). :func:`apply_overrides` sets any of
+them from ``KEY=VALUE`` strings, parsed by the field's type; the CLI's ``--set`` and
+``--config FILE.json`` are built on it, and every older flag is an alias of one key.
+
+``config.json`` stores ``{"config": to_dict(), "versions": …}`` with only the chosen method's
+settings (``"method": {"name": "repr", "s1": 20, …}``). :meth:`RunConfig.from_dict` also
+reads the layout written before methods had their own configs (flat ``convnet_*`` and
+``data_dir`` keys, ``"method": "repr"`` beside a ``"repr"`` section), and a key a later
+version added is simply taken at its default — so an old run directory stays usable.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from pathlib import Path
+
+from repr_jax.methods.base import MethodConfig, get_method, method_config, method_names
+from repr_jax.models import CONVNET_OPTIONS, MODELS, architecture
+from repr_jax.optim import OptimConfig
+
+# Settings that do not change the result: a resumed run may differ in these.
+NON_SEMANTIC = ("out", "resume", "quiet", "keep_checkpoints", "data.dir")
+KEY_ALIASES = {"optim.lr": "optim.learning_rate", "lr": "optim.learning_rate"}
+
+
+class RunError(ValueError):
+    """Bad settings or a run directory that cannot be used; message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    name: str = dataclasses.field(default="convnet", metadata={"help": f"architecture: {', '.join(MODELS)}"})
+    depth: int = dataclasses.field(default=3, metadata={"help": "convnet: number of conv layers n"})
+    width: int = dataclasses.field(default=32, metadata={"help": "convnet: filters per layer F"})
+    batch_norm: bool = dataclasses.field(default=False, metadata={"help": "convnet: BatchNorm after each conv"})
+    variant: str = dataclasses.field(default="paper", metadata={
+        "help": "convnet: paper (3x3 convs) or official (5x5 convs, each followed by 2x2 max-pool)"})
+
+    def options(self) -> dict:
+        """The builder options this model takes (only C^n(F) has any)."""
+        return {k: getattr(self, k) for k in CONVNET_OPTIONS} if self.name == "convnet" else {}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = dataclasses.field(default="cifar10", metadata={"help": "cifar10 or cifar100"})
+    dir: str | None = dataclasses.field(default=None, metadata={
+        "help": "local CIFAR copy: directory or .tar.gz (default: $REPR_JAX_DATA_DIR, else download)"})
+    val_split: int = dataclasses.field(default=0, metadata={
+        "help": "hold out the last N training images and evaluate on them instead of test"})
+    train_limit: int | None = dataclasses.field(default=None, metadata={"help": "train on a fixed random slice of N images"})
+    test_limit: int | None = dataclasses.field(default=None, metadata={"help": "evaluate on a fixed random slice of N images"})
+
+
+def _standard() -> MethodConfig:
+    return method_config("standard")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    out: str
+    seed: int = 0
+    epochs: int = 100
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    method: MethodConfig = dataclasses.field(default_factory=_standard)
+    ortho_loss: float = 0.0
+    keep_checkpoints: int = 3
+    resume: bool = False
+    quiet: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return 10 if self.data.dataset == "cifar10" else 100
+
+    def architecture(self) -> dict:
+        """What ``architecture.json`` records: enough to rebuild the model."""
+        return architecture(self.model.name, self.num_classes, None, **self.model.options())
+
+    def validate(self) -> None:
+        """Every check that needs no data; ``RunError`` with one line otherwise."""
+        checks = [
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {self.eval_batch_size}"),
+            (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
+            (self.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}"),
+            (math.isfinite(self.ortho_loss) and self.ortho_loss >= 0,
+             f"--ortho-loss must be finite and >= 0, got {self.ortho_loss}"),
+            (self.model.name in MODELS, f"unknown model {self.model.name!r}; choose from {', '.join(MODELS)}"),
+            (self.model.depth >= 1 and self.model.width >= 1,
+             f"--depth and --width must be >= 1, got {self.model.depth} and {self.model.width}"),
+            (self.data.dataset in ("cifar10", "cifar100"), f"unknown dataset {self.data.dataset!r}"),
+            (self.data.val_split >= 0, f"--val-split must be >= 0, got {self.data.val_split}"),
+            (self.data.train_limit is None or self.data.train_limit >= 1,
+             f"--train-limit must be >= 1, got {self.data.train_limit}"),
+            (self.data.test_limit is None or self.data.test_limit >= 1,
+             f"--test-limit must be >= 1, got {self.data.test_limit}"),
+            (math.isfinite(self.optim.learning_rate) and self.optim.learning_rate > 0,
+             f"--lr must be finite and > 0, got {self.optim.learning_rate}"),
+            (math.isfinite(self.optim.momentum) and 0 <= self.optim.momentum < 1,
+             f"--momentum must be in [0, 1), got {self.optim.momentum}"),
+            (math.isfinite(self.optim.weight_decay) and self.optim.weight_decay >= 0,
+             f"--weight-decay must be finite and >= 0, got {self.optim.weight_decay}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise RunError(message)
+        try:
+            self.optim.validate()
+            self.method.validate(self)
+        except ValueError as err:
+            raise RunError(str(err)) from None
+
+    # ------------------------------------------------------------------ JSON form
+    def to_dict(self) -> dict:
+        """JSON-shaped settings (tuples as lists), comparable with a saved config.json."""
+        out = json.loads(json.dumps({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                     if f.name != "method"}, default=dataclasses.asdict))
+        out["method"] = self.method.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "RunConfig":
+        """Inverse of :meth:`to_dict`; reads older layouts too (module docstring). Unknown keys
+        are refused with a ``RunError`` naming them."""
+        d = migrate(saved)
+        try:
+            method = dict(d.pop("method", {"name": "standard"}))
+            name = method.pop("name", "standard")
+            return cls(model=_build(ModelConfig, d.pop("model", {}), "model"),
+                       data=_build(DataConfig, d.pop("data", {}), "data"),
+                       optim=_build(OptimConfig, d.pop("optim", {}), "optim"),
+                       method=_build(get_method(name).config_class, method, name),
+                       **_fields(cls, d, ""))
+        except (TypeError, ValueError) as err:
+            raise RunError(f"config does not match this version of repr-jax: {err}") from None
+
+    def semantic(self) -> dict:
+        """The flat ``{key: value}`` settings that change the result (resume compares these)."""
+        return {k: v for k, v in flatten(self.to_dict()).items() if k not in NON_SEMANTIC}
+
+
+_LEGACY_FLAT = {"dataset": "data.dataset", "data_dir": "data.dir", "val_split": "data.val_split",
+                "train_limit": "data.train_limit", "test_limit": "data.test_limit",
+                "convnet_depth": "model.depth", "convnet_width": "model.width",
+                "convnet_batch_norm": "model.batch_norm", "convnet_variant": "model.variant"}
+
+
+def migrate(saved: dict) -> dict:
+    """A config dict of any earlier layout in today's nested layout (a copy)."""
+    if not isinstance(saved, dict):
+        raise RunError(f"a config must be a JSON object, got {type(saved).__name__}")
+    d = json.loads(json.dumps(saved))
+    if isinstance(d.get("model"), str):
+        d["model"] = {"name": d["model"]}
+    for old, new in _LEGACY_FLAT.items():
+        if old in d:
+            section, key = new.split(".")
+            d.setdefault(section, {})[key] = d.pop(old)
+    legacy_repr = d.pop("repr", None)
+    if isinstance(d.get("method"), str):
+        name = d.pop("method")
+        d["method"] = {"name": name, **(legacy_repr or {} if name == "repr" else {})}
+    return d
+
+
+def _fields(cls, values: dict, prefix: str) -> dict:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        where = f"{prefix} " if prefix else ""
+        raise ValueError(f"unknown {where}setting(s) {', '.join(unknown)}")
+    hints = typing.get_type_hints(cls)
+    return {k: tuple(v) if isinstance(v, list) and _is_tuple(hints[k]) else v for k, v in values.items()}
+
+
+def _build(cls, values: dict, prefix: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{prefix} must be an object, got {values!r}")
+    return cls(**_fields(cls, values, prefix))
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (the method section under ``method.``)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- overrides
+def _is_tuple(tp) -> bool:
+    return typing.get_origin(tp) is tuple
+
+
+def parse_value(tp, text: str):
+    """``text`` as a value of type ``tp`` (int, float, bool, str, ``X | None``, ``tuple[int, ...]``)."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if text.strip().lower() in ("none", "null"):
+            return None
+        return parse_value(next(a for a in args if a is not type(None)), text)
+    if tp is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {text!r}")
+    if tp is int:
+        return int(text)
+    if tp is float:
+        return float(text)
+    if _is_tuple(tp):
+        items = json.loads(text) if text.strip().startswith("[") else [t for t in text.split(",") if t.strip()]
+        return tuple(parse_value(args[0], str(item)) for item in items)
+    return text
+
+
+def _section_class(d: dict, section: str):
+    if section == "method":
+        return get_method(d.get("method", {}).get("name", "standard")).config_class
+    return {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig}[section]
+
+
+def apply_overrides(config: dict, overrides, *, explicit: set | None = None) -> dict:
+    """``config`` (the :meth:`RunConfig.to_dict` layout, may be partial) with each
+    ``KEY=VALUE`` of ``overrides`` applied in order; ``RunError`` names a bad key or value.
+    Keys set are added to ``explicit`` when given."""
+    d = migrate(config)
+    d.setdefault("method", {"name": "standard"})
+    for item in overrides:
+        if "=" not in item:
+            raise RunError(f"--set expects KEY=VALUE, got {item!r}")
+        key, text = item.split("=", 1)
+        key = KEY_ALIASES.get(key.strip(), key.strip())
+        if key == "method":
+            try:
+                d["method"] = {"name": get_method(text.strip()).name}
+            except ValueError as err:
+                raise RunError(str(err)) from None
+            continue
+        section, _, field = key.rpartition(".")
+        current = d["method"].get("name", "standard")
+        if section and section not in ("model", "data", "optim", "method"):
+            if section not in method_names():
+                raise RunError(f"unknown setting {key!r}: no section {section!r} (sections: model, data, "
+                               f"optim, method or a method name: {', '.join(method_names())})")
+            if section != current:
+                raise RunError(f"{key} is a setting of method {section!r}; this run's method is "
+                               f"{current!r} (set --method {section} first)")
+            section = "method"
+        cls = _section_class(d, section) if section else RunConfig
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "method" or section]
+        if field not in names or (not section and field in ("model", "data", "optim", "method")):
+            raise RunError(f"unknown setting {key!r}; {section or 'run'} settings are: "
+                           f"{', '.join(n for n in names if section or n not in ('model', 'data', 'optim'))}")
+        try:
+            value = parse_value(hints[field], text)
+        except (ValueError, StopIteration, json.JSONDecodeError):
+            raise RunError(f"bad value for {key}: {text!r} (expected {getattr(hints[field], '__name__', hints[field])})") from None
+        target = d.setdefault(section, {}) if section else d
+        target[field] = value
+        if explicit is not None:
+            explicit.add(key)
+    return d
+
+
+def load_config_file(path: str | Path) -> dict:
+    """A JSON settings file (this layout, or a run's ``config.json``) as a config dict."""
+    try:
+        loaded = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunError(f"cannot read config file {path}: {err}") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict):
+        loaded = loaded["config"]
+    return migrate(loaded)
+
+
+def default_learning_rate(optimizer: str, model: str) -> float:
+    """1e-3 for Adam; for SGD 0.002 for C^n(F), whose 32·32·F-input dense layer diverged at
+    0.01–0.05 here, and 0.1 for the ResNets and VGG."""
+    if optimizer == "adam":
+        return 1e-3
+    return 0.002 if model == "convnet" else 0.1
+
+
+def settings_help() -> str:
+    """Every ``--set`` key with its type and default, grouped by section (for ``--help``)."""
+    lines = []
+
+    def describe(prefix, cls, instance):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in ("model", "data", "optim", "method", "out", "resume"):
+                continue
+            tp = hints[f.name]
+            name = getattr(tp, "__name__", str(tp).replace("typing.", ""))
+            help_ = f.metadata.get("help", "")
+            lines.append(f"  {prefix}{f.name} ({name}, default {getattr(instance, f.name)!r})"
+                         + (f": {help_}" if help_ else ""))
+
+    describe("", RunConfig, RunConfig(out=""))
+    for section, cls in (("model.", ModelConfig), ("data.", DataConfig), ("optim.", OptimConfig)):
+        describe(section, cls, cls())
+    for name in method_names():
+        method = get_method(name)
+        lines.append(f"method {name}: {method.summary}")
+        describe(f"{name}.", method.config_class, method.config_class())
+    return "\n".join(lines)
+
+
+__all__ = ["DataConfig", "KEY_ALIASES", "ModelConfig", "NON_SEMANTIC", "RunConfig", "RunError",
+           "apply_overrides", "default_learning_rate", "flatten", "load_config_file", "migrate",
+           "parse_value", "settings_help"]

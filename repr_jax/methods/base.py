@@ -1,0 +1,235 @@
+"""The method interface every pruning / re-initialisation method implements, and its registry.
+
+A method is a registered class with a frozen config dataclass. The runner
+(:mod:`repr_jax.experiment`) calls its hooks; every hook has a do-nothing default, so a
+method overrides only what it needs (jaxpruner's ``BaseUpdater`` has the same shape):
+
+===================  =========================================================================
+``element_masks``    params paths that get element masks (default: filter masks only)
+``init_method_state`` extra state (a pytree inside ``TrainState.method_state``, checkpointed)
+``init_method_params`` extra *trainable* parameters (``TrainState.method_params``), updated in
+                     the train step by ``method_optimizer()`` with the model's gradient step
+``phase(epoch)``     :class:`Phase`: a name for the logs, a round, and the learning rate —
+                     a scale of the run's schedule or a restarted schedule (fine-tune,
+                     re-dense)
+``step_hook``        inside ``jit``, before each step's forward pass: ``(state, key) → state``
+                     (sample masks or sub-networks; the key is the step's, derived from
+                     ``TrainState.rng``)
+``channel_gates``    inside ``jit``: ``{conv: (F,)}`` multipliers on conv outputs, for training
+                     and/or evaluation (``train`` says which), e.g. soft architecture weights
+                     (both) or a sampled sub-network (training only)
+``loss_terms``       inside ``jit``: named scalars added to the cross-entropy; logged per epoch
+``before_epoch``,    pure transitions ``(state, epoch) → (state, [Event])`` between epochs;
+``after_epoch``      events hold arrays, :meth:`Method.record` turns one into a JSON line
+``export``           ``(state, architecture) → Exported`` smaller dense model (default: remove
+                     dead filters along the channel graph, :mod:`repr_jax.compress`)
+===================  =========================================================================
+
+Register with :func:`register`; every module of the ``repr_jax.methods`` package is imported
+on first use, so adding a method is one new module (plus its tests).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """What an epoch is. ``name`` and ``round`` go to ``metrics.jsonl``.
+
+    Learning rate: ``lr_scale`` multiplies the run's schedule; ``lr_restart = (kind, peak)``
+    (kind ``"constant"``, ``"cosine"`` or ``"linear"``) instead starts a new schedule from
+    ``peak`` at the first epoch of a stretch of equal phases and runs it over that stretch
+    (cosine and linear decay to 0 at its end). See :func:`repr_jax.optim.phased_schedule`.
+    """
+    name: str = "full"
+    round: int = 0
+    lr_scale: float = 1.0
+    lr_restart: tuple[str, float] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method's config: frozen, JSON-shaped fields with defaults.
+
+    Subclasses set the class variable ``name`` (the registry name, also the prefix of
+    ``--set NAME.field=value``) and may give each field ``metadata={"help": "..."}``.
+    """
+    name: ClassVar[str] = ""
+
+    def validate(self, run) -> None:
+        """Raise ``ValueError`` (one line) if these settings cannot work for ``run`` (a
+        :class:`repr_jax.config.RunConfig`: epochs, model, …). Called before any data loads."""
+
+    def to_dict(self) -> dict:
+        import json
+        return {"name": self.name, **json.loads(json.dumps(dataclasses.asdict(self)))}
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodContext:
+    """What a method may know about its run when it is built (host side, static)."""
+    model: Any                       # the Flax module
+    architecture: dict               # repr_jax.models.architecture(...)
+    layers: tuple                    # prunable convs (repr_jax.layers.ConvLayer)
+    epochs: int
+    steps_per_epoch: int
+    batch_size: int
+    seed: int
+    train_images: np.ndarray | None = None   # uint8 (N, 32, 32, 3), for data-driven scores
+    train_labels: np.ndarray | None = None
+
+    @classmethod
+    def for_model(cls, model, *, epochs: int = 1, batch_size: int = 128, seed: int = 0,
+                  train_images=None, train_labels=None, architecture: dict | None = None,
+                  train_size: int | None = None, input_shape=(1, 32, 32, 3)) -> "MethodContext":
+        """A context for ``model``: layers from its shapes, steps per epoch from ``train_size``
+        (default: the number of ``train_labels``)."""
+        import jax.numpy as jnp
+
+        from repr_jax.layers import prunable_convs
+        shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(input_shape), train=False))
+        n = train_size if train_size is not None else (0 if train_labels is None else len(train_labels))
+        return cls(model=model, architecture=architecture or {}, layers=prunable_convs(shapes["params"]),
+                   epochs=epochs, steps_per_epoch=n // batch_size, batch_size=batch_size, seed=seed,
+                   train_images=train_images, train_labels=train_labels)
+
+
+class Event(NamedTuple):
+    """One transition's outcome: ``kind`` (e.g. "drop"), the 1-based ``epoch`` it belongs to,
+    the method's ``round`` and a pytree of arrays for :meth:`Method.record`."""
+    kind: str
+    epoch: int
+    round: int
+    arrays: Any
+
+
+class StepInputs(NamedTuple):
+    """What a loss term sees inside the jitted train step (``params`` and ``method_params``
+    are the differentiated values; ``images`` are normalised and augmented)."""
+    params: Any
+    method_params: Any
+    state: Any
+    images: jax.Array
+    labels: jax.Array
+    logits: jax.Array
+    key: jax.Array
+
+
+class Method:
+    """Base class: every hook does nothing. See the module docstring for the contract."""
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type] = MethodConfig
+    summary: ClassVar[str] = ""
+
+    def __init__(self, config: MethodConfig, context: MethodContext):
+        self.config = config
+        self.context = context
+
+    # ---------------------------------------------------------------- setup
+    def element_masks(self, params) -> tuple[tuple[str, ...], ...]:
+        return ()
+
+    def init_method_state(self, params, key: jax.Array):
+        return {}
+
+    def init_method_params(self, params, key: jax.Array):
+        return {}
+
+    def method_optimizer(self):
+        """The optax transform of ``method_params`` (needed when there are any)."""
+        return None
+
+    # ---------------------------------------------------------------- schedule
+    def phase(self, epoch: int) -> Phase:
+        return Phase()
+
+    # ---------------------------------------------------------------- inside jit
+    def step_hook(self, state, key: jax.Array):
+        return state
+
+    def channel_gates(self, method_params, method_state, train: bool) -> dict | None:
+        return None
+
+    def loss_terms(self, inputs: StepInputs) -> dict[str, jax.Array]:
+        return {}
+
+    # ---------------------------------------------------------------- between epochs
+    def before_epoch(self, state, epoch: int) -> tuple[Any, list[Event]]:
+        return state, []
+
+    def after_epoch(self, state, epoch: int) -> tuple[Any, list[Event]]:
+        return state, []
+
+    def record(self, event: Event) -> dict:
+        """One ``pruning.jsonl`` line (host side): arrays become lists / numbers."""
+        arrays = jax.tree_util.tree_map(lambda a: np.asarray(a).tolist(), event.arrays)
+        return {"event": event.kind, "epoch": event.epoch, "round": event.round, **(
+            arrays if isinstance(arrays, dict) else {"arrays": arrays})}
+
+    # ---------------------------------------------------------------- export
+    def export(self, state, architecture: dict):
+        from repr_jax.compress.export import export_state
+        return export_state(state, architecture)
+
+
+# ----------------------------------------------------------------------------- registry
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` available as ``--method cls.name``."""
+    if not cls.name or cls.config_class.name != cls.name:
+        raise ValueError(f"method {cls.__name__} needs name == config_class.name, got "
+                         f"{cls.name!r} and {cls.config_class.name!r}")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    import importlib
+    import pkgutil
+
+    import repr_jax.methods as package
+    for module in pkgutil.iter_modules(package.__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def get_method(name: str) -> type[Method]:
+    """The registered method class; ``ValueError`` listing the names for an unknown one."""
+    if name not in METHODS:
+        _discover()
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(method_names())}") from None
+
+
+def method_names() -> list[str]:
+    _discover()
+    return sorted(METHODS)
+
+
+def method_config(name: str, **fields) -> MethodConfig:
+    """The config of method ``name`` with ``fields`` (unknown fields: ``ValueError``)."""
+    cls = get_method(name).config_class
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"method {name!r} has no setting(s) {', '.join(unknown)}; "
+                         f"it has {', '.join(sorted(known)) or 'none'}")
+    return cls(**fields)
+
+
+def create_method(config: MethodConfig, context: MethodContext) -> Method:
+    """Instantiate the method ``config`` belongs to."""
+    return get_method(config.name)(config, context)
+
+
+__all__ = ["Event", "METHODS", "Method", "MethodConfig", "MethodContext", "Phase", "StepInputs",
+           "create_method", "get_method", "method_config", "method_names", "register"]

@@ -1,0 +1,79 @@
+"""RePr's ``pruning.jsonl`` lines: diagnostics computed in JAX inside the re-initialisation,
+and the host-side formatting of drop / re-initialisation events into JSON.
+
+A drop line holds, per layer, the live/dropped counts, the dropped indices and the raw score
+statistics of the live and of the dropped filters, plus the criterion and which end of its
+score is dropped first. A re-initialisation line holds, per layer, the revived count,
+whether the null space had room for them (F + revived ≤ fan-in) and the max |cos| of the
+new filters to the kept ones, to their own saved values and among themselves.
+Epochs are 1-based like ``metrics.jsonl``: a drop belongs to the first sub-network epoch,
+a re-initialisation to the last one (it follows that epoch).
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from repr_jax.layers import get_path
+from repr_jax.ortho import filter_rows, normalize_rows
+
+
+def reinit_diagnostics(params, snapshot, keep, layers) -> dict:
+    """``{"cos_kept", "cos_saved", "cos_new": {layer: scalar}}`` of the revived filters (pure)."""
+    out = {"cos_kept": {}, "cos_saved": {}, "cos_new": {}}
+    for layer in layers:
+        kept = keep[layer.name] > 0
+        new = ~kept
+        w = normalize_rows(filter_rows(get_path(params, layer.path + ("kernel",)).astype(jnp.float32)))
+        s = normalize_rows(filter_rows(get_path(snapshot, layer.path + ("kernel",)).astype(jnp.float32)))
+        gram = w @ w.T
+        out["cos_kept"][layer.name] = jnp.max(jnp.where(new[:, None] & kept[None, :], jnp.abs(gram), 0.0))
+        out["cos_saved"][layer.name] = jnp.max(jnp.where(new, jnp.abs(jnp.sum(w * s, axis=1)), 0.0))
+        out["cos_new"][layer.name] = jnp.max(jnp.where(
+            new[:, None] & new[None, :], jnp.abs(gram - jnp.eye(gram.shape[0])), 0.0))
+    return out
+
+
+def _stats(x: np.ndarray) -> dict:
+    if x.size == 0:
+        return {}
+    return {"min": float(x.min()), "mean": float(x.mean()), "max": float(x.max())}
+
+
+def drop_record(event, layers, criterion) -> dict:
+    """One drop line; ``criterion`` is the :class:`repr_jax.criteria.Criterion` that ranked."""
+    arrays = event.arrays
+    rows = []
+    for layer in layers:
+        before = np.asarray(arrays["live_before"][layer.name]) > 0
+        after = np.asarray(arrays["live_after"][layer.name]) > 0
+        scores = np.asarray(arrays["scores"][layer.name])
+        dropped = np.flatnonzero(before & ~after)
+        rows.append({"layer": layer.name, "filters": layer.num_filters,
+                     "live_before": int(before.sum()), "dropped": int(dropped.size),
+                     "live_after": int(after.sum()), "dropped_indices": dropped.tolist(),
+                     "score_live": _stats(scores[before]), "score_dropped": _stats(scores[dropped])})
+    return {"event": "drop", "epoch": event.epoch, "round": event.round, "criterion": criterion.name,
+            "drop_first": criterion.drop_first, "live_before": sum(r["live_before"] for r in rows),
+            "dropped": sum(r["dropped"] for r in rows), "layers": rows}
+
+
+def reinit_record(event, layers, mode: str) -> dict:
+    """One re-initialisation line (``mode``: orthogonal, random or zero)."""
+    arrays = event.arrays
+    rows = []
+    for layer in layers:
+        revived = int((np.asarray(arrays["keep"][layer.name]) <= 0).sum())
+        if revived == 0:
+            rows.append({"layer": layer.name, "revived": 0})
+            continue
+        rows.append({"layer": layer.name, "revived": revived,
+                     "complement_ok": bool(layer.num_filters + revived <= layer.fan_in),
+                     "max_abs_cos_to_kept": float(arrays["cos_kept"][layer.name]),
+                     "max_abs_cos_to_own_saved": float(arrays["cos_saved"][layer.name]),
+                     "max_abs_cos_among_new": float(arrays["cos_new"][layer.name])})
+    return {"event": "reinit", "epoch": event.epoch, "round": event.round, "reinit": mode,
+            "revived": sum(r["revived"] for r in rows), "layers": rows}
+
+
+__all__ = ["drop_record", "reinit_diagnostics", "reinit_record"]

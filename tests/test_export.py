@@ -1,0 +1,166 @@
+"""Channel graph (derived from the jaxpr) and physical export: the smaller dense model computes
+the masked model's logits; parameter and multiply–add counts against hand-written formulas."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from repr_jax.compress import FIXED, ExportError, GraphError, channel_graph, export, logits
+from repr_jax.layers import prunable_convs
+from repr_jax.masks import apply_masks, init_masks, with_live_filters
+from repr_jax.models import architecture, create_model
+
+
+def _variables(name, seed=0, **kw):
+    model = create_model(name, **kw)
+    v = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)))
+    if "batch_stats" in v:   # non-trivial running statistics: mean ≠ 0, var ≠ 1
+        key = jax.random.key(seed + 1)
+        stats = jax.tree_util.tree_map_with_path(
+            lambda p, x: x + 0.1 * jax.random.normal(key, x.shape) if p[-1].key == "mean"
+            else x * jax.random.uniform(key, x.shape, minval=0.5, maxval=1.5), v["batch_stats"])
+        v = dict(v, batch_stats=stats)
+    return model, dict(v)
+
+
+def _random_live(layers, seed, fraction=0.4):
+    rng = np.random.default_rng(seed)
+    live = {}
+    for layer in layers:     # every layer loses at least one filter and keeps at least one
+        m = (rng.random(layer.num_filters) > fraction).astype(np.float32)
+        m[rng.integers(layer.num_filters)] = 0.0
+        m[(np.flatnonzero(m == 0)[0] + 1) % layer.num_filters] = 1.0
+        live[layer.name] = jnp.asarray(m)
+    return live
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("convnet", dict(depth=3, width=8)),
+    ("convnet", dict(depth=2, width=12, batch_norm=True, variant="official")),
+    ("resnet20", {}),
+    ("vgg16", {}),
+], ids=["C3(8)", "C2(12)-official-bn", "resnet20", "vgg16"])
+def test_exported_model_computes_the_masked_models_logits(name, kw):
+    _, v = _variables(name, **kw)
+    layers = prunable_convs(v["params"])
+    live = _random_live(layers, seed=len(layers))
+    masks = with_live_filters(init_masks(v["params"], layers), layers, live)
+    masked = dict(v, params=apply_masks(v["params"], masks))
+    arch = architecture(name, **kw)
+    ex = export(arch, masked, live)
+    x = jax.random.normal(jax.random.key(3), (4, 32, 32, 3))
+    big, small = logits(arch, masked, x), logits(ex.architecture, ex.variables, x)
+    assert float(jnp.std(big)) > 1e-3                    # not a trivially constant network
+    np.testing.assert_allclose(small, big, atol=1e-4 * max(1.0, float(jnp.max(jnp.abs(big)))))
+    assert ex.params_after < ex.params_before and ex.flops_after < ex.flops_before
+    tied = set() if name != "resnet20" else {l.name for l in layers if not l.name.endswith("/conv1")}
+    for layer in layers:
+        dead = int((np.asarray(live[layer.name]) == 0).sum())
+        if layer.name in tied:   # residual-tied: kept as zero filters, width unchanged
+            assert ex.channels[layer.name] == layer.num_filters and ex.kept_dead[layer.name] == dead
+        else:
+            assert ex.channels[layer.name] == layer.num_filters - dead
+            assert ex.removed[layer.name] == np.flatnonzero(np.asarray(live[layer.name]) == 0).tolist()
+
+
+def test_head_rows_follow_the_flatten_interleaving():
+    """C^2(F): the dense head's row j reads channel j mod F of the last conv (H·W·F order)."""
+    model, v = _variables("convnet", depth=2, width=5)
+    graph = channel_graph(model, v)
+    (use,) = [u for u in graph.uses if u.path == ("head", "kernel")]
+    assert use.axis == 0 and len(use.sources) == 32 * 32 * 5
+    assert all(srcs == {("conv1", j % 5)} for j, srcs in enumerate(use.sources))
+    consumers = {(u.leaf, u.axis) for u in graph.consumers("conv0")}
+    assert consumers == {("params/conv0/bias", 0), ("params/conv1/kernel", 2)}
+    (first_in,) = [u for u in graph.uses if u.path == ("conv0", "kernel") and u.axis == 2]
+    assert all(srcs == {FIXED} for srcs in first_in.sources)          # image channels
+
+
+def test_resnet_residual_ties_and_block_consumers():
+    model, v = _variables("resnet20")
+    graph = channel_graph(model, v)
+    names = [l.name for l in prunable_convs(v["params"])]
+    assert set(graph.tied()) == {n for n in names if not n.endswith("/conv1")}
+    consumers = {(u.leaf, u.axis) for u in graph.consumers("stage2_block1/conv1")}
+    assert consumers == {("params/stage2_block1/conv1_bn/scale", 0), ("params/stage2_block1/conv1_bn/bias", 0),
+                         ("batch_stats/stage2_block1/conv1_bn/mean", 0),
+                         ("batch_stats/stage2_block1/conv1_bn/var", 0),
+                         ("params/stage2_block1/conv2/kernel", 2)}
+
+
+def _resnet_counts(depth, inner_fraction_removed=0.0):
+    """Parameters and multiply–adds per image of a CIFAR ResNet, written out by hand."""
+    n = (depth - 2) // 6
+    params = 3 * 3 * 3 * 16 + 2 * 16                     # stem conv + BN
+    flops = 32 * 32 * 16 * 3 * 3 * 3
+    c_in, size = 16, 32
+    for stage, c in enumerate((16, 32, 64)):
+        for b in range(n):
+            if stage > 0 and b == 0:
+                size //= 2
+            w = c - int(inner_fraction_removed * c)
+            params += 9 * c_in * w + 2 * w + 9 * w * c + 2 * c
+            flops += size * size * w * 9 * c_in + size * size * c * 9 * w
+            c_in = c
+    return params + 64 * 10 + 10, flops + 64 * 10
+
+
+def test_resnet56_with_30_percent_of_first_convs_removed():
+    """The numbers of a results note: ResNet-56, floor(0.3·F) filters removed from the first
+    conv of every block (Li et al. 2017 prune those only)."""
+    model, v = _variables("resnet56")
+    layers = prunable_convs(v["params"])
+    live = {}
+    for layer in layers:
+        m = np.ones(layer.num_filters, np.float32)
+        if layer.name.endswith("/conv1"):
+            m[np.random.default_rng(0).permutation(layer.num_filters)[:int(0.3 * layer.num_filters)]] = 0
+        live[layer.name] = jnp.asarray(m)
+    masks = with_live_filters(init_masks(v["params"], layers), layers, live)
+    ex = export(architecture("resnet56"), dict(v, params=apply_masks(v["params"], masks)), live)
+    assert (ex.params_before, ex.flops_before) == _resnet_counts(56) == (853_018, 125_485_696)
+    assert (ex.params_after, ex.flops_after) == _resnet_counts(56, 0.3) == (605_194, 90_999_424)
+    assert 1 - ex.flops_after / ex.flops_before == pytest.approx(0.2748, abs=1e-4)   # Li et al. 56-B: 27.6 %
+
+
+def test_vgg16_and_convnet_flops_from_the_formula():
+    vgg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+    flops, c_in, size = 0, 3, 32
+    for item in vgg:
+        if item == "M":
+            size //= 2
+        else:
+            flops += size * size * item * 9 * c_in
+            c_in = item
+    model, v = _variables("vgg16")
+    assert channel_graph(model, v).flops == flops + 512 * 10 == 313_201_664
+    model, v = _variables("convnet")
+    assert channel_graph(model, v).flops == 32 * 32 * 32 * 27 + 2 * 32 * 32 * 32 * 288 + 32 * 32 * 32 * 10
+
+
+def test_unsupported_operations_fail_loudly():
+    class Grouped(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.Conv(6, (3, 3), feature_group_count=3)(x).mean(axis=(1, 2))
+
+    class Cumulative(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return jnp.cumsum(nn.Conv(4, (3, 3), name="conv")(x), axis=-1).mean(axis=(1, 2))
+
+    for module, message in ((Grouped(), "grouped convolutions"), (Cumulative(), "no rule for primitive 'cumsum'")):
+        v = module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+        with pytest.raises(GraphError, match=message):
+            channel_graph(module, v)
+
+
+def test_export_refuses_an_empty_layer():
+    _, v = _variables("convnet", depth=2, width=4)
+    layers = prunable_convs(v["params"])
+    live = {layers[0].name: jnp.zeros(4), layers[1].name: jnp.ones(4)}
+    with pytest.raises(ExportError, match="conv0 with no filters"):
+        export(architecture("convnet", depth=2, width=4), v, live)
