@@ -250,7 +250,7 @@ def bench_train_step(models, repeats, batch=128, steps=5, quick=False):
     return rows
 
 
-def bench_repr_overhead(train_images, epochs_cfg, repeats):
+def bench_repr_overhead(train_images, epochs_cfg, repeats, warmup=True):
     from repr_jax.config import RunConfig
     from repr_jax.data import synthetic_cifar
     from repr_jax.experiment import run
@@ -262,11 +262,13 @@ def bench_repr_overhead(train_images, epochs_cfg, repeats):
     s1, s2, n = epochs_cfg
     epochs = n * (s1 + s2)
     row = {"model": "convnet", "train_images": train_images, "epochs": epochs,
-           "schedule": {"s1": s1, "s2": s2, "iterations": n}, "impls": {}, "ratios": {}}
+           "schedule": {"s1": s1, "s2": s2, "iterations": n}, "impls": {}, "ratios": {},
+           "compile_included": not warmup}
     walls = {"standard": [], "repr": []}
     compiles = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(repeats + 1):  # first pair warms caches (compilations)
+        first = 1 if warmup else 0
+        for r in range(repeats + first):  # with warmup, the first pair only fills the caches
             for method in ("standard", "repr"):
                 before = train_step_indexed._cache_size()
                 settings = dict(s1=s1, s2=s2, iterations=n) if method == "repr" else {}
@@ -275,7 +277,7 @@ def bench_repr_overhead(train_images, epochs_cfg, repeats):
                                 method=method_config(method, **settings), quiet=True)
                 t0 = time.perf_counter()
                 run(cfg, data=data)
-                if r:
+                if r >= first:
                     walls[method].append(time.perf_counter() - t0)
                 compiles[f"{method}_run{r}_new_train_step_compilations"] = train_step_indexed._cache_size() - before
     for method, times in walls.items():
@@ -292,7 +294,7 @@ def bench_repr_overhead(train_images, epochs_cfg, repeats):
 def to_markdown(results: dict) -> str:
     m = results["machine"]
     lines = [f"### {m['device_kind']} — {m['cpu']} ({m['cores']} cores), jax {m['jax']}, "
-             f"torch {m['torch']} ({'quick' if results['quick'] else 'full'} run)", ""]
+             f"torch {m['torch']} ({'quick run: a smoke test, ratios not comparable' if results['quick'] else 'full run'})", ""]
     for name, rows in results["benchmarks"].items():
         lines += [f"**{name}**", "", "| model | ratios | " + " | ".join(
             sorted({k for r in rows for k in r["impls"]})) + " |"]
@@ -311,7 +313,10 @@ def to_markdown(results: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smallest size of every benchmark, few repeats")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke test: the smallest size of every benchmark (C^3(32) for the metric and "
+                        "re-init rows), few repeats, RePr overhead with compilation included; its ratios are "
+                        "not comparable with a full run's (default output: runs/benchmarks/, not committed)")
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks")
     p.add_argument("--json", default=None, help="write results here (default: benchmarks/results/<machine>.json)")
     p.add_argument("--markdown", default=None, help="also write a markdown table here")
@@ -321,7 +326,7 @@ def main(argv=None) -> int:
         return fail(ValueError("--repeats must be >= 1"))
     quick = args.quick
     repeats = args.repeats or (3 if quick else 20)
-    models = ["resnet20"] if quick else ["resnet20", "resnet56", "resnet110", "vgg16"]
+    models = ["convnet"] if quick else ["resnet20", "resnet56", "resnet110", "vgg16"]
     results = {"machine": machine(), "quick": quick, "benchmarks": {}, "skipped": []}
     if _torch() is None:
         results["skipped"].append("PyTorch not installed: torch_* columns skipped (pip install -e '.[bench]')")
@@ -336,9 +341,11 @@ def main(argv=None) -> int:
             batch=32 if quick else 128, steps=1 if quick else 5, quick=quick)
     if "repr_overhead" in todo:
         results["benchmarks"]["repr_overhead"] = bench_repr_overhead(
-            256 if quick else 2000, (1, 1, 1) if quick else (2, 1, 2), repeats=1 if quick else 3)
+            256 if quick else 2000, (1, 1, 1) if quick else (2, 1, 2), repeats=1 if quick else 3,
+            warmup=not quick)
     kind = results["machine"]["device_kind"].lower().replace(" ", "-")
-    path = Path(args.json or Path(__file__).parent / "results" / f"{kind}{'-quick' if quick else ''}.json")
+    default = Path("runs") / "benchmarks" / f"{kind}-quick.json" if quick else Path(__file__).parent / "results" / f"{kind}.json"
+    path = Path(args.json or default)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
     table = to_markdown(results)

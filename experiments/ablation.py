@@ -41,6 +41,7 @@ from repr_jax.ablation import (Row, ablation_rows, correlation_with_oracle, summ
 from repr_jax.cli import fail  # noqa: E402
 from repr_jax.config import DataConfig, ModelConfig, RunConfig, RunError  # noqa: E402
 from repr_jax.data import DataError, load_cifar  # noqa: E402
+from repr_jax.errors import Diverged  # noqa: E402
 from repr_jax.experiment import run  # noqa: E402
 from repr_jax.methods import method_config  # noqa: E402
 from repr_jax.optim import OptimConfig  # noqa: E402
@@ -115,7 +116,10 @@ def _existing(config: RunConfig):
 def _run_one(config: RunConfig, data=None) -> dict:
     summary, resume = _existing(config)
     if summary is None:
-        run(dataclasses.replace(config, resume=resume), data=data)
+        try:
+            run(dataclasses.replace(config, resume=resume), data=data)
+        except Diverged as err:   # reported in the table, not fatal for the ablation
+            print(f"warning: {config.out}: {err}", file=sys.stderr)
         summary, _ = _existing(config)
     return summary
 
@@ -191,7 +195,10 @@ def main(argv=None) -> int:
 
 
 def _progress(row: Row, seed: int, summary: dict, started: float, quiet: bool) -> None:
-    if not quiet:
+    if not quiet and summary.get("status") == "diverged":
+        print(f"[{time.perf_counter() - started:7.0f} s] {row.id:>24s} seed {seed}: diverged at epoch "
+              f"{summary['diverged_epoch']}", flush=True)
+    elif not quiet:
         print(f"[{time.perf_counter() - started:7.0f} s] {row.id:>24s} seed {seed}: final "
               f"{100 * summary['final_test_accuracy']:.2f} % (best {100 * summary['best_test_accuracy']:.2f} %)",
               flush=True)

@@ -18,18 +18,22 @@ from repr_jax._xla_flags import enable_cpu_fusion
 enable_cpu_fusion()  # before JAX starts its backend; REPR_JAX_NO_YNN=1 opts out
 
 from repr_jax.cli import build_parser, config_from_args, fail  # noqa: E402
-from repr_jax.config import RunError  # noqa: E402
 from repr_jax.data import DataError  # noqa: E402
+from repr_jax.errors import EXIT_DIVERGED, Diverged, RunError  # noqa: E402
 from repr_jax.experiment import run  # noqa: E402
 
 
 def main(argv=None) -> int:
+    """Exit codes: 0 completed, 2 bad input (one line), 3 diverged (one line; the last finite
+    checkpoint is kept), 1 a crash."""
     args = build_parser(__doc__.split("\n\n")[0]).parse_args(argv)
     try:
         config = config_from_args(args)
         summary = run(config)
     except (RunError, DataError) as err:
         return fail(err)
+    except Diverged as err:
+        return fail(err, EXIT_DIVERGED)
     print(json.dumps(summary, indent=2))
     print(f"run directory: {config.out}")
     return 0

@@ -93,7 +93,9 @@ def correlation_with_oracle(run_dir, data, batches: int) -> dict:
 
 
 def _stats(values: list[float]) -> dict:
-    v = 100 * np.asarray(values, float)
+    v = 100 * np.asarray([x for x in values if x is not None], float)
+    if not v.size:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
 
 
@@ -106,10 +108,12 @@ def summarize(rows, seeds, results: dict, protocol: dict, correlation: dict,
         table.append({
             "row": row.id, "label": row.label, "method": row.method, "criterion": row.criterion,
             "reinit": row.reinit, "paper": PAPER_TABLE.get(row.id if row.reinit in (None, "orthogonal") else ""),
-            "final": _stats([r["final_test_accuracy"] for r in runs.values()]),
-            "best": _stats([r["best_test_accuracy"] for r in runs.values()]),
-            "seeds": {str(s): {"final": r["final_test_accuracy"], "best": r["best_test_accuracy"],
-                               "wall_seconds": r["wall_seconds"], "devices": r.get("devices", [])}
+            "final": _stats([r.get("final_test_accuracy") for r in runs.values()]),
+            "best": _stats([r.get("best_test_accuracy") for r in runs.values()]),
+            "diverged": sum(r.get("status") == "diverged" for r in runs.values()),
+            "seeds": {str(s): {"final": r.get("final_test_accuracy"), "best": r.get("best_test_accuracy"),
+                               "status": r.get("status", "completed"), "wall_seconds": r["wall_seconds"],
+                               "devices": r.get("devices", [])}
                       for s, r in runs.items()},
         })
     trained_on = sorted({d for r in results.values() for d in r.get("devices", [])})
@@ -142,7 +146,8 @@ def _markdown(report: dict) -> str:
         delta = "" if base is None or r["row"] == "standard" or not f["n"] else f"{f['mean'] - base:+.2f}"
         paper = "–" if r["paper"] is None else f"{r['paper']:.1f}"
         lines.append(f"| {r['label']} | {paper} | {f['mean']:.2f} ± {f['std']:.2f} | "
-                     f"{b['mean']:.2f} ± {b['std']:.2f} | {delta} | {f['n']} |")
+                     f"{b['mean']:.2f} ± {b['std']:.2f} | {delta} | {f['n']}"
+                     f"{' (+%d diverged)' % r['diverged'] if r.get('diverged') else ''} |")
     corr = report["spearman_vs_oracle"]
     if "global" in corr:
         lines += ["", f"Spearman rank correlation of each criterion's drop order with `oracle` on "

@@ -2,7 +2,11 @@
 
 One checkpoint per epoch under ``<run>/checkpoints/<epoch>``; the last ``keep`` and the
 best (highest test accuracy) are preserved. Writes are atomic (orbax writes to a temporary
-directory and renames), so a killed run never leaves a half-written checkpoint behind.
+directory and renames; leftovers of an interrupted write are removed on the next start),
+so a killed run never leaves a half-written checkpoint behind. A write that fails (disk
+full, permissions) is a one-line :class:`~repr_jax.errors.RunError` and the earlier
+checkpoints stay as they were. :meth:`Checkpointer.restore_newest` falls back to the newest
+checkpoint that restores when a later one is damaged.
 
 Checkpoints written before methods carried their own state held RePr's snapshot as a
 top-level ``snapshot`` (the whole params tree) and no ``method_*`` fields; they restore
@@ -10,6 +14,12 @@ into today's state with the snapshot's conv kernels moved to ``method_state["sna
 """
 from __future__ import annotations
 
+import contextlib
+import gc
+import os
+import re
+import sys
+import tempfile
 from pathlib import Path
 
 import flax.serialization
@@ -18,8 +28,52 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from repr_jax.errors import RunError
 from repr_jax.layers import get_path
 from repr_jax.state import TrainState
+
+
+def _reason(err: BaseException) -> str:
+    """The cause of an I/O failure in a few words: the OS error underneath, also when
+    tensorstore wraps it (``... [os_error_code='28']`` → "No space left on device")."""
+    while err.__cause__ is not None or err.__context__ is not None:   # the OS error underneath
+        if isinstance(err, OSError) and err.strerror:
+            break
+        err = err.__cause__ or err.__context__
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    code = re.search(r"os_error_code='(\d+)'", str(err))
+    if code:
+        return os.strerror(int(code.group(1)))
+    return (str(err).splitlines() or [type(err).__name__])[0][:200]
+
+
+@contextlib.contextmanager
+def _stderr_held():
+    """Hold what is written to file descriptor 2 while the block runs and replay it after a
+    success. When a write fails, orbax's and tensorstore's threads print a dozen tracebacks
+    there (some from C++); after a failure they are dropped for the caller's one line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    held = tempfile.TemporaryFile()
+    os.dup2(held.fileno(), 2)
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        gc.collect()   # abandoned asyncio tasks log "exception was never retrieved" when collected
+        raise
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        if not failed:
+            held.seek(0)
+            text = held.read()
+            if text:
+                sys.stderr.write(text.decode(errors="replace"))
+        held.close()
 
 
 class Checkpointer:
@@ -30,24 +84,38 @@ class Checkpointer:
                 policies.BestN(get_metric_fn=lambda m: m["test_accuracy"], n=1,
                                keep_checkpoints_without_metrics=False),
             ]),
-            enable_async_checkpointing=False, create=True)
-        self.manager = ocp.CheckpointManager(
-            Path(directory).absolute(), options=options,
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "extra": ocp.JsonCheckpointHandler()})
+            enable_async_checkpointing=False, create=True, cleanup_tmp_directories=True)
+        self.directory = Path(directory).absolute()
+        try:
+            self.manager = ocp.CheckpointManager(
+                self.directory, options=options,
+                item_handlers={"state": ocp.StandardCheckpointHandler(), "extra": ocp.JsonCheckpointHandler()})
+        except OSError as err:
+            raise RunError(f"cannot use checkpoint directory {self.directory}: {_reason(err)}") from None
 
     def save(self, epoch: int, state: TrainState, metrics: dict, extra: dict) -> None:
         """Save the state after ``epoch`` (1-based count of finished epochs)."""
         items = ocp.args.Composite(
             state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
             extra=ocp.args.JsonSave(extra))
-        self.manager.save(epoch, args=items, metrics={"test_accuracy": float(metrics["test_accuracy"])})
-        self.manager.wait_until_finished()
+        try:
+            with _stderr_held():
+                self.manager.save(epoch, args=items, metrics={"test_accuracy": float(metrics["test_accuracy"])})
+                self.manager.wait_until_finished()
+        except Exception as err:   # the I/O boundary: disk full, permissions, a vanished directory
+            kept = [s for s in self.manager.all_steps() if s != epoch]
+            resume = f"--resume continues from epoch {max(kept)}" if kept else "no earlier checkpoint"
+            raise RunError(f"cannot write the checkpoint of epoch {epoch} in {self.directory}: "
+                           f"{_reason(err)} ({resume})") from None
 
     def latest_epoch(self) -> int | None:
         return self.manager.latest_step()
 
     def best_epoch(self) -> int | None:
         return self.manager.best_step()
+
+    def epochs(self) -> list[int]:
+        return sorted(self.manager.all_steps())
 
     def restore(self, template: TrainState, epoch: int | None = None) -> tuple[TrainState, dict]:
         """Restore into the structure of ``template`` (a freshly created state)."""
@@ -66,6 +134,36 @@ class Checkpointer:
         if legacy:
             restored = _from_legacy(restored, template)
         return flax.serialization.from_state_dict(template, restored), dict(out["extra"])
+
+    def restore_newest(self, template: TrainState, accept=None):
+        """``(state, extra, epoch, skipped)``: the newest checkpoint that restores (and that
+        ``accept(state)`` accepts, when given), ``skipped`` listing ``(epoch, reason)`` for each
+        newer one passed over. ``RunError`` if none is usable."""
+        skipped = []
+        for epoch in reversed(self.epochs()):
+            try:
+                state, extra = self.restore(template, epoch)
+            except Exception as err:   # a damaged checkpoint: try the one before
+                skipped.append((epoch, _reason(err)))
+                continue
+            if accept is not None and not accept(state):
+                skipped.append((epoch, "not accepted"))
+                continue
+            return state, extra, epoch, skipped
+        detail = "; ".join(f"epoch {e}: {r}" for e, r in skipped) or "none saved"
+        raise RunError(f"no usable checkpoint in {self.directory} ({detail})")
+
+    def set_aside(self, epochs, destination: Path) -> None:
+        """Move the checkpoints of ``epochs`` (damaged ones) out of the way, into ``destination``:
+        the run continues from an earlier epoch and will write these epochs again."""
+        import shutil
+        for epoch in epochs:
+            Path(destination).mkdir(parents=True, exist_ok=True)
+            target = Path(destination) / str(epoch)
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.move(str(self.directory / str(epoch)), str(target))
+        if epochs:
+            self.manager.reload()
 
     def close(self) -> None:
         self.manager.close()

@@ -1,7 +1,8 @@
 """Command-line plumbing shared by the entry points in ``experiments/`` and ``benchmarks/``.
 
 The training CLI composes a :class:`~repr_jax.config.RunConfig` from, in order: a JSON
-settings file (``--config``), ``--method NAME``, the named flags (each an alias of one
+settings file (``--config``), ``--method NAME``, a protocol preset (``--protocol``,
+:mod:`repr_jax.protocols`), the named flags (each an alias of one
 ``--set`` key, kept so that every earlier command still runs), and ``--set KEY=VALUE``
 (repeatable; the last word). Bad input exits with code 2 and one line (:func:`fail`).
 """
@@ -30,13 +31,13 @@ ALIASES = {
                                     "whose 32·32·F-input dense layer diverged at 0.01-0.05, and 0.1 otherwise)"),
     "--momentum": ("optim.momentum", "SGD momentum"),
     "--weight-decay": ("optim.weight_decay", "L2 on conv/dense kernels (decoupled for adam)"),
-    "--schedule": ("optim.schedule", "learning-rate schedule: constant, cosine or step"),
+    "--schedule": ("optim.schedule", "learning-rate schedule: constant, cosine, step or exponential (--set optim.decay_steps, optim.decay_rate, optim.staircase)"),
     "--warmup-epochs": ("optim.warmup_epochs", "linear warm-up epochs"),
     "--step-epochs": ("optim.step_epochs", "epochs at which the 'step' schedule multiplies the rate by --step-factor"),
     "--step-factor": ("optim.step_factor", "factor of the 'step' schedule"),
     "--depth": ("model.depth", "convnet: number of conv layers n"),
     "--width": ("model.width", "convnet: filters per layer F"),
-    "--convnet-variant": ("model.variant", "convnet: paper (3x3 convs) or official (5x5 convs, each followed by 2x2 max-pool)"),
+    "--convnet-variant": ("model.variant", "convnet: paper (3x3 convs), official (the official code: 5x5 conv+bias, 3x3/2 SAME max-pool, truncated-normal 0.04 init) or pool2 (5x5, 2x2 max-pool, He init)"),
     "--ortho-loss": ("ortho_loss", "weight λ of the orthogonality penalty λ·Σ_layers Σ_f O_f (any method)"),
     "--repr-s1": ("repr.s1", "full-network epochs per round (S1)"),
     "--repr-s2": ("repr.s2", "sub-network epochs per round (S2)"),
@@ -44,7 +45,7 @@ ALIASES = {
     "--repr-drop": ("repr.drop_fraction", "fraction p of live filters dropped"),
     "--repr-min-keep": ("repr.min_keep", "filters every layer keeps"),
     "--repr-criterion": ("repr.criterion", "filter ranking criterion (repr_jax.criteria)"),
-    "--repr-reinit": ("repr.reinit", "dropped filters come back orthogonal to the rest (the paper's), drawn "
+    "--repr-reinit": ("repr.reinit", "orthogonal: dropped filters come back orthogonal to the rest (the paper's); official: the official code's QR of the current kernel; random: drawn "
                                      "from the layer's initialiser, or zero (left for training to regrow; a "
                                      "conv without BatchNorm feeding a ReLU cannot: ReLU'(0) = 0)"),
     "--repr-criterion-batches": ("repr.criterion_batches", "batches (of --batch-size training images, fixed per "
@@ -81,6 +82,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     from repr_jax.config import settings_help
     from repr_jax.criteria import CRITERIA
     from repr_jax.methods.base import get_method, method_names
+    from repr_jax.protocols import PROTOCOLS
     defaults = _defaults()
     methods = "; ".join(f"{n}: {get_method(n).summary}" for n in method_names())
     p = argparse.ArgumentParser(
@@ -89,6 +91,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                "are prefixed by its name:\n" + settings_help())
     g = p.add_argument_group("run")
     g.add_argument("--method", default=None, help=f"training method (default standard): {methods}")
+    g.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS),
+                   help="start from every setting of the paper's or the official code's runs "
+                        "(repr_jax.protocols; README 'Protocols'); flags and --set apply on top")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set any setting, e.g. --set repr.s1=20 --set optim.lr=0.01 (repeatable; "
                         "applied last; the keys are listed below)")
@@ -130,6 +135,10 @@ def config_from_args(args: argparse.Namespace):
     if args.method is not None:
         base = apply_overrides(base, [f"method={args.method}"])
     method = base.get("method", {}).get("name", "standard")
+    if getattr(args, "protocol", None):
+        from repr_jax.protocols import protocol_overrides
+        base = apply_overrides(base, protocol_overrides(args.protocol, method) + [f"protocol={args.protocol}"],
+                               explicit=explicit)
     aliases = []
     ignored = []
     for key in [*ALIASES.values(), *SWITCHES.values()]:

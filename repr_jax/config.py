@@ -21,17 +21,16 @@ import types
 import typing
 from pathlib import Path
 
+from repr_jax.errors import RunError
 from repr_jax.methods.base import MethodConfig, get_method, method_config, method_names
 from repr_jax.models import CONVNET_OPTIONS, MODELS, architecture
+from repr_jax.models.convnet import VARIANTS
 from repr_jax.optim import OptimConfig
+from repr_jax.protocols import PROTOCOLS
 
 # Settings that do not change the result: a resumed run may differ in these.
 NON_SEMANTIC = ("out", "resume", "quiet", "keep_checkpoints", "data.dir")
 KEY_ALIASES = {"optim.lr": "optim.learning_rate", "lr": "optim.learning_rate"}
-
-
-class RunError(ValueError):
-    """Bad settings or a run directory that cannot be used; message is one line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +40,7 @@ class ModelConfig:
     width: int = dataclasses.field(default=32, metadata={"help": "convnet: filters per layer F"})
     batch_norm: bool = dataclasses.field(default=False, metadata={"help": "convnet: BatchNorm after each conv"})
     variant: str = dataclasses.field(default="paper", metadata={
-        "help": "convnet: paper (3x3 convs) or official (5x5 convs, each followed by 2x2 max-pool)"})
+        "help": "convnet: paper (3x3 convs), official (the official code: 5x5 conv+bias, 3x3/2 SAME max-pool, truncated-normal 0.04 init) or pool2 (5x5, 2x2 max-pool, He init)"})
 
     def options(self) -> dict:
         """The builder options this model takes (only C^n(F) has any)."""
@@ -55,6 +54,10 @@ class DataConfig:
         "help": "local CIFAR copy: directory or .tar.gz (default: $REPR_JAX_DATA_DIR, else download)"})
     val_split: int = dataclasses.field(default=0, metadata={
         "help": "hold out the last N training images and evaluate on them instead of test"})
+    holdout: int = dataclasses.field(default=0, metadata={
+        "help": "set the last N training images aside (not trained on); data-driven criteria score on them"})
+    augment: bool = dataclasses.field(default=True, metadata={
+        "help": "random crop (pad 4) + horizontal flip of training images"})
     train_limit: int | None = dataclasses.field(default=None, metadata={"help": "train on a fixed random slice of N images"})
     test_limit: int | None = dataclasses.field(default=None, metadata={"help": "evaluate on a fixed random slice of N images"})
 
@@ -75,6 +78,7 @@ class RunConfig:
     optim: OptimConfig = OptimConfig()
     method: MethodConfig = dataclasses.field(default_factory=_standard)
     ortho_loss: float = 0.0
+    protocol: str = ""   # the preset the settings started from (repr_jax.protocols), "" for none
     keep_checkpoints: int = 3
     resume: bool = False
     quiet: bool = False
@@ -97,11 +101,15 @@ class RunConfig:
             (self.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}"),
             (math.isfinite(self.ortho_loss) and self.ortho_loss >= 0,
              f"--ortho-loss must be finite and >= 0, got {self.ortho_loss}"),
+            (self.protocol in ("", *PROTOCOLS), f"unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}"),
             (self.model.name in MODELS, f"unknown model {self.model.name!r}; choose from {', '.join(MODELS)}"),
             (self.model.depth >= 1 and self.model.width >= 1,
              f"--depth and --width must be >= 1, got {self.model.depth} and {self.model.width}"),
             (self.data.dataset in ("cifar10", "cifar100"), f"unknown dataset {self.data.dataset!r}"),
             (self.data.val_split >= 0, f"--val-split must be >= 0, got {self.data.val_split}"),
+            (self.data.holdout >= 0, f"data.holdout must be >= 0, got {self.data.holdout}"),
+            (self.model.variant in VARIANTS,
+             f"unknown convnet variant {self.model.variant!r}; choose from {', '.join(VARIANTS)}"),
             (self.data.train_limit is None or self.data.train_limit >= 1,
              f"--train-limit must be >= 1, got {self.data.train_limit}"),
             (self.data.test_limit is None or self.data.test_limit >= 1,

@@ -8,6 +8,8 @@ the RePr loop are shared by all criteria.
 
 Data-free (weights only):
   ``ortho``     RePr inter-filter orthogonality O_f (Prakash et al. 2019, Eq. 3); high = drop.
+  ``ortho_official``  the official code's |signed mean projection| on the whole-normalised
+                kernel (:mod:`repr_jax.official`); high = drop.
   ``weights``   L1 norm Σ|W_f| of the filter (Li et al. 2017); low = drop.
   ``l2``        L2 norm ‖W_f‖₂; low = drop.
   ``bn_gamma``  |γ_f| of the following BatchNorm (Network Slimming, Liu et al. 2017); low = drop.
@@ -41,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from repr_jax.layers import ConvLayer, channel_leaves, get_path, intercept_outputs, replace_path, response_site
+from repr_jax.official import official_score_layers
 from repr_jax.ortho import score_layers
 from repr_jax.pipeline import normalize
 from repr_jax.train import cross_entropy
@@ -69,6 +72,11 @@ def _per_filter(x):
 def _ortho(state, layers, key, images, labels):
     del key, images, labels
     return score_layers(state.params, state.masks, layers)
+
+
+def _ortho_official(state, layers, key, images, labels):
+    del key, images, labels
+    return official_score_layers(state.params, state.masks, layers)
 
 
 def _l1(state, layers, key, images, labels):
@@ -227,6 +235,8 @@ def _oracle(state, layers, key, images, labels):
 # ----------------------------------------------------------------------------- registry
 CRITERIA: dict[str, Criterion] = {c.name: c for c in (
     Criterion("ortho", _ortho, "high", False, summary="inter-filter overlap O_f (RePr)"),
+    Criterion("ortho_official", _ortho_official, "high", False,
+              summary="the official RePr code's signed mean projection (repr_jax.official)"),
     Criterion("weights", _l1, "low", False, summary="L1 norm of the filter (Li et al.)"),
     Criterion("l2", _l2, "low", False, summary="L2 norm of the filter"),
     Criterion("bn_gamma", _bn_gamma, "low", False, True, "|BatchNorm γ| (Network Slimming)"),
@@ -273,6 +283,17 @@ def score_filters(name: str, state, layers: tuple[ConvLayer, ...], *, key=None,
     return crit.score(state, layers, key, images, labels)
 
 
+def require_finite(name: str, scores: dict, live: dict | None = None, when: str = "") -> None:
+    """Host-side check: ``NonFiniteError`` if a live filter's score is NaN or infinite (a
+    ranking of NaN scores would drop arbitrary filters)."""
+    from repr_jax.errors import NonFiniteError
+    for layer, values in scores.items():
+        values = np.asarray(values)
+        mask = np.ones(values.shape, bool) if live is None else np.asarray(live[layer]) > 0
+        if not np.all(np.isfinite(values[mask])):
+            raise NonFiniteError(f"criterion {name} scores of {layer}{' ' + when if when else ''}")
+
+
 def drop_priority(name: str, scores: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """Raw scores → ranking convention (higher = drop first): negated for "low" criteria."""
     sign = 1.0 if get_criterion(name).drop_first == "high" else -1.0
@@ -292,5 +313,5 @@ def scoring_batches(images: np.ndarray, labels: np.ndarray, batches: int, batch_
 
 
 __all__ = ["Criterion", "CRITERIA", "get_criterion", "check_applicable", "score_filters",
-           "drop_priority", "scoring_batches", "response_statistics", "obd_saliency",
+           "require_finite", "drop_priority", "scoring_batches", "response_statistics", "obd_saliency",
            "oracle_loss_increase"]

@@ -12,51 +12,61 @@ Sources, tried in order by :func:`load_cifar`:
    its published MD5 and then read by the offline loader of step 1.
 3. Otherwise :class:`DataError` with one line saying how to get the data.
 
-Decoded arrays are cached as ``.npz`` in ``$REPR_JAX_CACHE`` (default
-``~/.cache/repr_jax``), keyed by the source's path, size and modification time, so a
-second run skips decoding 60,000 JPEGs.
+Every source is read completely or refused with one line (:mod:`repr_jax.data_formats`:
+archives read to their end, labels and counts checked). Decoded arrays are cached as
+``.npz`` in ``$REPR_JAX_CACHE`` (default ``~/.cache/repr_jax``), keyed by the source's path,
+size and modification time, so a second run skips decoding 60,000 JPEGs; a cache that
+cannot be written is skipped with a warning. Each data set carries a *fingerprint* — a
+SHA-256 of the decoded arrays, computed once with the cache — which a resumed run compares
+with the one its ``config.json`` recorded: the data's path may change, the data may not.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import os
-import pickle
-import re
-import tarfile
+import sys
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck")
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
-# Official archives (Krizhevsky 2009) and their published MD5 sums.
-ARCHIVES = {
-    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                "c58f30108f718f92721af3b95e74349a"),
-    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-                 "eb9058c3a382ffc7106e4002c42a8d85"),
-}
-_IMAGE_EXT = (".jpg", ".jpeg", ".png")
-_CACHE_VERSION = 1
+from repr_jax.data_formats import (ARCHIVES, CIFAR10_CLASSES, NUM_CLASSES, DataError, check_splits,
+                                   claimed_dataset, parse, read_files)
+
+_CACHE_VERSION = 2   # 2: archives read to the end, labels and counts checked
 
 
-class DataError(RuntimeError):
-    """The data could not be found or read; the message says what to do."""
+def fingerprint(*arrays: np.ndarray) -> str:
+    """SHA-256 (hex) of the arrays' shapes, dtypes and bytes."""
+    digest = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        digest.update(f"{a.shape}{a.dtype}".encode())
+        digest.update(a.data)
+    return digest.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
 class Cifar:
-    """A CIFAR split: images uint8 (N, 32, 32, 3) and labels int32 (N,)."""
+    """A CIFAR split: images uint8 (N, 32, 32, 3) and labels int32 (N,).
+
+    ``fingerprint`` identifies the *source* arrays (before any validation split or slice,
+    which the run's settings record); empty when the arrays were built in memory —
+    :meth:`source_fingerprint` then computes it.
+    """
     train_x: np.ndarray
     train_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
     class_names: tuple[str, ...]
     source: str
+    fingerprint: str = ""
+    held_x: np.ndarray | None = None   # held-out training images (never trained on), see hold_out
+    held_y: np.ndarray | None = None
+
+    def source_fingerprint(self) -> str:
+        return self.fingerprint or fingerprint(self.train_x, self.train_y, self.test_x, self.test_y)
 
     @property
     def num_classes(self) -> int:
@@ -70,6 +80,17 @@ class Cifar:
             self, train_x=self.train_x[:-size], train_y=self.train_y[:-size],
             test_x=self.train_x[-size:], test_y=self.train_y[-size:],
             source=self.source + f" (validation: last {size} train images)")
+
+    def hold_out(self, size: int) -> "Cifar":
+        """Set the last ``size`` training images aside (``held_x/held_y``): not trained on,
+        not evaluated each epoch — data-driven criteria and the oracle score on them (the
+        official RePr code's 45k/5k split)."""
+        if not 0 < size < len(self.train_y):
+            raise DataError(f"held-out size {size} must be in 1..{len(self.train_y) - 1}")
+        return dataclasses.replace(
+            self, train_x=self.train_x[:-size], train_y=self.train_y[:-size],
+            held_x=self.train_x[-size:], held_y=self.train_y[-size:],
+            source=self.source + f" (held out: last {size} train images)")
 
     def subset(self, train: int | None = None, test: int | None = None,
                seed: int = 0) -> "Cifar":
@@ -103,162 +124,6 @@ def synthetic_cifar(n_train: int, n_test: int, num_classes: int = 10, seed: int 
                  f"synthetic (seed {seed})")
 
 
-# ----------------------------------------------------------------------------- reading
-def _read_files(source: Path) -> dict[str, bytes]:
-    """All regular files of a directory or tar archive: relative posix path -> bytes."""
-    files: dict[str, bytes] = {}
-    if source.is_dir():
-        for path in source.rglob("*"):
-            if path.is_file():
-                files[path.relative_to(source).as_posix()] = path.read_bytes()
-        return files
-    try:
-        with tarfile.open(source, "r:*") as tar:
-            for member in tar:
-                if member.isfile():
-                    handle = tar.extractfile(member)
-                    files[member.name.lstrip("./")] = handle.read()
-    except (tarfile.TarError, OSError, EOFError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"cannot read archive {source}: {reason}") from None
-    return files
-
-
-def _find(files: dict[str, bytes], basename: str) -> str | None:
-    hits = sorted(k for k in files if k.rsplit("/", 1)[-1] == basename)
-    return hits[0] if hits else None
-
-
-def _unpickle(blob: bytes, name: str) -> dict:
-    try:
-        return pickle.loads(blob, encoding="latin1")
-    except Exception as err:  # corrupt pickle of any kind
-        raise DataError(f"corrupt CIFAR pickle {name}: {err}") from None
-
-
-def _rows_to_images(rows: np.ndarray) -> np.ndarray:
-    return np.asarray(rows, np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
-
-
-def _pickle_layout(files, dataset):
-    if dataset == "cifar10":
-        first = _find(files, "data_batch_1")
-        prefix = first.rsplit("/", 1)[0] + "/" if "/" in first else ""
-        train = [_unpickle(files[f"{prefix}data_batch_{i}"], f"data_batch_{i}")
-                 for i in range(1, 6) if f"{prefix}data_batch_{i}" in files]
-        if len(train) != 5 or f"{prefix}test_batch" not in files:
-            raise DataError("incomplete cifar-10-batches-py: need data_batch_1..5 and test_batch")
-        test = _unpickle(files[f"{prefix}test_batch"], "test_batch")
-        meta = files.get(f"{prefix}batches.meta")
-        names = tuple(_unpickle(meta, "batches.meta")["label_names"]) if meta else CIFAR10_CLASSES
-        key = "labels"
-    else:
-        train_name = _find(files, "train")
-        prefix = train_name.rsplit("/", 1)[0] + "/" if "/" in train_name else ""
-        if f"{prefix}test" not in files:
-            raise DataError("incomplete cifar-100-python: need train and test")
-        train = [_unpickle(files[f"{prefix}train"], "train")]
-        test = _unpickle(files[f"{prefix}test"], "test")
-        meta = files.get(f"{prefix}meta")
-        names = (tuple(_unpickle(meta, "meta")["fine_label_names"]) if meta
-                 else tuple(f"class_{i}" for i in range(100)))
-        key = "fine_labels"
-    try:
-        tx = _rows_to_images(np.concatenate([b["data"] for b in train]))
-        ty = np.concatenate([np.asarray(b[key]) for b in train]).astype(np.int32)
-        vx, vy = _rows_to_images(test["data"]), np.asarray(test[key], np.int32)
-    except (KeyError, ValueError) as err:
-        raise DataError(f"corrupt CIFAR pickle batches: {err}") from None
-    return tx, ty, vx, vy, names
-
-
-def _binary_records(blob: bytes, label_bytes: int, name: str):
-    record = label_bytes + 3072
-    if len(blob) == 0 or len(blob) % record:
-        raise DataError(f"corrupt CIFAR binary batch {name}: {len(blob)} bytes "
-                        f"is not a multiple of {record}")
-    arr = np.frombuffer(blob, np.uint8).reshape(-1, record)
-    return _rows_to_images(arr[:, label_bytes:]), arr[:, label_bytes - 1].astype(np.int32)
-
-
-def _binary_layout(files, dataset):
-    if dataset == "cifar10":
-        first = _find(files, "data_batch_1.bin")
-        prefix = first.rsplit("/", 1)[0] + "/" if "/" in first else ""
-        names_train = [f"{prefix}data_batch_{i}.bin" for i in range(1, 6)]
-        names_test, label_bytes = [f"{prefix}test_batch.bin"], 1
-        meta = files.get(f"{prefix}batches.meta.txt")
-    else:
-        first = _find(files, "train.bin")
-        prefix = first.rsplit("/", 1)[0] + "/" if "/" in first else ""
-        names_train, names_test, label_bytes = [f"{prefix}train.bin"], [f"{prefix}test.bin"], 2
-        meta = files.get(f"{prefix}fine_label_names.txt")
-    missing = [n for n in names_train + names_test if n not in files]
-    if missing:
-        raise DataError(f"incomplete CIFAR binary layout: missing {missing[0]}")
-    train = [_binary_records(files[n], label_bytes, n) for n in names_train]
-    tx, ty = np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train])
-    vx, vy = _binary_records(files[names_test[0]], label_bytes, names_test[0])
-    if meta:
-        names = tuple(s for s in meta.decode().split() if s)
-    else:
-        names = CIFAR10_CLASSES if dataset == "cifar10" else tuple(f"class_{i}" for i in range(100))
-    return tx, ty, vx, vy, names
-
-
-_FOLDER_RE = re.compile(r"(?:^|/)(train|test)/([^/]+)/([^/]+)$")
-
-
-def _sort_key(name: str):
-    stem = name.rsplit(".", 1)[0]
-    return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
-
-
-def _folder_layout(files, dataset):
-    from PIL import Image
-    split_files: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
-    for name in files:
-        m = _FOLDER_RE.search(name)
-        if m and name.lower().endswith(_IMAGE_EXT):
-            split_files[m.group(1)].setdefault(m.group(2), []).append(name)
-    classes = sorted(set(split_files["train"]) | set(split_files["test"]))
-    if dataset == "cifar10" and set(classes) <= set(CIFAR10_CLASSES):  # official label order
-        classes = list(CIFAR10_CLASSES)
-    out = []
-    for split in ("train", "test"):
-        images, labels = [], []
-        for label, cls in enumerate(classes):
-            for name in sorted(split_files[split].get(cls, []),
-                               key=lambda n: _sort_key(n.rsplit("/", 1)[-1])):
-                try:
-                    img = np.asarray(Image.open(io.BytesIO(files[name])).convert("RGB"))
-                except Exception as err:
-                    raise DataError(f"cannot decode image {name}: {err}") from None
-                if img.shape != (32, 32, 3):
-                    raise DataError(f"image {name} has shape {img.shape}, expected (32, 32, 3)")
-                images.append(img)
-                labels.append(label)
-        if not images:
-            raise DataError(f"image-folder layout has no {split}/<class>/ images")
-        out += [np.stack(images), np.asarray(labels, np.int32)]
-    return (*out, tuple(classes))
-
-
-def _detect_and_parse(files: dict[str, bytes], dataset: str, source: Path):
-    if dataset == "cifar10" and _find(files, "data_batch_1"):
-        return _pickle_layout(files, dataset)
-    if dataset == "cifar10" and _find(files, "data_batch_1.bin"):
-        return _binary_layout(files, dataset)
-    if dataset == "cifar100" and _find(files, "train") and _find(files, "test"):
-        return _pickle_layout(files, dataset)
-    if dataset == "cifar100" and _find(files, "train.bin"):
-        return _binary_layout(files, dataset)
-    if any(_FOLDER_RE.search(k) for k in files):
-        return _folder_layout(files, dataset)
-    raise DataError(f"no {dataset} layout found in {source} (expected python or binary batches, "
-                    "or train/<class>/ and test/<class>/ image folders)")
-
-
 # ----------------------------------------------------------------------------- caching
 def cache_dir() -> Path:
     return Path(os.environ.get("REPR_JAX_CACHE", Path.home() / ".cache" / "repr_jax"))
@@ -274,26 +139,49 @@ def _source_key(source: Path, dataset: str) -> str:
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
+def _read_cache(cache: Path, source: Path) -> Cifar | None:
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            arrays = [z[k] for k in ("train_x", "train_y", "test_x", "test_y")]
+            names, digest = tuple(str(c) for c in z["class_names"]), str(z["fingerprint"])
+    except Exception:  # unreadable or damaged cache (npz members are CRC-checked): rebuild
+        return None
+    if fingerprint(*arrays) != digest:
+        return None
+    return Cifar(*arrays, names, f"{source} (cached)", digest)
+
+
+def _write_cache(cache: Path, data: Cifar) -> None:
+    tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, train_x=data.train_x, train_y=data.train_y, test_x=data.test_x,
+                 test_y=data.test_y, class_names=np.array(data.class_names),
+                 fingerprint=np.array(data.fingerprint))
+        os.replace(tmp, cache)
+    except OSError as err:   # read-only or full cache: carry on without it
+        print(f"warning: decode cache not written ({cache.parent}: {err.strerror or err}); "
+              "set REPR_JAX_CACHE to a writable directory", file=sys.stderr)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def _load_local(source: Path, dataset: str, use_cache: bool) -> Cifar:
     if not source.exists():
         raise DataError(f"data path {source} does not exist")
     cache = cache_dir() / f"{dataset}-{_source_key(source, dataset)}.npz"
     if use_cache and cache.exists():
-        try:
-            with np.load(cache, allow_pickle=False) as z:
-                return Cifar(z["train_x"], z["train_y"], z["test_x"], z["test_y"],
-                             tuple(str(c) for c in z["class_names"]), f"{source} (cached)")
-        except Exception:  # unreadable cache: rebuild it below
-            pass
-    tx, ty, vx, vy, names = _detect_and_parse(_read_files(source), dataset, source)
-    if len(names) != NUM_CLASSES[dataset] or ty.max() >= len(names) or vy.max() >= len(names):
-        raise DataError(f"{source}: found {len(names)} classes, {dataset} has {NUM_CLASSES[dataset]}")
+        cached = _read_cache(cache, source)
+        if cached is not None:
+            return cached
+    tx, ty, vx, vy, names = parse(read_files(source), dataset, source)
+    check_splits(tx, ty, vx, vy, names, dataset, source, complete=claimed_dataset(source) == dataset)
+    data = Cifar(tx, ty, vx, vy, tuple(names), str(source), fingerprint(tx, ty, vx, vy))
     if use_cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, train_x=tx, train_y=ty, test_x=vx, test_y=vy, class_names=np.array(names))
-        os.replace(tmp, cache)
-    return Cifar(tx, ty, vx, vy, tuple(names), str(source))
+        _write_cache(cache, data)
+    return data
 
 
 # ----------------------------------------------------------------------------- download
@@ -334,8 +222,9 @@ def _load_tfds(dataset: str) -> Cifar:
     splits = tfds.as_numpy(tfds.load(dataset, split=["train", "test"], batch_size=-1))
     (tr, te) = splits
     names = tuple(tfds.builder(dataset).info.features["label"].names)
-    return Cifar(tr["image"], tr["label"].astype(np.int32), te["image"],
-                 te["label"].astype(np.int32), names, f"tfds:{dataset}")
+    tx, ty, vx, vy = tr["image"], tr["label"].astype(np.int32), te["image"], te["label"].astype(np.int32)
+    check_splits(tx, ty, vx, vy, names, dataset, Path(f"tfds:{dataset}"), complete=True)
+    return Cifar(tx, ty, vx, vy, names, f"tfds:{dataset}", fingerprint(tx, ty, vx, vy))
 
 
 def load_cifar(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None,
@@ -360,3 +249,7 @@ def load_cifar(dataset: str = "cifar10", data_dir: str | os.PathLike | None = No
         errors.append(str(err))
     raise DataError(f"no {dataset} data: pass --data-dir (or set REPR_JAX_DATA_DIR) to a local "
                     f"copy, or run with internet access ({'; '.join(errors)})")
+
+
+__all__ = ["ARCHIVES", "CIFAR10_CLASSES", "NUM_CLASSES", "Cifar", "DataError", "cache_dir",
+           "download_archive", "fingerprint", "load_cifar", "synthetic_cifar"]

@@ -1,17 +1,27 @@
 """One training run with its run directory: the only place in the package that trains and logs.
 
-:func:`run` = :func:`start` (settings checked, data loaded, method and train state built,
-run directory created or resumed) → :func:`train_epochs` (per epoch: the method's
-``before_epoch`` transition, the jitted epoch, evaluation, ``after_epoch``, one line of
-``metrics.jsonl``, the method's events into ``pruning.jsonl``, a checkpoint) →
-:func:`finish` (``summary.json`` and plots). The runner knows no method by name: everything
-method-specific comes through :class:`repr_jax.methods.base.Method`. An existing run is
-never overwritten: it is resumed (``resume=True``, same settings) or refused with
-:class:`RunError`.
+:func:`run` = :func:`start` (every setting checked — against the model too — and the run
+directory examined before any data is read; then data loaded and checked, method and
+train state built, the directory created or the run resumed from its newest usable
+checkpoint) → :func:`train_epochs` (per epoch: the method's ``before_epoch`` transition,
+the jitted epoch, evaluation, ``after_epoch``, one line of ``metrics.jsonl``, the method's
+events into ``pruning.jsonl``, a checkpoint) → :func:`finish` (``summary.json`` and
+plots). The runner knows no method by name: everything method-specific comes through
+:class:`repr_jax.methods.base.Method`.
+
+Failure behaviour (exit codes in :mod:`repr_jax.errors`): an existing run is never
+overwritten — it is resumed (``resume=True``, same settings, same data) or refused with
+:class:`RunError`. A loss, a parameter or a criterion score that is NaN or infinite stops
+the run (:class:`~repr_jax.errors.Diverged`): that epoch's checkpoint is not written, so
+the newest one kept is the last finite state, and ``summary.json`` says
+``"status": "diverged"``. The check costs one scalar read per epoch (the epoch's reduced
+metrics and one ``isfinite`` reduction of the parameters), never one per step.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import sys
 import time
 from pathlib import Path
 
@@ -20,15 +30,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from repr_jax.checkpoint import Checkpointer
-from repr_jax.config import RunConfig, RunError
+from repr_jax.config import RunConfig
 from repr_jax.data import Cifar, DataError, load_cifar
+from repr_jax.errors import Diverged, NonFiniteError, RunError
 from repr_jax.masks import live_filters
 from repr_jax.methods.base import MethodContext, create_method
 from repr_jax.models import from_architecture
 from repr_jax.optim import learning_rate_schedule, make_optimizer, phased_schedule
 from repr_jax.plots import plot_curves, plot_pruned_per_layer
-from repr_jax.run_dir import (prepare_run_dir, read_architecture, read_config, read_jsonl,
-                              write_json, write_jsonl)
+from repr_jax.run_dir import (check_data, check_run_dir, create_run_dir, finite_row,
+                              read_architecture, read_config, read_jsonl, write_json, write_jsonl)
 from repr_jax.state import create_train_state
 from repr_jax.train import evaluate, loss_term_names, run_epoch, train_step_indexed
 
@@ -48,6 +59,8 @@ def build_method(config: RunConfig, model, architecture: dict, train_images: int
         model, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
         train_images=None if data is None else data.train_x,
         train_labels=None if data is None else data.train_y,
+        heldout_images=None if data is None else data.held_x,
+        heldout_labels=None if data is None else data.held_y,
         architecture=architecture, train_size=train_images)
     return create_method(config.method, context)
 
@@ -65,18 +78,39 @@ def initial_state(config: RunConfig, train_images: int, model=None, method=None)
 
 
 def load_run_data(config: RunConfig, data: Cifar | None = None) -> Cifar:
-    """The run's data: loaded (or ``data``), validation split and fixed-seed slices applied."""
+    """The run's data: loaded (or ``data``), validation split and fixed-seed slices applied
+    (after the source's checks); its ``fingerprint`` is the source's."""
     if data is None:
         data = load_cifar(config.data.dataset, config.data.dir)  # DataError propagates: one line
+    data = dataclasses.replace(data, fingerprint=data.source_fingerprint())
     if config.data.val_split:
+        if config.data.val_split >= len(data.train_y):
+            raise RunError(f"--val-split {config.data.val_split} leaves no training image of {len(data.train_y)}")
         data = data.split_validation(config.data.val_split)
+    if config.data.holdout:
+        if config.data.holdout >= len(data.train_y):
+            raise RunError(f"data.holdout {config.data.holdout} leaves no training image of {len(data.train_y)}")
+        data = data.hold_out(config.data.holdout)
     return data.subset(config.data.train_limit, config.data.test_limit, seed=config.seed)
 
 
-def restore_run(run_dir: str | Path, epoch: int | None = None):
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.bool_(True)
+
+
+def state_is_finite(state) -> bool:
+    """Whether params, batch stats and the method's parameters hold only finite numbers."""
+    return bool(_all_finite((state.params, state.batch_stats, state.method_params)))
+
+
+def restore_run(run_dir: str | Path, epoch: int | str | None = None):
     """``(RunConfig, architecture, method, TrainState)`` of a saved run: the state restored
-    from its checkpoint at ``epoch`` (default: the latest kept) into a template rebuilt from
-    its ``config.json`` and ``architecture.json``; the method is built without data."""
+    from its checkpoint ``epoch`` — an epoch number, ``"latest"`` (the default), ``"best"``
+    (highest test accuracy) or ``"finite"`` (the newest whose parameters are all finite) —
+    into a template rebuilt from its ``config.json`` and ``architecture.json``; the method is
+    built without data."""
     import json
     run_dir = Path(run_dir)
     config = read_config(run_dir)
@@ -88,14 +122,20 @@ def restore_run(run_dir: str | Path, epoch: int | None = None):
     _, _, template = initial_state(config, train_images, model, method)
     ckpt = Checkpointer(run_dir / "checkpoints", keep=config.keep_checkpoints)
     try:
-        state, _ = ckpt.restore(template, epoch)
+        if epoch == "finite":
+            state, _, _, _ = ckpt.restore_newest(template, accept=state_is_finite)
+        else:
+            number = {None: ckpt.latest_epoch(), "latest": ckpt.latest_epoch(), "best": ckpt.best_epoch()}.get(epoch, epoch)
+            if number not in ckpt.epochs():
+                raise RunError(f"{run_dir} has no checkpoint {epoch!r} (kept: {ckpt.epochs()})")
+            state, _ = ckpt.restore(template, number)
     finally:
         ckpt.close()
     return config, arch, method, state
 
 
-def load_run_state(run_dir: str | Path, epoch: int | None = None):
-    """``(RunConfig, TrainState)`` of a saved run (see :func:`restore_run`)."""
+def load_run_state(run_dir: str | Path, epoch: int | str | None = None):
+    """``(RunConfig, TrainState)`` of a saved run (see :func:`restore_run` for ``epoch``)."""
     config, _, _, state = restore_run(run_dir, epoch)
     return config, state
 
@@ -119,9 +159,15 @@ class Session:
 
 
 def start(config: RunConfig, data: Cifar | None = None) -> Session:
-    """Check settings, load data, build method and state, prepare or resume the run directory."""
+    """Check settings and the run directory, load data, build method and state, create or
+    resume the run directory (nothing is written before every check has passed)."""
     config.validate()
     model = build_model(config)  # bad names fail before any data is read
+    try:   # the method against the model (criterion needs BatchNorm, min_keep, ...), no data yet
+        build_method(config, model, config.architecture(), config.data.train_limit or 50_000)
+    except ValueError as err:
+        raise RunError(str(err)) from None
+    resuming = check_run_dir(config)
     data = load_run_data(config, data)
     if len(data.train_y) < config.batch_size:
         raise RunError(f"--batch-size {config.batch_size} exceeds the {len(data.train_y)} training images")
@@ -130,12 +176,24 @@ def start(config: RunConfig, data: Cifar | None = None) -> Session:
         _, schedule, state = initial_state(config, len(data.train_y), model, method)
     except ValueError as err:
         raise RunError(str(err)) from None
-    out, resuming = prepare_run_dir(config)
+    out = Path(config.out)
+    if resuming:
+        check_data(out, data.fingerprint)
+        if not (out / "architecture.json").exists():   # written before the file existed
+            write_json(out / "architecture.json", config.architecture())
+    else:
+        create_run_dir(config, data.fingerprint)
     ckpt = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
     session = Session(config, out, data, method, schedule, state, ckpt, arrays=(), terms=(),
                       metrics=read_jsonl(out / "metrics.jsonl"), events=read_jsonl(out / "pruning.jsonl"))
-    if resuming and ckpt.latest_epoch() is not None:
-        session.state, extra = ckpt.restore(state)
+    if resuming and ckpt.epochs():
+        session.state, extra, epoch, skipped = ckpt.restore_newest(state)
+        for bad, reason in skipped:
+            print(f"warning: the checkpoint of epoch {bad} could not be restored ({reason}); "
+                  f"set aside in {out / 'damaged_checkpoints'}", file=sys.stderr)
+        ckpt.set_aside([bad for bad, _ in skipped], out / "damaged_checkpoints")
+        if skipped:
+            print(f"resuming from epoch {epoch}", file=sys.stderr)
         session.start_epoch, session.prior_seconds = int(extra["epochs_done"]), float(extra["wall_seconds"])
     session.metrics = [m for m in session.metrics if m["epoch"] <= session.start_epoch]
     session.events = [e for e in session.events if e["epoch"] <= session.start_epoch]  # 1-based
@@ -144,6 +202,29 @@ def start(config: RunConfig, data: Cifar | None = None) -> Session:
                                     layers=session.state.layers, ortho_lambda=config.ortho_loss,
                                     method=method)
     return session
+
+
+def _non_finite(train_m: dict, test_m: dict) -> str | None:
+    values = {"train_loss": train_m["loss"], "test_loss": test_m["loss"],
+              **{f"loss term {k}": v for k, v in train_m.get("loss_terms", {}).items()}}
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    return ", ".join(bad) if bad else None
+
+
+def _diverge(s: Session, epoch: int, quantity: str) -> None:
+    """Stop the run at 0-based ``epoch``: summary.json says why; the newest checkpoint kept
+    (written after the last finite epoch) is the state to go back to."""
+    last = s.ckpt.latest_epoch()
+    s.ckpt.close()
+    finite = [m for m in s.metrics if "non_finite" not in m]
+    summary = {"status": "diverged", "diverged_epoch": epoch + 1, "non_finite": quantity,
+               "last_finite_checkpoint": last,
+               "last_finite_test_accuracy": finite[-1]["test_accuracy"] if finite else None,
+               **_summary_fields(s)}
+    write_json(s.out / "summary.json", summary)
+    kept = f"kept the checkpoint of epoch {last}" if last else "no finite checkpoint was written"
+    raise Diverged(f"the run diverged at epoch {epoch + 1}: {quantity} not finite; stopped and {kept} "
+                   f"(summary.json: status diverged)", epoch + 1, quantity, summary)
 
 
 def _progress_bar(config: RunConfig, epoch: int, phase: str, steps: int):
@@ -164,18 +245,27 @@ def train_epochs(s: Session) -> None:
     started = time.perf_counter()
     for epoch in range(s.start_epoch, config.epochs):
         phase = method.phase(epoch)
-        s.state, before = method.before_epoch(s.state, epoch)
+        try:
+            s.state, before = method.before_epoch(s.state, epoch)
+        except NonFiniteError as err:
+            _diverge(s, epoch, str(err))
         progress = _progress_bar(config, epoch, phase.name, len(train_y) // config.batch_size)
         s.state, train_m = run_epoch(s.state, train_x, train_y, jax.random.fold_in(root, epoch),
                                      batch_size=config.batch_size, layers=layers,
                                      ortho_lambda=config.ortho_loss, method=method, terms=s.terms,
-                                     progress=progress)
+                                     progress=progress, augmentation=config.data.augment)
         if progress is not None:
             progress.close()
         test_m = evaluate(s.state, test_x, test_y, config.eval_batch_size, method=method)
         live = live_filters(s.state.masks, layers)  # as trained and evaluated this epoch
         live_count = int(sum(float(jnp.sum(v)) for v in live.values()))
-        s.state, after = method.after_epoch(s.state, epoch)
+        bad = _non_finite(train_m, test_m) or (None if state_is_finite(s.state) else "parameters")
+        after = []
+        if bad is None:
+            try:
+                s.state, after = method.after_epoch(s.state, epoch)
+            except NonFiniteError as err:
+                bad = str(err)
         s.events += [method.record(event) for event in before + after]
         row = {"epoch": epoch + 1, "phase": phase.name, "round": phase.round,
                "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
@@ -187,10 +277,12 @@ def train_epochs(s: Session) -> None:
                "live_filters": live_count, "total_filters": total_filters}
         if "loss_terms" in train_m:
             row["loss_terms"] = train_m["loss_terms"]
-        s.metrics.append(row)
+        s.metrics.append(finite_row(row))
         write_jsonl(s.out / "metrics.jsonl", s.metrics)
         if s.events:
             write_jsonl(s.out / "pruning.jsonl", s.events)
+        if bad is not None:
+            _diverge(s, epoch, bad)
         s.ckpt.save(epoch + 1, s.state, {"test_accuracy": row["test_accuracy"]},
                     {"epochs_done": epoch + 1, "wall_seconds": row["elapsed_seconds"]})
         if not config.quiet:
@@ -200,29 +292,39 @@ def train_epochs(s: Session) -> None:
     s.ckpt.close()
 
 
+def _summary_fields(s: Session) -> dict:
+    config, metrics, events = s.config, s.metrics, s.events
+    return {
+        "method": config.method.name, "model": config.model.name, "dataset": config.data.dataset,
+        "data_source": s.data.source, "train_images": int(len(s.data.train_y)),
+        "test_images": int(len(s.data.test_y)), "epochs": config.epochs,
+        "wall_seconds": metrics[-1]["elapsed_seconds"] if metrics else 0.0,
+        "train_step_compilations_this_process": int(train_step_indexed._cache_size()),
+        "drops": sum(e["event"] == "drop" for e in events),
+        "reinits": sum(e["event"] == "reinit" for e in events),
+    }
+
+
 def finish(s: Session) -> dict:
     """``summary.json`` (returned), ``curves.png`` and, with drops, ``pruned_per_layer.png``."""
     config, metrics, events = s.config, s.metrics, s.events
     best = max(metrics, key=lambda m: m["test_accuracy"])
     summary = {
-        "method": config.method.name, "model": config.model.name, "dataset": config.data.dataset,
-        "data_source": s.data.source, "train_images": int(len(s.data.train_y)),
-        "test_images": int(len(s.data.test_y)), "epochs": config.epochs,
+        "status": "completed", **_summary_fields(s),
         "final_test_accuracy": metrics[-1]["test_accuracy"],
         "best_test_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
         "final_train_accuracy": metrics[-1]["train_accuracy"],
-        "wall_seconds": metrics[-1]["elapsed_seconds"],
         "median_images_per_second": float(np.median([m["images_per_second"] for m in metrics])),
-        "train_step_compilations_this_process": int(train_step_indexed._cache_size()),
-        "drops": sum(e["event"] == "drop" for e in events),
-        "reinits": sum(e["event"] == "reinit" for e in events),
     }
     write_json(s.out / "summary.json", summary)
-    plot_curves(metrics, s.out / "curves.png", f"{config.model.name} {config.method.name} ({config.data.dataset})")
     drops = [e for e in events if e["event"] == "drop" and "layers" in e]   # RePr-shaped drop lines
-    if drops:
-        plot_pruned_per_layer(drops, s.out / "pruned_per_layer.png",
-                              "per-layer" if getattr(config.method, "per_layer", False) else "global")
+    try:
+        plot_curves(metrics, s.out / "curves.png", f"{config.model.name} {config.method.name} ({config.data.dataset})")
+        if drops:
+            plot_pruned_per_layer(drops, s.out / "pruned_per_layer.png",
+                                  "per-layer" if getattr(config.method, "per_layer", False) else "global")
+    except OSError as err:  # the run is complete and summarised; only a figure is missing
+        raise RunError(f"cannot write plots to {s.out}: {err.strerror or err} (the run itself is complete)") from None
     return summary
 
 
@@ -237,6 +339,6 @@ def run(config: RunConfig, data: Cifar | None = None) -> dict:
     return finish(session)
 
 
-__all__ = ["RunConfig", "RunError", "DataError", "Session", "build_method", "build_model",
+__all__ = ["Diverged", "RunConfig", "RunError", "DataError", "Session", "build_method", "build_model",
            "finish", "initial_state", "load_run_data", "load_run_state", "restore_run", "run", "start",
-           "train_epochs"]
+           "state_is_finite", "train_epochs"]

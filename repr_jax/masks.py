@@ -130,13 +130,14 @@ def drop_filters(state, layers: tuple[ConvLayer, ...], live: dict[str, jax.Array
 
 
 def revive_filters(state, layers: tuple[ConvLayer, ...], revived: dict[str, jax.Array],
-                   new_params):
+                   new_params, reset_bias: bool = True):
     """Bring filters back: take their kernels from ``new_params``, reset BatchNorm and moments.
 
     For each revived channel (``revived[name][f] == 1``): the kernel comes from
-    ``new_params``, the conv bias is 0, BatchNorm γ = 1, β = 0, running mean 0, variance 1,
-    and every optimizer moment of those parameters is 0 (Prakash et al. 2019, §5: "their
-    training-specific parameters from BatchNorm and Adam"). Masks become 1 for them.
+    ``new_params``, the conv bias is 0 (kept as it is with ``reset_bias=False``: a frozen
+    filter's bias, as the official RePr code leaves it), BatchNorm γ = 1, β = 0, running
+    mean 0, variance 1, and every optimizer moment of those parameters is 0 (Prakash et al.
+    2019, §5: "their training-specific parameters from BatchNorm and Adam"). Masks become 1.
     """
     params, stats = state.params, state.batch_stats
     live = live_filters(state.masks, layers)
@@ -147,7 +148,7 @@ def revive_filters(state, layers: tuple[ConvLayer, ...], revived: dict[str, jax.
         new_kernel = get_path(new_params, layer.path + ("kernel",))
         params = replace_path(params, layer.path + ("kernel",),
                               lambda k, n=new_kernel, r=r: jnp.where(r > 0, n, k))
-        resets = [(layer.path + ("bias",), 0.0)] if layer.has_bias else []
+        resets = [(layer.path + ("bias",), 0.0)] if layer.has_bias and reset_bias else []
         if layer.bn_path is not None:
             resets += [(layer.bn_path + ("scale",), 1.0), (layer.bn_path + ("bias",), 0.0)]
             for leaf, value in (("mean", 0.0), ("var", 1.0)):

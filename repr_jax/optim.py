@@ -18,7 +18,7 @@ import optax
 
 from repr_jax.masks import masked_updates
 
-SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("constant", "cosine", "step", "exponential")
 RESTARTS = ("constant", "cosine", "linear")
 
 
@@ -34,17 +34,24 @@ class OptimConfig:
     momentum: float = _help(0.9, "SGD momentum (0: plain SGD)")
     nesterov: bool = _help(False, "Nesterov momentum")
     weight_decay: float = _help(5e-4, "L2 on conv and dense kernels (decoupled for adam)")
-    schedule: str = _help("cosine", "constant, cosine (to 0 at the last epoch) or step")
+    schedule: str = _help("cosine", "constant, cosine (to 0 at the last epoch), step or exponential")
     warmup_epochs: int = _help(0, "linear warm-up epochs")
     step_epochs: tuple[int, ...] = _help((), "step schedule: epochs at which the rate is multiplied "
                                              "by step_factor (comma-separated)")
     step_factor: float = _help(0.1, "step schedule: the factor")
+    decay_steps: int = _help(25000, "exponential schedule: optimizer steps per decay by decay_rate")
+    decay_rate: float = _help(0.5, "exponential schedule: lr · decay_rate^(step / decay_steps)")
+    staircase: bool = _help(True, "exponential schedule: decay in whole steps (floor of step / decay_steps)")
 
     def validate(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose sgd or adam")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose {', '.join(SCHEDULES)}")
+        if self.schedule == "exponential" and not (
+                self.decay_steps >= 1 and math.isfinite(self.decay_rate) and 0 < self.decay_rate <= 1):
+            raise ValueError(f"exponential schedule needs decay_steps >= 1 and decay_rate in (0, 1], "
+                             f"got {self.decay_steps} and {self.decay_rate}")
 
 
 def learning_rate_schedule(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> optax.Schedule:
@@ -55,12 +62,15 @@ def learning_rate_schedule(cfg: OptimConfig, steps_per_epoch: int, epochs: int) 
         main = optax.constant_schedule(cfg.learning_rate)
     elif cfg.schedule == "cosine":
         main = optax.cosine_decay_schedule(cfg.learning_rate, max(total - warm, 1))
+    elif cfg.schedule == "exponential":   # TF's exponential_decay (the official RePr code's)
+        main = optax.exponential_decay(cfg.learning_rate, cfg.decay_steps, cfg.decay_rate,
+                                       staircase=cfg.staircase)
     elif cfg.schedule == "step":
         main = optax.piecewise_constant_schedule(
             cfg.learning_rate, {max(e * steps_per_epoch - warm, 1): cfg.step_factor
                                 for e in cfg.step_epochs})
     else:
-        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose constant, cosine or step")
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose {', '.join(SCHEDULES)}")
     if warm:
         return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, warm), main], [warm])
     return main

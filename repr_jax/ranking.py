@@ -1,7 +1,8 @@
 """Turn per-filter scores into new live-filter masks (global or per-layer ranking).
 
 Convention: a higher score means "drop first" (criteria whose natural order is the other
-way negate their scores). The number dropped is ``floor(p · n + 0.5)`` where n counts the
+way negate their scores). The number dropped is ``floor(p · n + 0.5)`` (or ``int(p · n)``,
+the official code's, with ``rounding="floor"``) where n counts the
 live filters of the eligible layers (all prunable layers except the excluded ones) —
 network-wide for the global ranking (Prakash et al. 2019, §5: "ranked globally"), per layer
 for the per-layer ranking. No layer falls below ``min_keep`` live filters (default 1, so
@@ -20,8 +21,8 @@ from repr_jax.masks import live_filters
 from repr_jax.ortho import score_layers
 
 
-@functools.partial(jax.jit, static_argnames=("names", "per_layer", "exclude", "min_keep"))
-def _select(scores, live, fraction, names, per_layer, exclude, min_keep):
+@functools.partial(jax.jit, static_argnames=("names", "per_layer", "exclude", "min_keep", "rounding"))
+def _select(scores, live, fraction, names, per_layer, exclude, min_keep, rounding="nearest"):
     sizes = [scores[n].shape[0] for n in names]
     layer_id = jnp.asarray(np.repeat(np.arange(len(names)), sizes))
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
@@ -40,25 +41,30 @@ def _select(scores, live, fraction, names, per_layer, exclude, min_keep):
     live_count = jax.ops.segment_sum(eligible.astype(jnp.int32), layer_id, len(names))
     cap = jnp.maximum(live_count - min_keep, 0)
     droppable = eligible[order] & (rank_in_layer < cap[lid])
+    half = 0.5 if rounding == "nearest" else 0.0
     if per_layer:
-        quota = jnp.floor(fraction * live_count + 0.5).astype(jnp.int32)
+        quota = jnp.floor(fraction * live_count + half).astype(jnp.int32)
         drop_sorted = droppable & (rank_in_layer < quota[lid])
     else:
-        quota = jnp.floor(fraction * jnp.sum(eligible) + 0.5).astype(jnp.int32)
+        quota = jnp.floor(fraction * jnp.sum(eligible) + half).astype(jnp.int32)
         drop_sorted = droppable & (jnp.cumsum(droppable) - 1 < quota)
     drop = jnp.zeros_like(eligible).at[order].set(drop_sorted)
     new_live = (alive & ~drop).astype(jnp.float32)
     return {n: new_live[offsets[i]: offsets[i] + sizes[i]] for i, n in enumerate(names)}
 
 
+ROUNDINGS = ("nearest", "floor")
+
+
 def select_drops(scores: dict, live: dict, fraction: float, *, per_layer: bool = False,
-                 exclude: tuple[str, ...] = (), min_keep: int = 1) -> dict:
+                 exclude: tuple[str, ...] = (), min_keep: int = 1, rounding: str = "nearest") -> dict:
     """New ``{layer: (F,) 0/1}`` live masks after dropping the highest-scoring ``fraction``.
 
     Args:
       scores: ``{layer: (F,)}``, higher = drop first. Already-dead filters are ignored.
       live: ``{layer: (F,)}`` current live masks (same keys).
-      fraction: p in [0, 1]; drops ``floor(p·n + 0.5)`` of n eligible live filters.
+      fraction: p in [0, 1]; drops ``floor(p·n + 0.5)`` of n eligible live filters, or
+        ``floor(p·n)`` with ``rounding="floor"`` (the official code's ``int(p·n)``).
       per_layer: rank within each layer instead of globally.
       exclude: layer names never pruned (e.g. the first conv).
       min_keep: minimum live filters left in every layer.
@@ -67,9 +73,11 @@ def select_drops(scores: dict, live: dict, fraction: float, *, per_layer: bool =
         raise ValueError(f"drop fraction must be in [0, 1], got {fraction}")
     if min_keep < 0:
         raise ValueError(f"min_keep must be >= 0, got {min_keep}")
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"unknown rounding {rounding!r}; choose from {', '.join(ROUNDINGS)}")
     names = tuple(scores)
     return _select(scores, {n: live[n] for n in names}, jnp.float32(fraction), names=names,
-                   per_layer=per_layer, exclude=tuple(exclude), min_keep=int(min_keep))
+                   per_layer=per_layer, exclude=tuple(exclude), min_keep=int(min_keep), rounding=rounding)
 
 
 @functools.partial(jax.jit, static_argnames=("layers", "per_layer", "exclude", "min_keep"))

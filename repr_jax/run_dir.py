@@ -1,16 +1,22 @@
 """The run directory's files: creation, the resume check, and atomic JSON / JSON-lines writes.
 
-``config.json`` (settings + :func:`repr_jax.versions.machine`), ``architecture.json`` (the
-model, enough to rebuild it — also for an exported smaller model), ``metrics.jsonl``,
-``pruning.jsonl``, ``summary.json``. Writes go to a temporary file renamed into place, so a
-killed run never leaves a half-written file.
+``config.json`` (settings, the data's fingerprint, :func:`repr_jax.versions.machine`),
+``architecture.json`` (the model, enough to rebuild it — also for an exported smaller
+model), ``metrics.jsonl``, ``pruning.jsonl``, ``summary.json``. Writes go to a temporary
+file renamed into place, so a killed run never leaves a half-written file; JSON is strict
+(no bare NaN); an OS error becomes a one-line :class:`RunError`. The directory itself is
+created with its first two files in one rename.
 """
 from __future__ import annotations
 
 import json
+import math
+import os
+import shutil
 from pathlib import Path
 
-from repr_jax.config import RunConfig, RunError
+from repr_jax.config import RunConfig
+from repr_jax.errors import RunError
 from repr_jax.versions import machine
 
 
@@ -20,26 +26,62 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
+def finite_row(row: dict) -> dict:
+    """``row`` with non-finite numbers (also inside nested dicts) as ``null``, their keys
+    listed under ``"non_finite"``: ``metrics.jsonl`` stays strict JSON."""
+    bad: list[str] = []
+
+    def clean(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out[k] = clean(v, f"{prefix}{k}.")
+            elif isinstance(v, float) and not math.isfinite(v):
+                out[k] = None
+                bad.append(prefix + k)
+            else:
+                out[k] = v
+        return out
+
+    cleaned = clean(row)
+    if bad:
+        cleaned["non_finite"] = bad
+    return cleaned
+
+
+def _write(path: Path, text: str) -> None:
+    """Write ``text`` atomically (temporary file renamed into place); ``RunError`` on an
+    OS error (disk full, permissions), the old file left as it was."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as err:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise RunError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    _write(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    _write(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def read_config(run_dir: Path) -> RunConfig:
     """The saved settings of a run directory (any config.json layout repr-jax ever wrote)."""
     path = Path(run_dir) / "config.json"
     try:
-        saved = json.loads(path.read_text())["config"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RunError(f"{path} is not a readable repr-jax config ({err})") from None
-    return RunConfig.from_dict(saved)
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise RunError(f"{path} is not a repr-jax config (expected an object with a 'config' object)")
+    return RunConfig.from_dict(saved["config"])
 
 
 def read_architecture(run_dir: Path, config: RunConfig | None = None) -> dict:
@@ -56,36 +98,70 @@ def _difference(old: RunConfig, new: RunConfig) -> str:
     return ", ".join(f"{k}: saved {a.get(k)!r}, given {b.get(k)!r}" for k in keys)
 
 
-def prepare_run_dir(config: RunConfig) -> tuple[Path, bool]:
-    """Create or validate the run directory; returns (path, resuming).
+def _blocking_file(out: Path) -> Path | None:
+    for parent in [out, *out.parents]:
+        if parent.exists():
+            return parent if not parent.is_dir() else None
+    return None
 
-    A new run writes ``config.json`` and ``architecture.json``. An existing one is resumed
-    only with ``resume=True`` and the same result-changing settings (a setting added to
-    repr-jax after the run was written counts at its default).
-    """
+
+def check_run_dir(config: RunConfig) -> bool:
+    """Whether ``config.out`` is a run to resume (True) or a place for a new one (False);
+    ``RunError`` otherwise. Reads only: nothing is written before the data has loaded."""
     out = Path(config.out)
-    cfg_path = out / "config.json"
-    if out.exists() and not out.is_dir():
-        raise RunError(f"--out {out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()):
-        if not cfg_path.exists():
-            raise RunError(f"--out {out} is not empty and holds no repr-jax run; choose a new --out")
-        old = read_config(out)
-        if not config.resume:
-            raise RunError(f"--out {out} already holds a run; pass --resume to continue it or choose a new --out")
-        diff = _difference(old, config)
-        if diff:
-            raise RunError(f"--out {out} holds a different run (settings differ: {diff})")
-        if (out / "summary.json").exists():
-            raise RunError(f"the run in {out} is already complete")
-        if not (out / "architecture.json").exists():
-            write_json(out / "architecture.json", config.architecture())
-        return out, True
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(cfg_path, {"config": config.to_dict(), "versions": machine()})
-    write_json(out / "architecture.json", config.architecture())
-    return out, False
+    blocking = _blocking_file(out)
+    if blocking is not None:
+        raise RunError(f"--out {out}: {blocking} is a file, not a directory")
+    if not out.exists() or not any(out.iterdir()):
+        if config.resume:
+            raise RunError(f"--resume: {out} holds no run to resume")
+        return False
+    if not (out / "config.json").exists():
+        raise RunError(f"--out {out} is not empty and holds no repr-jax run; choose a new --out")
+    old = read_config(out)
+    if not config.resume:
+        raise RunError(f"--out {out} already holds a run; pass --resume to continue it or choose a new --out")
+    diff = _difference(old, config)
+    if diff:
+        raise RunError(f"--out {out} holds a different run (settings differ: {diff})")
+    if (out / "summary.json").exists():
+        summary = json.loads((out / "summary.json").read_text())
+        if summary.get("status") == "diverged":
+            raise RunError(f"the run in {out} diverged at epoch {summary.get('diverged_epoch')} "
+                           "(see its summary.json); start a new run with other settings")
+        raise RunError(f"the run in {out} is already complete")
+    return True
 
 
-__all__ = ["prepare_run_dir", "read_architecture", "read_config", "read_jsonl", "write_json",
-           "write_jsonl"]
+def check_data(out: Path, data_fingerprint: str) -> None:
+    """A resumed run must see the data it started with (its path may change)."""
+    saved = json.loads((Path(out) / "config.json").read_text()).get("data_fingerprint")
+    if saved is not None and saved != data_fingerprint:
+        raise RunError(f"the data differs from the run in {out}: fingerprint {saved[:12]}… saved, "
+                       f"{data_fingerprint[:12]}… given (a resumed run may read its data from a new "
+                       "path, not other data)")
+
+
+def create_run_dir(config: RunConfig, data_fingerprint: str) -> Path:
+    """Create ``config.out`` with ``config.json`` and ``architecture.json``, atomically: the
+    files are written into a hidden sibling directory that is renamed into place, so a
+    failure (disk full, no permission) leaves nothing that blocks a retry."""
+    out = Path(config.out)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        write_json(tmp / "config.json", {"config": config.to_dict(), "data_fingerprint": data_fingerprint,
+                                         "versions": machine()})
+        write_json(tmp / "architecture.json", config.architecture())
+        os.rename(tmp, out)      # replaces an empty directory, fails on a non-empty one
+    except (OSError, RunError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).rsplit(": ", 1)[-1]
+        raise RunError(f"cannot create run directory {out}: {reason}") from None
+    return out
+
+
+__all__ = ["check_data", "check_run_dir", "create_run_dir", "read_architecture", "read_config",
+           "read_jsonl", "write_json", "write_jsonl"]

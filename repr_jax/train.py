@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from repr_jax.layers import ConvLayer, intercept_outputs, prunable_convs
+from repr_jax.layers import ConvLayer, intercept_outputs, prunable_convs, response_site
 from repr_jax.methods.base import Method, StepInputs
 from repr_jax.ortho import orthogonality_penalty
 from repr_jax.pipeline import augment, epoch_indices, eval_indices, normalize
@@ -45,7 +45,7 @@ def _gates(state, method, method_params, train):
     gates = method.channel_gates(method_params, state.method_state, train) if method is not None else None
     if not gates:
         return None
-    sites = {layer.path: layer.name for layer in prunable_convs(state.params)}
+    sites = {response_site(layer): layer.name for layer in prunable_convs(state.params)}
     return intercept_outputs(sites, lambda name, out: out * gates[name].astype(out.dtype)
                              if name in gates else out)
 
@@ -70,11 +70,12 @@ def forward(state, params, images, *, train: bool, method=None, method_params=No
 
 
 def train_step(state: TrainState, images, labels, key, *, layers: tuple[ConvLayer, ...],
-               ortho_lambda: float = 0.0, method=None):
-    """One optimizer step on a uint8 batch (augmented and normalised here)."""
+               ortho_lambda: float = 0.0, method=None, augmentation: bool = True):
+    """One optimizer step on a uint8 batch (augmented unless ``augmentation`` is False, and
+    normalised here)."""
     if method is not None:
         state = method.step_hook(state, jax.random.fold_in(key, _HOOK_STREAM))
-    x = normalize(augment(key, images))
+    x = normalize(augment(key, images) if augmentation else images)
     model_key = jax.random.fold_in(key, _MODEL_STREAM)
     rngs = {name: jax.random.fold_in(model_key, i) for i, name in enumerate(RNG_STREAMS)}
 
@@ -110,9 +111,11 @@ def train_step(state: TrainState, images, labels, key, *, layers: tuple[ConvLaye
     return new, metrics
 
 
-@functools.partial(jax.jit, static_argnames=("layers", "ortho_lambda", "method"), donate_argnums=(0, 1))
+@functools.partial(jax.jit, static_argnames=("layers", "ortho_lambda", "method", "augmentation"),
+                   donate_argnums=(0, 1))
 def train_step_indexed(state: TrainState, totals, images, labels, batch_index, key, *,
-                       layers: tuple[ConvLayer, ...], ortho_lambda: float = 0.0, method=None):
+                       layers: tuple[ConvLayer, ...], ortho_lambda: float = 0.0, method=None,
+                       augmentation: bool = True):
     """Gather the batch on device, step, and add its metrics to the running ``totals``.
 
     Called once per step from the host with no synchronisation in between: dispatch is
@@ -121,7 +124,7 @@ def train_step_indexed(state: TrainState, totals, images, labels, batch_index, k
     """
     state, m = train_step(state, images[batch_index], labels[batch_index],
                           jax.random.fold_in(key, state.step), layers=layers,
-                          ortho_lambda=ortho_lambda, method=method)
+                          ortho_lambda=ortho_lambda, method=method, augmentation=augmentation)
     return state, jax.tree_util.tree_map(jnp.add, totals, m)
 
 
@@ -147,7 +150,8 @@ def eval_step(state: TrainState, totals, images, labels, batch_index, weights, *
 
 
 def run_epoch(state: TrainState, images, labels, key, *, batch_size: int, layers,
-              ortho_lambda: float = 0.0, method=None, terms=None, progress=None, log_every: int = 20):
+              ortho_lambda: float = 0.0, method=None, terms=None, progress=None, log_every: int = 20,
+              augmentation: bool = True):
     """Train one epoch; returns ``(state, {"loss", "accuracy", "images_per_second", …})``.
 
     ``terms``: the loss-term names (:func:`loss_term_names`; looked up when None). Their
@@ -161,7 +165,8 @@ def run_epoch(state: TrainState, images, labels, key, *, batch_size: int, layers
     start = time.perf_counter()
     for i in range(idx.shape[0]):
         state, totals = train_step_indexed(state, totals, images, labels, idx[i], key,
-                                           layers=layers, ortho_lambda=ortho_lambda, method=method)
+                                           layers=layers, ortho_lambda=ortho_lambda, method=method,
+                                           augmentation=augmentation)
         if progress is not None:
             progress.update(1)
             if (i + 1) % log_every == 0 or i + 1 == idx.shape[0]:

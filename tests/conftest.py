@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +35,19 @@ def _isolated_cache(tmp_path_factory):
     method object each) compile it once per session — subprocesses included."""
     import jax
     old = {k: os.environ.get(k) for k in ("REPR_JAX_CACHE", "REPR_JAX_DATA_DIR", "JAX_COMPILATION_CACHE_DIR",
-                                          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
+                                          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                                          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")}
     os.environ["REPR_JAX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     os.environ.pop("REPR_JAX_DATA_DIR", None)
-    xla_cache = str(tmp_path_factory.mktemp("xla_cache"))
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")      # shared by the workers of one run
+    xla_cache = (os.path.join(tempfile.gettempdir(), f"repr-jax-xla-cache-{run_id}") if run_id
+                 else str(tmp_path_factory.mktemp("xla_cache")))
     os.environ["JAX_COMPILATION_CACHE_DIR"] = xla_cache
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"      # small eager ops too
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     jax.config.update("jax_compilation_cache_dir", xla_cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     yield
     for k, v in old.items():
         if v is None:
@@ -54,6 +60,16 @@ def synthetic_cifar(n_train: int, n_test: int, num_classes: int = 10, seed: int 
     """``(train_x, train_y, test_x, test_y)`` of :func:`repr_jax.data.synthetic_cifar`."""
     d = data.synthetic_cifar(n_train, n_test, num_classes, seed)
     return d.train_x, d.train_y, d.test_x, d.test_y
+
+
+def covering_cifar(n_train: int, n_test: int, num_classes: int = 10, seed: int = 0):
+    """Like :func:`synthetic_cifar`, with labels covering every class in both splits (the
+    loader refuses a split without some class)."""
+    n_train, n_test = max(n_train, num_classes), max(n_test, num_classes)
+    tx, _, vx, _ = synthetic_cifar(n_train, n_test, num_classes, seed)
+    rng = np.random.default_rng(seed)
+    label = lambda n: rng.permutation(np.arange(n) % num_classes).astype(np.int32)
+    return tx, label(n_train), vx, label(n_test)
 
 
 def write_cifar10_pickles(root: Path, tx, ty, vx, vy) -> Path:

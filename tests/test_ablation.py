@@ -11,7 +11,7 @@ from repr_jax.ablation import PAPER_TABLE, ablation_rows
 
 cli = load_script("experiments/ablation.py")
 
-ROWS = ["standard", "ortho", "hessian", "oracle", "ortho-zero-reinit"]
+ROWS = ["standard", "ortho", "oracle", "ortho-zero-reinit"]
 
 
 def _args(data, out, *extra):

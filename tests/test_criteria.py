@@ -176,7 +176,7 @@ def test_random_criterion_depends_only_on_the_key():
 
 
 def test_registry_errors_name_the_problem():
-    with pytest.raises(ValueError, match="unknown criterion 'fisher'; choose from ortho, weights"):
+    with pytest.raises(ValueError, match="unknown criterion 'fisher'; choose from ortho, ortho_official, weights"):
         get_criterion("fisher")
     state = _state(create_model("convnet", depth=1, width=2))
     with pytest.raises(ValueError, match="needs a BatchNorm"):

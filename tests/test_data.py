@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED_CIFAR, requires_shared_cifar, synthetic_cifar, write_cifar10_pickles
+from conftest import SHARED_CIFAR, covering_cifar, requires_shared_cifar, write_cifar10_pickles
 from repr_jax.data import CIFAR10_CLASSES, DataError, download_archive, load_cifar
 
 
 def _arrays(n_train=40, n_test=20, classes=10, seed=1):
-    return synthetic_cifar(n_train, n_test, classes, seed)
+    return covering_cifar(n_train, n_test, classes, seed)
 
 
 def _rows(x):

@@ -15,7 +15,8 @@ method overrides only what it needs (jaxpruner's ``BaseUpdater`` has the same sh
 ``step_hook``        inside ``jit``, before each step's forward pass: ``(state, key) → state``
                      (sample masks or sub-networks; the key is the step's, derived from
                      ``TrainState.rng``)
-``channel_gates``    inside ``jit``: ``{conv: (F,)}`` multipliers on conv outputs, for training
+``channel_gates``    inside ``jit``: ``{conv: (F,)}`` multipliers on each conv's response (after its
+                     BatchNorm if it has one, before the activation), for training
                      and/or evaluation (``train`` says which), e.g. soft architecture weights
                      (both) or a sampled sub-network (training only)
 ``loss_terms``       inside ``jit``: named scalars added to the cross-entropy; logged per epoch
@@ -82,10 +83,20 @@ class MethodContext:
     seed: int
     train_images: np.ndarray | None = None   # uint8 (N, 32, 32, 3), for data-driven scores
     train_labels: np.ndarray | None = None
+    heldout_images: np.ndarray | None = None  # data.holdout: set aside, never trained on
+    heldout_labels: np.ndarray | None = None
+
+    def scoring_data(self):
+        """``(images, labels)`` a data-driven criterion scores on: the held-out images when
+        the run sets some aside (``data.holdout``), else the training images."""
+        if self.heldout_images is not None:
+            return self.heldout_images, self.heldout_labels
+        return self.train_images, self.train_labels
 
     @classmethod
     def for_model(cls, model, *, epochs: int = 1, batch_size: int = 128, seed: int = 0,
-                  train_images=None, train_labels=None, architecture: dict | None = None,
+                  train_images=None, train_labels=None, heldout_images=None, heldout_labels=None,
+                  architecture: dict | None = None,
                   train_size: int | None = None, input_shape=(1, 32, 32, 3)) -> "MethodContext":
         """A context for ``model``: layers from its shapes, steps per epoch from ``train_size``
         (default: the number of ``train_labels``)."""
@@ -96,7 +107,8 @@ class MethodContext:
         n = train_size if train_size is not None else (0 if train_labels is None else len(train_labels))
         return cls(model=model, architecture=architecture or {}, layers=prunable_convs(shapes["params"]),
                    epochs=epochs, steps_per_epoch=n // batch_size, batch_size=batch_size, seed=seed,
-                   train_images=train_images, train_labels=train_labels)
+                   train_images=train_images, train_labels=train_labels,
+                   heldout_images=heldout_images, heldout_labels=heldout_labels)
 
 
 class Event(NamedTuple):

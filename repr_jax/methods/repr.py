@@ -4,8 +4,16 @@ Repeat N times: train the full network S1 epochs → rank filters by a criterion
 inter-filter orthogonality O_f, Eq. 3; any of :mod:`repr_jax.criteria`) and drop the worst
 p → train the sub-network S2 epochs → re-initialise the dropped filters (default in the
 null space of the kept filters and of their own saved values, §5 "Reinitialization"; or
-from the model's initialiser; or left at zero) with their BatchNorm and optimizer moments
+from the model's initialiser; or the official code's QR of the current kernel,
+:mod:`repr_jax.official`; or left at zero) with their BatchNorm and optimizer moments
 reset; then train the full network to the last epoch.
+
+How a filter is dropped (``drop_mode``): ``zero`` (ours) zeroes its parameters and keeps
+them at 0; ``freeze`` (the official code's) multiplies its output channel by 0 and freezes
+its parameters at their values, which the official re-initialisation then starts from.
+``outgoing_scale`` multiplies the revived filters' outgoing weights (the next layer's input
+slices, found by the channel graph of :mod:`repr_jax.compress.graph`) at re-initialisation:
+0 silences a new filter until its consumers learn to use it.
 
 Both transitions are pure jitted functions of the train state returning event arrays; the
 dropped filters' kernels at drop time live in ``method_state["snapshot"]`` (checkpointed),
@@ -20,15 +28,18 @@ import math
 import jax
 import jax.numpy as jnp
 
-from repr_jax.criteria import check_applicable, drop_priority, get_criterion, score_filters, scoring_batches
-from repr_jax.layers import get_path
-from repr_jax.masks import drop_filters, live_filters, revive_filters
+from repr_jax.criteria import (check_applicable, drop_priority, get_criterion, require_finite,
+                               score_filters, scoring_batches)
+from repr_jax.layers import get_path, replace_path
+from repr_jax.masks import drop_filters, live_filters, revive_filters, with_live_filters
 from repr_jax.methods.base import Event, Method, MethodConfig, Phase, register
 from repr_jax.methods.repr_records import drop_record, reinit_diagnostics, reinit_record
-from repr_jax.ranking import select_drops
+from repr_jax.official import official_reinit_layers
+from repr_jax.ranking import ROUNDINGS, select_drops
 from repr_jax.reinit import reinit_layers
 
-REINITS = ("orthogonal", "random", "zero")
+REINITS = ("orthogonal", "random", "zero", "official")
+DROP_MODES = ("zero", "freeze")
 _DROP_STREAM, _REINIT_STREAM = 2_000_000, 1_000_000   # key = fold_in(run key, stream + round)
 
 
@@ -46,12 +57,27 @@ class ReprConfig(MethodConfig):
     reinit: str = dataclasses.field(default="orthogonal", metadata={
         "help": "orthogonal (null space, the paper's), random (the layer's initialiser) or zero"})
     criterion_batches: int = dataclasses.field(default=4, metadata={
-        "help": "batches of training images a data-driven criterion scores on"})
+        "help": "batches of training images (held-out ones with data.holdout) a data-driven criterion scores on"})
+    drop_mode: str = dataclasses.field(default="zero", metadata={
+        "help": "zero (dropped parameters set to 0) or freeze (output masked, parameters frozen: the official code)"})
+    gain: float = dataclasses.field(default=1.0, metadata={"help": "reinit=official: scale of the QR columns"})
+    rounding: str = dataclasses.field(default="nearest", metadata={
+        "help": "filters dropped: nearest (floor(p·n + 0.5)) or floor (int(p·n), the official code)"})
+    outgoing_scale: float = dataclasses.field(default=1.0, metadata={
+        "help": "at re-init, multiply the revived filters' outgoing weights by this (0: zero them)"})
 
     def validate(self, run=None) -> None:
         get_criterion(self.criterion)  # ValueError listing the valid names
         if self.reinit not in REINITS:
             raise ValueError(f"unknown re-initialisation {self.reinit!r}; choose from {', '.join(REINITS)}")
+        if self.drop_mode not in DROP_MODES:
+            raise ValueError(f"unknown drop mode {self.drop_mode!r}; choose from {', '.join(DROP_MODES)}")
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"unknown rounding {self.rounding!r}; choose from {', '.join(ROUNDINGS)}")
+        if not (math.isfinite(self.gain) and self.gain > 0):
+            raise ValueError(f"repr.gain must be finite and > 0, got {self.gain}")
+        if not (math.isfinite(self.outgoing_scale) and self.outgoing_scale >= 0):
+            raise ValueError(f"repr.outgoing_scale must be finite and >= 0, got {self.outgoing_scale}")
         if self.criterion_batches < 1:
             raise ValueError(f"criterion batches must be >= 1, got {self.criterion_batches}")
         if self.s1 < 1 or self.s2 < 1 or self.iterations < 0:
@@ -117,6 +143,43 @@ def conv_kernels(params, layers):
     return tree
 
 
+def outgoing_map(model, layers) -> tuple:
+    """``((layer, params path, axis, owner), …)``: for every kernel that consumes a prunable
+    conv's channels (the next conv's input axis, the dense head's flattened rows), ``owner[i]``
+    is the filter of ``layer`` that index ``i`` of ``axis`` reads, or −1 (another source, or
+    a residual sum of several). From the model's channel graph (host side, once)."""
+    import numpy as np
+
+    from repr_jax.compress.graph import channel_graph
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32), train=False)
+    graph = channel_graph(model, variables)
+    out = []
+    for layer in layers:
+        for use in graph.consumers(layer.name):
+            if use.collection != "params" or use.path[-1] != "kernel":
+                continue
+            owner = np.array([next(iter(src))[1] if len(src) == 1 and next(iter(src))[0] == layer.name
+                              else -1 for src in use.sources], np.int32)
+            if (owner >= 0).any():
+                out.append((layer.name, use.path, use.axis, owner))
+    return tuple(out)
+
+
+def scale_outgoing(params, outgoing: tuple, revived: dict, scale: float):
+    """``params`` with the outgoing weights of revived filters (``revived[layer][f] > 0``)
+    multiplied by ``scale``; ``outgoing`` from :func:`outgoing_map`. Pure."""
+    for name, path, axis, owner in outgoing:
+        hit = jnp.where(owner >= 0, jnp.asarray(revived[name])[jnp.maximum(owner, 0)] > 0, False)
+        factor = jnp.where(hit, scale, 1.0)
+
+        def apply(w, factor=factor, axis=axis):
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            return w * jnp.reshape(factor, shape).astype(w.dtype)
+        params = replace_path(params, path, apply)
+    return params
+
+
 @register
 class RePr(Method):
     """RePr: rank by ``config.criterion``, drop, train the sub-network, re-initialise."""
@@ -129,11 +192,17 @@ class RePr(Method):
         super().__init__(config, context)
         self.schedule = ReprSchedule(config.s1, config.s2, config.iterations)
         self.criterion = check_applicable(config.criterion, context.layers)
+        eligible = context.layers[1:] if config.exclude_first else context.layers
+        if eligible and all(layer.num_filters <= config.min_keep for layer in eligible):
+            raise ValueError(f"--repr-min-keep {config.min_keep} leaves nothing to drop: no prunable "
+                             f"layer has more than {max(l.num_filters for l in eligible)} filters")
         self.score_data = (None, None)
-        if self.criterion.needs_data and context.train_images is not None:
-            x, y = scoring_batches(context.train_images, context.train_labels,
-                                   config.criterion_batches, context.batch_size, seed=context.seed + 1)
+        images, labels = context.scoring_data()
+        if self.criterion.needs_data and images is not None:
+            x, y = scoring_batches(images, labels, config.criterion_batches, context.batch_size,
+                                   seed=context.seed + 1)
             self.score_data = (jnp.asarray(x), jnp.asarray(y))
+        self.outgoing = outgoing_map(context.model, context.layers) if config.outgoing_scale != 1.0 else ()
         if config.reinit == "random":
             zeros = jnp.zeros((1, 32, 32, 3), jnp.float32)
             self._init_params = lambda key: context.model.init(key, zeros, train=False)["params"]
@@ -142,7 +211,13 @@ class RePr(Method):
 
     def init_method_state(self, params, key):
         layers = self.context.layers
-        return {"snapshot": jax.tree_util.tree_map(jnp.zeros_like, conv_kernels(params, layers))}
+        state = {"snapshot": jax.tree_util.tree_map(jnp.zeros_like, conv_kernels(params, layers))}
+        if self.config.drop_mode == "freeze":   # output gates of the dropped filters
+            state["gates"] = {l.name: jnp.ones((l.num_filters,), jnp.float32) for l in layers}
+        return state
+
+    def channel_gates(self, method_params, method_state, train: bool):
+        return method_state.get("gates")
 
     def phase(self, epoch: int) -> Phase:
         p = self.schedule.phase(epoch)
@@ -156,10 +231,16 @@ class RePr(Method):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), _DROP_STREAM + round_)
         scores = score_filters(cfg.criterion, state, layers, key=key, images=images, labels=labels)
         new_live = select_drops(drop_priority(cfg.criterion, scores), live, cfg.drop_fraction,
-                                per_layer=cfg.per_layer, exclude=exclude, min_keep=cfg.min_keep)
+                                per_layer=cfg.per_layer, exclude=exclude, min_keep=cfg.min_keep,
+                                rounding=cfg.rounding)
         snapshot = conv_kernels(state.params, layers)
-        state = drop_filters(state, layers, new_live)
-        state = state.replace(method_state={**state.method_state, "snapshot": snapshot})
+        if cfg.drop_mode == "zero":
+            state = drop_filters(state, layers, new_live)
+            method_state = {**state.method_state, "snapshot": snapshot}
+        else:   # freeze: parameters stay, their updates are masked, their outputs gated to 0
+            state = state.replace(masks=with_live_filters(state.masks, layers, new_live))
+            method_state = {**state.method_state, "snapshot": snapshot, "gates": dict(new_live)}
+        state = state.replace(method_state=method_state)
         return state, {"live_before": live, "live_after": new_live, "scores": scores}
 
     def _reinit(self, state, round_):
@@ -171,11 +252,26 @@ class RePr(Method):
             new_params = reinit_layers(key, state.params, snapshot, live, layers)
         elif self.config.reinit == "random":   # a fresh draw of the model's own initialiser
             new_params = self._init_params(key)
+        elif self.config.reinit == "official":  # QR of the layer's kernel, dropped filters at their drop-time values
+            dropped = {name: m <= 0 for name, m in live.items()}
+            with_saved = state.params
+            for layer in layers:
+                path = layer.path + ("kernel",)
+                with_saved = replace_path(with_saved, path, lambda k, d=dropped[layer.name], s=get_path(
+                    snapshot, path): jnp.where(d, s, k))
+            new_params = official_reinit_layers(with_saved, dropped, layers, self.config.gain)
         else:   # "zero": dropped kernels are already 0; training may regrow them (DSD-like).
             # Without BatchNorm a zero filter feeding a ReLU never does: ReLU'(0) = 0.
             new_params = state.params
         revived = {name: 1.0 - m for name, m in live.items()}
-        state = revive_filters(state, layers, revived, new_params)
+        freeze = self.config.drop_mode == "freeze"
+        state = revive_filters(state, layers, revived, new_params, reset_bias=not freeze)
+        if freeze:
+            state = state.replace(method_state={**state.method_state, "gates": jax.tree_util.tree_map(
+                jnp.ones_like, state.method_state["gates"])})
+        if self.outgoing:
+            state = state.replace(params=scale_outgoing(state.params, self.outgoing, revived,
+                                                        self.config.outgoing_scale))
         return state, {"keep": live, **reinit_diagnostics(state.params, snapshot, live, layers)}
 
     def before_epoch(self, state, epoch: int):
@@ -185,8 +281,10 @@ class RePr(Method):
         if self.criterion.needs_data and self.score_data[0] is None:
             raise ValueError(f"criterion {self.config.criterion!r} needs training images "
                              "(MethodContext.train_images)")
-        state, arrays = self._drop_jit(state, phase.round, *self.score_data)
-        return state, [Event("drop", epoch + 1, phase.round, arrays)]
+        new_state, arrays = self._drop_jit(state, phase.round, *self.score_data)
+        require_finite(self.config.criterion, arrays["scores"], arrays["live_before"],
+                       f"before epoch {epoch + 1}")
+        return new_state, [Event("drop", epoch + 1, phase.round, arrays)]
 
     def after_epoch(self, state, epoch: int):
         phase = self.schedule.phase(epoch)
@@ -201,4 +299,5 @@ class RePr(Method):
         return reinit_record(event, self.context.layers, self.config.reinit)
 
 
-__all__ = ["REINITS", "RePr", "ReprConfig", "ReprPhase", "ReprSchedule", "conv_kernels"]
+__all__ = ["DROP_MODES", "REINITS", "RePr", "ReprConfig", "ReprPhase", "ReprSchedule", "conv_kernels",
+           "outgoing_map", "scale_outgoing"]

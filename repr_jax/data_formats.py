@@ -1,0 +1,290 @@
+"""CIFAR's file layouts, read completely or not at all.
+
+Layouts: the python pickle batches (``cifar-10-batches-py/``, ``cifar-100-python/``), the
+binary batches (``cifar-10-batches-bin/``, ``cifar-100-binary/``) and image folders
+(``train/<class>/*.jpg|png``, ``test/<class>/…``), in a directory or a (compressed) tar.
+
+Integrity rules — each failure is a :class:`DataError` whose one line names the file:
+  * an archive is read to its end: after the last member only zero blocks may follow (at
+    least one — the end-of-archive marker), and a compressed stream is decompressed to its
+    end, so gzip's CRC-32 and length trailer check every byte. (Python's ``tarfile`` takes a
+    damaged header mid-archive for the end, which silently dropped most of an archive.)
+  * every batch has as many labels as images, labels lie in ``0 … classes−1``, images are
+    32×32×3, and each split has every class;
+  * counts are checked wherever the source states them: the pickle ``batches.meta``'s
+    ``num_cases_per_batch`` (the official files have it), and a source known by its
+    SHA-256 (:data:`KNOWN_SOURCES`) or by the official archives' MD5 must give CIFAR's
+    50,000 / 10,000 images.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import re
+import tarfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+FULL_COUNTS = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000)}
+# Official archives (Krizhevsky 2009) and their published MD5 sums.
+ARCHIVES = {
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                "c58f30108f718f92721af3b95e74349a"),
+    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                 "eb9058c3a382ffc7106e4002c42a8d85"),
+}
+# Complete copies known by the SHA-256 of the file (../shared/datasets/README.md).
+KNOWN_SOURCES = {
+    "f69c465918f15cb789eabb27413402e80cba9a96f46b1cfd65e3ae621860ade8": "cifar10",  # JPEG copy
+}
+_IMAGE_EXT = (".jpg", ".jpeg", ".png")
+_BLOCK = 512
+
+
+class DataError(RuntimeError):
+    """The data could not be found or read; the message says what to do."""
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).splitlines()[0] if str(err) else ""
+    return text or type(err).__name__
+
+
+# ----------------------------------------------------------------------------- reading
+def claimed_dataset(source: Path) -> str | None:
+    """The dataset a source file is known to hold completely (by SHA-256 or official MD5)."""
+    if not source.is_file():
+        return None
+    sha, md5 = hashlib.sha256(), hashlib.md5()
+    with open(source, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha.update(chunk)
+            md5.update(chunk)
+    official = {digest: name for name, (_, digest) in ARCHIVES.items()}
+    return KNOWN_SOURCES.get(sha.hexdigest()) or official.get(md5.hexdigest())
+
+
+def _check_archive_end(tar: tarfile.TarFile, source: Path) -> None:
+    stream = tar.fileobj
+    stream.seek(tar.offset)
+    rest = 0
+    for chunk in iter(lambda: stream.read(1 << 20), b""):   # to the end: gzip checks its CRC
+        if chunk.count(0) != len(chunk):
+            raise DataError(f"archive {source} is damaged: a member header at byte {tar.offset} "
+                            "is unreadable and data follows it")
+        rest += len(chunk)
+    if rest < _BLOCK:
+        raise DataError(f"archive {source} is truncated: it ends without the end-of-archive marker")
+
+
+def read_files(source: Path) -> dict[str, bytes]:
+    """All regular files of a directory or tar archive: relative posix path -> bytes."""
+    files: dict[str, bytes] = {}
+    if source.is_dir():
+        for path in source.rglob("*"):
+            if path.is_file():
+                try:
+                    files[path.relative_to(source).as_posix()] = path.read_bytes()
+                except OSError as err:
+                    raise DataError(f"cannot read {path}: {_reason(err)}") from None
+        return files
+    try:
+        with open(source, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
+            for member in tar:
+                if member.isfile():
+                    files[member.name.lstrip("./")] = tar.extractfile(member).read()
+            _check_archive_end(tar, source)
+    except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as err:
+        raise DataError(f"cannot read archive {source}: damaged or not an archive ({_reason(err)})") from None
+    return files
+
+
+def _find(files: dict[str, bytes], basename: str) -> str | None:
+    hits = sorted(k for k in files if k.rsplit("/", 1)[-1] == basename)
+    return hits[0] if hits else None
+
+
+def _unpickle(blob: bytes, name: str) -> dict:
+    try:
+        value = pickle.loads(blob, encoding="latin1")
+    except Exception as err:  # corrupt pickle of any kind
+        raise DataError(f"corrupt CIFAR pickle {name}: {_reason(err)}") from None
+    if not isinstance(value, dict):
+        raise DataError(f"CIFAR pickle {name} holds a {type(value).__name__}, expected a dict")
+    return value
+
+
+def _batch(blob: bytes, name: str, label_key: str):
+    """Images and labels of one pickle batch, with its shape and count checks."""
+    batch = _unpickle(blob, name)
+    for key in ("data", label_key):
+        if key not in batch:
+            raise DataError(f"CIFAR pickle {name} has no {key!r} entry")
+    try:
+        rows = np.asarray(batch["data"])
+        labels = np.asarray(batch[label_key])
+    except (TypeError, ValueError) as err:
+        raise DataError(f"CIFAR pickle {name}: unreadable arrays ({_reason(err)})") from None
+    if rows.ndim != 2 or rows.shape[1] != 3072:
+        raise DataError(f"CIFAR pickle {name}: 'data' has shape {rows.shape}, expected (N, 3072)")
+    return _rows_to_images(rows), _labels(labels, len(rows), name)
+
+
+def _labels(labels: np.ndarray, count: int, name: str) -> np.ndarray:
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{name}: labels must be a list of integers, got shape {labels.shape} "
+                        f"of {labels.dtype}")
+    if len(labels) != count:
+        raise DataError(f"{name}: {count} images but {len(labels)} labels")
+    return labels.astype(np.int32)
+
+
+def _rows_to_images(rows: np.ndarray) -> np.ndarray:
+    return np.asarray(rows, np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+
+
+def _pickle_layout(files, dataset):
+    if dataset == "cifar10":
+        first = _find(files, "data_batch_1")
+        prefix = first.rsplit("/", 1)[0] + "/" if "/" in first else ""
+        names = [f"{prefix}data_batch_{i}" for i in range(1, 6)] + [f"{prefix}test_batch"]
+        missing = [n for n in names if n not in files]
+        if missing:
+            raise DataError(f"incomplete cifar-10-batches-py: {missing[0]} is missing")
+        meta = _unpickle(files[f"{prefix}batches.meta"], "batches.meta") if f"{prefix}batches.meta" in files else {}
+        batches = [_batch(files[n], n, "labels") for n in names]
+        per_batch = meta.get("num_cases_per_batch")
+        for n, (x, _) in zip(names, batches):
+            if per_batch is not None and len(x) != per_batch:
+                raise DataError(f"{n} holds {len(x)} images; batches.meta says {per_batch}")
+        names_ = tuple(meta["label_names"]) if "label_names" in meta else CIFAR10_CLASSES
+        train, test = batches[:5], batches[5]
+    else:
+        train_name = _find(files, "train")
+        prefix = train_name.rsplit("/", 1)[0] + "/" if "/" in train_name else ""
+        if f"{prefix}test" not in files:
+            raise DataError("incomplete cifar-100-python: need train and test")
+        train = [_batch(files[f"{prefix}train"], f"{prefix}train", "fine_labels")]
+        test = _batch(files[f"{prefix}test"], f"{prefix}test", "fine_labels")
+        meta = _unpickle(files[f"{prefix}meta"], "meta") if f"{prefix}meta" in files else {}
+        names_ = (tuple(meta["fine_label_names"]) if "fine_label_names" in meta
+                  else tuple(f"class_{i}" for i in range(100)))
+    return (np.concatenate([b[0] for b in train]), np.concatenate([b[1] for b in train]),
+            test[0], test[1], names_)
+
+
+def _binary_records(blob: bytes, label_bytes: int, name: str):
+    record = label_bytes + 3072
+    if len(blob) == 0 or len(blob) % record:
+        raise DataError(f"corrupt CIFAR binary batch {name}: {len(blob)} bytes "
+                        f"is not a multiple of {record}")
+    arr = np.frombuffer(blob, np.uint8).reshape(-1, record)
+    return _rows_to_images(arr[:, label_bytes:]), arr[:, label_bytes - 1].astype(np.int32)
+
+
+def _binary_layout(files, dataset):
+    if dataset == "cifar10":
+        first = _find(files, "data_batch_1.bin")
+        prefix = first.rsplit("/", 1)[0] + "/" if "/" in first else ""
+        names_train = [f"{prefix}data_batch_{i}.bin" for i in range(1, 6)]
+        names_test, label_bytes = [f"{prefix}test_batch.bin"], 1
+        meta = files.get(f"{prefix}batches.meta.txt")
+    else:
+        first = _find(files, "train.bin")
+        prefix = first.rsplit("/", 1)[0] + "/" if "/" in first else ""
+        names_train, names_test, label_bytes = [f"{prefix}train.bin"], [f"{prefix}test.bin"], 2
+        meta = files.get(f"{prefix}fine_label_names.txt")
+    missing = [n for n in names_train + names_test if n not in files]
+    if missing:
+        raise DataError(f"incomplete CIFAR binary layout: missing {missing[0]}")
+    train = [_binary_records(files[n], label_bytes, n) for n in names_train]
+    tx, ty = np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train])
+    vx, vy = _binary_records(files[names_test[0]], label_bytes, names_test[0])
+    if meta:
+        names = tuple(s for s in meta.decode(errors="replace").split() if s)
+    else:
+        names = CIFAR10_CLASSES if dataset == "cifar10" else tuple(f"class_{i}" for i in range(100))
+    return tx, ty, vx, vy, names
+
+
+_FOLDER_RE = re.compile(r"(?:^|/)(train|test)/([^/]+)/([^/]+)$")
+
+
+def _sort_key(name: str):
+    stem = name.rsplit(".", 1)[0]
+    return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
+
+
+def _folder_layout(files, dataset):
+    from PIL import Image
+    split_files: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
+    for name in files:
+        m = _FOLDER_RE.search(name)
+        if m and name.lower().endswith(_IMAGE_EXT):
+            split_files[m.group(1)].setdefault(m.group(2), []).append(name)
+    classes = sorted(set(split_files["train"]) | set(split_files["test"]))
+    if dataset == "cifar10" and set(classes) <= set(CIFAR10_CLASSES):  # official label order
+        classes = list(CIFAR10_CLASSES)
+    out = []
+    for split in ("train", "test"):
+        images, labels = [], []
+        for label, cls in enumerate(classes):
+            for name in sorted(split_files[split].get(cls, []),
+                               key=lambda n: _sort_key(n.rsplit("/", 1)[-1])):
+                try:
+                    img = np.asarray(Image.open(io.BytesIO(files[name])).convert("RGB"))
+                except Exception as err:
+                    raise DataError(f"cannot decode image {name}: {_reason(err)}") from None
+                if img.shape != (32, 32, 3):
+                    raise DataError(f"image {name} has shape {img.shape}, expected (32, 32, 3)")
+                images.append(img)
+                labels.append(label)
+        if not images:
+            raise DataError(f"image-folder layout has no {split}/<class>/ images")
+        out += [np.stack(images), np.asarray(labels, np.int32)]
+    return (*out, tuple(classes))
+
+
+def parse(files: dict[str, bytes], dataset: str, source: Path):
+    """``(train_x, train_y, test_x, test_y, class names)`` of the layout ``files`` hold."""
+    if dataset == "cifar10" and _find(files, "data_batch_1"):
+        return _pickle_layout(files, dataset)
+    if dataset == "cifar10" and _find(files, "data_batch_1.bin"):
+        return _binary_layout(files, dataset)
+    if dataset == "cifar100" and _find(files, "train") and _find(files, "test"):
+        return _pickle_layout(files, dataset)
+    if dataset == "cifar100" and _find(files, "train.bin"):
+        return _binary_layout(files, dataset)
+    if any(_FOLDER_RE.search(k) for k in files):
+        return _folder_layout(files, dataset)
+    raise DataError(f"no {dataset} layout found in {source} (expected python or binary batches, "
+                    "or train/<class>/ and test/<class>/ image folders)")
+
+
+def check_splits(tx, ty, vx, vy, names, dataset: str, source: Path, complete: bool) -> None:
+    """Labels in range, every class in both splits, CIFAR's counts when ``complete``."""
+    classes = NUM_CLASSES[dataset]
+    if len(names) != classes:
+        raise DataError(f"{source}: found {len(names)} class names, {dataset} has {classes}")
+    for split, x, y in (("train", tx, ty), ("test", vx, vy)):
+        bad = y[(y < 0) | (y >= classes)]
+        if bad.size:
+            raise DataError(f"{source}: {split} label {int(bad[0])} is outside 0..{classes - 1} "
+                            f"({dataset} has {classes} classes)")
+        missing = np.setdiff1d(np.arange(classes), y)
+        if missing.size:
+            raise DataError(f"{source}: {split} split has no image of class(es) "
+                            f"{', '.join(map(str, missing[:5].tolist()))}{' …' if missing.size > 5 else ''}")
+    if complete and (len(ty), len(vy)) != FULL_COUNTS[dataset]:
+        raise DataError(f"{source} holds {len(ty)} / {len(vy)} train / test images, a complete "
+                        f"{dataset} has {FULL_COUNTS[dataset][0]} / {FULL_COUNTS[dataset][1]}")
+
+
+__all__ = ["ARCHIVES", "CIFAR10_CLASSES", "DataError", "FULL_COUNTS", "KNOWN_SOURCES", "NUM_CLASSES",
+           "check_splits", "claimed_dataset", "parse", "read_files"]
