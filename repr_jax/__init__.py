@@ -6,6 +6,7 @@ Public API::
     score_layers(params, masks, layers)             # every prunable conv, vmapped per shape
     select_drops(scores, live, fraction, ...)       # global / per-layer ranking → masks
     orthogonal_reinit(key, kernel, keep, saved)     # null-space re-initialisation
+    official_orthogonality(kernel), official_reinit(kernel, dropped, gain)  # the official code's
     reinit_layers(key, params, saved, keep, layers)
     score_filters(name, state, layers, key=, images=, labels=)  # any criterion in CRITERIA
     drop_priority(name, scores)                     # → "higher = drop first" for the ranking
@@ -26,6 +27,7 @@ from repr_jax.methods import (METHODS, Event, Method, MethodConfig, MethodContex
 from repr_jax.methods.repr import RePr, ReprConfig, ReprSchedule
 from repr_jax.methods.standard import Standard, StandardConfig
 from repr_jax.models import architecture, create_model, from_architecture
+from repr_jax.official import official_orthogonality, official_reinit
 from repr_jax.optim import OptimConfig, learning_rate_schedule, make_optimizer, phased_schedule
 from repr_jax.ortho import filter_orthogonality, orthogonality_penalty, overlap_matrix, score_layers
 from repr_jax.ranking import rank_by_orthogonality, select_drops
@@ -42,7 +44,7 @@ __all__ = [
     "create_train_state", "drop_filters", "drop_priority", "evaluate", "export", "export_state",
     "filter_orthogonality", "from_architecture", "get_criterion", "get_method", "init_masks",
     "learning_rate_schedule", "live_filters", "load_cifar", "make_optimizer", "masked_updates",
-    "method_config", "method_names", "orthogonal_reinit", "orthogonality_penalty",
+    "method_config", "method_names", "official_orthogonality", "official_reinit", "orthogonal_reinit", "orthogonality_penalty",
     "overlap_matrix", "phased_schedule", "prunable_convs", "rank_by_orthogonality", "register",
     "reinit_layers", "revive_filters", "run_epoch", "score_filters", "score_layers",
     "select_drops", "synthetic_cifar", "with_element_mask", "with_live_filters",

@@ -1,0 +1,230 @@
+"""The RePr protocol study: rows of runs under the paper's and the official protocol, and
+the report (mean ± std over seeds of the final and best test accuracy, Welch's t-test of
+each row against Standard of the same group, Fig. 1-style curves, filters dropped per layer).
+
+A row is a group (the protocol it runs under), a name and the command-line arguments of
+``experiments/cifar.py`` on top of the group's base arguments; every (row, seed) is one run
+directory ``<group>-<row>-seed<k>`` under ``<out>/runs/``. :func:`study_rows` lists the rows
+of a scale: ``gpu`` is the full study of the reproduction issue, ``cpu`` its CPU-scale
+version (10k training images, official protocol shortened).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from repr_jax.ablation import PAPER_TABLE
+
+# The paper's / thesis's test accuracies (%): C³(32) ranking table, ResNet-20 (error 8.4 → 6.9).
+PAPER_NUMBERS = {"paper": PAPER_TABLE, "official": {"standard": 72.1, "repr-official": 76.4},
+                 "cpu-official": {}, "earlier": {}, "resnet20": {"standard": 91.6, "ortho": 93.1}}
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyRow:
+    group: str                  # paper, official, earlier, resnet20, cpu-official
+    name: str                   # standard, ortho, …
+    args: tuple[str, ...]       # experiments/cifar.py arguments on top of the group's base
+    seeds: tuple[int, ...]
+    note: str = ""
+
+    def run_name(self, seed: int) -> str:
+        return f"{self.group}-{self.name}-seed{seed}"
+
+
+REPR = ("--method", "repr")
+GROUP_BASE = {
+    "paper": ("--protocol", "paper"),
+    "official": ("--protocol", "official"),
+    # the regime of the committed ablation: augmentation, cosine lr 0.002, momentum 0.9, wd 5e-4
+    "earlier": ("--model", "convnet", "--epochs", "100"),
+    # thesis Table: 150 epochs, S1=20, S2=10, N=3, p=30 %; the rest is our choice (He et al. 2016)
+    "resnet20": ("--model", "resnet20", "--epochs", "150", "--lr", "0.1", "--schedule", "step",
+                 "--step-epochs", "75", "112", "--weight-decay", "1e-4", "--set", "data.holdout=5000"),
+    "cpu-official": ("--protocol", "official", "--train-limit", "10000", "--test-limit", "5000",
+                     "--epochs", "12"),
+}
+CPU_REPR = ("--set", "repr.s1=3", "--set", "repr.s2=2", "--set", "repr.iterations=2")
+
+
+def study_rows(scale: str) -> list[StudyRow]:
+    """The rows of the ``gpu`` (full) or ``cpu`` study."""
+    if scale == "cpu":
+        s3 = (0, 1, 2)
+        repr_ = REPR + CPU_REPR
+        return [StudyRow("cpu-official", "standard", (), s3),
+                StudyRow("cpu-official", "repr-official", repr_, s3, "official metric, QR re-init, freeze"),
+                StudyRow("cpu-official", "repr-ortho", repr_ + ("--set", "repr.criterion=ortho"), s3,
+                         "paper metric O_f"),
+                StudyRow("cpu-official", "repr-taylor", repr_ + ("--set", "repr.criterion=taylor",
+                                                                 "--set", "repr.criterion_batches=78"), s3,
+                         "Taylor on the 5k held-out images"),
+                StudyRow("cpu-official", "repr-random", repr_ + ("--set", "repr.criterion=random"), s3)]
+    if scale != "gpu":
+        raise ValueError(f"unknown scale {scale!r}; choose cpu or gpu")
+    s3, s5 = (0, 1, 2), (0, 1, 2, 3, 4)
+    crit = lambda c: REPR + ("--set", f"repr.criterion={c}")
+    rows = [StudyRow("paper", "standard", (), s5), StudyRow("paper", "ortho", REPR, s5)]
+    rows += [StudyRow("paper", name, args, s3) for name, args in (
+        ("ortho_official", crit("ortho_official")),
+        ("ortho-per-layer", REPR + ("--repr-per-layer",)),
+        ("ortho-exclude-first", REPR + ("--repr-exclude-first",)),
+        ("weights", crit("weights")), ("taylor", crit("taylor")), ("oracle", crit("oracle")),
+        ("random", crit("random")),
+        ("ortho-random-reinit", REPR + ("--repr-reinit", "random")),
+        ("ortho-zero-reinit", REPR + ("--repr-reinit", "zero")),
+        ("ortho-outgoing-zero", REPR + ("--set", "repr.outgoing_scale=0")))]
+    rows += [StudyRow("official", "standard", (), s3), StudyRow("official", "repr-official", REPR, s3)]
+    rows += [StudyRow("earlier", "standard", (), s3),
+             StudyRow("earlier", "ortho-per-layer", REPR + ("--repr-per-layer",), s3)]
+    rows += [StudyRow("resnet20", "standard", (), s3), StudyRow("resnet20", "ortho", REPR, s3)]
+    return rows
+
+
+def run_arguments(row: StudyRow, seed: int, out: Path, data_dir: str | None) -> list[str]:
+    """The full ``experiments/cifar.py`` argument list of one run."""
+    args = [*GROUP_BASE[row.group], *row.args, "--seed", str(seed), "--out", str(out / "runs" / row.run_name(seed)),
+            "--quiet"]
+    return args + (["--data-dir", data_dir] if data_dir else [])
+
+
+# ----------------------------------------------------------------------------- report
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _stats(values) -> dict:
+    v = np.asarray(values, float)
+    if v.size == 0:
+        return {"n": 0}
+    return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+            "values": [float(x) for x in v]}
+
+
+def welch(a, b) -> dict:
+    """Welch's t-test (unequal variances) of ``a`` against ``b`` (scipy.stats.ttest_ind)."""
+    from scipy import stats
+    if len(a) < 2 or len(b) < 2:
+        return {}
+    t, p = stats.ttest_ind(a, b, equal_var=False)
+    return {"t": float(t), "p": float(p)} if math.isfinite(t) else {"t": None, "p": None}
+
+
+def collect(out: Path, rows: list[StudyRow]) -> dict:
+    """Per row: the finished seeds' final/best test accuracy (%), their metrics and drops."""
+    report = {"rows": []}
+    for row in rows:
+        finals, bests, curves, drops, missing = [], [], [], [], []
+        for seed in row.seeds:
+            run = out / "runs" / row.run_name(seed)
+            summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+            if summary.get("status") != "completed":
+                missing.append(seed)
+                continue
+            finals.append(100 * summary["final_test_accuracy"])
+            bests.append(100 * summary["best_test_accuracy"])
+            curves.append(_read_jsonl(run / "metrics.jsonl"))
+            drops.append([e for e in _read_jsonl(run / "pruning.jsonl") if e["event"] == "drop"])
+        report["rows"].append({"group": row.group, "row": row.name, "note": row.note, "args": list(row.args),
+                               "final": _stats(finals), "best": _stats(bests), "missing_seeds": missing,
+                               "_curves": curves, "_drops": drops})
+    for r in report["rows"]:
+        base = next((b for b in report["rows"] if b["group"] == r["group"] and b["row"] == "standard"), None)
+        if base is not None and r is not base and r["final"]["n"] and base["final"]["n"]:
+            r["vs_standard"] = {"delta": r["final"]["mean"] - base["final"]["mean"],
+                                **welch(r["final"]["values"], base["final"]["values"])}
+    return report
+
+
+def _fmt(s: dict) -> str:
+    return f"{s['mean']:.2f} ± {s['std']:.2f}" if s.get("n") else "–"
+
+
+def markdown(report: dict, header: str) -> str:
+    lines = [header, "", "| group | row | seeds | final test acc. (%) | best (%) | Δ final vs Standard | "
+             "Welch p | paper |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["rows"]:
+        vs = r.get("vs_standard", {})
+        delta = f"{vs['delta']:+.2f}" if vs else ""
+        p = f"{vs['p']:.3f}" if vs.get("p") is not None else ""
+        paper = PAPER_NUMBERS.get(r["group"], {}).get(r["row"], "")
+        lines.append(f"| {r['group']} | {r['row']} | {r['final']['n']} | {_fmt(r['final'])} | {_fmt(r['best'])} | "
+                     f"{delta} | {p} | {paper} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(report: dict, out: Path) -> list[str]:
+    """Per group: Fig. 1-style train/test curves of Standard and the first RePr row (mean over
+    seeds, band = min..max, sub-network epochs shaded), and the filters dropped per layer per
+    round (mean over seeds) of every RePr row. Returns the files written."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    written = []
+    for group in dict.fromkeys(r["group"] for r in report["rows"]):
+        rows = [r for r in report["rows"] if r["group"] == group and r["_curves"]]
+        if not rows:
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+        shown = [r for r in rows if r["row"] == "standard"] + [r for r in rows if r["row"] != "standard"][:1]
+        for r in shown:
+            n = min(len(c) for c in r["_curves"])
+            epochs = np.arange(1, n + 1)
+            for ax, key in zip(axes, ("train_accuracy", "test_accuracy")):
+                v = 100 * np.array([[m[key] for m in c[:n]] for c in r["_curves"]])
+                line, = ax.plot(epochs, v.mean(0), label=f"{r['row']} (n={len(v)})")
+                ax.fill_between(epochs, v.min(0), v.max(0), color=line.get_color(), alpha=0.2)
+            if r["row"] != "standard":
+                for ax in axes:
+                    for i, m in enumerate(r["_curves"][0][:n]):
+                        if m.get("phase") == "sub":
+                            ax.axvspan(i + 0.5, i + 1.5, color="grey", alpha=0.12, lw=0)
+        for ax, title in zip(axes, ("train", "test")):
+            ax.set_title(f"{group}: {title} accuracy (sub-network epochs shaded)")
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("accuracy (%)")
+        axes[1].legend()
+        fig.tight_layout()
+        path = out / f"curves-{group}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path.name)
+        repr_rows = [r for r in rows if r["_drops"] and r["_drops"][0]]
+        if repr_rows:
+            fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(repr_rows), 3.8))
+            layers = [l["layer"] for l in repr_rows[0]["_drops"][0][0]["layers"]]
+            rounds = len(repr_rows[0]["_drops"][0])
+            width = 0.8 / (len(repr_rows) * rounds)
+            for i, r in enumerate(repr_rows):
+                for k in range(rounds):
+                    counts = np.mean([[l["dropped"] for l in d[k]["layers"]] for d in r["_drops"] if len(d) > k], 0)
+                    x = np.arange(len(layers)) + (i * rounds + k) * width
+                    ax.bar(x, counts, width, label=f"{r['row']} round {k + 1}")
+            ax.set_xticks(np.arange(len(layers)) + 0.4 - width / 2, layers)
+            ax.set_ylabel("filters dropped (mean over seeds)")
+            ax.set_title(f"{group}: filters dropped per layer per round")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            path = out / f"dropped-{group}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path.name)
+    return written
+
+
+def write_report(report: dict, out: Path, header: str) -> None:
+    """``study.json`` (without the per-epoch curves), ``study.md`` and the plots."""
+    figures = plot_study(report, out)
+    clean = {"rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in report["rows"]],
+             "figures": figures, **{k: v for k, v in report.items() if k != "rows"}}
+    (out / "study.json").write_text(json.dumps(clean, indent=1) + "\n")
+    (out / "study.md").write_text(markdown(report, header))
+
+
+__all__ = ["GROUP_BASE", "PAPER_NUMBERS", "StudyRow", "collect", "markdown", "plot_study", "run_arguments",
+           "study_rows", "welch", "write_report"]
