@@ -36,7 +36,7 @@ def init_masks(params, layers: tuple[ConvLayer, ...], element: tuple[tuple[str, 
     return masks
 
 
-def _filter_live(mask) -> jax.Array:
+def filter_live(mask) -> jax.Array:
     """``(F,)`` live filters of a kernel mask, filter- or element-shaped."""
     if jnp.ndim(mask) <= 1:
         return mask
@@ -46,7 +46,7 @@ def _filter_live(mask) -> jax.Array:
 def live_filters(masks, layers: tuple[ConvLayer, ...]) -> dict[str, jax.Array]:
     """``{layer name: (F,) mask}`` read from each conv's kernel mask (a filter with an element
     mask is live while any of its elements is)."""
-    return {layer.name: _filter_live(get_path(masks, layer.path + ("kernel",))) for layer in layers}
+    return {layer.name: filter_live(get_path(masks, layer.path + ("kernel",))) for layer in layers}
 
 
 def _set_filters(old, live):
@@ -54,7 +54,7 @@ def _set_filters(old, live):
     keeps its pattern in filters live before and after, is 1 in revived filters, 0 in dead."""
     if jnp.ndim(old) <= 1:
         return jnp.array(live, copy=True)  # a buffer per leaf: the state is donated
-    was_live = _filter_live(old) > 0
+    was_live = filter_live(old) > 0
     return jnp.where(live > 0, jnp.where(was_live, old, 1.0), 0.0).astype(old.dtype)
 
 

@@ -23,13 +23,11 @@ unit norm, unlike the null-space re-initialisation of :mod:`repr_jax.reinit`.
 """
 from __future__ import annotations
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
 
-from repr_jax.layers import ConvLayer, get_path, shape_groups, stack_leaves
+from repr_jax.layers import ConvLayer, shape_groups, stack_leaves
 
 _EPS = 1e-12   # tf.nn.l2_normalize's epsilon on the squared norm
 
@@ -80,16 +78,10 @@ def official_reinit(kernel: jax.Array, dropped: jax.Array, gain: float = 1.0) ->
     return jnp.where(jnp.asarray(dropped, bool), new, kernel)
 
 
-@functools.partial(jax.jit, static_argnames="layers")
 def official_score_layers(params, masks, layers: tuple[ConvLayer, ...]) -> dict[str, jax.Array]:
     """:func:`official_orthogonality` of every prunable conv, vmapped per kernel shape."""
-    from repr_jax.ortho import _filter_mask
-    scores = {}
-    for group in shape_groups(layers).values():
-        live = jax.vmap(_filter_mask)(stack_leaves(masks, group))
-        out = jax.vmap(official_orthogonality)(stack_leaves(params, group), live)
-        scores.update({layer.name: out[i] for i, layer in enumerate(group)})
-    return scores
+    from repr_jax.ortho import score_layers
+    return score_layers(params, masks, layers, metric=official_orthogonality)
 
 
 def official_reinit_layers(params, dropped: dict[str, jax.Array], layers: tuple[ConvLayer, ...],

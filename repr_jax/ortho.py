@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import chex
 
 from repr_jax.layers import ConvLayer, shape_groups, stack_leaves
+from repr_jax.masks import filter_live
 
 _EPS = 1e-12
 
@@ -26,13 +27,6 @@ def filter_rows(kernel: jax.Array) -> jax.Array:
     """Flax kernel ``(kh, kw, c_in, F)`` → W, one flattened filter per row ``(F, kh·kw·c_in)``."""
     chex.assert_rank(kernel, 4)
     return jnp.reshape(kernel, (-1, kernel.shape[-1])).T
-
-
-def _filter_mask(mask: jax.Array) -> jax.Array:
-    """``(F,)`` live filters of a filter- or element-shaped kernel mask."""
-    if mask.ndim <= 1:
-        return mask
-    return jnp.any(mask != 0, axis=tuple(range(mask.ndim - 1))).astype(mask.dtype)
 
 
 def normalize_rows(w: jax.Array) -> jax.Array:
@@ -71,17 +65,18 @@ def filter_orthogonality(kernel: jax.Array, mask: jax.Array | None = None) -> ja
     return jnp.sum(p, axis=-1) / count
 
 
-@functools.partial(jax.jit, static_argnames="layers")
-def score_layers(params, masks, layers: tuple[ConvLayer, ...]) -> dict[str, jax.Array]:
-    """O_f for every prunable conv at once: same-shaped layers stacked, one vmap per shape.
+@functools.partial(jax.jit, static_argnames=("layers", "metric"))
+def score_layers(params, masks, layers: tuple[ConvLayer, ...], metric=filter_orthogonality) -> dict[str, jax.Array]:
+    """O_f (or another per-kernel ``metric(kernel, live) → (F,)``, e.g. the official code's)
+    for every prunable conv at once: same-shaped layers stacked, one vmap per shape.
 
     Returns ``{layer name: (F,) scores}``; one jitted program for the whole network.
     """
     scores = {}
     for group in shape_groups(layers).values():
         kernels = stack_leaves(params, group)
-        live = jax.vmap(_filter_mask)(stack_leaves(masks, group))
-        out = jax.vmap(filter_orthogonality)(kernels, live)
+        live = jax.vmap(filter_live)(stack_leaves(masks, group))
+        out = jax.vmap(metric)(kernels, live)
         scores.update({layer.name: out[i] for i, layer in enumerate(group)})
     return scores
 
