@@ -6,7 +6,8 @@
 Benchmarks: ``metric`` (RePr metric + global ranking over every prunable conv),
 ``reinit`` (null-space re-initialisation of 30 % of the filters), ``train_step``
 (images/s of one train step, batch 128), ``repr_overhead`` (a short RePr run vs a standard
-run of the same length, and compilations across it). Every time is the median (with min
+run of the same length, and compilations across it), ``seeds`` (train-step throughput of K
+seeds of C³(32): one vmapped population vs K runs one after another vs K processes at once). Every time is the median (with min
 and max) over repeats after warm-up, synchronised with ``block_until_ready`` (JAX) or
 ``torch.cuda.synchronize`` (PyTorch on a GPU); compile time is reported separately.
 PyTorch is optional (``pip install -e ".[bench]"``): without it its columns are skipped
@@ -37,7 +38,7 @@ from repr_jax import versions  # noqa: E402
 from repr_jax.cli import fail  # noqa: E402
 from repr_jax.masks import init_masks  # noqa: E402
 
-BENCHMARKS = ("metric", "reinit", "train_step", "repr_overhead")
+BENCHMARKS = ("metric", "reinit", "train_step", "repr_overhead", "seeds")
 
 
 # --------------------------------------------------------------------------- timing helpers
@@ -290,6 +291,104 @@ def bench_repr_overhead(train_images, epochs_cfg, repeats, warmup=True):
     return [row]
 
 
+def _population_step_fn(name, batch, seeds):
+    """One step of ``seeds`` vmapped C³(32)/ResNet runs (K = 1: the ordinary jitted step)."""
+    import optax
+    from repr_jax import OptimConfig, create_train_state, make_optimizer
+    from repr_jax.parallel import stack
+    from repr_jax.train import population_step_indexed, train_step_indexed, zero_totals
+    tx = make_optimizer(OptimConfig(learning_rate=0.01, schedule="constant"), optax.constant_schedule(0.01))
+    model = create_model(name)
+    states = [create_train_state(model, tx, seed) for seed in range(seeds)]
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 255, (batch * 4, 32, 32, 3), np.uint8))
+    y = jnp.asarray(rng.integers(0, 10, batch * 4).astype(np.int32))
+    layers = states[0].layers
+    holder = {"state": states[0] if seeds == 1 else stack(states), "i": 0}
+
+    def step():
+        i = holder["i"]
+        idx = jnp.arange(batch) + batch * (i % 4)
+        if seeds == 1:
+            holder["state"], t = train_step_indexed(holder["state"], zero_totals(), x, y, idx,
+                                                    jax.random.key(i), layers=layers)
+        else:
+            totals = jax.tree_util.tree_map(lambda z: jnp.zeros((seeds,)), zero_totals())
+            keys = jax.random.split(jax.random.key(i), seeds)
+            holder["state"], t = population_step_indexed(holder["state"], totals, x, y,
+                                                         jnp.broadcast_to(idx, (seeds, batch)), keys,
+                                                         layers=layers)
+        holder["i"] += 1
+        return t
+    return step
+
+
+def _process_worker(name, batch, steps, go, results):
+    """One of K processes: build and compile, wait for the common start, time ``steps`` steps."""
+    step = _population_step_fn(name, batch, 1)
+    for _ in range(2):
+        _sync(step())
+    go.wait()
+    t0 = time.time()
+    for _ in range(steps - 1):
+        step()
+    _sync(step())
+    results.put((t0, time.time()))
+
+
+def _processes(name, batch, steps, k) -> dict:
+    """K processes, each one run's steps, started together: wall time from the first start to
+    the last finish (spawned; on a GPU each process allocates memory as it needs it)."""
+    import multiprocessing as mp
+    import os
+    ctx = mp.get_context("spawn")
+    go, results = ctx.Event(), ctx.Queue()
+    old = os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")
+    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    procs = [ctx.Process(target=_process_worker, args=(name, batch, steps, go, results)) for _ in range(k)]
+    try:
+        for p in procs:
+            p.start()
+        time.sleep(1.0)
+        go.set()   # a process still compiling starts late: the span below includes that
+        spans = [results.get(timeout=1800) for _ in procs]
+        for p in procs:
+            p.join()
+    finally:
+        if old is None:
+            os.environ.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)
+        else:
+            os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = old
+    wall = max(e for _, e in spans) - min(s for s, _ in spans)
+    return {"median_s": wall, "min_s": wall, "max_s": wall, "repeats": 1}
+
+
+def bench_seeds(name, ks, repeats, batch=128, steps=5, processes=True):
+    """Train-step throughput of K seeds: vmapped (one program), sequential (K runs one after
+    another: K × one run's time) and K processes at once. Figures are seconds per K·steps
+    images; images/s in ``images_per_second``."""
+    rows = []
+    single = _population_step_fn(name, batch, 1)
+    one = measure(lambda: [single() for _ in range(steps)][-1], repeats, warmup=2)
+    for k in ks:
+        row = {"model": name, "seeds": k, "batch": batch, "steps_per_repeat": steps, "impls": {},
+               "ratios": {}, "images_per_second": {}}
+        step = _population_step_fn(name, batch, k)
+        row["impls"]["vmapped"] = measure(lambda: [step() for _ in range(steps)][-1], repeats, warmup=2)
+        row["impls"]["sequential"] = {key: k * v if key.endswith("_s") else v for key, v in one.items()}
+        if processes and k > 1:
+            row["impls"]["processes"] = _processes(name, batch, steps * 4, k)
+            row["impls"]["processes"] = {key: v / 4 if key.endswith("_s") else v
+                                         for key, v in row["impls"]["processes"].items()}
+        for impl, t in row["impls"].items():
+            row["images_per_second"][impl] = k * batch * steps / t["median_s"]
+        for other in ("sequential", "processes"):
+            if other in row["impls"]:   # > 1: the vmapped population is faster
+                row["ratios"][f"vmapped_speed/{other}"] = row["impls"][other]["median_s"] / row["impls"]["vmapped"]["median_s"]
+        rows.append(row)
+    return rows
+
+
 # --------------------------------------------------------------------------- reporting
 def to_markdown(results: dict) -> str:
     m = results["machine"]
@@ -304,7 +403,8 @@ def to_markdown(results: dict) -> str:
             ratios = ", ".join(f"{k} = {v:.2f}×" for k, v in r["ratios"].items())
             cells = [f"{1e3 * r['impls'][i]['median_s']:.2f} ms ({1e3 * r['impls'][i]['min_s']:.2f}–"
                      f"{1e3 * r['impls'][i]['max_s']:.2f})" if i in r["impls"] else "—" for i in impls]
-            lines.append(f"| {r['model']} | {ratios} | " + " | ".join(cells) + " |")
+            label = r["model"] + (f" K={r['seeds']}" if "seeds" in r else "")
+            lines.append(f"| {label} | {ratios} | " + " | ".join(cells) + " |")
         lines.append("")
     if results.get("skipped"):
         lines.append("Skipped: " + "; ".join(results["skipped"]))
@@ -343,6 +443,12 @@ def main(argv=None) -> int:
         results["benchmarks"]["repr_overhead"] = bench_repr_overhead(
             256 if quick else 2000, (1, 1, 1) if quick else (2, 1, 2), repeats=1 if quick else 3,
             warmup=not quick)
+    if "seeds" in todo:
+        gpu = jax.devices()[0].platform == "gpu"
+        results["benchmarks"]["seeds"] = bench_seeds(
+            "convnet", (2,) if quick else ((1, 4, 8, 16) if gpu else (1, 4, 8)),
+            repeats=3 if quick else 5, batch=32 if quick else 128, steps=1 if quick else 5,
+            processes=not quick)
     kind = results["machine"]["device_kind"].lower().replace(" ", "-")
     default = Path("runs") / "benchmarks" / f"{kind}-quick.json" if quick else Path(__file__).parent / "results" / f"{kind}.json"
     path = Path(args.json or default)

@@ -7,6 +7,7 @@ Examples:
       --epochs 100 --out runs/c3-repr          # same as --repr-s1 20 --repr-s2 10 --repr-iterations 3
   python experiments/cifar.py --method repr --repr-criterion taylor --repr-reinit random ...
   python experiments/cifar.py --config runs/c3-repr/config.json --set seed=1 --out runs/c3-repr-seed1
+  python experiments/cifar.py --method repr --seeds 8 --out runs/c3-repr   # runs/c3-repr-seed0 … -seed7, one program
 """
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ def main(argv=None) -> int:
     except Diverged as err:
         return fail(err, EXIT_DIVERGED)
     print(json.dumps(summary, indent=2))
-    print(f"run directory: {config.out}")
+    if config.seeds > 1:
+        print(f"run directories: {config.out}-seed{config.seed} … {config.out}-seed{config.seed + config.seeds - 1}")
+    else:
+        print(f"run directory: {config.out}")
     return 0
 
 

@@ -3,9 +3,10 @@
     python experiments/protocol_study.py --scale gpu --data-dir DATA --out DIR --jobs 6
     python experiments/protocol_study.py --scale cpu --data-dir DATA --out DIR
 
-Each (row, seed) is one ``experiments/cifar.py`` process (rows: ``repr_jax.study``); a run
-already completed is skipped and an interrupted one resumed, so the command can be rerun
-until everything is done. ``--report-only`` writes ``study.json``, ``study.md`` and the
+Each (row, seed) is one ``experiments/cifar.py`` process (rows: ``repr_jax.study``), or with
+``--population`` each row's seeds are one ``--seeds K`` process (one vmapped program, same
+run directories); a run already completed is skipped and an interrupted one resumed, so the
+command can be rerun until everything is done. ``--report-only`` writes ``study.json``, ``study.md`` and the
 figures from the finished runs.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from repr_jax.cli import fail
-from repr_jax.study import collect, run_arguments, study_rows, write_report
+from repr_jax.study import collect, population_arguments, run_arguments, study_rows, write_report
 from repr_jax.versions import machine
 
 CIFAR = Path(__file__).resolve().parent / "cifar.py"
@@ -35,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", nargs="+", default=None, metavar="GROUP-ROW",
                    help="only these rows, e.g. paper-ortho official-standard")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="override every row's seeds")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (one process each)")
+    p.add_argument("--jobs", type=int, default=1, help="processes in parallel")
+    p.add_argument("--population", action="store_true",
+                   help="one --seeds K process per row (all its seeds vmapped together) instead of one per seed")
     p.add_argument("--report-only", action="store_true", help="train nothing; report the finished runs")
     return p
 
@@ -57,13 +60,21 @@ def main(argv=None) -> int:
         return fail(ValueError(f"--jobs must be >= 1, got {args.jobs}"))
     (out / "runs").mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        todo = []
+        todo, queued = [], set()
         for seed in sorted({s for r in rows for s in r.seeds}):   # seed-major: complete seeds first
             for row in rows:
                 run = out / "runs" / row.run_name(seed)
-                if seed in row.seeds and not (run / "summary.json").exists():
+                if seed not in row.seeds or (run / "summary.json").exists():
+                    continue
+                together = population_arguments(row, out, args.data_dir) if args.population else None
+                if together is None:
                     resume = ["--resume"] if (run / "config.json").exists() else []
                     todo.append((row.run_name(seed), run_arguments(row, seed, out, args.data_dir) + resume))
+                elif (row.group, row.name) not in queued:   # the row's first unfinished seed
+                    queued.add((row.group, row.name))
+                    runs = [out / "runs" / row.run_name(s) for s in row.seeds]
+                    resume = ["--resume"] if any((r / "config.json").exists() for r in runs) else []
+                    todo.append((f"{row.group}-{row.name}-seeds", together + resume))
 
         def one(item):
             name, cli = item

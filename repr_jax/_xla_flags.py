@@ -5,7 +5,10 @@ ResNet-20 144 → 201 img/s, losses equal to float32 round-off. It is *not* swit
 ``import repr_jax``: with the flag, a batched ``a.T @ a`` feeding ``jnp.linalg.cholesky``
 or a triangular solve failed to run ("Instruction with unsupported layout in YNN
 fusion"), and a ``vmap`` over Hessian-vector products of a conv net returned NaN
-(see :func:`repr_jax.criteria.obd_saliency`, which unrolls its probes instead), so only
+(see :func:`repr_jax.criteria.obd_saliency`, which unrolls its probes instead), and a
+vmapped population of seeds split over several host devices
+(``--xla_force_host_platform_device_count``, the CPU stand-in for a mesh) failed the same
+way, so it stays off in that setting; only
 entry points whose whole program is tested with it call
 :func:`enable_cpu_fusion` — ``experiments/cifar.py``, ``benchmarks/run.py`` and the tests.
 The flag is appended to ``XLA_FLAGS`` only if JAX's backend has not started, the user has
@@ -27,7 +30,7 @@ def enable_cpu_fusion() -> bool:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_experimental_ynn_fusion_type" in flags:
         return YNN_FLAG in flags
-    if os.environ.get("REPR_JAX_NO_YNN"):
+    if os.environ.get("REPR_JAX_NO_YNN") or "xla_force_host_platform_device_count" in flags:
         return False
     try:
         version = metadata.version("jaxlib")

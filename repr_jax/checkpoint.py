@@ -118,7 +118,9 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def restore(self, template: TrainState, epoch: int | None = None) -> tuple[TrainState, dict]:
-        """Restore into the structure of ``template`` (a freshly created state)."""
+        """Restore into the structure of ``template`` (a freshly created state), each array
+        laid out as the template's is: on this process's first device, or replicated over a
+        device mesh when the template was (:func:`repr_jax.parallel.replicate`)."""
         epoch = self.latest_epoch() if epoch is None else epoch
         if epoch is None:
             raise FileNotFoundError("no checkpoint to restore")
@@ -129,7 +131,7 @@ class Checkpointer:
             target = {k: v for k, v in target.items() if not k.startswith("method_")}
             target["snapshot"] = target["params"]
         out = self.manager.restore(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract_here(target)), extra=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(_abstract_like(target)), extra=ocp.args.JsonRestore()))
         restored = dict(out["state"])
         if legacy:
             restored = _from_legacy(restored, template)
@@ -167,6 +169,15 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _abstract_like(tree):
+    """Shapes, dtypes and shardings of ``tree``'s arrays (a fresh template: its shardings are
+    this machine's); leaves that are not device arrays go to the first device."""
+    here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype,
+                                       sharding=x.sharding if isinstance(x, jax.Array) else here), tree)
 
 
 def _abstract_here(tree):

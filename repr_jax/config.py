@@ -29,7 +29,9 @@ from repr_jax.optim import OptimConfig
 from repr_jax.protocols import PROTOCOLS
 
 # Settings that do not change the result: a resumed run may differ in these.
-NON_SEMANTIC = ("out", "resume", "quiet", "keep_checkpoints", "data.dir")
+# ``seeds`` and ``devices`` change how the work is laid out, not what is computed (results
+# agree to float32 round-off; repr_jax.population, repr_jax.parallel).
+NON_SEMANTIC = ("out", "resume", "quiet", "keep_checkpoints", "data.dir", "seeds", "devices")
 KEY_ALIASES = {"optim.lr": "optim.learning_rate", "lr": "optim.learning_rate"}
 
 
@@ -80,6 +82,10 @@ class RunConfig:
     ortho_loss: float = 0.0
     protocol: str = ""   # the preset the settings started from (repr_jax.protocols), "" for none
     keep_checkpoints: int = 3
+    seeds: int = dataclasses.field(default=1, metadata={
+        "help": "K > 1: train seeds seed … seed+K-1 as one vmapped program, run directories <out>-seed<s>"})
+    devices: int = dataclasses.field(default=1, metadata={
+        "help": "local devices the batch is split over (data parallel; 0: all of them)"})
     resume: bool = False
     quiet: bool = False
 
@@ -99,6 +105,8 @@ class RunConfig:
             (self.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {self.eval_batch_size}"),
             (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
             (self.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}"),
+            (self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}"),
+            (self.devices >= 0, f"--devices must be >= 0 (0: every device), got {self.devices}"),
             (math.isfinite(self.ortho_loss) and self.ortho_loss >= 0,
              f"--ortho-loss must be finite and >= 0, got {self.ortho_loss}"),
             (self.protocol in ("", *PROTOCOLS), f"unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}"),

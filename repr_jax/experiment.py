@@ -37,6 +37,7 @@ from repr_jax.masks import live_filters
 from repr_jax.methods.base import MethodContext, create_method
 from repr_jax.models import from_architecture
 from repr_jax.optim import learning_rate_schedule, make_optimizer, phased_schedule
+from repr_jax.parallel import batch_sharding, data_mesh, replicate
 from repr_jax.plots import plot_curves, plot_pruned_per_layer
 from repr_jax.run_dir import (check_data, check_run_dir, create_run_dir, finite_row,
                               read_architecture, read_config, read_jsonl, write_json, write_jsonl)
@@ -156,12 +157,32 @@ class Session:
     events: list
     start_epoch: int = 0
     prior_seconds: float = 0.0
+    mesh: object = None          # a jax.sharding.Mesh when the batch is split over devices
+    inputs: object = ()          # the method's run_inputs(), on device
+    population: int = 1          # seeds trained together with this one (repr_jax.population)
 
 
-def start(config: RunConfig, data: Cifar | None = None) -> Session:
+def device_mesh(config: RunConfig):
+    """The run's data-parallel mesh (None on one device); ``RunError`` if it cannot be built."""
+    if config.devices == 1:
+        return None
+    try:
+        mesh = data_mesh(config.devices)
+    except ValueError as err:
+        raise RunError(str(err)) from None
+    if config.batch_size % mesh.size:
+        raise RunError(f"--batch-size {config.batch_size} is not divisible by the {mesh.size} devices")
+    return None if mesh.size == 1 else mesh
+
+
+def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = None) -> Session:
     """Check settings and the run directory, load data, build method and state, create or
-    resume the run directory (nothing is written before every check has passed)."""
+    resume the run directory (nothing is written before every check has passed).
+
+    ``arrays``: the data set already on device (train x/y, test x/y) when the caller shares
+    one copy between runs (:mod:`repr_jax.population`)."""
     config.validate()
+    mesh = device_mesh(config)
     model = build_model(config)  # bad names fail before any data is read
     try:   # the method against the model (criterion needs BatchNorm, min_keep, ...), no data yet
         build_method(config, model, config.architecture(), config.data.train_limit or 50_000)
@@ -176,6 +197,7 @@ def start(config: RunConfig, data: Cifar | None = None) -> Session:
         _, schedule, state = initial_state(config, len(data.train_y), model, method)
     except ValueError as err:
         raise RunError(str(err)) from None
+    state = replicate(state, mesh)
     out = Path(config.out)
     if resuming:
         check_data(out, data.fingerprint)
@@ -185,7 +207,8 @@ def start(config: RunConfig, data: Cifar | None = None) -> Session:
         create_run_dir(config, data.fingerprint)
     ckpt = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
     session = Session(config, out, data, method, schedule, state, ckpt, arrays=(), terms=(),
-                      metrics=read_jsonl(out / "metrics.jsonl"), events=read_jsonl(out / "pruning.jsonl"))
+                      metrics=read_jsonl(out / "metrics.jsonl"), events=read_jsonl(out / "pruning.jsonl"),
+                      mesh=mesh)
     if resuming and ckpt.epochs():
         session.state, extra, epoch, skipped = ckpt.restore_newest(state)
         for bad, reason in skipped:
@@ -197,7 +220,9 @@ def start(config: RunConfig, data: Cifar | None = None) -> Session:
         session.start_epoch, session.prior_seconds = int(extra["epochs_done"]), float(extra["wall_seconds"])
     session.metrics = [m for m in session.metrics if m["epoch"] <= session.start_epoch]
     session.events = [e for e in session.events if e["epoch"] <= session.start_epoch]  # 1-based
-    session.arrays = tuple(jnp.asarray(a) for a in (data.train_x, data.train_y, data.test_x, data.test_y))
+    session.arrays = arrays if arrays is not None else replicate(
+        tuple(jnp.asarray(a) for a in (data.train_x, data.train_y, data.test_x, data.test_y)), mesh)
+    session.inputs = replicate(jax.tree_util.tree_map(jnp.asarray, method.run_inputs()), mesh)
     session.terms = loss_term_names(session.state, *session.arrays[:2], batch_size=config.batch_size,
                                     layers=session.state.layers, ortho_lambda=config.ortho_loss,
                                     method=method)
@@ -243,53 +268,71 @@ def train_epochs(s: Session) -> None:
     total_filters = sum(layer.num_filters for layer in layers)
     root = jax.random.wrap_key_data(jnp.array(s.state.rng, copy=True))  # the state is donated
     started = time.perf_counter()
+    step_sharding = batch_sharding(s.mesh, config.batch_size)
+    eval_sharding = batch_sharding(s.mesh, min(config.eval_batch_size, len(test_y)))
     for epoch in range(s.start_epoch, config.epochs):
         phase = method.phase(epoch)
+        s.state, before = method.before_epoch(s.state, epoch, s.inputs)
         try:
-            s.state, before = method.before_epoch(s.state, epoch)
+            for event in before:
+                method.check_event(event)
         except NonFiniteError as err:
             _diverge(s, epoch, str(err))
         progress = _progress_bar(config, epoch, phase.name, len(train_y) // config.batch_size)
         s.state, train_m = run_epoch(s.state, train_x, train_y, jax.random.fold_in(root, epoch),
                                      batch_size=config.batch_size, layers=layers,
                                      ortho_lambda=config.ortho_loss, method=method, terms=s.terms,
-                                     progress=progress, augmentation=config.data.augment)
+                                     progress=progress, augmentation=config.data.augment,
+                                     batch_sharding=step_sharding)
         if progress is not None:
             progress.close()
-        test_m = evaluate(s.state, test_x, test_y, config.eval_batch_size, method=method)
+        test_m = evaluate(s.state, test_x, test_y, config.eval_batch_size, method=method,
+                          batch_sharding=eval_sharding)
         live = live_filters(s.state.masks, layers)  # as trained and evaluated this epoch
         live_count = int(sum(float(jnp.sum(v)) for v in live.values()))
-        bad = _non_finite(train_m, test_m) or (None if state_is_finite(s.state) else "parameters")
+        bad = _non_finite(train_m, test_m)
         after = []
         if bad is None:
+            s.state, after = method.after_epoch(s.state, epoch, s.inputs)
             try:
-                s.state, after = method.after_epoch(s.state, epoch)
+                for event in after:
+                    method.check_event(event)
             except NonFiniteError as err:
                 bad = str(err)
-        s.events += [method.record(event) for event in before + after]
-        row = {"epoch": epoch + 1, "phase": phase.name, "round": phase.round,
-               "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
-               "test_loss": test_m["loss"], "test_accuracy": test_m["accuracy"],
-               "learning_rate": float(s.schedule(int(s.state.step))),
-               "images_per_second": train_m["images_per_second"],
-               "epoch_seconds": train_m["train_seconds"],
-               "elapsed_seconds": s.prior_seconds + time.perf_counter() - started,
-               "live_filters": live_count, "total_filters": total_filters}
-        if "loss_terms" in train_m:
-            row["loss_terms"] = train_m["loss_terms"]
-        s.metrics.append(finite_row(row))
-        write_jsonl(s.out / "metrics.jsonl", s.metrics)
-        if s.events:
-            write_jsonl(s.out / "pruning.jsonl", s.events)
-        if bad is not None:
-            _diverge(s, epoch, bad)
-        s.ckpt.save(epoch + 1, s.state, {"test_accuracy": row["test_accuracy"]},
-                    {"epochs_done": epoch + 1, "wall_seconds": row["elapsed_seconds"]})
-        if not config.quiet:
-            print(f"epoch {epoch + 1:3d} [{phase.name:4s}] train {100 * row['train_accuracy']:5.2f}% "
-                  f"test {100 * row['test_accuracy']:5.2f}% loss {row['train_loss']:.3f} "
-                  f"{row['images_per_second']:.0f} img/s live {live_count}/{total_filters}", flush=True)
+        bad = bad or (None if state_is_finite(s.state) else "parameters")   # what the checkpoint would hold
+        log_epoch(s, s.state, epoch, train_m, test_m, before + after, bad,
+                  live=(live_count, total_filters), elapsed=s.prior_seconds + time.perf_counter() - started)
     s.ckpt.close()
+
+
+def log_epoch(s: Session, state, epoch: int, train_m: dict, test_m: dict, events: list, bad: str | None,
+              *, live: tuple[int, int], elapsed: float) -> None:
+    """After 0-based ``epoch``: the method's events into ``pruning.jsonl``, one line of
+    ``metrics.jsonl``, then stop (``bad`` names what is not finite) or checkpoint ``state``."""
+    config, phase = s.config, s.method.phase(epoch)
+    s.events += [s.method.record(event) for event in events]
+    row = {"epoch": epoch + 1, "phase": phase.name, "round": phase.round,
+           "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
+           "test_loss": test_m["loss"], "test_accuracy": test_m["accuracy"],
+           "learning_rate": float(s.schedule(int(state.step))),
+           "images_per_second": train_m["images_per_second"],
+           "epoch_seconds": train_m["train_seconds"], "elapsed_seconds": elapsed,
+           "live_filters": live[0], "total_filters": live[1]}
+    if "loss_terms" in train_m:
+        row["loss_terms"] = train_m["loss_terms"]
+    s.metrics.append(finite_row(row))
+    write_jsonl(s.out / "metrics.jsonl", s.metrics)
+    if s.events:
+        write_jsonl(s.out / "pruning.jsonl", s.events)
+    if bad is not None:
+        _diverge(s, epoch, bad)
+    s.ckpt.save(epoch + 1, state, {"test_accuracy": row["test_accuracy"]},
+                {"epochs_done": epoch + 1, "wall_seconds": row["elapsed_seconds"]})
+    if not config.quiet:
+        seed = f"seed {config.seed} " if s.population > 1 else ""
+        print(f"{seed}epoch {epoch + 1:3d} [{phase.name:4s}] train {100 * row['train_accuracy']:5.2f}% "
+              f"test {100 * row['test_accuracy']:5.2f}% loss {row['train_loss']:.3f} "
+              f"{row['images_per_second']:.0f} img/s live {live[0]}/{live[1]}", flush=True)
 
 
 def _summary_fields(s: Session) -> dict:
@@ -305,8 +348,9 @@ def _summary_fields(s: Session) -> dict:
     }
 
 
-def finish(s: Session) -> dict:
-    """``summary.json`` (returned), ``curves.png`` and, with drops, ``pruned_per_layer.png``."""
+def finish(s: Session, extra: dict | None = None) -> dict:
+    """``summary.json`` (returned; ``extra`` added to it), ``curves.png`` and, with drops,
+    ``pruned_per_layer.png``."""
     config, metrics, events = s.config, s.metrics, s.events
     best = max(metrics, key=lambda m: m["test_accuracy"])
     summary = {
@@ -315,6 +359,7 @@ def finish(s: Session) -> dict:
         "best_test_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
         "final_train_accuracy": metrics[-1]["train_accuracy"],
         "median_images_per_second": float(np.median([m["images_per_second"] for m in metrics])),
+        **(extra or {}),
     }
     write_json(s.out / "summary.json", summary)
     drops = [e for e in events if e["event"] == "drop" and "layers" in e]   # RePr-shaped drop lines
@@ -329,16 +374,21 @@ def finish(s: Session) -> dict:
 
 
 def run(config: RunConfig, data: Cifar | None = None) -> dict:
-    """Train as configured; returns the summary dict (also written to ``summary.json``).
+    """Train as configured; returns the summary dict (also written to ``summary.json``) —
+    with ``config.seeds > 1``, :func:`repr_jax.population.run_population`'s summary of every
+    seed's run.
 
     ``data`` replaces loading from ``config.data.dir`` (benchmarks, notebooks); the
     validation split and slices of ``config`` still apply.
     """
+    if config.seeds > 1:
+        from repr_jax.population import run_population
+        return run_population(config, data)
     session = start(config, data)
     train_epochs(session)
     return finish(session)
 
 
 __all__ = ["Diverged", "RunConfig", "RunError", "DataError", "Session", "build_method", "build_model",
-           "finish", "initial_state", "load_run_data", "load_run_state", "restore_run", "run", "start",
+           "device_mesh", "finish", "initial_state", "load_run_data", "log_epoch", "load_run_state", "restore_run", "run", "start",
            "state_is_finite", "train_epochs"]

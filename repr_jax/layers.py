@@ -32,8 +32,9 @@ class ConvLayer:
         return int(np.prod(self.shape[:-1]))
 
 
-def prunable_convs(params: Mapping[str, Any]) -> tuple[ConvLayer, ...]:
-    """Every prunable conv in definition order (the first conv first)."""
+def prunable_convs(params: Mapping[str, Any], batch_dims: int = 0) -> tuple[ConvLayer, ...]:
+    """Every prunable conv in definition order (the first conv first). ``batch_dims``: leading
+    axes every leaf carries (1 for a population of seeds stacked on axis 0); shapes exclude them."""
     found: list[ConvLayer] = []
 
     def walk(node, path):
@@ -41,12 +42,12 @@ def prunable_convs(params: Mapping[str, Any]) -> tuple[ConvLayer, ...]:
             if not isinstance(child, Mapping):
                 continue
             kernel = child.get("kernel")
-            if kernel is not None and getattr(kernel, "ndim", 0) == 4:
+            if kernel is not None and getattr(kernel, "ndim", 0) == 4 + batch_dims:
                 bn = node.get(f"{key}_bn")
                 found.append(ConvLayer(
                     name="/".join(path + (key,)), path=path + (key,),
                     bn_path=path + (f"{key}_bn",) if isinstance(bn, Mapping) else None,
-                    has_bias="bias" in child, shape=tuple(int(d) for d in kernel.shape)))
+                    has_bias="bias" in child, shape=tuple(int(d) for d in kernel.shape[batch_dims:])))
             else:
                 walk(child, path + (key,))
 

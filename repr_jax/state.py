@@ -37,7 +37,8 @@ class TrainState:
 
     @property
     def layers(self):
-        return prunable_convs(self.params)
+        """The prunable convs (also of a population: ``step`` has one axis per seed axis)."""
+        return prunable_convs(self.params, batch_dims=jnp.ndim(self.step))
 
 
 # Key streams folded from the run key for a method's setup (the model init key and the

@@ -92,6 +92,18 @@ def run_arguments(row: StudyRow, seed: int, out: Path, data_dir: str | None) -> 
     return args + (["--data-dir", data_dir] if data_dir else [])
 
 
+def population_arguments(row: StudyRow, out: Path, data_dir: str | None) -> list[str] | None:
+    """Every seed of ``row`` as one ``--seeds K`` process (same run directories as
+    :func:`run_arguments`), or None when its seeds are not consecutive."""
+    seeds = sorted(row.seeds)
+    if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+        return None
+    args = run_arguments(row, seeds[0], out, data_dir)
+    at = args.index("--out")
+    args[at + 1] = str(out / "runs" / row.run_name(seeds[0])).removesuffix(f"-seed{seeds[0]}")
+    return args + ["--seeds", str(len(seeds))]
+
+
 # ----------------------------------------------------------------------------- report
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

@@ -111,21 +111,51 @@ def train_step(state: TrainState, images, labels, key, *, layers: tuple[ConvLaye
     return new, metrics
 
 
-@functools.partial(jax.jit, static_argnames=("layers", "ortho_lambda", "method", "augmentation"),
-                   donate_argnums=(0, 1))
+def _constrain(x, sharding):
+    """``x`` laid out by ``sharding`` (the batch split over a device mesh), or as it is."""
+    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
+def _indexed_step(state: TrainState, totals, images, labels, batch_index, key, *, layers, ortho_lambda,
+                  method, augmentation, batch_sharding):
+    images, labels = _constrain(images[batch_index], batch_sharding), _constrain(labels[batch_index], batch_sharding)
+    state, m = train_step(state, images, labels, jax.random.fold_in(key, state.step), layers=layers,
+                          ortho_lambda=ortho_lambda, method=method, augmentation=augmentation)
+    return state, jax.tree_util.tree_map(jnp.add, totals, m)
+
+
+_STEP_STATIC = ("layers", "ortho_lambda", "method", "augmentation", "batch_sharding")
+
+
+@functools.partial(jax.jit, static_argnames=_STEP_STATIC, donate_argnums=(0, 1))
 def train_step_indexed(state: TrainState, totals, images, labels, batch_index, key, *,
                        layers: tuple[ConvLayer, ...], ortho_lambda: float = 0.0, method=None,
-                       augmentation: bool = True):
+                       augmentation: bool = True, batch_sharding=None):
     """Gather the batch on device, step, and add its metrics to the running ``totals``.
 
     Called once per step from the host with no synchronisation in between: dispatch is
     asynchronous, so the host only queues work. (A ``lax.scan`` over steps was measured
     ~35× slower per step on XLA:CPU with jaxlib 0.10, so the epoch is not one scanned program.)
+    ``batch_sharding``: a :class:`jax.sharding.NamedSharding` splitting the batch over a
+    device mesh (:mod:`repr_jax.parallel`); the state and data are replicated, so XLA
+    all-reduces the gradients and the BatchNorm batch statistics over the global batch.
     """
-    state, m = train_step(state, images[batch_index], labels[batch_index],
-                          jax.random.fold_in(key, state.step), layers=layers,
-                          ortho_lambda=ortho_lambda, method=method, augmentation=augmentation)
-    return state, jax.tree_util.tree_map(jnp.add, totals, m)
+    return _indexed_step(state, totals, images, labels, batch_index, key, layers=layers,
+                         ortho_lambda=ortho_lambda, method=method, augmentation=augmentation,
+                         batch_sharding=batch_sharding)
+
+
+@functools.partial(jax.jit, static_argnames=_STEP_STATIC + ("data_axis",), donate_argnums=(0, 1))
+def population_step_indexed(states: TrainState, totals, images, labels, batch_index, keys, *,
+                            layers: tuple[ConvLayer, ...], ortho_lambda: float = 0.0, method=None,
+                            augmentation: bool = True, batch_sharding=None, data_axis=None):
+    """:func:`train_step_indexed` of K runs at once, vmapped over axis 0 of ``states``,
+    ``totals``, ``batch_index`` (K, B) and ``keys`` (K,); ``images``/``labels`` are shared
+    (``data_axis=None``) or per run (``data_axis=0``)."""
+    step = functools.partial(_indexed_step, layers=layers, ortho_lambda=ortho_lambda, method=method,
+                             augmentation=augmentation, batch_sharding=batch_sharding)
+    return jax.vmap(step, in_axes=(0, 0, data_axis, data_axis, 0, 0))(
+        states, totals, images, labels, batch_index, keys)
 
 
 def loss_term_names(state: TrainState, images, labels, *, batch_size: int, layers,
@@ -139,23 +169,40 @@ def loss_term_names(state: TrainState, images, labels, *, batch_size: int, layer
     return tuple(sorted(k[len("term/"):] for k in out[1] if k.startswith("term/")))
 
 
-@functools.partial(jax.jit, static_argnames=("method",), donate_argnums=(1,))
-def eval_step(state: TrainState, totals, images, labels, batch_index, weights, *, method=None):
-    """Add one padded batch's loss / correct / count (eval-mode network) to ``totals``."""
-    logits, _ = forward(state, state.params, normalize(images[batch_index]), train=False, method=method)
-    y = labels[batch_index]
+def _eval_batch(state: TrainState, totals, images, labels, batch_index, weights, *, method, batch_sharding):
+    x = _constrain(images[batch_index], batch_sharding)
+    logits, _ = forward(state, state.params, normalize(x), train=False, method=method)
+    y = _constrain(labels[batch_index], batch_sharding)
     m = {"loss": jnp.sum(cross_entropy(logits, y) * weights),
          "correct": jnp.sum((jnp.argmax(logits, -1) == y) * weights), "count": jnp.sum(weights)}
     return jax.tree_util.tree_map(jnp.add, totals, m)
 
 
+@functools.partial(jax.jit, static_argnames=("method", "batch_sharding"), donate_argnums=(1,))
+def eval_step(state: TrainState, totals, images, labels, batch_index, weights, *, method=None,
+              batch_sharding=None):
+    """Add one padded batch's loss / correct / count (eval-mode network) to ``totals``."""
+    return _eval_batch(state, totals, images, labels, batch_index, weights, method=method,
+                       batch_sharding=batch_sharding)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "batch_sharding", "data_axis"), donate_argnums=(1,))
+def population_eval_step(states: TrainState, totals, images, labels, batch_index, weights, *, method=None,
+                         batch_sharding=None, data_axis=None):
+    """:func:`eval_step` of K runs (vmapped like :func:`population_step_indexed`)."""
+    step = functools.partial(_eval_batch, method=method, batch_sharding=batch_sharding)
+    return jax.vmap(step, in_axes=(0, 0, data_axis, data_axis, None, None))(
+        states, totals, images, labels, batch_index, weights)
+
+
 def run_epoch(state: TrainState, images, labels, key, *, batch_size: int, layers,
               ortho_lambda: float = 0.0, method=None, terms=None, progress=None, log_every: int = 20,
-              augmentation: bool = True):
+              augmentation: bool = True, batch_sharding=None):
     """Train one epoch; returns ``(state, {"loss", "accuracy", "images_per_second", …})``.
 
     ``terms``: the loss-term names (:func:`loss_term_names`; looked up when None). Their
-    epoch means are returned under ``"loss_terms"``.
+    epoch means are returned under ``"loss_terms"``. ``batch_sharding``: see
+    :func:`train_step_indexed`.
     """
     if terms is None:
         terms = loss_term_names(state, images, labels, batch_size=batch_size, layers=layers,
@@ -166,7 +213,7 @@ def run_epoch(state: TrainState, images, labels, key, *, batch_size: int, layers
     for i in range(idx.shape[0]):
         state, totals = train_step_indexed(state, totals, images, labels, idx[i], key,
                                            layers=layers, ortho_lambda=ortho_lambda, method=method,
-                                           augmentation=augmentation)
+                                           augmentation=augmentation, batch_sharding=batch_sharding)
         if progress is not None:
             progress.update(1)
             if (i + 1) % log_every == 0 or i + 1 == idx.shape[0]:
@@ -174,20 +221,26 @@ def run_epoch(state: TrainState, images, labels, key, *, batch_size: int, layers
                 progress.set_postfix(loss=f"{float(totals['loss']) / count:.3f}",
                                      acc=f"{float(totals['correct']) / count:.3f}")
     jax.block_until_ready(state)
-    seconds = time.perf_counter() - start
+    return state, epoch_means(totals, terms, time.perf_counter() - start)
+
+
+def epoch_means(totals, terms, seconds: float) -> dict:
+    """An epoch's running sums (one run's) → means, images/s and the loss terms' means."""
     count = float(totals["count"])
     out = {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count,
            "images_per_second": count / seconds, "train_seconds": seconds}
     if terms:
         out["loss_terms"] = {name: float(totals[f"term/{name}"]) / count for name in terms}
-    return state, out
+    return out
 
 
-def evaluate(state: TrainState, images, labels, batch_size: int = 500, method=None) -> dict:
+def evaluate(state: TrainState, images, labels, batch_size: int = 500, method=None,
+             batch_sharding=None) -> dict:
     """Test loss and accuracy over every example (padded last batch is weighted out)."""
     idx, w = eval_indices(images.shape[0], min(batch_size, images.shape[0]))
     totals = zero_totals()
     for i in range(idx.shape[0]):
-        totals = eval_step(state, totals, images, labels, idx[i], w[i], method=method)
+        totals = eval_step(state, totals, images, labels, idx[i], w[i], method=method,
+                           batch_sharding=batch_sharding)
     count = float(totals["count"])
     return {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count}

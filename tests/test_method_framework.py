@@ -95,7 +95,7 @@ class Probe(Method):
         return state, {"head_pruned": jnp.sum(state.masks["head"]["kernel"] == 0),
                        "conv1_live": jnp.sum(live_filters(state.masks, layers)["conv1"])}
 
-    def after_epoch(self, state, epoch):
+    def after_epoch(self, state, epoch, inputs=None):
         if epoch != self.config.drop_after:
             return state, []
         state, arrays = jax.jit(self._prune)(state)

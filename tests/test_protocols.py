@@ -13,7 +13,9 @@ from repr_jax.config import RunConfig, apply_overrides
 from repr_jax.data import Cifar
 from repr_jax.experiment import build_method, build_model, load_run_data
 from repr_jax.protocols import PROTOCOLS, protocol_overrides
-from repr_jax.study import StudyRow, collect, markdown, run_arguments, study_rows, welch
+from repr_jax.population import member_configs
+from repr_jax.study import (StudyRow, collect, markdown, population_arguments, run_arguments, study_rows,
+                            welch)
 
 cli = load_script("experiments/cifar.py")
 
@@ -122,6 +124,14 @@ def test_study_rows_cover_the_issue_and_give_valid_commands(tmp_path):
         config = config_from_args(build_parser("t").parse_args(args))
         config.validate()
         assert config.data.dir == "DATA" and config.out.endswith(row.run_name(0))
+
+
+def test_a_rows_seeds_as_one_population_use_the_same_run_directories(tmp_path):
+    row = StudyRow("official", "repr-official", ("--method", "repr"), (2, 3, 4))
+    config = config_from_args(build_parser("t").parse_args(population_arguments(row, tmp_path, None)))
+    assert config.seeds == 3 and config.seed == 2
+    assert [c.out for c in member_configs(config)] == [str(tmp_path / "runs" / row.run_name(s)) for s in (2, 3, 4)]
+    assert population_arguments(StudyRow("official", "x", (), (0, 2)), tmp_path, None) is None
 
 
 def _fake_run(root, name, finals, phases=("full", "sub", "full")):

@@ -84,8 +84,9 @@ def test_criteria_refuse_non_finite_scores():
     method = RePr(ReprConfig(s1=1, s2=1, iterations=1, criterion="weights"), MethodContext.for_model(model))
     state = create_train_state(model, make_optimizer(OptimConfig(), optax.constant_schedule(0.1)), 0, method=method)
     state = state.replace(params=jax.tree_util.tree_map(lambda p: p.at[(0,) * p.ndim].set(jnp.nan), state.params))
+    _, (event,) = method.before_epoch(state, 1)   # the transition itself stays traceable
     with pytest.raises(NonFiniteError, match="criterion weights scores of conv0 before epoch 2"):
-        method.before_epoch(state, 1)
+        method.check_event(event)
 
 
 # ----------------------------------------------------------------------------- 4. settings first

@@ -20,11 +20,22 @@ method overrides only what it needs (jaxpruner's ``BaseUpdater`` has the same sh
                      and/or evaluation (``train`` says which), e.g. soft architecture weights
                      (both) or a sampled sub-network (training only)
 ``loss_terms``       inside ``jit``: named scalars added to the cross-entropy; logged per epoch
-``before_epoch``,    pure transitions ``(state, epoch) → (state, [Event])`` between epochs;
-``after_epoch``      events hold arrays, :meth:`Method.record` turns one into a JSON line
+``before_epoch``,    pure transitions ``(state, epoch, inputs) → (state, [Event])`` between
+``after_epoch``      epochs; events hold arrays, :meth:`Method.record` turns one into a JSON
+                     line. Traceable: Python control flow only on ``epoch``, no host reads of
+                     arrays, so that a population of seeds runs them under ``vmap``
+``run_inputs``       arrays the transitions read that are not in the state (e.g. a fixed
+                     sample of images to score filters on), built once from the context
+``check_event``      host side, after a transition: raise
+                     :class:`~repr_jax.errors.NonFiniteError` when an event shows the run
+                     cannot go on (NaN criterion scores)
 ``export``           ``(state, architecture) → Exported`` smaller dense model (default: remove
                      dead filters along the channel graph, :mod:`repr_jax.compress`)
 ===================  =========================================================================
+
+One method instance serves every seed of a population (:mod:`repr_jax.population`): what
+differs between seeds lives in the train state (its ``rng``, ``method_state``) or in
+``run_inputs``, which the population builds per seed and stacks.
 
 Register with :func:`register`; every module of the ``repr_jax.methods`` package is imported
 on first use, so adding a method is one new module (plus its tests).
@@ -171,11 +182,19 @@ class Method:
         return {}
 
     # ---------------------------------------------------------------- between epochs
-    def before_epoch(self, state, epoch: int) -> tuple[Any, list[Event]]:
+    def run_inputs(self):
+        """This run's arrays for the transitions (a pytree; host side, from ``self.context``)."""
+        return ()
+
+    def before_epoch(self, state, epoch: int, inputs=None) -> tuple[Any, list[Event]]:
+        """``inputs``: :meth:`run_inputs` (of this seed; looked up when None)."""
         return state, []
 
-    def after_epoch(self, state, epoch: int) -> tuple[Any, list[Event]]:
+    def after_epoch(self, state, epoch: int, inputs=None) -> tuple[Any, list[Event]]:
         return state, []
+
+    def check_event(self, event: Event) -> None:
+        """Host side: raise ``NonFiniteError`` if ``event`` (one run's) says the run must stop."""
 
     def record(self, event: Event) -> dict:
         """One ``pruning.jsonl`` line (host side): arrays become lists / numbers."""

@@ -274,24 +274,32 @@ class RePr(Method):
                                                         self.config.outgoing_scale))
         return state, {"keep": live, **reinit_diagnostics(state.params, snapshot, live, layers)}
 
-    def before_epoch(self, state, epoch: int):
+    def run_inputs(self):
+        """The fixed scoring batches of a data-driven criterion (``(None, None)`` otherwise)."""
+        return self.score_data
+
+    def before_epoch(self, state, epoch: int, inputs=None):
         phase = self.schedule.phase(epoch)
         if not phase.drop:
             return state, []
-        if self.criterion.needs_data and self.score_data[0] is None:
+        images, labels = self.run_inputs() if inputs is None else inputs
+        if self.criterion.needs_data and images is None:
             raise ValueError(f"criterion {self.config.criterion!r} needs training images "
                              "(MethodContext.train_images)")
-        new_state, arrays = self._drop_jit(state, phase.round, *self.score_data)
-        require_finite(self.config.criterion, arrays["scores"], arrays["live_before"],
-                       f"before epoch {epoch + 1}")
+        new_state, arrays = self._drop_jit(state, phase.round, images, labels)
         return new_state, [Event("drop", epoch + 1, phase.round, arrays)]
 
-    def after_epoch(self, state, epoch: int):
+    def after_epoch(self, state, epoch: int, inputs=None):
         phase = self.schedule.phase(epoch)
         if not phase.reinit:
             return state, []
         state, arrays = self._reinit_jit(state, phase.round)
         return state, [Event("reinit", epoch + 1, phase.round, arrays)]
+
+    def check_event(self, event: Event) -> None:
+        if event.kind == "drop":
+            require_finite(self.config.criterion, event.arrays["scores"], event.arrays["live_before"],
+                           f"before epoch {event.epoch}")
 
     def record(self, event: Event) -> dict:
         if event.kind == "drop":

@@ -1,0 +1,277 @@
+"""K seeds of one configuration trained as one vmapped program (``--seeds K``).
+
+Seeds ``seed … seed+K−1`` are K independent runs — own initialisation, data order,
+augmentation, masks, method state (RePr's drops and re-initialisations), optimizer state —
+whose train states are stacked on a leading axis (:func:`repr_jax.parallel.stack`). Every
+step, every evaluation batch and the method's transitions are ``jax.vmap``-ped over that
+axis, so K small networks fill an accelerator as one program compiled once.
+
+Each seed is an ordinary run directory ``<out>-seed<s>`` (the names the study scripts
+already use): its own ``config.json`` (``seed`` = s, ``seeds`` = 1), ``metrics.jsonl``,
+``pruning.jsonl``, ``summary.json`` (with a ``population`` entry), plots and checkpoints.
+Everything that reads a run (``load_run_state``, export, the study reports) works on it, and
+one seed can even be resumed on its own. ``--resume`` resumes the population: every
+seed's newest usable checkpoint, rewound to the newest epoch all seeds hold (a kill between
+two seeds' checkpoint writes leaves them one epoch apart; a population therefore keeps at
+least 2 checkpoints per seed). A seed that diverges stops alone (its ``summary.json`` says
+so); the others go on and the population ends with :class:`~repr_jax.errors.Diverged`.
+
+Equality with K sequential runs: same initial states (built one by one, as a single run
+builds its own), same epoch permutations and step keys; the vmapped convolutions are
+batched over their weights, which XLA computes in another order, so metrics agree with the
+sequential runs' to float32 round-off, not bit for bit (``tests/test_population.py``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from repr_jax.config import RunConfig
+from repr_jax.data import Cifar, load_cifar
+from repr_jax.errors import Diverged, NonFiniteError, RunError
+from repr_jax.experiment import (Session, _diverge, _non_finite, _progress_bar, build_model, finish,
+                                 initial_state, log_epoch, start)
+from repr_jax.masks import live_filters
+from repr_jax.methods.base import Event
+from repr_jax.parallel import batch_sharding, replicate, stack, unstack
+from repr_jax.pipeline import epoch_indices, eval_indices
+from repr_jax.run_dir import check_run_dir
+from repr_jax.train import (epoch_means, population_eval_step, population_step_indexed, zero_totals)
+
+
+def member_configs(config: RunConfig) -> list[RunConfig]:
+    """The K ordinary runs of a population: seed ``seed + i``, run directory ``<out>-seed<s>``."""
+    return [dataclasses.replace(config, seed=config.seed + i, out=f"{config.out}-seed{config.seed + i}",
+                                seeds=1, keep_checkpoints=max(config.keep_checkpoints, 2))
+            for i in range(config.seeds)]
+
+
+def _ended(config: RunConfig) -> dict | None:
+    """The summary of a member that has already ended (on --resume), else None."""
+    path = Path(config.out) / "summary.json"
+    if config.resume and path.exists():
+        summary = json.loads(path.read_text())
+        if summary.get("status") in ("completed", "diverged"):
+            return summary
+    return None
+
+
+def vmap_transition(transition, states, epoch: int, inputs):
+    """``transition(state, epoch, inputs) → (state, [Event])`` of every member at once; the
+    events' arrays gain the leading member axis."""
+    meta = []
+
+    def one(state, member_inputs):
+        state, events = transition(state, epoch, member_inputs)
+        meta[:] = [(e.kind, e.epoch, e.round) for e in events]
+        return state, [e.arrays for e in events]
+
+    states, arrays = jax.vmap(one)(states, inputs)
+    return states, [Event(kind, ep, rnd, a) for (kind, ep, rnd), a in zip(meta, arrays)]
+
+
+def member_event(event: Event, index: int) -> Event:
+    return event._replace(arrays=unstack(event.arrays, index))
+
+
+def _rewind(s: Session, epoch: int) -> None:
+    """Put a member back to the end of ``epoch`` (0: a fresh state)."""
+    if epoch == 0:
+        _, _, state = initial_state(s.config, len(s.data.train_y), build_model(s.config), s.method)
+        s.state, s.prior_seconds = replicate(state, s.mesh), 0.0
+    else:
+        if epoch not in s.ckpt.epochs():
+            raise RunError(f"{s.out} has no checkpoint of epoch {epoch}, the newest every seed of the "
+                           f"population holds; resume its seeds one by one")
+        s.state, extra = s.ckpt.restore(s.state, epoch)
+        s.prior_seconds = float(extra["wall_seconds"])
+    print(f"warning: {s.out} rewound from epoch {s.start_epoch} to epoch {epoch}, the newest every "
+          "seed of the population holds", file=sys.stderr)
+    s.start_epoch = epoch
+    s.metrics = [m for m in s.metrics if m["epoch"] <= epoch]
+    s.events = [e for e in s.events if e["epoch"] <= epoch]
+
+
+def start_population(config: RunConfig, data: Cifar | None = None) -> tuple[list[Session], dict]:
+    """Check every member's settings and directory, then start (or resume) them; returns the
+    sessions still to train and the summaries of members that had already ended."""
+    config.validate()
+    members = member_configs(config)
+    ended = {c.seed: s for c in members if (s := _ended(c)) is not None}
+    todo = [c for c in members if c.seed not in ended]
+    if not todo:
+        raise RunError(f"every seed of the population {config.out}-seed* has already ended")
+    if config.resume:   # a kill while the members were being created leaves some without a run
+        if not any((Path(c.out) / "config.json").exists() for c in members):
+            raise RunError(f"--resume: no seed of the population {config.out}-seed* holds a run to resume")
+        todo = [c if (Path(c.out) / "config.json").exists() else dataclasses.replace(c, resume=False)
+                for c in todo]
+    for c in todo:   # every directory checked before anything is written
+        check_run_dir(c)
+    if data is None:
+        data = load_cifar(config.data.dataset, config.data.dir)   # DataError: one line
+    sessions: list[Session] = []
+    shared = config.data.train_limit is None and config.data.test_limit is None
+    for c in todo:   # same slices for every seed unless a seed-dependent slice is asked for
+        s = start(c, data, arrays=sessions[0].arrays if shared and sessions else None)
+        s.population = config.seeds
+        sessions.append(s)
+    first = min(s.start_epoch for s in sessions)
+    for s in sessions:
+        if s.start_epoch > first:
+            _rewind(s, first)
+    return sessions, ended
+
+
+def _population_epoch(states, arrays, keys, s0: Session, *, data_axis, layers, progress, sharding):
+    config = s0.config
+    images, labels = arrays[0], arrays[1]
+    count = images.shape[-4]
+    idx = jnp.swapaxes(jax.vmap(lambda k: epoch_indices(k, count, config.batch_size))(keys), 0, 1)
+    members = keys.shape[0]
+    totals = jax.tree_util.tree_map(lambda z: jnp.zeros((members,) + z.shape, z.dtype), zero_totals(s0.terms))
+    started = time.perf_counter()
+    for i in range(idx.shape[0]):
+        states, totals = population_step_indexed(
+            states, totals, images, labels, idx[i], keys, layers=layers, ortho_lambda=config.ortho_loss,
+            method=s0.method, augmentation=config.data.augment, batch_sharding=sharding, data_axis=data_axis)
+        if progress is not None:
+            progress.update(1)
+    jax.block_until_ready(states)
+    seconds = time.perf_counter() - started
+    return states, [epoch_means(unstack(totals, k), s0.terms, seconds) for k in range(members)]
+
+
+def _population_eval(states, arrays, s0: Session, *, data_axis, sharding, members: int):
+    images, labels = arrays[2], arrays[3]
+    n = images.shape[-4]
+    idx, w = eval_indices(n, min(s0.config.eval_batch_size, n))
+    totals = jax.tree_util.tree_map(lambda z: jnp.zeros((members,)), zero_totals())
+    for i in range(idx.shape[0]):
+        totals = population_eval_step(states, totals, images, labels, idx[i], w[i], method=s0.method,
+                                      batch_sharding=sharding, data_axis=data_axis)
+    return [{"loss": float(totals["loss"][k]) / float(totals["count"][k]),
+             "accuracy": float(totals["correct"][k]) / float(totals["count"][k])} for k in range(members)]
+
+
+@jax.jit
+def _live_counts(states):
+    """Per member: the live filters' count."""
+    return jax.vmap(lambda st: sum(jnp.sum(v) for v in live_filters(st.masks, st.layers).values()))(states)
+
+
+@jax.jit
+def _finite(states):
+    """Per member: whether parameters, batch stats and method parameters are all finite."""
+    def one(state):
+        leaves = jax.tree_util.tree_leaves((state.params, state.batch_stats, state.method_params))
+        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    return jax.vmap(one)(states)
+
+
+def train_population(sessions: list[Session]) -> dict[int, Diverged]:
+    """Every remaining epoch of every member; returns the members that diverged (by seed)."""
+    s0, members = sessions[0], len(sessions)
+    config, method = s0.config, s0.method
+    layers = s0.state.layers
+    total_filters = sum(layer.num_filters for layer in layers)
+    shared = all(s.arrays is s0.arrays for s in sessions)
+    data_axis = None if shared else 0
+    arrays = s0.arrays if shared else tuple(jnp.stack([s.arrays[j] for s in sessions]) for j in range(4))
+    states = stack([s.state for s in sessions])
+    inputs = stack([s.inputs for s in sessions])
+    for s in sessions:
+        s.state = s.arrays = None   # the stacked copies are the ones trained
+    roots = jax.random.wrap_key_data(jnp.array(states.rng, copy=True))
+    step_sharding = batch_sharding(s0.mesh, config.batch_size)
+    eval_sharding = batch_sharding(s0.mesh, min(config.eval_batch_size, arrays[3].shape[-1]))
+    diverged: dict[int, Diverged] = {}
+    started = time.perf_counter()
+
+    def stop(i, epoch, quantity):
+        try:
+            _diverge(sessions[i], epoch, quantity)
+        except Diverged as err:
+            diverged[sessions[i].config.seed] = err
+
+    for epoch in range(s0.start_epoch, config.epochs):
+        active = [i for i, s in enumerate(sessions) if s.config.seed not in diverged]
+        if not active:
+            break
+        phase = method.phase(epoch)
+        states, before = vmap_transition(method.before_epoch, states, epoch, inputs)
+        for i in active:
+            try:
+                for event in before:
+                    method.check_event(member_event(event, i))
+            except NonFiniteError as err:
+                stop(i, epoch, str(err))
+        active = [i for i in active if sessions[i].config.seed not in diverged]
+        progress = _progress_bar(config, epoch, phase.name, arrays[1].shape[-1] // config.batch_size)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(roots, epoch)
+        states, train_ms = _population_epoch(states, arrays, keys, s0, data_axis=data_axis, layers=layers,
+                                             progress=progress, sharding=step_sharding)
+        if progress is not None:
+            progress.close()
+        test_ms = _population_eval(states, arrays, s0, data_axis=data_axis, sharding=eval_sharding,
+                                   members=members)
+        live = _live_counts(states)   # as trained and evaluated this epoch
+        states, after = vmap_transition(method.after_epoch, states, epoch, inputs)
+        finite = _finite(states)      # what the checkpoint would hold
+        elapsed = time.perf_counter() - started
+        for i in active:
+            s = sessions[i]
+            bad = _non_finite(train_ms[i], test_ms[i]) or (None if bool(finite[i]) else "parameters")
+            events = [member_event(e, i) for e in before]
+            if bad is None:
+                try:
+                    for event in after:
+                        method.check_event(member_event(event, i))
+                    events += [member_event(e, i) for e in after]
+                except NonFiniteError as err:
+                    bad = str(err)
+            try:
+                log_epoch(s, unstack(states, i), epoch, train_ms[i], test_ms[i], events, bad,
+                          live=(int(live[i]), total_filters), elapsed=s.prior_seconds + elapsed)
+            except Diverged as err:
+                diverged[s.config.seed] = err
+    for s in sessions:
+        s.ckpt.close()
+    return diverged
+
+
+def run_population(config: RunConfig, data: Cifar | None = None) -> dict:
+    """Train seeds ``config.seed … config.seed + config.seeds − 1`` together; every member's
+    ``summary.json`` is written. Returns ``{"seeds", "runs": {seed: summary}, …}``; raises
+    :class:`Diverged` (after the others finished) when a member diverged."""
+    sessions, ended = start_population(config, data)
+    t0 = time.perf_counter()
+    diverged = train_population(sessions)
+    seconds = time.perf_counter() - t0
+    runs = dict(ended)
+    seeds = [c.seed for c in member_configs(config)]
+    for s in sessions:
+        if s.config.seed in diverged:
+            runs[s.config.seed] = diverged[s.config.seed].summary
+            continue
+        runs[s.config.seed] = finish(s, {
+            "train_step_compilations_this_process": int(population_step_indexed._cache_size()),
+            "population": {"seeds": seeds, "trained_together": [t.config.seed for t in sessions]}})
+    summary = {"seeds": seeds, "runs": {str(k): runs[k] for k in sorted(runs)},
+               "population_wall_seconds": seconds}
+    if diverged:
+        lines = "; ".join(f"seed {seed}: {err}" for seed, err in sorted(diverged.items()))
+        first = min(diverged.values(), key=lambda e: e.epoch)
+        raise Diverged(f"{len(diverged)} of {len(seeds)} seeds diverged ({lines})", first.epoch,
+                       first.quantity, summary)
+    return summary
+
+
+__all__ = ["member_configs", "member_event", "run_population", "start_population", "train_population",
+           "vmap_transition"]
