@@ -15,7 +15,8 @@ reports its Spearman rank correlation with ``oracle``. Writes into ``--out``:
 10,000 training images, 8 epochs (S1=2, S2=1, N=2), 2 seeds. ``--scale paper`` is the
 paper's schedule (S1=20, S2=10, N=3, p=30 %, 100 epochs, full training set, 3 seeds) for
 a GPU. Re-running the same command continues: finished runs are reused, unfinished ones
-resumed from their checkpoints.
+resumed from their checkpoints. ``--population`` trains each row's seeds as one vmapped
+``--seeds K`` program (same run directories; ``repr_jax.population``).
 
 Example:
   python experiments/ablation.py --data-dir ../shared/datasets/cifar10-jpeg.tar.gz --out runs/ablation
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batches a data-driven criterion (and the correlation) scores on")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs in parallel (processes; useful on a GPU, not on a 2-core CPU)")
+    p.add_argument("--population", action="store_true",
+                   help="each row's seeds as one vmapped program (--seeds K) instead of one run per seed")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report from the finished runs already in --out")
     p.add_argument("--quiet", action="store_true", help="no per-run lines")
@@ -133,6 +136,24 @@ def _run_in_worker(config: RunConfig) -> dict:
     return _run_one(config, _WORKER_DATA)
 
 
+def _run_row(configs: list[RunConfig], data=None) -> list[dict]:
+    """One row's seeds (consecutive, in order) as one population; each member's summary."""
+    first = configs[0]
+    if not any(_existing(c)[0] is None for c in configs):
+        return [_existing(c)[0] for c in configs]
+    population = dataclasses.replace(first, out=first.out.removesuffix(f"-seed{first.seed}"), seeds=len(configs),
+                                     resume=any(Path(c.out, "config.json").exists() for c in configs))
+    try:
+        run(population, data=data)
+    except Diverged as err:   # reported in the table, not fatal for the ablation
+        print(f"warning: {population.out}: {err}", file=sys.stderr)
+    return [_existing(c)[0] for c in configs]
+
+
+def _run_row_in_worker(configs: list[RunConfig]) -> list[dict]:
+    return _run_row(configs, _WORKER_DATA)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     scale = dict(SCALES[args.scale])
@@ -166,6 +187,26 @@ def main(argv=None) -> int:
                 summary, _ = _existing(cfg)
                 if summary is not None:
                     results[(row.id, seed)] = summary
+        elif args.population:
+            if list(seeds) != list(range(seeds[0], seeds[0] + len(seeds))):
+                raise RunError(f"--population needs consecutive seeds, got {' '.join(map(str, seeds))}")
+            by_row = [(row, [cfg for r, _, cfg in configs if r is row]) for row in rows]
+
+            def record(row, summaries):
+                for seed, summary in zip(seeds, summaries):
+                    results[(row.id, seed)] = summary
+                    _progress(row, seed, summary, started, args.quiet)
+
+            if args.jobs == 1:
+                for row, cfgs in by_row:
+                    record(row, _run_row(cfgs, data))
+            else:
+                os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+                with futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_init_worker, initargs=(args.data_dir,)) as pool:
+                    pending = {pool.submit(_run_row_in_worker, cfgs): row for row, cfgs in by_row}
+                    for fut in futures.as_completed(pending):
+                        record(pending[fut], fut.result())
         elif args.jobs == 1:
             for row, seed, cfg in configs:
                 results[(row.id, seed)] = _run_one(cfg, data)

@@ -14,6 +14,7 @@ Public API::
     Method, MethodConfig, Phase, register, get_method, method_config  # the method framework
     channel_graph(model, variables), export(architecture, variables, live)  # physical compression
     TrainState, create_train_state, create_model, load_cifar, RunConfig, run
+    stack(states), unstack(states, i), data_mesh(devices), replicate(tree, mesh)  # seeds, devices
 """
 from repr_jax.compress import ChannelGraph, Exported, channel_graph, export, export_state
 from repr_jax.config import RunConfig, RunError
@@ -28,6 +29,7 @@ from repr_jax.methods.repr import RePr, ReprConfig, ReprSchedule
 from repr_jax.methods.standard import Standard, StandardConfig
 from repr_jax.models import architecture, create_model, from_architecture
 from repr_jax.official import official_orthogonality, official_reinit
+from repr_jax.parallel import batch_sharding, data_mesh, replicate, stack, unstack
 from repr_jax.optim import OptimConfig, learning_rate_schedule, make_optimizer, phased_schedule
 from repr_jax.ortho import filter_orthogonality, orthogonality_penalty, overlap_matrix, score_layers
 from repr_jax.ranking import rank_by_orthogonality, select_drops
@@ -40,7 +42,7 @@ __all__ = [
     "CRITERIA", "ChannelGraph", "Cifar", "ConvLayer", "DataError", "Event", "Exported", "METHODS",
     "Method", "MethodConfig", "MethodContext", "OptimConfig", "Phase", "RePr", "ReprConfig",
     "ReprSchedule", "RunConfig", "RunError", "Standard", "StandardConfig", "TrainState",
-    "apply_masks", "architecture", "channel_graph", "create_method", "create_model",
+    "apply_masks", "architecture", "batch_sharding", "data_mesh", "replicate", "stack", "unstack", "channel_graph", "create_method", "create_model",
     "create_train_state", "drop_filters", "drop_priority", "evaluate", "export", "export_state",
     "filter_orthogonality", "from_architecture", "get_criterion", "get_method", "init_masks",
     "learning_rate_schedule", "live_filters", "load_cifar", "make_optimizer", "masked_updates",

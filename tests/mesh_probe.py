@@ -10,7 +10,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from repr_jax.checkpoint import Checkpointer
 from repr_jax.config import ModelConfig, RunConfig

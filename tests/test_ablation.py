@@ -54,3 +54,18 @@ def test_bad_rows_exit_2_with_one_line(tmp_path, tiny_cifar_dir, capsys):
     assert not (tmp_path / "x").exists()
     assert "bn_gamma" in {r.id for r in ablation_rows(batch_norm=True)}
     assert "bn_gamma" not in {r.id for r in ablation_rows(batch_norm=False)}
+
+
+def test_ablation_population_runs_each_rows_seeds_together(tmp_path, tiny_cifar_dir, capsys):
+    out = tmp_path / "pop"
+    args = [a if a != "3" else "2" for a in _args(tiny_cifar_dir, out, "--rows", "standard", "--population")]
+    args[args.index("--seeds") + 1:args.index("--seeds") + 2] = ["0", "1"]
+    assert cli.main(args) == 0
+    report = json.loads((out / "ablation.json").read_text())
+    assert report["rows"][0]["final"]["n"] == 2
+    summary = json.loads((out / "runs" / "standard-seed1" / "summary.json").read_text())
+    assert summary["population"]["seeds"] == [0, 1]
+    at = args.index("--seeds")
+    bad = [*args[:at], "--seeds", "0", "2", *args[at + 3:], "--out", str(tmp_path / "bad")]
+    assert cli.main(bad) == 2
+    assert "--population needs consecutive seeds, got 0 2" in capsys.readouterr().err
