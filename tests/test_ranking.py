@@ -17,7 +17,7 @@ def _layers(rng, sizes, dead=0.0):
 
 
 @settings(max_examples=60, deadline=None)
-@given(sizes=st.lists(st.integers(1, 40), min_size=1, max_size=6), p=st.floats(0, 1),
+@given(sizes=st.lists(st.sampled_from([1, 2, 3, 8, 17, 40]), min_size=1, max_size=6), p=st.floats(0, 1),
        min_keep=st.integers(0, 3), seed=st.integers(0, 1000))
 def test_global_ranking_drops_exact_count_and_respects_minimum(sizes, p, min_keep, seed):
     rng = np.random.default_rng(seed)
