@@ -293,10 +293,12 @@ def bench_repr_overhead(train_images, epochs_cfg, repeats, warmup=True):
 
 def _population_step_fn(name, batch, seeds):
     """One step of ``seeds`` vmapped C³(32)/ResNet runs (K = 1: the ordinary jitted step)."""
+    if seeds == 1:
+        return _jax_step_fn(name, batch)
     import optax
     from repr_jax import OptimConfig, create_train_state, make_optimizer
     from repr_jax.parallel import stack
-    from repr_jax.train import population_step_indexed, train_step_indexed, zero_totals
+    from repr_jax.train import population_step_indexed, zero_totals
     tx = make_optimizer(OptimConfig(learning_rate=0.01, schedule="constant"), optax.constant_schedule(0.01))
     model = create_model(name)
     states = [create_train_state(model, tx, seed) for seed in range(seeds)]
@@ -304,20 +306,16 @@ def _population_step_fn(name, batch, seeds):
     x = jnp.asarray(rng.integers(0, 255, (batch * 4, 32, 32, 3), np.uint8))
     y = jnp.asarray(rng.integers(0, 10, batch * 4).astype(np.int32))
     layers = states[0].layers
-    holder = {"state": states[0] if seeds == 1 else stack(states), "i": 0}
+    holder = {"state": stack(states), "i": 0}
 
     def step():
         i = holder["i"]
         idx = jnp.arange(batch) + batch * (i % 4)
-        if seeds == 1:
-            holder["state"], t = train_step_indexed(holder["state"], zero_totals(), x, y, idx,
-                                                    jax.random.key(i), layers=layers)
-        else:
-            totals = jax.tree_util.tree_map(lambda z: jnp.zeros((seeds,)), zero_totals())
-            keys = jax.random.split(jax.random.key(i), seeds)
-            holder["state"], t = population_step_indexed(holder["state"], totals, x, y,
-                                                         jnp.broadcast_to(idx, (seeds, batch)), keys,
-                                                         layers=layers)
+        totals = jax.tree_util.tree_map(lambda z: jnp.zeros((seeds,)), zero_totals())
+        keys = jax.random.split(jax.random.key(i), seeds)
+        holder["state"], t = population_step_indexed(holder["state"], totals, x, y,
+                                                     jnp.broadcast_to(idx, (seeds, batch)), keys,
+                                                     layers=layers)
         holder["i"] += 1
         return t
     return step

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from repr_jax.config import RunConfig
 from repr_jax.data import Cifar, load_cifar
 from repr_jax.errors import Diverged, NonFiniteError, RunError
-from repr_jax.experiment import (Session, _diverge, _non_finite, _progress_bar, build_model, finish,
+from repr_jax.experiment import (Session, _all_finite, _diverge, _non_finite, _progress_bar, build_model, finish,
                                  initial_state, log_epoch, start)
 from repr_jax.masks import live_filters
 from repr_jax.methods.base import Event
@@ -169,10 +169,7 @@ def _live_counts(states):
 @jax.jit
 def _finite(states):
     """Per member: whether parameters, batch stats and method parameters are all finite."""
-    def one(state):
-        leaves = jax.tree_util.tree_leaves((state.params, state.batch_stats, state.method_params))
-        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-    return jax.vmap(one)(states)
+    return jax.vmap(lambda st: _all_finite((st.params, st.batch_stats, st.method_params)))(states)
 
 
 def train_population(sessions: list[Session]) -> dict[int, Diverged]:
