@@ -86,8 +86,9 @@ def apply_masks(tree, masks):
 
     A select, ``where(m > 0, x, 0)``, not the product ``x · m``: XLA:CPU fuses a product
     into the conv weight-gradient that feeds it and lost 4× of a C³(32) train step's speed
-    to that fusion (jaxlib 0.10.2 with YNNPACK fusion: 95 vs 390 img/s,
-    ``benchmarks/run.py --only train_step``); the select costs what an unmasked step does.
+    to that fusion (jaxlib 0.10.2 with YNNPACK fusion, ``benchmarks/run.py --only
+    train_step`` on a 2-core CPU: masked 99 vs unmasked 389 img/s); with the select, 343 vs
+    351 img/s (``benchmarks/RESULTS.md`` §3b).
     """
     return jax.tree_util.tree_map(
         lambda x, m: x if jnp.ndim(m) == 0 else jnp.where(m > 0, x, jnp.zeros((), x.dtype)), tree, masks)
