@@ -44,3 +44,14 @@ def enable_cpu_fusion() -> bool:
     os.environ["XLA_FLAGS"] = (flags + " " + YNN_FLAG).strip()
     return True
 
+
+
+def without_cpu_fusion() -> dict:
+    """``compiler_options`` for :func:`jax.jit` that switch the YNN fusion off for one program
+    (empty when it is not on). XLA:CPU 0.10.2 refuses some linear-algebra programs under it
+    ("Instruction with unsupported layout in YNN fusion": the least-squares re-fit of
+    :mod:`repr_jax.compress.reconstruct`)."""
+    if "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
+        return {}
+    import jax
+    return {"xla_cpu_experimental_ynn_fusion_type": ""} if jax.default_backend() == "cpu" else {}

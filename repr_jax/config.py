@@ -43,6 +43,22 @@ class ModelConfig:
     batch_norm: bool = dataclasses.field(default=False, metadata={"help": "convnet: BatchNorm after each conv"})
     variant: str = dataclasses.field(default="paper", metadata={
         "help": "convnet: paper (3x3 convs), official (the official code: 5x5 conv+bias, 3x3/2 SAME max-pool, truncated-normal 0.04 init) or pool2 (5x5, 2x2 max-pool, He init)"})
+    channels: str = dataclasses.field(default="", metadata={
+        "help": "per-conv widths NAME=WIDTH,… (e.g. an export's architecture.json channels: train a pruned "
+                "architecture from scratch); convs not named keep their width"})
+
+    def channel_spec(self) -> dict[str, int]:
+        """``model.channels`` parsed: ``{conv name: width}`` (``ValueError`` naming a bad entry)."""
+        spec = {}
+        for item in filter(None, (t.strip() for t in self.channels.split(","))):
+            name, _, value = item.partition("=")
+            try:
+                spec[name.strip()] = int(value)
+            except ValueError:
+                raise ValueError(f"model.channels entry {item!r} is not NAME=WIDTH") from None
+            if spec[name.strip()] < 1:
+                raise ValueError(f"model.channels entry {item!r}: width must be >= 1")
+        return spec
 
     def options(self) -> dict:
         """The builder options this model takes (only C^n(F) has any)."""
@@ -82,6 +98,9 @@ class RunConfig:
     ortho_loss: float = 0.0
     protocol: str = ""   # the preset the settings started from (repr_jax.protocols), "" for none
     keep_checkpoints: int = 3
+    init_from: str = dataclasses.field(default="", metadata={
+        "help": "start from the parameters and BatchNorm statistics of this run directory's latest checkpoint "
+                "(same architecture; '{seed}' is replaced by the seed), e.g. to prune a trained network"})
     seeds: int = dataclasses.field(default=1, metadata={
         "help": "K > 1: train seeds seed … seed+K-1 as one vmapped program, run directories <out>-seed<s>"})
     devices: int = dataclasses.field(default=1, metadata={
@@ -95,7 +114,12 @@ class RunConfig:
 
     def architecture(self) -> dict:
         """What ``architecture.json`` records: enough to rebuild the model."""
-        return architecture(self.model.name, self.num_classes, None, **self.model.options())
+        return architecture(self.model.name, self.num_classes, self.model.channel_spec() or None,
+                            **self.model.options())
+
+    def init_from_dir(self) -> str:
+        """``init_from`` with ``{seed}`` replaced by this run's seed ("" for none)."""
+        return self.init_from.replace("{seed}", str(self.seed))
 
     def validate(self) -> None:
         """Every check that needs no data; ``RunError`` with one line otherwise."""
@@ -133,6 +157,7 @@ class RunConfig:
             if not ok:
                 raise RunError(message)
         try:
+            self.model.channel_spec()
             self.optim.validate()
             self.method.validate(self)
         except ValueError as err:

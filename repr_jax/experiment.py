@@ -78,6 +78,31 @@ def initial_state(config: RunConfig, train_images: int, model=None, method=None)
     return model, schedule, create_train_state(model, tx, config.seed, method=method)
 
 
+def warm_start(config: RunConfig, state):
+    """``state`` with the parameters (masked) and BatchNorm statistics of the run directory
+    ``config.init_from`` (its latest checkpoint); ``RunError`` if there is none or its
+    shapes differ. The optimizer state, masks and method state stay fresh."""
+    source = config.init_from_dir()
+    if not source:
+        return state
+    from repr_jax.masks import apply_masks
+    if not (Path(source) / "config.json").exists():
+        raise RunError(f"--set init_from={source}: no repr-jax run there (no config.json)")
+    try:
+        _, src = load_run_state(source, "latest")
+    except (RunError, ValueError) as err:
+        raise RunError(f"--set init_from={source}: cannot restore it: {err}") from None
+    params = apply_masks(src.params, src.masks)
+    for name, mine, theirs in (("params", state.params, params), ("batch_stats", state.batch_stats, src.batch_stats)):
+        a = jax.tree_util.tree_map(jnp.shape, mine)
+        b = jax.tree_util.tree_map(jnp.shape, theirs)
+        if a != b:
+            raise RunError(f"--set init_from={source}: its {name} do not match this model "
+                           f"({config.model.name} with model.channels={config.model.channels!r})")
+    copy = lambda t: jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), t)   # noqa: E731
+    return state.replace(params=copy(params), batch_stats=copy(src.batch_stats))
+
+
 def load_run_data(config: RunConfig, data: Cifar | None = None) -> Cifar:
     """The run's data: loaded (or ``data``), validation split and fixed-seed slices applied
     (after the source's checks); its ``fingerprint`` is the source's."""
@@ -188,6 +213,9 @@ def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = N
         build_method(config, model, config.architecture(), config.data.train_limit or 50_000)
     except ValueError as err:
         raise RunError(str(err)) from None
+    source = config.init_from_dir()
+    if source and not (Path(source) / "config.json").exists():
+        raise RunError(f"--set init_from={source}: no repr-jax run there (no config.json)")
     resuming = check_run_dir(config)
     data = load_run_data(config, data)
     if len(data.train_y) < config.batch_size:
@@ -197,8 +225,10 @@ def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = N
         _, schedule, state = initial_state(config, len(data.train_y), model, method)
     except ValueError as err:
         raise RunError(str(err)) from None
-    state = replicate(state, mesh)
     out = Path(config.out)
+    if not (resuming and any((out / "checkpoints").glob("[0-9]*"))):
+        state = warm_start(config, state)
+    state = replicate(state, mesh)
     if resuming:
         check_data(out, data.fingerprint)
         if not (out / "architecture.json").exists():   # written before the file existed
@@ -353,6 +383,16 @@ def finish(s: Session, extra: dict | None = None) -> dict:
     ``pruned_per_layer.png``."""
     config, metrics, events = s.config, s.metrics, s.events
     best = max(metrics, key=lambda m: m["test_accuracy"])
+    if getattr(s.method, "exports_at_end", False):   # structured methods end in a smaller model
+        from repr_jax.compress.export import ExportError
+        from repr_jax.compress.run_export import export_session
+        try:
+            report = export_session(s)
+            extra = {**(extra or {}), "export": {k: report[k] for k in (
+                "params_before", "params_after", "flops_before", "flops_after", "params_ratio",
+                "flops_ratio", "inference_speedup", "max_abs_logit_difference", "channels")}}
+        except ExportError as err:
+            extra = {**(extra or {}), "export_error": str(err)}
     summary = {
         "status": "completed", **_summary_fields(s),
         "final_test_accuracy": metrics[-1]["test_accuracy"],
@@ -390,5 +430,5 @@ def run(config: RunConfig, data: Cifar | None = None) -> dict:
 
 
 __all__ = ["Diverged", "RunConfig", "RunError", "DataError", "Session", "build_method", "build_model",
-           "device_mesh", "finish", "initial_state", "load_run_data", "log_epoch", "load_run_state", "restore_run", "run", "start",
+           "device_mesh", "finish", "initial_state", "warm_start", "load_run_data", "log_epoch", "load_run_state", "restore_run", "run", "start",
            "state_is_finite", "train_epochs"]

@@ -8,6 +8,7 @@ method evaluates it — and the exported model on a batch, and writes ``architec
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -33,14 +34,55 @@ def _check_batch(config, data_dir, batch: int):
         return jax.random.normal(jax.random.key(0), (batch, 32, 32, 3)), f"{batch} N(0, 1) images (run data not found)"
 
 
+def inference_speed(architecture: dict, variables: dict, batch: int = 256, repeats: int = 5) -> float:
+    """Median images/s of the jitted eval-mode forward pass of a model on ``batch`` N(0, 1)
+    images (after one compiling call), on the default device."""
+    import time
+
+    import numpy as np
+
+    from repr_jax.models import from_architecture
+    model = from_architecture(architecture)
+    variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    images = jax.random.normal(jax.random.key(1), (batch, 32, 32, 3))
+    apply(variables, images).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        apply(variables, images).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return batch / float(np.median(times))
+
+
+def export_and_report(state, architecture: dict, method, images, out, info: dict,
+                      speed_batch: int = 256) -> dict:
+    """Export ``state`` with the method's rule, compare its logits with the masked model's on
+    ``images``, time both models' inference in this process, and write ``out/``
+    (``architecture.json``, ``export.json``, ``checkpoint/``); returns ``export.json``."""
+    from repr_jax.masks import apply_masks
+    from repr_jax.train import forward
+    exported = method.export(state, architecture)
+    params = apply_masks(state.params, state.masks)
+    big, _ = forward(state, params, images, train=False, method=method)
+    small = logits(exported.architecture, exported.variables, images)
+    before = inference_speed(architecture, {"params": params, "batch_stats": state.batch_stats}, speed_batch)
+    after = inference_speed(exported.architecture, exported.variables, speed_batch)
+    report = {**info, **exported.report(),
+              "max_abs_logit_difference": float(jnp.max(jnp.abs(big - small))),
+              "inference_images_per_second_before": before, "inference_images_per_second_after": after,
+              "inference_speedup": after / before, "inference_batch": speed_batch,
+              "inference_device": str(jax.devices()[0].device_kind)}
+    save_exported(exported, out, report)
+    return report
+
+
 def export_run(run_dir, out, *, step: str = "latest", data_dir=None, batch: int = 64) -> dict:
     """Write the exported model of ``run_dir`` (checkpoint ``step``: latest, best or an epoch)
     into ``out``; returns ``export.json``'s content."""
     from repr_jax.checkpoint import Checkpointer
     from repr_jax.experiment import restore_run
-    from repr_jax.masks import apply_masks
     from repr_jax.run_dir import read_config
-    from repr_jax.train import forward
 
     run_dir, out = Path(run_dir), Path(out)
     if not (run_dir / "config.json").exists():
@@ -61,16 +103,26 @@ def export_run(run_dir, out, *, step: str = "latest", data_dir=None, batch: int 
     finally:
         ckpt.close()
     config, arch, method, state = restore_run(run_dir, epoch)
-    exported = method.export(state, arch)
     images, source = _check_batch(config, data_dir, batch)
-    big, _ = forward(state, apply_masks(state.params, state.masks), images, train=False, method=method)
-    small = logits(exported.architecture, exported.variables, images)
-    report = {"run": str(run_dir), "epoch": int(epoch), "method": config.method.name,
-              "model": config.model.name, **exported.report(),
-              "max_abs_logit_difference": float(jnp.max(jnp.abs(big - small))),
-              "logit_check_batch": source}
-    save_exported(exported, out, report)
-    return report
+    return export_and_report(state, arch, method, images, out, {
+        "run": str(run_dir), "epoch": int(epoch), "method": config.method.name,
+        "model": config.model.name, "logit_check_batch": source})
 
 
-__all__ = ["export_run"]
+def export_session(session, batch: int = 64) -> dict:
+    """At the end of a run whose method exports (structured methods): ``<run>/export/`` from
+    the final state, the logit check on the run's first ``batch`` test images."""
+    from repr_jax.pipeline import normalize
+    s = session
+    images = normalize(jnp.asarray(s.data.test_x[:batch]))
+    out = s.out / "export"
+    if out.exists():   # a resumed run that had exported before being killed: export again
+        import shutil
+        shutil.rmtree(out)
+    arch = json.loads((s.out / "architecture.json").read_text())
+    return export_and_report(s.state, arch, s.method, images, out, {
+        "run": str(s.out), "epoch": int(s.config.epochs), "method": s.config.method.name,
+        "model": s.config.model.name, "logit_check_batch": f"{min(batch, len(s.data.test_y))} test images"})
+
+
+__all__ = ["export_and_report", "export_run", "export_session", "inference_speed"]

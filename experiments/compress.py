@@ -1,0 +1,92 @@
+"""Structured pruning end to end: the unpruned model, each method pruned → exported →
+fine-tuned, and Scratch-E / Scratch-B of every exported architecture (``repr_jax.compress_study``).
+
+    python experiments/compress.py --scale cpu --data-dir DATA --out DIR           # ResNet-20, 10k images
+    python experiments/compress.py --scale gpu-resnet56 --jobs 8 --data-dir DATA --out DIR
+    python experiments/compress.py --scale gpu-vgg16 --jobs 8 --data-dir DATA --out DIR
+
+Each run is one ``experiments/cifar.py`` process; a finished run is skipped and an
+interrupted one resumed, so the command can be rerun until everything is done. Writes
+``compress.json`` and ``compress.md`` (the table) into ``--out``; ``--report-only`` rebuilds
+them from the finished runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from repr_jax.cli import fail
+from repr_jax.compress_study import SCALES, collect, markdown, stages
+from repr_jax.versions import machine
+
+CIFAR = Path(__file__).resolve().parent / "cifar.py"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--scale", choices=tuple(SCALES), default="cpu",
+                   help="cpu: ResNet-20, 10k training / 2k test images, E=3 + F=2 epochs, seeds 0 1; "
+                        "gpu-resnet56 / gpu-vgg16: full CIFAR-10, E=160 + F=40, the papers' settings")
+    p.add_argument("--data-dir", default=None, help="local CIFAR-10 copy (directory or .tar.gz)")
+    p.add_argument("--out", default=None, help="study directory (default: runs/compress-<scale>)")
+    p.add_argument("--methods", nargs="+", default=None, help="only these methods")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="override the scale's seeds")
+    p.add_argument("--jobs", type=int, default=1, help="processes in parallel")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the report")
+    return p
+
+
+def _run(arguments: list[str], log: Path) -> int:
+    out = Path(arguments[arguments.index("--out") + 1])
+    summary = out / "summary.json"
+    if summary.exists() and json.loads(summary.read_text()).get("status") == "completed":
+        return 0
+    resume = ["--resume"] if (out / "config.json").exists() else []
+    with open(log, "a") as f:
+        return subprocess.call([sys.executable, str(CIFAR), *arguments, *resume, "--quiet"],
+                               stdout=f, stderr=subprocess.STDOUT)
+
+
+def main(argv=None) -> int:
+    import dataclasses
+    args = build_parser().parse_args(argv)
+    scale = SCALES[args.scale]
+    if args.seeds:
+        scale = dataclasses.replace(scale, seeds=tuple(args.seeds))
+    unknown = sorted(set(args.methods or ()) - set(scale.methods))
+    if unknown:
+        fail(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(scale.methods)}")
+    out = Path(args.out or f"runs/compress-{args.scale}")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    if not args.report_only:
+        for stage in stages(scale, out, args.data_dir, args.methods):
+            todo = [a for a in (build() for build in stage) if a is not None]
+            with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+                codes = list(pool.map(lambda a: _run(a, out / "runs.log"), todo))
+            for a, code in zip(todo, codes):
+                if code:
+                    print(f"run {a[a.index('--out') + 1]} exited {code} (see {out / 'runs.log'})", file=sys.stderr)
+    report = collect(out, scale, args.methods)
+    report.update(scale=args.scale, machine=machine(), study_minutes=(time.time() - started) / 60)
+    (out / "compress.json").write_text(json.dumps(report, indent=2) + "\n")
+    m = report["machine"]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    report["code_version"] = commit
+    header = (f"# Structured pruning — {scale.model}, CIFAR-10 (JPEG copy), scale {args.scale}\n\n"
+              f"Machine: {m['cpu']}, {m['cores']} cores, JAX {m.get('jax', '')} on {m['jax_backend']}; "
+              f"code {commit}.")
+    (out / "compress.md").write_text(markdown(report, header))
+    print((out / "compress.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

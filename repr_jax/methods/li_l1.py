@@ -1,0 +1,134 @@
+"""Li et al. 2017, "Pruning Filters for Efficient ConvNets" (ICLR), as method ``li-l1``.
+
+Score of filter j of layer i (§3.1): s_j = Σ_l Σ |K_l| over its kernels K_l (one per input
+channel) — the L1 norm of ``kernel[..., j]``. In each layer the m filters with the smallest
+s_j are pruned, m set by the layer's ratio p_i (keep ⌊F_i (1 − p_i)⌋). Multi-layer
+strategies (§3.3): ``independent`` scores every layer on its own weights; ``greedy`` drops,
+from layer i's sums, the kernels whose input channel was produced by a filter already pruned
+in an earlier layer (in this round's left-to-right pass or before), so s_j = Σ over live
+input channels only. Ratios per layer come from ``fraction`` (uniform), ``ratios``
+(``PATTERN=RATIO``), ``skip`` (sensitive layers, ratio 0), or a ``preset`` for the paper's
+settings (Table 1, §4.1–4.2; layer numbers are the paper's 1-based conv indices):
+
+* ``vgg16-a``: prune 50 % of layers 1 and 8–13 (``conv0``, ``conv7`` … ``conv12``);
+* ``resnet56-a``: 10 % of the first conv of every block, skipping layers 16, 20, 38, 54;
+* ``resnet56-b``: 60 % / 30 % / 10 % in stages 1 / 2 / 3, skipping 16, 18, 20, 34, 38, 54.
+
+(Their FLOP reductions, −34.2 % / −10.4 % / −27.6 %, are checked in ``tests/test_structured.py``;
+ResNet-110's presets are left out: we could not confirm their skipped layers from the paper.)
+
+For ResNets only the first conv of each block is pruned (derived from the channel graph,
+:mod:`.structured`). ``rounds > 1`` prunes the ratio in equal steps with retraining between
+them (iterative prune–retrain, §3.5); ``rounds = 1`` is their one-shot prune then retrain.
+Sensitivity analysis (§3.2, Fig. 2b) is :mod:`repr_jax.sensitivity`.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from repr_jax.layers import get_path
+from repr_jax.masks import live_filters
+from repr_jax.methods.base import register
+from repr_jax.methods.structured import (StructuredConfig, StructuredMethod, check_fraction, input_live,
+                                         input_sources, keep_counts, keep_highest, match_layers,
+                                         parse_ratios)
+
+STRATEGIES = ("independent", "greedy")
+
+
+def _resnet_conv1(depth: int, paper_layer: int) -> str:
+    """The paper's 1-based conv index (1 = stem, block k holds 2 + 2k and 3 + 2k) of a block's
+    first conv, as our layer name."""
+    n = (depth - 2) // 6
+    k, odd = divmod(paper_layer - 2, 2)
+    if odd or not 0 <= k < 3 * n:
+        raise ValueError(f"layer {paper_layer} is not the first conv of a ResNet-{depth} block")
+    return f"stage{k // n + 1}_block{k % n}/conv1"
+
+
+def _resnet_preset(depth: int, stage_ratios, skip_layers) -> tuple[str, str]:
+    ratios = ",".join(f"stage{s + 1}_block*/conv1={r}" for s, r in enumerate(stage_ratios))
+    return ratios, ",".join(_resnet_conv1(depth, k) for k in skip_layers)
+
+
+PRESETS = {   # name → (model, ratios, skip)
+    "vgg16-a": ("vgg16", "conv0=0.5,conv7=0.5,conv8=0.5,conv9=0.5,conv10=0.5,conv11=0.5,conv12=0.5", ""),
+    "resnet56-a": ("resnet56", *_resnet_preset(56, (0.1, 0.1, 0.1), (16, 20, 38, 54))),
+    "resnet56-b": ("resnet56", *_resnet_preset(56, (0.6, 0.3, 0.1), (16, 18, 20, 34, 38, 54))),
+}
+
+
+def l1_scores(kernel: jnp.ndarray, input_alive: jnp.ndarray | None = None) -> jnp.ndarray:
+    """s_j = Σ_{h,w,c} |K[h, w, c, j]| over input channels c with ``input_alive[c] > 0``
+    (all of them when None): Li et al. 2017, §3.1 (independent) and §3.3 (greedy)."""
+    a = jnp.abs(kernel.astype(jnp.float32))
+    if input_alive is not None:
+        a = a * (input_alive > 0).astype(jnp.float32)[None, None, :, None]
+    return jnp.sum(a, axis=(0, 1, 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class LiL1Config(StructuredConfig):
+    name = "li-l1"
+    fraction: float = dataclasses.field(default=0.5, metadata={
+        "help": "ratio of filters pruned in every eligible layer (unless ratios/skip/preset say otherwise)"})
+    ratios: str = dataclasses.field(default="", metadata={
+        "help": "per-layer ratios PATTERN=RATIO,… (fnmatch on layer names; e.g. from experiments/sensitivity.py)"})
+    skip: str = dataclasses.field(default="", metadata={"help": "layers never pruned (sensitive), patterns"})
+    preset: str = dataclasses.field(default="", metadata={
+        "help": f"the paper's setting: {', '.join(PRESETS)} (overrides fraction/ratios/skip)"})
+    strategy: str = dataclasses.field(default="independent", metadata={"help": "independent or greedy (§3.3)"})
+
+    def validate(self, run=None) -> None:
+        super().validate(run)
+        check_fraction("li-l1.fraction", self.fraction)
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown li-l1.strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
+        if self.preset and self.preset not in PRESETS:
+            raise ValueError(f"unknown li-l1.preset {self.preset!r}; choose from {', '.join(PRESETS)}")
+        if self.preset and run is not None and run.model.name != PRESETS[self.preset][0]:
+            raise ValueError(f"li-l1.preset {self.preset} is for --model {PRESETS[self.preset][0]}, "
+                             f"not {run.model.name}")
+
+
+@register
+class LiL1(StructuredMethod):
+    """Prune the smallest-L1 filters of each layer at per-layer ratios, retrain."""
+    name = "li-l1"
+    config_class = LiL1Config
+    summary = "L1-norm filter pruning with per-layer ratios (Li et al. 2017), exported and fine-tuned"
+
+    def __init__(self, config: LiL1Config, context):
+        super().__init__(config, context)
+        if config.preset:
+            _, ratios, skip = PRESETS[config.preset]
+            default = 0.0
+        else:
+            ratios, skip, default = config.ratios, config.skip, config.fraction
+        self.ratios = parse_ratios(ratios, self.eligible, default, "li-l1.ratios")
+        for name in match_layers(skip, self.eligible, "li-l1.skip"):
+            self.ratios[name] = 0.0
+        self.sources = {l.name: input_sources(self.graph, l) for l in context.layers}
+        rank = {name: i for i, name in enumerate(self.graph.layers)}   # the forward pass's order
+        self.order = tuple(sorted(range(len(context.layers)), key=lambda i: rank[context.layers[i].name]))
+
+    def select(self, state, round_, inputs, key):
+        del inputs, key
+        cfg = self.config
+        keep = keep_counts({n: self.sizes[n] for n in self.eligible}, self.ratios,
+                           (round_ + 1) / cfg.rounds, cfg.min_keep)
+        live = dict(live_filters(state.masks, state.layers))
+        scores = {}
+        layers = state.layers
+        for layer in (layers[i] for i in self.order):   # greedy sees earlier layers' prunes
+            kernel = get_path(state.params, layer.path + ("kernel",))
+            alive = input_live(self.sources[layer.name], live) if cfg.strategy == "greedy" else None
+            scores[layer.name] = l1_scores(kernel, alive)
+            if layer.name in keep:
+                live[layer.name] = keep_highest(scores[layer.name], live[layer.name], keep[layer.name])
+        return live, {"scores": scores}
+
+
+__all__ = ["LiL1", "LiL1Config", "PRESETS", "STRATEGIES", "l1_scores"]

@@ -1,0 +1,189 @@
+"""Structured methods' math against numpy references: Li et al. L1 (independent / greedy,
+ResNet rule, the paper's presets), Network Slimming (global threshold, penalty), Network
+Trimming (APoZ), Channel Pruning (patches, LASSO selection, least-squares re-fit)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from repr_jax.compress.export import export_state
+from repr_jax.compress.reconstruct import (contribution_gram, kernel_by_channel, lasso_select, refit,
+                                           sample_outputs, sample_patches)
+from repr_jax.layers import replace_path
+from repr_jax.masks import live_filters
+from repr_jax.methods import MethodContext, StepInputs
+from repr_jax.methods.li_l1 import LiL1, LiL1Config, l1_scores
+from repr_jax.methods.slimming import Slimming, SlimmingConfig
+from repr_jax.methods.trimming import Trimming, TrimmingConfig, apoz
+from repr_jax.models import architecture, create_model
+from repr_jax.state import create_train_state
+
+
+def _setup(method_cls, config, model="convnet", images=None, **options):
+    m = create_model(model, **options)
+    ctx = MethodContext.for_model(m, architecture=architecture(model, **options), train_size=256,
+                                  batch_size=32, train_images=images[0] if images else None,
+                                  train_labels=images[1] if images else None)
+    method = method_cls(config, ctx)
+    return method, create_train_state(m, optax.sgd(0.1), 0, method=method)
+
+
+def _set(state, layer, leaf, value):
+    return state.replace(params=replace_path(state.params, layer.path + (leaf,), lambda _: jnp.asarray(value)))
+
+
+def test_l1_scores_match_numpy():
+    k = np.random.default_rng(0).normal(size=(3, 3, 5, 7)).astype(np.float32)
+    alive = np.array([1, 0, 1, 1, 0], np.float32)
+    np.testing.assert_allclose(l1_scores(jnp.asarray(k)), np.abs(k).sum(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(l1_scores(jnp.asarray(k), jnp.asarray(alive)),
+                               np.abs(k[:, :, alive > 0]).sum(axis=(0, 1, 2)), rtol=1e-5)
+
+
+def _numpy_li(kernels, fraction, greedy):
+    """Reference: per layer in order keep the ⌊F(1−p)⌋ largest L1 filters; greedy sums only
+    over input channels whose producing filter survived in the previous layer."""
+    live_prev, out = None, []
+    for k in kernels:
+        a = np.abs(k)
+        if greedy and live_prev is not None:
+            a = a[:, :, live_prev]
+        s = a.sum(axis=(0, 1, 2))
+        keep = int(np.floor(k.shape[-1] * (1 - fraction) + 1e-6))
+        live = np.zeros(k.shape[-1], bool)
+        live[np.argsort(-s, kind="stable")[:keep]] = True
+        out.append(live)
+        live_prev = live
+    return out
+
+
+def test_li_independent_and_greedy_match_reference_and_differ():
+    rng = np.random.default_rng(1)
+    results = {}
+    for strategy in ("independent", "greedy"):
+        method, state = _setup(LiL1, LiL1Config(fraction=0.5, strategy=strategy), depth=2, width=8, batch_norm=True)
+        l0, l1 = state.layers
+        k0 = rng.normal(size=l0.shape).astype(np.float32) if strategy == "independent" else results["k0"]
+        k1 = rng.normal(size=l1.shape).astype(np.float32) if strategy == "independent" else results["k1"]
+        if strategy == "independent":   # conv1's filter 0 is large only on inputs conv0 will lose
+            weak = np.argsort(np.abs(k0).sum(axis=(0, 1, 2)))[:4]
+            k1[:, :, weak, 0] *= 20.0
+            k1[:, :, :, 0] *= np.isin(np.arange(8), weak)[None, None, :]
+            results["k0"], results["k1"] = k0, k1
+        state = _set(_set(state, l0, "kernel", k0), l1, "kernel", k1)
+        new, _ = method.before_epoch(state, 0)
+        live = live_filters(new.masks, new.layers)
+        ref = _numpy_li([k0, k1], 0.5, strategy == "greedy")
+        for layer, want in zip(new.layers, ref):
+            np.testing.assert_array_equal(np.asarray(live[layer.name]) > 0, want)
+        results[strategy] = np.asarray(live[l1.name])
+    assert results["independent"][0] == 1 and results["greedy"][0] == 0
+
+
+def test_li_resnet_rule_only_first_conv_of_blocks():
+    method, state = _setup(LiL1, LiL1Config(fraction=0.5), model="resnet20")
+    assert set(method.eligible) == {f"stage{s}_block{b}/conv1" for s in (1, 2, 3) for b in range(3)}
+    new, _ = method.before_epoch(state, 0)
+    for name, live in live_filters(new.masks, new.layers).items():
+        n = int(np.sum(live))
+        assert n == (len(live) // 2 if name.endswith("conv1") and "block" in name else len(live)), name
+    exported = export_state(new, architecture("resnet20"))
+    assert not exported.kept_dead and exported.flops_after < exported.flops_before
+
+
+@pytest.mark.parametrize("preset,model,params_cut,flops_cut,params_tol", [
+    ("vgg16-a", "vgg16", 64.0, 34.2, 0.5), ("resnet56-b", "resnet56", 13.7, 27.6, 0.15)])
+def test_li_presets_reproduce_the_papers_reductions(preset, model, params_cut, flops_cut, params_tol):
+    """Li et al. 2017, Table 1: parameter and FLOP reductions of their pruned models (our
+    VGG-16 has one 512→10 classifier where theirs had two dense layers: params within 0.5)."""
+    method, state = _setup(LiL1, LiL1Config(preset=preset), model=model)
+    new, _ = method.before_epoch(state, 0)
+    e = export_state(new, architecture(model))
+    assert 100 * (1 - e.params_after / e.params_before) == pytest.approx(params_cut, abs=params_tol)
+    assert 100 * (1 - e.flops_after / e.flops_before) == pytest.approx(flops_cut, abs=0.15)
+
+
+def test_slimming_threshold_is_global_and_penalty_is_l1_of_gammas():
+    method, state = _setup(Slimming, SlimmingConfig(fraction=0.5, prune_epoch=1, l1=1e-3),
+                           depth=2, width=8, batch_norm=True)
+    l0, l1 = state.layers
+    g0 = np.array([0.05, 0.1, 0.9, 0.15, 0.2, 0.8, 0.25, 0.3], np.float32)   # mostly small
+    g1 = np.array([0.35, 0.4, 0.7, 0.6, 0.95, 0.45, 0.5, 0.85], np.float32)  # mostly large
+    state = state.replace(params=replace_path(replace_path(state.params, l0.bn_path + ("scale",), lambda _: jnp.asarray(g0)),
+                                              l1.bn_path + ("scale",), lambda _: jnp.asarray(g1)))
+    inputs = StepInputs(state.params, {}, state, None, None, None, None)
+    assert float(method.loss_terms(inputs)["bn_l1"]) == pytest.approx(1e-3 * (np.abs(g0).sum() + np.abs(g1).sum()), rel=1e-5)
+    late = state.replace(step=jnp.asarray(method.context.steps_per_epoch, jnp.int32))
+    assert float(method.loss_terms(inputs._replace(state=late))["bn_l1"]) == 0.0
+    new, _ = method.before_epoch(state, 1)
+    live = live_filters(new.masks, new.layers)
+    allg = np.concatenate([g0, g1])
+    threshold = np.sort(allg)[7]                           # 8 of 16 below the global 50 % percentile
+    np.testing.assert_array_equal(np.concatenate([live[l0.name], live[l1.name]]) > 0, allg > threshold)
+    assert int(np.sum(live[l0.name])) != int(np.sum(live[l1.name]))   # not per layer
+
+
+def test_apoz_of_known_activations():
+    a = np.zeros((2, 2, 2, 3), np.float32)
+    a[..., 0] = 1.0          # never zero
+    a[0, 0, 0, 1] = 2.0      # zero in 7 of 8 positions
+    np.testing.assert_allclose(apoz(jnp.asarray(a)), [0.0, 7 / 8, 1.0])
+
+
+def test_trimming_removes_the_dead_channels():
+    """A filter whose BatchNorm shift is very negative never fires (APoZ 1): trimmed first."""
+    rng = np.random.default_rng(3)
+    images = (rng.integers(0, 256, (128, 32, 32, 3)).astype(np.uint8), rng.integers(0, 10, 128).astype(np.int32))
+    method, state = _setup(Trimming, TrimmingConfig(fraction=0.25, criterion_batches=2), images=images,
+                           depth=2, width=8, batch_norm=True)
+    l0 = state.layers[0]
+    beta = np.zeros(8, np.float32)
+    beta[[2, 5]] = -100.0
+    state = _set(state, state.layers[0], "bias", 0.0) if l0.has_bias else state
+    state = state.replace(params=replace_path(state.params, l0.bn_path + ("bias",), lambda _: jnp.asarray(beta)))
+    new, events = method.before_epoch(state, 0)
+    live = np.asarray(live_filters(new.masks, new.layers)[l0.name])
+    np.testing.assert_array_equal(np.flatnonzero(live == 0), [2, 5])
+    assert float(events[0].arrays["scores"][l0.name][2]) == 1.0
+    assert float(new.method_state["baseline_accuracy"]) == float(events[0].arrays["accuracy"])
+
+
+# ----------------------------------------------------------------------------- channel pruning
+@pytest.mark.parametrize("strides,padding", [((1, 1), 1), ((2, 2), 1), ((1, 1), "SAME")])
+def test_sampled_patches_reproduce_the_convolution(strides, padding):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 8, 8, 5)).astype(np.float32)
+    k = rng.normal(size=(3, 3, 5, 6)).astype(np.float32)
+    pad = "SAME" if padding == "SAME" else [(1, 1), (1, 1)]
+    y = jax.lax.conv_general_dilated(x, k, strides, pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    positions = jnp.asarray(rng.integers(0, y.shape[1] * y.shape[2], (3, 7)))
+    p = sample_patches(jnp.asarray(x), (3, 3), strides, padding, positions)
+    # numpy reference: the output at flat position j of image n is Σ window · kernel
+    np.testing.assert_allclose(np.einsum("mck,ckn->mn", p, kernel_by_channel(jnp.asarray(k))),
+                               sample_outputs(y, positions), atol=1e-4)
+
+
+def test_lasso_selects_the_channels_the_output_depends_on_and_refit_recovers_them():
+    rng = np.random.default_rng(5)
+    m, c, k, n = 1500, 12, 9, 8
+    support = [1, 4, 7, 10]
+    p = rng.normal(size=(m, c, k)).astype(np.float32)
+    w = rng.normal(size=(c, k, n)).astype(np.float32)
+    w_noise = w.copy()
+    w_noise[[i for i in range(c) if i not in support]] *= 0.05
+    y = np.einsum("mck,ckn->mn", p[:, support], w[support])          # depends on the support only
+    q, b = contribution_gram(jnp.asarray(p), jnp.asarray(w_noise), jnp.asarray(y))
+    zq = np.einsum("mck,ckn->mcn", p, w_noise)
+    np.testing.assert_allclose(q, np.einsum("mcn,mdn->cd", zq, zq) / m, rtol=2e-4, atol=1e-3)
+    kept, _ = lasso_select(q, b, 4)
+    np.testing.assert_array_equal(np.flatnonzero(np.asarray(kept)), support)
+    w_fit = refit(jnp.asarray(p), jnp.asarray(y), kept)
+    np.testing.assert_allclose(w_fit[np.array(support)], w[support], atol=2e-3)
+    assert float(jnp.abs(w_fit[np.array([0, 2, 3])]).max()) == 0.0
+    dead = np.ones(c, np.float32)
+    dead[4] = 0                                                        # a dead channel is never kept
+    kept, _ = lasso_select(q, b, 4, jnp.asarray(dead))
+    assert kept[4] == 0 and int(kept.sum()) == 4
