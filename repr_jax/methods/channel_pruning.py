@@ -29,9 +29,9 @@ from repr_jax.compress.reconstruct import (contribution_gram, kernel_by_channel,
                                            sample_outputs, sample_patches)
 from repr_jax.criteria import scoring_batches
 from repr_jax.layers import get_path, replace_path
-from repr_jax.masks import apply_masks, drop_filters, live_filters
+from repr_jax.masks import apply_masks, live_filters
 from repr_jax.methods.base import register
-from repr_jax.methods.structured import (PRUNE_STREAM, StructuredConfig, StructuredMethod, check_fraction, keep_counts,
+from repr_jax.methods.structured import (StructuredConfig, StructuredMethod, check_fraction, keep_counts,
                                          match_layers)
 from repr_jax.pipeline import normalize
 
@@ -151,16 +151,7 @@ class ChannelPruning(StructuredMethod):
             errors[a] = jnp.sum((approx - target) ** 2) / jnp.maximum(jnp.sum(target ** 2), 1e-12)
             params = replace_path(params, b.path + ("kernel",), lambda _, k=new_kernel: k)
             params = _zero_filters(params, self.by_name[a], live[a])
-        return live, {"relative_error": errors, "params": params}
-
-    def _prune(self, state, round_, inputs):
-        layers = state.layers
-        before = live_filters(state.masks, layers)
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), PRUNE_STREAM + round_)
-        new_live, arrays = self.select(state, round_, inputs, key)
-        params = arrays.pop("params")   # the next convs' re-fitted kernels
-        state = drop_filters(state.replace(params=params), layers, new_live)
-        return state, {"live_before": before, "live_after": new_live, **arrays}
+        return live, {"relative_error": errors, "params": params}   # params: the re-fitted kernels
 
 
 def _zero_filters(params, layer, live):

@@ -230,7 +230,8 @@ class StructuredMethod(Method):
 
     def select(self, state, round_: int, inputs, key) -> tuple[dict, dict]:
         """``({layer: (F,) new live}, event arrays)`` for prune round ``round_`` (pure). An
-        entry ``"method_state"`` of the arrays is merged into the state's method state."""
+        entry ``"method_state"`` of the arrays is merged into the state's method state; an entry
+        ``"params"`` replaces the parameters (e.g. re-fitted kernels) before the prune."""
         raise NotImplementedError
 
     def _prune(self, state, round_, inputs):
@@ -239,9 +240,10 @@ class StructuredMethod(Method):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), PRUNE_STREAM + round_)
         new_live, arrays = self.select(state, round_, inputs, key)
         updates = arrays.pop("method_state", {})
+        params = arrays.pop("params", None)
         new_live = {n: jnp.minimum(new_live.get(n, live[n]), live[n]) if n in self.eligible else live[n]
                     for n in live}
-        state = drop_filters(state, layers, new_live)
+        state = drop_filters(state if params is None else state.replace(params=params), layers, new_live)
         if updates:
             state = state.replace(method_state={**state.method_state, **updates})
         return state, {"live_before": live, "live_after": new_live, **arrays}
