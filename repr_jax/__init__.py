@@ -13,10 +13,15 @@ Public API::
     prunable_convs(params), init_masks, masked_updates, drop_filters, revive_filters
     Method, MethodConfig, Phase, register, get_method, method_config  # the method framework
     channel_graph(model, variables), export(architecture, variables, live)  # physical compression
+    csr_encode(weights_2d, index_bits), csr_decode(encoded), storage_report(params)  # Han et al. CSR
+    DropConnectDense(features, keep), KDConfig, soft_kl(student, teacher, T)  # DropConnect, distillation
     TrainState, create_train_state, create_model, load_cifar, RunConfig, run
     stack(states), unstack(states, i), data_mesh(devices), replicate(tree, mesh)  # seeds, devices
 """
 from repr_jax.compress import ChannelGraph, Exported, channel_graph, export, export_state
+from repr_jax.compress.csr import CSR, csr_decode, csr_encode, storage_report
+from repr_jax.distill import KDConfig, soft_kl
+from repr_jax.models.dropconnect import DropConnectDense
 from repr_jax.config import RunConfig, RunError
 from repr_jax.criteria import CRITERIA, drop_priority, get_criterion, score_filters
 from repr_jax.data import Cifar, DataError, load_cifar, synthetic_cifar
@@ -39,15 +44,15 @@ from repr_jax.train import evaluate, run_epoch
 
 __version__ = "0.1.0"
 __all__ = [
-    "CRITERIA", "ChannelGraph", "Cifar", "ConvLayer", "DataError", "Event", "Exported", "METHODS",
+    "CRITERIA", "CSR", "ChannelGraph", "Cifar", "DropConnectDense", "KDConfig", "ConvLayer", "DataError", "Event", "Exported", "METHODS",
     "Method", "MethodConfig", "MethodContext", "OptimConfig", "Phase", "RePr", "ReprConfig",
     "ReprSchedule", "RunConfig", "RunError", "Standard", "StandardConfig", "TrainState",
     "apply_masks", "architecture", "batch_sharding", "data_mesh", "replicate", "stack", "unstack", "channel_graph", "create_method", "create_model",
-    "create_train_state", "drop_filters", "drop_priority", "evaluate", "export", "export_state",
+    "create_train_state", "csr_decode", "csr_encode", "drop_filters", "drop_priority", "evaluate", "export", "export_state",
     "filter_orthogonality", "from_architecture", "get_criterion", "get_method", "init_masks",
     "learning_rate_schedule", "live_filters", "load_cifar", "make_optimizer", "masked_updates",
     "method_config", "method_names", "official_orthogonality", "official_reinit", "orthogonal_reinit", "orthogonality_penalty",
     "overlap_matrix", "phased_schedule", "prunable_convs", "rank_by_orthogonality", "register",
     "reinit_layers", "revive_filters", "run_epoch", "score_filters", "score_layers",
-    "select_drops", "synthetic_cifar", "with_element_mask", "with_live_filters",
+    "select_drops", "soft_kl", "storage_report", "synthetic_cifar", "with_element_mask", "with_live_filters",
 ]

@@ -96,7 +96,7 @@ class Checkpointer:
     def save(self, epoch: int, state: TrainState, metrics: dict, extra: dict) -> None:
         """Save the state after ``epoch`` (1-based count of finished epochs)."""
         items = ocp.args.Composite(
-            state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+            state=ocp.args.StandardSave(_saved_part(state)),
             extra=ocp.args.JsonSave(extra))
         try:
             with _stderr_held():
@@ -124,7 +124,7 @@ class Checkpointer:
         epoch = self.latest_epoch() if epoch is None else epoch
         if epoch is None:
             raise FileNotFoundError("no checkpoint to restore")
-        target = flax.serialization.to_state_dict(template)
+        target = _saved_part(template)
         saved = self.manager.item_metadata(epoch)["state"].tree
         legacy = "snapshot" in saved and "method_state" not in saved
         if legacy:
@@ -135,6 +135,7 @@ class Checkpointer:
         restored = dict(out["state"])
         if legacy:
             restored = _from_legacy(restored, template)
+        restored["teacher"] = flax.serialization.to_state_dict(template)["teacher"]
         return flax.serialization.from_state_dict(template, restored), dict(out["extra"])
 
     def restore_newest(self, template: TrainState, accept=None):
@@ -169,6 +170,14 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _saved_part(state: TrainState) -> dict:
+    """What a checkpoint holds: the state without a distillation teacher (restored from its
+    own run directory instead)."""
+    tree = dict(flax.serialization.to_state_dict(state))
+    tree.pop("teacher", None)
+    return tree
 
 
 def _abstract_like(tree):

@@ -1,7 +1,8 @@
 """Run settings: one frozen :class:`RunConfig` of sections, its JSON form, and overrides.
 
 Every setting has a dotted key — ``epochs``, ``seed``, ``model.width``, ``data.train_limit``,
-``optim.learning_rate`` (alias ``optim.lr``), ``ortho_loss``, and the chosen method's fields
+``optim.learning_rate`` (alias ``optim.lr``), ``ortho_loss``, ``kd.teacher`` (knowledge
+distillation, :mod:`repr_jax.distill`), and the chosen method's fields
 under its name (``repr.s1``; ``method.s1`` works too). :func:`apply_overrides` sets any of
 them from ``KEY=VALUE`` strings, parsed by the field's type; the CLI's ``--set`` and
 ``--config FILE.json`` are built on it, and every older flag is an alias of one key.
@@ -21,9 +22,10 @@ import types
 import typing
 from pathlib import Path
 
+from repr_jax.distill import KDConfig
 from repr_jax.errors import RunError
 from repr_jax.methods.base import MethodConfig, get_method, method_config, method_names
-from repr_jax.models import CONVNET_OPTIONS, MODELS, architecture
+from repr_jax.models import CONVNET_OPTIONS, HEAD_OPTIONS, MODELS, architecture
 from repr_jax.models.convnet import VARIANTS
 from repr_jax.optim import OptimConfig
 from repr_jax.protocols import PROTOCOLS
@@ -47,6 +49,16 @@ class ModelConfig:
         "help": "per-conv widths NAME=WIDTH,… (e.g. an export's architecture.json channels: train a pruned "
                 "architecture from scratch); convs not named keep their width"})
 
+    hidden: int = dataclasses.field(default=0, metadata={
+        "help": "convnet: a fully connected ReLU layer of this many units before the head (0: none)"})
+    dropout: float = dataclasses.field(default=0.0, metadata={"help": "convnet: Dropout rate on the hidden layer"})
+    dropconnect: float = dataclasses.field(default=0.0, metadata={
+        "help": "convnet: DropConnect rate (1 - keep probability) on the hidden layer, or on the head without one"})
+    dropconnect_mode: str = dataclasses.field(default="example", metadata={
+        "help": "convnet: DropConnect mask per example (the paper's) or per batch"})
+    dropconnect_inference: str = dataclasses.field(default="moment", metadata={
+        "help": "convnet: DropConnect at test time: moment (Gaussian moment matching, 1000 samples) or mean"})
+
     def channel_spec(self) -> dict[str, int]:
         """``model.channels`` parsed: ``{conv name: width}`` (``ValueError`` naming a bad entry)."""
         spec = {}
@@ -61,8 +73,12 @@ class ModelConfig:
         return spec
 
     def options(self) -> dict:
-        """The builder options this model takes (only C^n(F) has any)."""
-        return {k: getattr(self, k) for k in CONVNET_OPTIONS} if self.name == "convnet" else {}
+        """The builder options this model takes (only C^n(F) has any; head options only when
+        they differ from the plain head, so older architectures read the same)."""
+        if self.name != "convnet":
+            return {}
+        return {k: getattr(self, k) for k in CONVNET_OPTIONS
+                if k not in HEAD_OPTIONS or getattr(self, k) != HEAD_OPTIONS[k]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +111,7 @@ class RunConfig:
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     method: MethodConfig = dataclasses.field(default_factory=_standard)
+    kd: KDConfig = KDConfig()
     ortho_loss: float = 0.0
     protocol: str = ""   # the preset the settings started from (repr_jax.protocols), "" for none
     keep_checkpoints: int = 3
@@ -137,6 +154,16 @@ class RunConfig:
             (self.model.name in MODELS, f"unknown model {self.model.name!r}; choose from {', '.join(MODELS)}"),
             (self.model.depth >= 1 and self.model.width >= 1,
              f"--depth and --width must be >= 1, got {self.model.depth} and {self.model.width}"),
+            (self.model.name == "convnet" or all(getattr(self.model, k) == v for k, v in HEAD_OPTIONS.items()),
+             f"model.{'/'.join(HEAD_OPTIONS)} are options of the convnet head, not of {self.model.name}"),
+            (self.model.hidden >= 0 and 0 <= self.model.dropout < 1 and 0 <= self.model.dropconnect < 1,
+             f"model.hidden must be >= 0 and model.dropout, model.dropconnect in [0, 1), got "
+             f"{self.model.hidden}, {self.model.dropout}, {self.model.dropconnect}"),
+            (not self.model.dropout or self.model.hidden > 0, "model.dropout needs a hidden layer (model.hidden > 0)"),
+            (self.model.dropconnect_mode in ("example", "batch"),
+             f"model.dropconnect_mode must be example or batch, got {self.model.dropconnect_mode!r}"),
+            (self.model.dropconnect_inference in ("moment", "mean"),
+             f"model.dropconnect_inference must be moment or mean, got {self.model.dropconnect_inference!r}"),
             (self.data.dataset in ("cifar10", "cifar100"), f"unknown dataset {self.data.dataset!r}"),
             (self.data.val_split >= 0, f"--val-split must be >= 0, got {self.data.val_split}"),
             (self.data.holdout >= 0, f"data.holdout must be >= 0, got {self.data.holdout}"),
@@ -159,6 +186,7 @@ class RunConfig:
         try:
             self.model.channel_spec()
             self.optim.validate()
+            self.kd.validate()
             self.method.validate(self)
         except ValueError as err:
             raise RunError(str(err)) from None
@@ -182,6 +210,7 @@ class RunConfig:
             return cls(model=_build(ModelConfig, d.pop("model", {}), "model"),
                        data=_build(DataConfig, d.pop("data", {}), "data"),
                        optim=_build(OptimConfig, d.pop("optim", {}), "optim"),
+                       kd=_build(KDConfig, d.pop("kd", {}), "kd"),
                        method=_build(get_method(name).config_class, method, name),
                        **_fields(cls, d, ""))
         except (TypeError, ValueError) as err:
@@ -275,7 +304,7 @@ def parse_value(tp, text: str):
 def _section_class(d: dict, section: str):
     if section == "method":
         return get_method(d.get("method", {}).get("name", "standard")).config_class
-    return {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig}[section]
+    return {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "kd": KDConfig}[section]
 
 
 def apply_overrides(config: dict, overrides, *, explicit: set | None = None) -> dict:
@@ -297,10 +326,10 @@ def apply_overrides(config: dict, overrides, *, explicit: set | None = None) -> 
             continue
         section, _, field = key.rpartition(".")
         current = d["method"].get("name", "standard")
-        if section and section not in ("model", "data", "optim", "method"):
+        if section and section not in ("model", "data", "optim", "kd", "method"):
             if section not in method_names():
                 raise RunError(f"unknown setting {key!r}: no section {section!r} (sections: model, data, "
-                               f"optim, method or a method name: {', '.join(method_names())})")
+                               f"optim, kd, method or a method name: {', '.join(method_names())})")
             if section != current:
                 raise RunError(f"{key} is a setting of method {section!r}; this run's method is "
                                f"{current!r} (set --method {section} first)")
@@ -308,9 +337,9 @@ def apply_overrides(config: dict, overrides, *, explicit: set | None = None) -> 
         cls = _section_class(d, section) if section else RunConfig
         hints = typing.get_type_hints(cls)
         names = [f.name for f in dataclasses.fields(cls) if f.name != "method" or section]
-        if field not in names or (not section and field in ("model", "data", "optim", "method")):
+        if field not in names or (not section and field in ("model", "data", "optim", "kd", "method")):
             raise RunError(f"unknown setting {key!r}; {section or 'run'} settings are: "
-                           f"{', '.join(n for n in names if section or n not in ('model', 'data', 'optim'))}")
+                           f"{', '.join(n for n in names if section or n not in ('model', 'data', 'optim', 'kd'))}")
         try:
             value = parse_value(hints[field], text)
         except (ValueError, StopIteration, json.JSONDecodeError):
@@ -348,7 +377,7 @@ def settings_help() -> str:
     def describe(prefix, cls, instance):
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if f.name in ("model", "data", "optim", "method", "out", "resume"):
+            if f.name in ("model", "data", "optim", "kd", "method", "out", "resume"):
                 continue
             tp = hints[f.name]
             name = getattr(tp, "__name__", str(tp).replace("typing.", ""))
@@ -357,7 +386,7 @@ def settings_help() -> str:
                          + (f": {help_}" if help_ else ""))
 
     describe("", RunConfig, RunConfig(out=""))
-    for section, cls in (("model.", ModelConfig), ("data.", DataConfig), ("optim.", OptimConfig)):
+    for section, cls in (("model.", ModelConfig), ("data.", DataConfig), ("optim.", OptimConfig), ("kd.", KDConfig)):
         describe(section, cls, cls())
     for name in method_names():
         method = get_method(name)

@@ -37,6 +37,7 @@ from repr_jax.masks import live_filters
 from repr_jax.methods.base import MethodContext, create_method
 from repr_jax.models import from_architecture
 from repr_jax.optim import learning_rate_schedule, make_optimizer, phased_schedule
+from repr_jax.distill import attach_teacher, check_teacher
 from repr_jax.parallel import batch_sharding, data_mesh, replicate
 from repr_jax.plots import plot_curves, plot_pruned_per_layer
 from repr_jax.run_dir import (check_data, check_run_dir, create_run_dir, finite_row,
@@ -216,6 +217,7 @@ def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = N
     source = config.init_from_dir()
     if source and not (Path(source) / "config.json").exists():
         raise RunError(f"--set init_from={source}: no repr-jax run there (no config.json)")
+    check_teacher(config)
     resuming = check_run_dir(config)
     data = load_run_data(config, data)
     if len(data.train_y) < config.batch_size:
@@ -228,6 +230,7 @@ def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = N
     out = Path(config.out)
     if not (resuming and any((out / "checkpoints").glob("[0-9]*"))):
         state = warm_start(config, state)
+    state = attach_teacher(config, state)
     state = replicate(state, mesh)
     if resuming:
         check_data(out, data.fingerprint)
@@ -393,6 +396,7 @@ def finish(s: Session, extra: dict | None = None) -> dict:
                 "flops_ratio", "inference_speedup", "max_abs_logit_difference", "channels")}}
         except ExportError as err:
             extra = {**(extra or {}), "export_error": str(err)}
+    extra = {**(extra or {}), **s.method.final_report(s.state, s.out)}
     summary = {
         "status": "completed", **_summary_fields(s),
         "final_test_accuracy": metrics[-1]["test_accuracy"],

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from repr_jax.config import RunConfig
 from repr_jax.data import Cifar, load_cifar
 from repr_jax.errors import Diverged, NonFiniteError, RunError
+from repr_jax.distill import attach_teacher
 from repr_jax.experiment import (Session, _all_finite, _diverge, _non_finite, _progress_bar, build_model, finish,
                                  initial_state, log_epoch, start, warm_start)
 from repr_jax.masks import live_filters
@@ -84,7 +85,7 @@ def _rewind(s: Session, epoch: int) -> None:
     """Put a member back to the end of ``epoch`` (0: a fresh state)."""
     if epoch == 0:
         _, _, state = initial_state(s.config, len(s.data.train_y), build_model(s.config), s.method)
-        state = warm_start(s.config, state)
+        state = attach_teacher(s.config, warm_start(s.config, state))
         s.state, s.prior_seconds = replicate(state, s.mesh), 0.0
     else:
         if epoch not in s.ckpt.epochs():

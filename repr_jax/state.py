@@ -4,8 +4,10 @@ Fields: ``step``, ``params``, ``batch_stats``, ``opt_state``, ``masks`` (params-
 granularity, see :mod:`repr_jax.masks`), ``rng`` (the run's root key; epoch and step keys
 are folded from it), and what the method adds (:mod:`repr_jax.methods.base`):
 ``method_state`` (e.g. RePr's snapshot of the dropped filters), ``method_params`` (extra
-trainable parameters) and ``method_opt_state`` (their optimizer state). ``apply_fn``,
-``tx`` and ``method_tx`` are static.
+trainable parameters) and ``method_opt_state`` (their optimizer state). With knowledge
+distillation (:mod:`repr_jax.distill`) ``teacher`` holds the teacher's variables (not
+checkpointed: a resumed run loads them again) and the static ``distill`` its settings.
+``apply_fn``, ``tx``, ``method_tx`` and ``distill`` are static.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ class TrainState:
     apply_fn: Callable = flax.struct.field(pytree_node=False, default=None)
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False, default=None)
     method_tx: optax.GradientTransformation | None = flax.struct.field(pytree_node=False, default=None)
+    teacher: Any = flax.struct.field(default_factory=dict)    # distillation: the teacher's variables
+    distill: Any = flax.struct.field(pytree_node=False, default=None)   # repr_jax.distill.Distiller
 
     @property
     def layers(self):

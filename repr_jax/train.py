@@ -6,7 +6,8 @@ metrics every ``log_every`` steps for the progress bar. The step compiles once p
 masks and re-initialisation change values, never shapes.
 
 The step's loss is the cross-entropy plus named terms: ``λ·Σ O_f`` when ``ortho_lambda``
-is set (any method) and the method's :meth:`~repr_jax.methods.base.Method.loss_terms`;
+is set (any method), knowledge distillation's ``kd`` when the state carries a teacher
+(:mod:`repr_jax.distill`) and the method's :meth:`~repr_jax.methods.base.Method.loss_terms`;
 each term's epoch mean is reported. A method may also change the state before the forward
 pass (``step_hook``), gate conv outputs (``channel_gates``) and carry trainable
 ``method_params``. The model gets per-step RNG streams ``dropout`` and ``dropconnect``.
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from repr_jax.distill import kd_term
 from repr_jax.layers import ConvLayer, intercept_outputs, prunable_convs, response_site
 from repr_jax.methods.base import Method, StepInputs
 from repr_jax.ortho import orthogonality_penalty
@@ -69,6 +71,18 @@ def forward(state, params, images, *, train: bool, method=None, method_params=No
         return apply()
 
 
+def _update_masks(state, method):
+    """The masks the optimizer applies this step: the state's, times the method's
+    :meth:`~repr_jax.methods.base.Method.update_mask` (broadcast to the leaf where the
+    state's mask is a scalar, which the optimizer would otherwise read as "unmasked")."""
+    frozen = method.update_mask(state) if method is not None else None
+    if frozen is None:
+        return state.masks
+    return jax.tree_util.tree_map(
+        lambda m, f, p: m * f if jnp.ndim(m) else jnp.broadcast_to(f, jnp.shape(p)).astype(jnp.float32),
+        state.masks, frozen, state.params)
+
+
 def train_step(state: TrainState, images, labels, key, *, layers: tuple[ConvLayer, ...],
                ortho_lambda: float = 0.0, method=None, augmentation: bool = True):
     """One optimizer step on a uint8 batch (augmented unless ``augmentation`` is False, and
@@ -87,6 +101,8 @@ def train_step(state: TrainState, images, labels, key, *, layers: tuple[ConvLaye
         terms = {}
         if ortho_lambda:
             terms["ortho"] = ortho_lambda * orthogonality_penalty(params, state.masks, layers)
+        if state.distill is not None:
+            terms["kd"] = kd_term(state.distill, state.teacher, x, logits, loss)
         if method is not None:
             terms.update(method.loss_terms(StepInputs(params, method_params, state, x, labels, logits,
                                                       jax.random.fold_in(key, _LOSS_STREAM))))
@@ -97,7 +113,8 @@ def train_step(state: TrainState, images, labels, key, *, layers: tuple[ConvLaye
 
     (_, (loss, logits, stats, terms)), (grads, method_grads) = jax.value_and_grad(
         loss_fn, has_aux=True)((state.params, state.method_params))
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params, masks=state.masks)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params,
+                                         masks=_update_masks(state, method))
     params = optax.apply_updates(state.params, updates)
     new = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state)
     if state.method_tx is not None:
@@ -161,7 +178,7 @@ def population_step_indexed(states: TrainState, totals, images, labels, batch_in
 def loss_term_names(state: TrainState, images, labels, *, batch_size: int, layers,
                     ortho_lambda: float = 0.0, method=None) -> tuple[str, ...]:
     """Names of the loss terms the step reports (traced once, nothing is computed)."""
-    if not ortho_lambda and (method is None or type(method).loss_terms is Method.loss_terms):
+    if not ortho_lambda and state.distill is None and (method is None or type(method).loss_terms is Method.loss_terms):
         return ()
     out = jax.eval_shape(functools.partial(train_step, layers=layers, ortho_lambda=ortho_lambda,
                                            method=method),

@@ -20,6 +20,9 @@ method overrides only what it needs (jaxpruner's ``BaseUpdater`` has the same sh
                      and/or evaluation (``train`` says which), e.g. soft architecture weights
                      (both) or a sampled sub-network (training only)
 ``loss_terms``       inside ``jit``: named scalars added to the cross-entropy; logged per epoch
+``update_mask``      inside ``jit``: a params-shaped tree of 0/1 scalars multiplied into the
+                     masks the optimizer sees this step (0 freezes a leaf, e.g. Han et al.'s
+                     alternating conv / dense retraining); ``None``: nothing frozen
 ``before_epoch``,    pure transitions ``(state, epoch, inputs) → (state, [Event])`` between
 ``after_epoch``      epochs; events hold arrays, :meth:`Method.record` turns one into a JSON
                      line. Traceable: Python control flow only on ``epoch``, no host reads of
@@ -31,6 +34,8 @@ method overrides only what it needs (jaxpruner's ``BaseUpdater`` has the same sh
                      cannot go on (NaN criterion scores)
 ``export``           ``(state, architecture) → Exported`` smaller dense model (default: remove
                      dead filters along the channel graph, :mod:`repr_jax.compress`)
+``final_report``     host side, once a run has finished: write method artefacts into the run
+                     directory (e.g. CSR storage) and return entries for ``summary.json``
 ===================  =========================================================================
 
 One method instance serves every seed of a population (:mod:`repr_jax.population`): what
@@ -181,6 +186,9 @@ class Method:
     def loss_terms(self, inputs: StepInputs) -> dict[str, jax.Array]:
         return {}
 
+    def update_mask(self, state):
+        return None
+
     # ---------------------------------------------------------------- between epochs
     def run_inputs(self):
         """This run's arrays for the transitions (a pytree; host side, from ``self.context``)."""
@@ -206,6 +214,10 @@ class Method:
     def export(self, state, architecture: dict):
         from repr_jax.compress.export import export_state
         return export_state(state, architecture)
+
+    def final_report(self, state, out) -> dict:
+        """``out``: the run directory (a :class:`pathlib.Path`); returns ``summary.json`` entries."""
+        return {}
 
 
 # ----------------------------------------------------------------------------- registry

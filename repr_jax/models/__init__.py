@@ -1,6 +1,7 @@
 """Model zoo: ``create_model(name, num_classes, channels=None, **options)``.
 
-Names: ``convnet`` (C^n(F), options ``depth``, ``width``, ``batch_norm``, ``variant``),
+Names: ``convnet`` (C^n(F), options ``depth``, ``width``, ``batch_norm``, ``variant`` and the
+head's ``hidden``, ``dropout``, ``dropconnect``, ``dropconnect_mode``, ``dropconnect_inference``),
 ``resnet20|32|56|110``, ``vgg16``. ``channels`` is a per-conv width spec (see
 :mod:`repr_jax.models.channels`): every builder makes the smaller dense model an export
 describes. An *architecture* — ``{"name", "num_classes", "options", "channels"}``, the
@@ -10,12 +11,13 @@ content of a run's ``architecture.json`` — rebuilds the same module with
 from __future__ import annotations
 
 from repr_jax.models.channels import as_spec
-from repr_jax.models.convnet import ConvNet
+from repr_jax.models.convnet import HEAD_OPTIONS, ConvNet
+from repr_jax.models.dropconnect import DropConnectDense
 from repr_jax.models.resnet import CifarResNet
 from repr_jax.models.vgg import VGG
 
 MODELS = ("convnet", "resnet20", "resnet32", "resnet56", "resnet110", "vgg16")
-CONVNET_OPTIONS = ("depth", "width", "batch_norm", "variant")
+CONVNET_OPTIONS = ("depth", "width", "batch_norm", "variant", *HEAD_OPTIONS)
 
 
 def create_model(name: str, num_classes: int = 10, channels=None, **options):
@@ -50,5 +52,5 @@ def from_architecture(arch: dict):
         raise ValueError(f"not a model architecture: {err}") from None
 
 
-__all__ = ["ConvNet", "CifarResNet", "VGG", "MODELS", "architecture", "create_model",
+__all__ = ["ConvNet", "DropConnectDense", "HEAD_OPTIONS", "CifarResNet", "VGG", "MODELS", "architecture", "create_model",
            "from_architecture"]

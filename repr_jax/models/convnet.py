@@ -11,6 +11,15 @@ biases 0 (TF's ``truncated_normal_initializer(stddev=0.04)``, slim's zero bias).
 ``variant="pool2"``: 5×5 convs each followed by a 2×2/2 max-pool, He init (what this
 library called "official" before it matched the official code exactly).
 
+Regularised heads (DropConnect vs Dropout, Wan et al. 2013): ``hidden = H > 0`` inserts a
+fully connected ReLU layer of H units (``hidden``) between the flatten and the head;
+``dropout = r`` drops its outputs at rate r (Flax ``Dropout``, stream ``"dropout"``);
+``dropconnect = r`` drops its *connections* at rate r (keep probability p = 1 − r,
+:class:`repr_jax.models.dropconnect.DropConnectDense`, stream ``"dropconnect"``), with
+``dropconnect_mode`` ``example`` (a mask per example, the paper's) or ``batch``, and
+``dropconnect_inference`` ``moment`` (the paper's moment matching) or ``mean``. Without a
+hidden layer, ``dropconnect`` applies to the head itself (identity activation).
+
 Conv layers are named ``conv{i}`` and their BatchNorms ``conv{i}_bn`` (see
 :mod:`repr_jax.layers`); ``channels`` gives any conv its own width (a pruned export).
 """
@@ -21,8 +30,12 @@ import jax
 import jax.numpy as jnp
 
 from repr_jax.models.channels import check_names, width
+from repr_jax.models.dropconnect import INFERENCE, DropConnectDense
 
 VARIANTS = ("paper", "official", "pool2")
+DROPCONNECT_MODES = ("example", "batch")
+HEAD_OPTIONS = {"hidden": 0, "dropout": 0.0, "dropconnect": 0.0, "dropconnect_mode": "example",
+                "dropconnect_inference": "moment"}   # defaults: the plain C^n(F) head
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
@@ -38,6 +51,26 @@ class ConvNet(nn.Module):
     batch_norm: bool = False
     variant: str = "paper"
     channels: tuple[tuple[str, int], ...] = ()
+    hidden: int = 0
+    dropout: float = 0.0
+    dropconnect: float = 0.0
+    dropconnect_mode: str = "example"
+    dropconnect_inference: str = "moment"
+
+    def _check_head(self):
+        if self.hidden < 0 or not (0.0 <= self.dropout < 1.0) or not (0.0 <= self.dropconnect < 1.0):
+            raise ValueError(f"convnet head: hidden >= 0 and dropout, dropconnect in [0, 1) needed, got "
+                             f"{self.hidden}, {self.dropout}, {self.dropconnect}")
+        if self.dropout and not self.hidden:
+            raise ValueError("convnet dropout needs a hidden layer (model.hidden > 0)")
+        if self.dropconnect_mode not in DROPCONNECT_MODES or self.dropconnect_inference not in INFERENCE:
+            raise ValueError(f"convnet dropconnect_mode must be one of {', '.join(DROPCONNECT_MODES)} and "
+                             f"dropconnect_inference one of {', '.join(INFERENCE)}")
+
+    def _dropconnect(self, features, activation, name, **init):
+        return DropConnectDense(features, keep=1.0 - self.dropconnect, activation=activation,
+                                per_example=self.dropconnect_mode == "example",
+                                inference=self.dropconnect_inference, name=name, **init)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -59,5 +92,16 @@ class ConvNet(nn.Module):
             elif self.variant == "pool2":
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
-        dense = nn.Dense(self.num_classes, name="head", **({"kernel_init": init} if official else {}))
+        self._check_head()
+        dense_init = {"kernel_init": init} if official else {}
+        if self.hidden:
+            if self.dropconnect:
+                x = self._dropconnect(self.hidden, nn.relu, "hidden", **dense_init)(x, train)
+            else:
+                x = nn.relu(nn.Dense(self.hidden, name="hidden", **dense_init)(x))
+            if self.dropout:
+                x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        elif self.dropconnect:
+            return self._dropconnect(self.num_classes, lambda u: u, "head", **dense_init)(x, train).astype(jnp.float32)
+        dense = nn.Dense(self.num_classes, name="head", **dense_init)
         return dense(x).astype(jnp.float32)
