@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from repr_jax.cli import fail
 from repr_jax.compress_study import SCALES, collect, markdown, stages
+from repr_jax.study_runner import code_version, run_stages
 from repr_jax.versions import machine
-
-CIFAR = Path(__file__).resolve().parent / "cifar.py"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,17 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(arguments: list[str], log: Path) -> int:
-    out = Path(arguments[arguments.index("--out") + 1])
-    summary = out / "summary.json"
-    if summary.exists() and json.loads(summary.read_text()).get("status") == "completed":
-        return 0
-    resume = ["--resume"] if (out / "config.json").exists() else []
-    with open(log, "a") as f:
-        return subprocess.call([sys.executable, str(CIFAR), *arguments, *resume, "--quiet"],
-                               stdout=f, stderr=subprocess.STDOUT)
-
-
 def main(argv=None) -> int:
     import dataclasses
     args = build_parser().parse_args(argv)
@@ -61,24 +47,17 @@ def main(argv=None) -> int:
         scale = dataclasses.replace(scale, seeds=tuple(args.seeds))
     unknown = sorted(set(args.methods or ()) - set(scale.methods))
     if unknown:
-        fail(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(scale.methods)}")
+        return fail(ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(scale.methods)}"))
     out = Path(args.out or f"runs/compress-{args.scale}")
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     if not args.report_only:
-        for stage in stages(scale, out, args.data_dir, args.methods):
-            todo = [a for a in (build() for build in stage) if a is not None]
-            with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-                codes = list(pool.map(lambda a: _run(a, out / "runs.log"), todo))
-            for a, code in zip(todo, codes):
-                if code:
-                    print(f"run {a[a.index('--out') + 1]} exited {code} (see {out / 'runs.log'})", file=sys.stderr)
+        run_stages(stages(scale, out, args.data_dir, args.methods), args.jobs, out / "runs.log")
     report = collect(out, scale, args.methods)
     report.update(scale=args.scale, machine=machine(), study_minutes=(time.time() - started) / 60)
     (out / "compress.json").write_text(json.dumps(report, indent=2) + "\n")
     m = report["machine"]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    commit = code_version()
     report["code_version"] = commit
     header = (f"# Structured pruning — {scale.model}, CIFAR-10 (JPEG copy), scale {args.scale}\n\n"
               f"Machine: {m['cpu']}, {m['cores']} cores, JAX {m.get('jax', '')} on {m['jax_backend']}; "

@@ -122,3 +122,41 @@ def test_kd_refuses_bad_settings_before_writing(teacher, tiny_cifar_dir, tmp_pat
         assert code == 2, sets
         assert message in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_weight_study_arguments_are_valid_runs_and_the_report_reads_han(tiny_cifar_dir, tmp_path):
+    import shutil
+
+    from repr_jax.cli import build_parser, config_from_args
+    from repr_jax.weight_study import SCALES, collect, han_iterations, markdown, stages
+    scale = SCALES["cpu"]
+    first, second = stages(scale, tmp_path, "DATA")
+    assert len(first) == 2 * (1 + 3 + 3 + 1 + 2) and len(second) == 2 * (1 + 2)
+    parser = build_parser("")
+    configs = {c.out.split("/")[-1]: c for c in (config_from_args(parser.parse_args(b())) for b in first + second)}
+    for c in configs.values():
+        c.validate()
+    assert configs["han-seed1"].init_from.endswith("han-base-seed1") and configs["han-seed1"].method.name == "han"
+    assert configs["kd-kd-repr-seed0"].kd.teacher.endswith("kd-teacher-seed0")
+    assert configs["kd-kd-repr-seed0"].protocol == "paper" and configs["kd-kd-repr-seed0"].method.name == "repr"
+    assert configs["drop-dropconnect-seed0"].model.dropconnect == 0.5
+    assert configs["dsd-dsd-seed0"].epochs == configs["dsd-standard-seed0"].epochs == configs["dsd-repr-seed0"].epochs
+
+    run = tmp_path / "han-seed0"      # a real (tiny) han run in the study's layout
+    assert cli.main([*TINY, "--method", "han", "--epochs", "3", "--data-dir", str(tiny_cifar_dir), "--out", str(run),
+                     "--set", "han.retrain_epochs=1", "--set", "han.quality=0.5,0.9,1.3"]) == 0
+    rows = han_iterations(run)
+    storage = json.loads((run / "storage.json").read_text())
+    sizes = {l["name"]: l["params"] for l in storage["layers"]}
+    events = _lines(run / "pruning.jsonl")
+    metrics = _lines(run / "metrics.jsonl")
+    last = events[-1]["layers"]
+    kept = sum(last[n]["density"] * p for n, p in sizes.items()) / sum(sizes.values())
+    assert rows[-1]["kept"] == pytest.approx(kept)
+    assert [r["accuracy"] for r in rows] == [100 * m["test_accuracy"] for m in metrics]
+    assert rows[0]["compression"] < rows[-1]["compression"]
+    shutil.copytree(run, tmp_path / "han-seed1")
+    report = collect(tmp_path, scale)
+    assert report["han"][2]["compression"]["mean"] == pytest.approx(1 / kept) and report["han"][2]["compression"]["n"] == 2
+    text = markdown(report, "# t")
+    assert "| 3 | 1.3 |" in text and "## DSD vs Standard vs RePr" in text

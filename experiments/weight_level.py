@@ -1,0 +1,67 @@
+"""The weight-level study: Han et al. per-iteration compression and accuracy (with the CSR
+storage report), DSD vs Standard vs RePr, DropConnect vs Dropout, and the knowledge
+distillation rows (``repr_jax.weight_study``).
+
+    python experiments/weight_level.py --scale cpu --jobs 2 --data-dir DATA --out DIR   # 10k images, 2 seeds
+    python experiments/weight_level.py --scale gpu --jobs 8 --data-dir DATA --out DIR   # full length, 3 seeds
+
+Each run is one ``experiments/cifar.py`` process; finished runs are skipped and interrupted
+ones resumed. Writes ``weight_level.json`` and ``weight_level.md`` into ``--out``;
+``--report-only`` rebuilds them from the finished runs.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from repr_jax.cli import fail
+from repr_jax.study_runner import code_version, run_stages
+from repr_jax.versions import machine
+from repr_jax.weight_study import SCALES, collect, markdown, stages
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--scale", choices=tuple(SCALES), default="cpu",
+                   help="cpu: 10k training / 2k test images, a few epochs, seeds 0 1; gpu: full CIFAR-10, "
+                        "full-length schedules, seeds 0 1 2")
+    p.add_argument("--data-dir", default=None, help="local CIFAR-10 copy (directory or .tar.gz)")
+    p.add_argument("--out", default=None, help="study directory (default: runs/weight-level-<scale>)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="override the scale's seeds")
+    p.add_argument("--jobs", type=int, default=1, help="processes in parallel")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the report")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.jobs < 1:
+        return fail(ValueError(f"--jobs must be >= 1, got {args.jobs}"))
+    scale = SCALES[args.scale]
+    if args.seeds:
+        scale = dataclasses.replace(scale, seeds=tuple(args.seeds))
+    out = Path(args.out or f"runs/weight-level-{args.scale}")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    if not args.report_only:
+        run_stages(stages(scale, out, args.data_dir), args.jobs, out / "runs.log")
+    report = collect(out, scale)
+    m = machine()
+    report.update(scale=args.scale, machine=m, code_version=code_version(),
+                  study_minutes=(time.time() - started) / 60)
+    (out / "weight_level.json").write_text(json.dumps(report, indent=2) + "\n")
+    header = (f"# Weight-level methods — CIFAR-10 (JPEG copy), scale {args.scale}\n\n"
+              f"Machine: {m['cpu']}, {m['cores']} cores, JAX {m.get('jax', '')} on {m['jax_backend']}; "
+              f"code {report['code_version']}. Rows and settings: `repr_jax/weight_study.py`.")
+    (out / "weight_level.md").write_text(markdown(report, header))
+    print((out / "weight_level.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

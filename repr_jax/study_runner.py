@@ -1,0 +1,54 @@
+"""Running a study's ``experiments/cifar.py`` processes: skip finished runs, resume interrupted
+ones, several at once, stage by stage (a later stage may read an earlier one's results)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+CIFAR = Path(__file__).resolve().parent.parent / "experiments" / "cifar.py"
+
+
+def completed(run_dir: Path) -> bool:
+    summary = Path(run_dir) / "summary.json"
+    return summary.exists() and json.loads(summary.read_text()).get("status") == "completed"
+
+
+def run_cli(arguments: list[str], log: Path) -> int:
+    """One training process (its output appended to ``log``); 0 at once when the run has
+    completed, ``--resume`` when it exists."""
+    out = Path(arguments[arguments.index("--out") + 1])
+    if completed(out):
+        return 0
+    resume = ["--resume"] if (out / "config.json").exists() else []
+    with open(log, "a") as f:
+        return subprocess.call([sys.executable, str(CIFAR), *arguments, *resume, "--quiet"],
+                               stdout=f, stderr=subprocess.STDOUT)
+
+
+def run_stages(stages, jobs: int, log: Path) -> list[str]:
+    """Run each stage's argument lists (``stages``: lists of callables returning arguments or
+    None for a run that cannot start yet), ``jobs`` processes at a time; returns the run
+    directories whose process failed (also printed)."""
+    failed = []
+    for stage in stages:
+        todo = [a for a in (build() for build in stage) if a is not None]
+        with ThreadPoolExecutor(max(1, jobs)) as pool:
+            codes = list(pool.map(lambda a: run_cli(a, log), todo))
+        for a, code in zip(todo, codes):
+            if code:
+                run = a[a.index("--out") + 1]
+                failed.append(run)
+                print(f"run {run} exited {code} (see {log})", file=sys.stderr)
+    return failed
+
+
+def code_version() -> str:
+    """The checkout's short commit ("unknown" outside git)."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+
+
+__all__ = ["CIFAR", "code_version", "completed", "run_cli", "run_stages"]
