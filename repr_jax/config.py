@@ -48,7 +48,6 @@ class ModelConfig:
     channels: str = dataclasses.field(default="", metadata={
         "help": "per-conv widths NAME=WIDTH,… (e.g. an export's architecture.json channels: train a pruned "
                 "architecture from scratch); convs not named keep their width"})
-
     hidden: int = dataclasses.field(default=0, metadata={
         "help": "convnet: a fully connected ReLU layer of this many units before the head (0: none)"})
     dropout: float = dataclasses.field(default=0.0, metadata={"help": "convnet: Dropout rate on the hidden layer"})

@@ -32,12 +32,12 @@ import numpy as np
 from repr_jax.checkpoint import Checkpointer
 from repr_jax.config import RunConfig
 from repr_jax.data import Cifar, DataError, load_cifar
+from repr_jax.distill import attach_teacher, check_teacher
 from repr_jax.errors import Diverged, NonFiniteError, RunError
 from repr_jax.masks import live_filters
 from repr_jax.methods.base import MethodContext, create_method
 from repr_jax.models import from_architecture
 from repr_jax.optim import learning_rate_schedule, make_optimizer, phased_schedule
-from repr_jax.distill import attach_teacher, check_teacher
 from repr_jax.parallel import batch_sharding, data_mesh, replicate
 from repr_jax.plots import plot_curves, plot_pruned_per_layer
 from repr_jax.run_dir import (check_data, check_run_dir, create_run_dir, finite_row,

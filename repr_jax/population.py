@@ -34,8 +34,8 @@ import jax.numpy as jnp
 
 from repr_jax.config import RunConfig
 from repr_jax.data import Cifar, load_cifar
-from repr_jax.errors import Diverged, NonFiniteError, RunError
 from repr_jax.distill import attach_teacher
+from repr_jax.errors import Diverged, NonFiniteError, RunError
 from repr_jax.experiment import (Session, _all_finite, _diverge, _non_finite, _progress_bar, build_model, finish,
                                  initial_state, log_epoch, start, warm_start)
 from repr_jax.masks import live_filters

@@ -178,7 +178,8 @@ def population_step_indexed(states: TrainState, totals, images, labels, batch_in
 def loss_term_names(state: TrainState, images, labels, *, batch_size: int, layers,
                     ortho_lambda: float = 0.0, method=None) -> tuple[str, ...]:
     """Names of the loss terms the step reports (traced once, nothing is computed)."""
-    if not ortho_lambda and state.distill is None and (method is None or type(method).loss_terms is Method.loss_terms):
+    no_method_terms = method is None or type(method).loss_terms is Method.loss_terms
+    if not ortho_lambda and state.distill is None and no_method_terms:
         return ()
     out = jax.eval_shape(functools.partial(train_step, layers=layers, ortho_lambda=ortho_lambda,
                                            method=method),
