@@ -76,33 +76,35 @@ def _run(out: Path, name: str, seed: int, scale: Scale, data_dir, *arguments) ->
 
 
 def stages(scale: Scale, out: Path, data_dir) -> list:
-    """``[[callable → arguments], [...]]`` (see the module docstring)."""
+    """``[[callable → arguments], [...]]`` (see the module docstring); within a stage the
+    cheapest part comes first, every seed of a part together."""
+    def at(name, s, *arguments):
+        return lambda: _run(out, f"{name}", s, scale, data_dir, *arguments)
+
     first, second = [], []
+    for row, sets in DROP_ROWS.items():
+        first += [at(f"drop-{row}", s, "--model", "convnet", "--epochs", str(scale.drop_epochs),
+                     *_sets(("model.variant=pool2", "model.hidden=64", *sets))) for s in scale.seeds]
+    first += [at("han-base", s, "--model", scale.han_model, "--epochs", str(scale.han_epochs)) for s in scale.seeds]
+    first += [at("kd-teacher", s, "--model", "resnet20", "--epochs", str(scale.teacher_epochs)) for s in scale.seeds]
+    students = {"standard": [], "repr": ["--method", "repr", *_sets(scale.student_repr_sets)]}
+    for row, method in students.items():
+        first += [at(f"kd-{row}", s, "--protocol", "paper", *scale.student_epochs, *method) for s in scale.seeds]
+    dsd = {"standard": [], "dsd": ["--method", "dsd", *_sets(scale.dsd_sets)],
+           "repr": ["--method", "repr", *_sets(scale.dsd_repr_sets)]}
+    for row, method in dsd.items():
+        first += [at(f"dsd-{row}", s, "--model", "resnet20", "--epochs", str(scale.dsd_epochs), *method)
+                  for s in scale.seeds]
     for s in scale.seeds:
-        first.append(lambda s=s: _run(out, "han-base", s, scale, data_dir, "--model", scale.han_model,
-                                      "--epochs", str(scale.han_epochs)))
-        for row in DSD_ROWS:
-            method = {"standard": [], "dsd": ["--method", "dsd", *_sets(scale.dsd_sets)],
-                      "repr": ["--method", "repr", *_sets(scale.dsd_repr_sets)]}[row]
-            first.append(lambda s=s, row=row, method=method: _run(
-                out, f"dsd-{row}", s, scale, data_dir, "--model", "resnet20", "--epochs", str(scale.dsd_epochs), *method))
-        for row, sets in DROP_ROWS.items():
-            first.append(lambda s=s, row=row, sets=sets: _run(
-                out, f"drop-{row}", s, scale, data_dir, "--model", "convnet", "--epochs", str(scale.drop_epochs),
-                *_sets(("model.variant=pool2", "model.hidden=64", *sets))))
-        first.append(lambda s=s: _run(out, "kd-teacher", s, scale, data_dir, "--model", "resnet20",
-                                      "--epochs", str(scale.teacher_epochs)))
         han = ("han.quality=" + ",".join(map(str, scale.han_quality)), f"han.retrain_epochs={scale.han_retrain}",
                f"init_from={out / f'han-base-seed{s}'}")
-        second.append(lambda s=s, han=han: _run(
-            out, "han", s, scale, data_dir, "--model", scale.han_model, "--method", "han",
-            "--epochs", str(len(scale.han_quality) * scale.han_retrain), *_sets(han)))
-        for row in KD_ROWS:
-            method = ["--method", "repr", *_sets(scale.student_repr_sets)] if "repr" in row else []
-            kd = _sets((f"kd.teacher={out / f'kd-teacher-seed{s}'}", "kd.temperature=4", "kd.alpha=0.9")) \
-                if row.startswith("kd") else []
-            (second if kd else first).append(lambda s=s, row=row, method=method, kd=kd: _run(
-                out, f"kd-{row}", s, scale, data_dir, "--protocol", "paper", *scale.student_epochs, *method, *kd))
+        second.append(at("han", s, "--model", scale.han_model, "--method", "han",
+                         "--epochs", str(len(scale.han_quality) * scale.han_retrain), *_sets(han)))
+    for row, method in students.items():
+        second += [at(f"kd-kd{'' if row == 'standard' else '-' + row}", s, "--protocol", "paper",
+                      *scale.student_epochs, *method,
+                      *_sets((f"kd.teacher={out / f'kd-teacher-seed{s}'}", "kd.temperature=4", "kd.alpha=0.9")))
+                   for s in scale.seeds]
     return [first, second]
 
 
