@@ -91,7 +91,10 @@ def scratch_arguments(scale: Scale, method: str, kind: str, seed: int, out: Path
         return None
     report = json.loads(path.read_text())
     epochs = scale.epochs if kind == "e" else scratch_b_epochs(scale.epochs, report["flops_ratio"])
-    channels = ",".join(f"{k}={v}" for k, v in sorted(report["channels"].items()))
+    # the exported architecture's spec: only the convs the model can resize (export.json's
+    # "channels" lists every conv, and a ResNet refuses widths for the ones tied to its stream)
+    spec = json.loads((path.parent / "architecture.json").read_text())["channels"]
+    channels = ",".join(f"{k}={v}" for k, v in sorted(spec.items()))
     return ["--model", scale.model, "--epochs", str(epochs), "--seed", str(seed),
             "--out", str(out / f"{method}-scratch-{kind}-seed{seed}"), *scale.common,
             "--set", f"model.channels={channels}", *(["--data-dir", data_dir] if data_dir else [])]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -127,7 +128,9 @@ def test_compress_study_table_from_run_directories(tmp_path):
                 (d / "export" / "export.json").write_text(json.dumps({
                     "params_before": 100, "params_after": 60, "flops_before": 1000, "flops_after": 400,
                     "flops_ratio": 2.5, "inference_speedup": 1.8, "max_abs_logit_difference": 1e-6,
-                    "channels": {"stage1_block0/conv1": 8}}))
+                    "channels": {"conv0": 16, "stage1_block0/conv1": 8, "stage1_block0/conv2": 16}}))
+                (d / "export" / "architecture.json").write_text(json.dumps({
+                    "name": "resnet20", "num_classes": 10, "options": {}, "channels": {"stage1_block0/conv1": 8}}))
     report = collect(tmp_path, scale, ["li-l1"])
     rows = {r["row"]: r for r in report["rows"]}
     assert rows["unpruned"]["final_error"]["mean"] == pytest.approx(19.0)
@@ -136,3 +139,8 @@ def test_compress_study_table_from_run_directories(tmp_path):
     assert "| li-l1 | 2 | 24.00 ± 1.41 |" in markdown(report, "# t")
     b = scratch_arguments(scale, "li-l1", "b", 0, tmp_path, None)
     assert b[b.index("--epochs") + 1] == str(round(3 * 2.5)) and "model.channels=stage1_block0/conv1=8" in b
+    from repr_jax.cli import build_parser, config_from_args   # a ResNet accepts the spec
+    config = config_from_args(build_parser("").parse_args(b))
+    assert config.architecture()["channels"] == {"stage1_block0/conv1": 8}
+    from repr_jax.experiment import build_model
+    build_model(config).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
