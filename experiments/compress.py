@@ -20,7 +20,7 @@ from pathlib import Path
 
 from repr_jax.cli import fail
 from repr_jax.compress_study import SCALES, collect, markdown, stages
-from repr_jax.study_runner import code_version, run_stages
+from repr_jax.study_runner import code_version, report_header, run_stages
 from repr_jax.versions import machine
 
 
@@ -56,12 +56,9 @@ def main(argv=None) -> int:
     report = collect(out, scale, args.methods)
     report.update(scale=args.scale, machine=machine(), study_minutes=(time.time() - started) / 60)
     (out / "compress.json").write_text(json.dumps(report, indent=2) + "\n")
-    m = report["machine"]
-    commit = code_version()
-    report["code_version"] = commit
-    header = (f"# Structured pruning — {scale.model}, CIFAR-10 (JPEG copy), scale {args.scale}\n\n"
-              f"Machine: {m['cpu']}, {m['cores']} cores, JAX {m.get('jax', '')} on {m['jax_backend']}; "
-              f"code {commit}.")
+    report["code_version"] = code_version()
+    header = report_header(f"Structured pruning — {scale.model}, CIFAR-10 (JPEG copy), scale {args.scale}",
+                           report["machine"], report["code_version"])
     (out / "compress.md").write_text(markdown(report, header))
     print((out / "compress.md").read_text())
     return 0

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from repr_jax.cli import fail
-from repr_jax.study_runner import code_version, run_stages
+from repr_jax.study_runner import code_version, report_header, run_stages
 from repr_jax.versions import machine
 from repr_jax.weight_study import SCALES, collect, markdown, stages
 
@@ -55,9 +55,8 @@ def main(argv=None) -> int:
     report.update(scale=args.scale, machine=m, code_version=code_version(),
                   study_minutes=(time.time() - started) / 60)
     (out / "weight_level.json").write_text(json.dumps(report, indent=2) + "\n")
-    header = (f"# Weight-level methods — CIFAR-10 (JPEG copy), scale {args.scale}\n\n"
-              f"Machine: {m['cpu']}, {m['cores']} cores, JAX {m.get('jax', '')} on {m['jax_backend']}; "
-              f"code {report['code_version']}. Rows and settings: `repr_jax/weight_study.py`.")
+    header = report_header(f"Weight-level methods — CIFAR-10 (JPEG copy), scale {args.scale}", m,
+                           report["code_version"], "Rows and settings: `repr_jax/weight_study.py`.")
     (out / "weight_level.md").write_text(markdown(report, header))
     print((out / "weight_level.md").read_text())
     return 0

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from repr_jax.study_runner import completed_summary
+
 ANCHORS = [   # printed beside ours (CIFAR-10, the papers' full-length runs)
     "Li et al. 2017, VGG-16-pruned-A: 6.60 % error at −34.2 % FLOPs (baseline 6.75 %)",
     "Li et al. 2017, ResNet-56-pruned-B: 6.94 % error at −27.6 % FLOPs (baseline 6.96 %)",
@@ -115,14 +117,6 @@ def stages(scale: Scale, out: Path, data_dir, methods=None) -> list:
 
 
 # ----------------------------------------------------------------------------- report
-def _summary(path: Path) -> dict | None:
-    f = path / "summary.json"
-    if not f.exists():
-        return None
-    s = json.loads(f.read_text())
-    return s if s.get("status") == "completed" else None
-
-
 def _stats(values) -> dict:
     a = np.asarray(values, float)
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": int(len(a))}
@@ -135,7 +129,7 @@ def collect(out: Path, scale: Scale, methods=None) -> dict:
                                       (m, f"{m}-scratch-e", f"{m}-scratch-b")]
     rows = []
     for label, prefix in names:
-        runs = {s: _summary(out / f"{prefix}-seed{s}") for s in scale.seeds}
+        runs = {s: completed_summary(out / f"{prefix}-seed{s}") for s in scale.seeds}
         done = {s: r for s, r in runs.items() if r is not None}
         if not done:
             continue

@@ -11,9 +11,17 @@ from pathlib import Path
 CIFAR = Path(__file__).resolve().parent.parent / "experiments" / "cifar.py"
 
 
+def completed_summary(run_dir: Path) -> dict | None:
+    """A run's ``summary.json`` when the run has completed, else None."""
+    f = Path(run_dir) / "summary.json"
+    if not f.exists():
+        return None
+    summary = json.loads(f.read_text())
+    return summary if summary.get("status") == "completed" else None
+
+
 def completed(run_dir: Path) -> bool:
-    summary = Path(run_dir) / "summary.json"
-    return summary.exists() and json.loads(summary.read_text()).get("status") == "completed"
+    return completed_summary(run_dir) is not None
 
 
 def run_cli(arguments: list[str], log: Path) -> int:
@@ -51,4 +59,10 @@ def code_version() -> str:
                           cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
 
 
-__all__ = ["CIFAR", "code_version", "completed", "run_cli", "run_stages"]
+def report_header(title: str, machine: dict, commit: str, extra: str = "") -> str:
+    """A study report's first lines: its title, the machine and the code version."""
+    return (f"# {title}\n\nMachine: {machine['cpu']}, {machine['cores']} cores, JAX {machine.get('jax', '')} "
+            f"on {machine['jax_backend']}; code {commit}.{' ' + extra if extra else ''}")
+
+
+__all__ = ["CIFAR", "code_version", "completed", "completed_summary", "report_header", "run_cli", "run_stages"]

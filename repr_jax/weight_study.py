@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from repr_jax.study_runner import completed_summary
+
 PAPER_KD = {"standard": 72.1, "kd": 74.8, "repr": 76.4, "kd-repr": 83.1}   # RePr paper, Table 6 (C³(32))
 ANCHORS = ["Han et al. 2015: LeNet-5 12×, AlexNet 9×, VGG-16 13× fewer parameters, no accuracy loss",
            "DSD paper (as quoted by RePr, Table 7): ResNet-20 CIFAR-10 error 7.8 % (RePr 6.9 %)",
@@ -109,14 +111,6 @@ def stages(scale: Scale, out: Path, data_dir) -> list:
 
 
 # ----------------------------------------------------------------------------- report
-def _summary(path: Path) -> dict | None:
-    f = path / "summary.json"
-    if not f.exists():
-        return None
-    s = json.loads(f.read_text())
-    return s if s.get("status") == "completed" else None
-
-
 def _stats(values) -> dict | None:
     a = np.asarray([v for v in values if v is not None], float)
     if not a.size:
@@ -127,7 +121,7 @@ def _stats(values) -> dict | None:
 def _accuracy_rows(out: Path, scale: Scale, prefix: str, rows) -> list[dict]:
     found = []
     for row in rows:
-        done = [r for s in scale.seeds if (r := _summary(out / f"{prefix}-{row}-seed{s}"))]
+        done = [r for s in scale.seeds if (r := completed_summary(out / f"{prefix}-{row}-seed{s}"))]
         if done:
             found.append({"row": row, "n": len(done),
                           "final": _stats([100 * r["final_test_accuracy"] for r in done]),
@@ -139,7 +133,7 @@ def _accuracy_rows(out: Path, scale: Scale, prefix: str, rows) -> list[dict]:
 def han_iterations(run: Path) -> list[dict] | None:
     """Per Han iteration: quality, kept fraction of all kernel weights, compression and test
     accuracy at the end of its retraining (None while the run is unfinished)."""
-    if _summary(run) is None or not (run / "storage.json").exists():
+    if completed_summary(run) is None or not (run / "storage.json").exists():
         return None
     sizes = {l["name"]: l["params"] for l in json.loads((run / "storage.json").read_text())["layers"]}
     events = [json.loads(line) for line in (run / "pruning.jsonl").read_text().splitlines()]
@@ -159,9 +153,9 @@ def collect(out: Path, scale: Scale) -> dict:
             **{k: _stats([r[i][k] for r in han_runs]) for k in ("compression", "accuracy")}}
            for i in range(len(han_runs[0]))] if han_runs else []
     storage = [json.loads((out / f"han-seed{s}" / "storage.json").read_text())["total"]
-               for s in scale.seeds if _summary(out / f"han-seed{s}")]
-    base = [r for s in scale.seeds if (r := _summary(out / f"han-base-seed{s}"))]
-    teacher = [r for s in scale.seeds if (r := _summary(out / f"kd-teacher-seed{s}"))]
+               for s in scale.seeds if completed_summary(out / f"han-seed{s}")]
+    base = [r for s in scale.seeds if (r := completed_summary(out / f"han-base-seed{s}"))]
+    teacher = [r for s in scale.seeds if (r := completed_summary(out / f"kd-teacher-seed{s}"))]
     return {"seeds": list(scale.seeds), "han_model": scale.han_model,
             "han_base": _stats([100 * r["final_test_accuracy"] for r in base]), "han": han,
             "han_storage": {k: _stats([t[k] for t in storage]) for k in ("param_ratio", "byte_ratio", "csr_bytes",

@@ -28,7 +28,7 @@ import numpy as np
 from repr_jax.layers import get_path, replace_path
 from repr_jax.masks import with_masks
 from repr_jax.methods.base import Event, Method, MethodConfig, Phase, register
-from repr_jax.methods.weights import KINDS, density_record, kernel_paths, magnitude_topk_mask
+from repr_jax.methods.weights import KINDS, density_record, magnitude_topk_mask, model_kernels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,11 +67,7 @@ class DSD(Method):
     def __init__(self, config: DSDConfig, context):
         config.validate()
         super().__init__(config, context)
-        shapes = jax.eval_shape(lambda: context.model.init(
-            jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))["params"]
-        self.paths = kernel_paths(shapes, config.kinds)
-        if not self.paths:
-            raise ValueError(f"dsd: the model has no {config.kinds} kernels")
+        self.paths = model_kernels(context, config.kinds, "dsd")
         self.sparse_start = config.dense_epochs
         self.redense_start = config.dense_epochs + config.sparse_epochs
         self._sparsify_jit = jax.jit(self._sparsify)

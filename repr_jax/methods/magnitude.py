@@ -39,7 +39,7 @@ from repr_jax.masks import filter_live, live_filters, with_live_filters, with_ma
 from repr_jax.methods.base import Event, Method, MethodConfig, Phase, register
 from repr_jax.methods.structured import model_graph
 from repr_jax.methods.weights import (KINDS, channel_links, cut_dead_inputs, density_record,
-                                      kernel_paths, magnitude_threshold_mask, output_alive,
+                                      magnitude_threshold_mask, model_kernels, output_alive,
                                       write_storage_report)
 
 
@@ -95,11 +95,7 @@ class Han(Method):
     def __init__(self, config: HanConfig, context):
         config.validate()
         super().__init__(config, context)
-        shapes = jax.eval_shape(lambda: context.model.init(
-            jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))["params"]
-        self.paths = kernel_paths(shapes, config.kinds)
-        if not self.paths:
-            raise ValueError(f"han: the model has no {config.kinds} kernels")
+        self.paths = model_kernels(context, config.kinds, "han")
         self.links = channel_links(model_graph(context)) if config.remove_dead else ()
         self.prune_steps = tuple(e * context.steps_per_epoch for e in config.prune_epochs())
         self._prune_jit = jax.jit(self._prune, static_argnums=(1,))

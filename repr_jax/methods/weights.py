@@ -36,6 +36,17 @@ def kernel_paths(params, kinds: str = "all") -> tuple[tuple[tuple[str, ...], str
     return tuple(found)
 
 
+def model_kernels(context, kinds: str, method: str):
+    """:func:`kernel_paths` of the context's model (shapes only, nothing computed);
+    ``ValueError`` naming ``method`` when it has none of ``kinds``."""
+    shapes = jax.eval_shape(lambda: context.model.init(
+        jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))["params"]
+    paths = kernel_paths(shapes, kinds)
+    if not paths:
+        raise ValueError(f"{method}: the model has no {kinds} kernels")
+    return paths
+
+
 def magnitude_threshold_mask(weights: jax.Array, mask: jax.Array, quality) -> tuple[jax.Array, jax.Array]:
     """Han et al. (2015, §3.3): keep a connection while ``|w| ≥ q · std(W)``.
 
@@ -139,4 +150,4 @@ def write_storage_report(state, out) -> dict:
 
 
 __all__ = ["KINDS", "channel_links", "cut_dead_inputs", "density_record", "kernel_paths",
-           "magnitude_threshold_mask", "magnitude_topk_mask", "output_alive", "write_storage_report"]
+           "magnitude_threshold_mask", "magnitude_topk_mask", "model_kernels", "output_alive", "write_storage_report"]
