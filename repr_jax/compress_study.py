@@ -7,8 +7,10 @@ Per model and seed s, as run directories under the study folder:
                               network li-l1 / trimming / channel-pruning start from
                               (``--set init_from``);
   ``<method>-seed<s>``        the method: prune at epoch 0 of the trained network (slimming:
-                              E epochs of sparsity training from scratch first), fine-tune F
-                              epochs, export (``<run>/export/``);
+                              E epochs of sparsity training from scratch first; jst: coarse
+                              training and search from scratch in E epochs, its validation
+                              split held out of the training images), fine-tune F epochs,
+                              export (``<run>/export/``);
   ``<method>-scratch-e-seed<s>``  the exported architecture (``model.channels``) trained from
                               scratch for E epochs (Scratch-E: the large model's epochs);
   ``<method>-scratch-b-seed<s>``  the same for round(E · FLOPs_large / FLOPs_small) epochs
@@ -52,18 +54,25 @@ SCALES = {
         "li-l1": ("li-l1.fraction=0.5",),
         "slimming": ("slimming.fraction=0.5", "slimming.l1=1e-4"),
         "trimming": ("trimming.fraction=0.25", "trimming.rounds=2", "trimming.retrain_epochs=1"),
-        "channel-pruning": ("channel-pruning.fraction=0.5",)}),
+        "channel-pruning": ("channel-pruning.fraction=0.5",),
+        "jst": ("jst.coarse_epochs=1", "jst.search_steps=2", "jst.subnets=10", "jst.init_threshold=0.5",
+                "data.holdout=1024")}),
     "gpu-resnet56": Scale("resnet56", epochs=160, finetune=40, finetune_lr=0.01, seeds=(0, 1), methods={
         "li-l1": ("li-l1.preset=resnet56-b",),
         "slimming": ("slimming.fraction=0.5", "slimming.l1=1e-4"),
         "trimming": ("trimming.fraction=0.125", "trimming.rounds=4", "trimming.retrain_epochs=10"),
-        "channel-pruning": ("channel-pruning.fraction=0.5",)}),
+        "channel-pruning": ("channel-pruning.fraction=0.5",),
+        "jst": ("jst.coarse_epochs=100", "jst.search_steps=60", "jst.subnets=30", "jst.init_threshold=0.5",
+                "data.holdout=5000")}),
     "gpu-vgg16": Scale("vgg16", epochs=160, finetune=40, finetune_lr=0.01, seeds=(0, 1), methods={
         "li-l1": ("li-l1.preset=vgg16-a",),
         "slimming": ("slimming.fraction=0.7", "slimming.l1=1e-4"),
         "trimming": ("trimming.fraction=0.125", "trimming.rounds=4", "trimming.retrain_epochs=10"),
-        "channel-pruning": ("channel-pruning.fraction=0.5",)}),
+        "channel-pruning": ("channel-pruning.fraction=0.5",),
+        "jst": ("jst.coarse_epochs=100", "jst.search_steps=60", "jst.subnets=30", "jst.init_threshold=0.5",
+                "data.holdout=5000")}),
 }
+FROM_SCRATCH = ("slimming", "jst")   # methods that train the large model themselves (E + F epochs)
 
 
 def _sets(entries) -> list[str]:
@@ -79,6 +88,8 @@ def method_arguments(scale: Scale, method: str, seed: int, out: Path, data_dir) 
     sets = list(scale.methods[method]) + [f"{method}.finetune_lr={scale.finetune_lr}"]
     if method == "slimming":   # its own sparsity training from scratch, then the prune
         epochs, sets = scale.epochs + scale.finetune, sets + [f"{method}.prune_epoch={scale.epochs}"]
+    elif method == "jst":      # coarse training + search take the E epochs, then F of fine-tuning
+        epochs = scale.epochs + scale.finetune
     else:
         epochs, sets = scale.finetune, sets + [f"init_from={out / f'base-seed{seed}'}"]
     return ["--model", scale.model, "--method", method, "--epochs", str(epochs), "--seed", str(seed),
@@ -107,10 +118,10 @@ def stages(scale: Scale, out: Path, data_dir, methods=None) -> list:
     (a callable each), because the scratch runs read their method's export."""
     methods = list(methods or scale.methods)
     first = [lambda s=s: base_arguments(scale, s, out, data_dir) for s in scale.seeds]
-    first += [lambda s=s: method_arguments(scale, "slimming", s, out, data_dir)
-              for s in scale.seeds if "slimming" in methods]
+    first += [lambda m=m, s=s: method_arguments(scale, m, s, out, data_dir)
+              for m in FROM_SCRATCH if m in methods for s in scale.seeds]
     second = [lambda m=m, s=s: method_arguments(scale, m, s, out, data_dir)
-              for m in methods if m != "slimming" for s in scale.seeds]
+              for m in methods if m not in FROM_SCRATCH for s in scale.seeds]
     third = [lambda m=m, k=k, s=s: scratch_arguments(scale, m, k, s, out, data_dir)
              for m in methods for k in ("e", "b") for s in scale.seeds]
     return [first, second, third]
@@ -184,5 +195,5 @@ def scratch_b_epochs(epochs: int, flops_ratio: float) -> int:
     return max(epochs, int(round(epochs * flops_ratio))) if math.isfinite(flops_ratio) else epochs
 
 
-__all__ = ["ANCHORS", "SCALES", "Scale", "base_arguments", "collect", "markdown", "method_arguments",
+__all__ = ["ANCHORS", "FROM_SCRATCH", "SCALES", "Scale", "base_arguments", "collect", "markdown", "method_arguments",
            "scratch_arguments", "scratch_b_epochs", "stages"]

@@ -240,8 +240,10 @@ def train_population(sessions: list[Session]) -> dict[int, Diverged]:
                           live=(int(live[i]), total_filters), elapsed=s.prior_seconds + elapsed)
             except Diverged as err:
                 diverged[s.config.seed] = err
-    for s in sessions:
+    for i, s in enumerate(sessions):
         s.ckpt.close()
+        if s.config.seed not in diverged:
+            s.state = unstack(states, i)   # finish() exports and reports from each member's final state
     return diverged
 
 

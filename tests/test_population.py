@@ -182,3 +182,16 @@ def test_a_transition_that_makes_parameters_non_finite_is_not_checkpointed(tmp_p
         run(config, data=DATA)
     assert Checkpointer(tmp_path / "one" / "checkpoints").epochs() == []
     assert json.loads((tmp_path / "one" / "summary.json").read_text())["last_finite_checkpoint"] is None
+
+
+def test_a_population_of_a_structured_method_exports_every_member(tmp_path):
+    """finish() of each member sees its own final state: the export and the method's report."""
+    summary = run(_config(tmp_path / "li", method="li-l1", fraction=0.5), data=DATA)
+    for seed in (3, 4):
+        member = tmp_path / f"li-seed{seed}"
+        assert summary["runs"][str(seed)]["export"]["params_after"] < summary["runs"][str(seed)]["export"]["params_before"]
+        report = json.loads((member / "export" / "export.json").read_text())
+        _, state = load_run_state(member)
+        from repr_jax.masks import live_filters
+        live = {n: int(v.sum()) for n, v in live_filters(state.masks, state.layers).items()}
+        assert report["channels"] == live and report["max_abs_logit_difference"] < 1e-4
