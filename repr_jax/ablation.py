@@ -18,6 +18,7 @@ import numpy as np
 from scipy import stats
 
 from repr_jax.criteria import CRITERIA, drop_priority, score_filters, scoring_batches
+from repr_jax.report import stats as run_stats
 from repr_jax.versions import machine
 
 PAPER_TABLE = {"standard": 72.1, "random": 73.4, "activations": 74.1, "apoz": 74.3,
@@ -93,10 +94,9 @@ def correlation_with_oracle(run_dir, data, batches: int) -> dict:
 
 
 def _stats(values: list[float]) -> dict:
-    v = 100 * np.asarray([x for x in values if x is not None], float)
-    if not v.size:
-        return {"mean": float("nan"), "std": float("nan"), "n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
+    """:func:`repr_jax.report.stats` in % of the accuracies that exist (NaN mean / std when none)."""
+    s = run_stats([100 * x for x in values if x is not None])
+    return s if s["n"] else {"mean": float("nan"), "std": float("nan"), "n": 0}
 
 
 def summarize(rows, seeds, results: dict, protocol: dict, correlation: dict,

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from repr_jax.report import stats
 from repr_jax.study_runner import completed_summary
 
 ANCHORS = [   # printed beside ours (CIFAR-10, the papers' full-length runs)
@@ -128,11 +129,6 @@ def stages(scale: Scale, out: Path, data_dir, methods=None) -> list:
 
 
 # ----------------------------------------------------------------------------- report
-def _stats(values) -> dict:
-    a = np.asarray(values, float)
-    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": int(len(a))}
-
-
 def collect(out: Path, scale: Scale, methods=None) -> dict:
     """Rows of the table from the finished runs (missing runs are left out and counted)."""
     methods = list(methods or scale.methods)
@@ -150,8 +146,8 @@ def collect(out: Path, scale: Scale, methods=None) -> dict:
         exports = [json.loads(p.read_text()) for s in done
                    if (p := out / f"{method}-seed{s}" / "export" / "export.json").exists()] if ex else []
         row = {"row": label, "seeds": sorted(done), "missing": sorted(set(runs) - set(done)),
-               "final_error": _stats([100 * (1 - r["final_test_accuracy"]) for r in done.values()]),
-               "best_error": _stats([100 * (1 - r["best_test_accuracy"]) for r in done.values()]),
+               "final_error": stats([100 * (1 - r["final_test_accuracy"]) for r in done.values()]),
+               "best_error": stats([100 * (1 - r["best_test_accuracy"]) for r in done.values()]),
                "epochs": next(iter(done.values()))["epochs"],
                "wall_minutes": float(np.mean([r["wall_seconds"] for r in done.values()]) / 60)}
         if ex:

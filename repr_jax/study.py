@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from repr_jax.ablation import PAPER_TABLE
+from repr_jax.report import fmt, stats, welch
 
 # The paper's / thesis's test accuracies (%): C³(32) ranking table, ResNet-20 (error 8.4 → 6.9).
 PAPER_NUMBERS = {"paper": PAPER_TABLE, "official": {"standard": 72.1, "repr-official": 76.4},
@@ -109,23 +109,6 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _stats(values) -> dict:
-    v = np.asarray(values, float)
-    if v.size == 0:
-        return {"n": 0}
-    return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-            "values": [float(x) for x in v]}
-
-
-def welch(a, b) -> dict:
-    """Welch's t-test (unequal variances) of ``a`` against ``b`` (scipy.stats.ttest_ind)."""
-    from scipy import stats
-    if len(a) < 2 or len(b) < 2:
-        return {}
-    t, p = stats.ttest_ind(a, b, equal_var=False)
-    return {"t": float(t), "p": float(p)} if math.isfinite(t) else {"t": None, "p": None}
-
-
 def collect(out: Path, rows: list[StudyRow]) -> dict:
     """Per row: the finished seeds' final/best test accuracy (%), their metrics and drops."""
     report = {"rows": []}
@@ -142,7 +125,7 @@ def collect(out: Path, rows: list[StudyRow]) -> dict:
             curves.append(_read_jsonl(run / "metrics.jsonl"))
             drops.append([e for e in _read_jsonl(run / "pruning.jsonl") if e["event"] == "drop"])
         report["rows"].append({"group": row.group, "row": row.name, "note": row.note, "args": list(row.args),
-                               "final": _stats(finals), "best": _stats(bests), "missing_seeds": missing,
+                               "final": stats(finals), "best": stats(bests), "missing_seeds": missing,
                                "_curves": curves, "_drops": drops})
     for r in report["rows"]:
         base = next((b for b in report["rows"] if b["group"] == r["group"] and b["row"] == "standard"), None)
@@ -150,10 +133,6 @@ def collect(out: Path, rows: list[StudyRow]) -> dict:
             r["vs_standard"] = {"delta": r["final"]["mean"] - base["final"]["mean"],
                                 **welch(r["final"]["values"], base["final"]["values"])}
     return report
-
-
-def _fmt(s: dict) -> str:
-    return f"{s['mean']:.2f} ± {s['std']:.2f}" if s.get("n") else "–"
 
 
 def markdown(report: dict, header: str) -> str:
@@ -164,7 +143,7 @@ def markdown(report: dict, header: str) -> str:
         delta = f"{vs['delta']:+.2f}" if vs else ""
         p = f"{vs['p']:.3f}" if vs.get("p") is not None else ""
         paper = PAPER_NUMBERS.get(r["group"], {}).get(r["row"], "")
-        lines.append(f"| {r['group']} | {r['row']} | {r['final']['n']} | {_fmt(r['final'])} | {_fmt(r['best'])} | "
+        lines.append(f"| {r['group']} | {r['row']} | {r['final']['n']} | {fmt(r['final'])} | {fmt(r['best'])} | "
                      f"{delta} | {p} | {paper} |")
     return "\n".join(lines) + "\n"
 

@@ -20,8 +20,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
-
+from repr_jax.report import stats
 from repr_jax.study_runner import completed_summary
 
 PAPER_KD = {"standard": 72.1, "kd": 74.8, "repr": 76.4, "kd-repr": 83.1}   # RePr paper, Table 6 (C³(32))
@@ -112,10 +111,9 @@ def stages(scale: Scale, out: Path, data_dir) -> list:
 
 # ----------------------------------------------------------------------------- report
 def _stats(values) -> dict | None:
-    a = np.asarray([v for v in values if v is not None], float)
-    if not a.size:
-        return None
-    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0, "n": int(a.size)}
+    """:func:`repr_jax.report.stats` of the values that exist; None when there are none."""
+    s = stats([v for v in values if v is not None])
+    return s if s["n"] else None
 
 
 def _accuracy_rows(out: Path, scale: Scale, prefix: str, rows) -> list[dict]:

@@ -380,6 +380,11 @@ class JointSearchTraining(Method):
         return state, [Event("search", epoch + 1, step_index + 1, arrays)]
 
     # ---------------------------------------------------------------- host side
+    def check_event(self, event: Event) -> None:
+        if event.kind == "search" and not np.all(np.isfinite(np.asarray(event.arrays["rewards"]))):
+            from repr_jax.errors import NonFiniteError
+            raise NonFiniteError(f"jst: a sub-network's reward is not finite at search step {event.round}")
+
     def record(self, event: Event) -> dict:
         a = jax.tree_util.tree_map(lambda v: np.asarray(v).tolist(), event.arrays)
         a.pop("live_after", None)
