@@ -33,7 +33,7 @@ from repr_jax.protocols import PROTOCOLS
 # Settings that do not change the result: a resumed run may differ in these.
 # ``seeds`` and ``devices`` change how the work is laid out, not what is computed (results
 # agree to float32 round-off; repr_jax.population, repr_jax.parallel).
-NON_SEMANTIC = ("out", "resume", "quiet", "keep_checkpoints", "data.dir", "seeds", "devices")
+NON_SEMANTIC = ("out", "resume", "quiet", "keep_checkpoints", "data.dir", "seeds", "devices", "tensorboard")
 KEY_ALIASES = {"optim.lr": "optim.learning_rate", "lr": "optim.learning_rate"}
 
 
@@ -123,6 +123,9 @@ class RunConfig:
         "help": "local devices the batch is split over (data parallel; 0: all of them)"})
     resume: bool = False
     quiet: bool = False
+    tensorboard: bool = dataclasses.field(default=False, metadata={
+        "help": "also write each epoch's scalars as TensorBoard events into <out>/tensorboard "
+                "(pip install -e '.[tensorboard]')"})
 
     @property
     def num_classes(self) -> int:

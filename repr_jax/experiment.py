@@ -186,6 +186,7 @@ class Session:
     mesh: object = None          # a jax.sharding.Mesh when the batch is split over devices
     inputs: object = ()          # the method's run_inputs(), on device
     population: int = 1          # seeds trained together with this one (repr_jax.population)
+    tensorboard: object = None   # a repr_jax.tensorboard.TensorBoardLog with tensorboard=true
 
 
 def device_mesh(config: RunConfig):
@@ -218,6 +219,12 @@ def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = N
     if source and not (Path(source) / "config.json").exists():
         raise RunError(f"--set init_from={source}: no repr-jax run there (no config.json)")
     check_teacher(config)
+    if config.tensorboard:
+        from repr_jax.tensorboard import check_available
+        try:
+            check_available()
+        except ImportError as err:
+            raise RunError(str(err)) from None
     resuming = check_run_dir(config)
     data = load_run_data(config, data)
     if len(data.train_y) < config.batch_size:
@@ -252,6 +259,9 @@ def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = N
             print(f"resuming from epoch {epoch}", file=sys.stderr)
         session.start_epoch, session.prior_seconds = int(extra["epochs_done"]), float(extra["wall_seconds"])
     session.metrics = [m for m in session.metrics if m["epoch"] <= session.start_epoch]
+    if config.tensorboard:
+        from repr_jax.tensorboard import TensorBoardLog
+        session.tensorboard = TensorBoardLog(out, session.start_epoch)
     session.events = [e for e in session.events if e["epoch"] <= session.start_epoch]  # 1-based
     session.arrays = arrays if arrays is not None else replicate(
         tuple(jnp.asarray(a) for a in (data.train_x, data.train_y, data.test_x, data.test_y)), mesh)
@@ -274,6 +284,8 @@ def _diverge(s: Session, epoch: int, quantity: str) -> None:
     (written after the last finite epoch) is the state to go back to."""
     last = s.ckpt.latest_epoch()
     s.ckpt.close()
+    if s.tensorboard is not None:
+        s.tensorboard.close()
     finite = [m for m in s.metrics if "non_finite" not in m]
     summary = {"status": "diverged", "diverged_epoch": epoch + 1, "non_finite": quantity,
                "last_finite_checkpoint": last,
@@ -355,6 +367,8 @@ def log_epoch(s: Session, state, epoch: int, train_m: dict, test_m: dict, events
         row["loss_terms"] = train_m["loss_terms"]
     s.metrics.append(finite_row(row))
     write_jsonl(s.out / "metrics.jsonl", s.metrics)
+    if s.tensorboard is not None:
+        s.tensorboard.write(s.metrics[-1])
     if s.events:
         write_jsonl(s.out / "pruning.jsonl", s.events)
     if bad is not None:
@@ -385,6 +399,8 @@ def finish(s: Session, extra: dict | None = None) -> dict:
     """``summary.json`` (returned; ``extra`` added to it), ``curves.png`` and, with drops,
     ``pruned_per_layer.png``."""
     config, metrics, events = s.config, s.metrics, s.events
+    if s.tensorboard is not None:
+        s.tensorboard.close()
     best = max(metrics, key=lambda m: m["test_accuracy"])
     if getattr(s.method, "exports_at_end", False):   # structured methods end in a smaller model
         from repr_jax.compress.export import ExportError
