@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 # flag → (--set key, help). Defaults are read from the config dataclasses for --help.
 ALIASES = {
@@ -132,9 +133,13 @@ def config_from_args(args: argparse.Namespace):
     from repr_jax.config import (RunConfig, apply_overrides, default_learning_rate,
                                  load_config_file)
     explicit: set = set()
-    base = load_config_file(args.config) if args.config else {}
-    if args.config:
+    settings_file = args.config
+    if settings_file is None and args.resume and args.out and (Path(args.out) / "config.json").exists():
+        settings_file = Path(args.out) / "config.json"   # --out RUN --resume: the run's own settings
+    base = load_config_file(settings_file) if settings_file else {}
+    if settings_file:
         from repr_jax.config import flatten
+        base = {k: v for k, v in base.items() if k not in ("out", "resume", "quiet")}
         explicit |= set(flatten(base))
     if args.method is not None:
         base = apply_overrides(base, [f"method={args.method}"])

@@ -39,9 +39,9 @@ from repr_jax.methods.base import MethodContext, create_method
 from repr_jax.models import from_architecture
 from repr_jax.optim import learning_rate_schedule, make_optimizer, phased_schedule
 from repr_jax.parallel import batch_sharding, data_mesh, replicate
-from repr_jax.plots import plot_curves, plot_pruned_per_layer
-from repr_jax.run_dir import (check_data, check_run_dir, create_run_dir, finite_row,
-                              read_architecture, read_config, read_jsonl, write_json, write_jsonl)
+from repr_jax.plots import dataset_label, plot_curves, plot_pruned_per_layer
+from repr_jax.run_dir import (check_data, check_run_dir, create_run_dir, finite_row, read_architecture,
+                              read_config, read_jsonl, record_extension, write_json, write_jsonl)
 from repr_jax.state import create_train_state
 from repr_jax.train import evaluate, loss_term_names, run_epoch, train_step_indexed
 
@@ -243,6 +243,11 @@ def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = N
         check_data(out, data.fingerprint)
         if not (out / "architecture.json").exists():   # written before the file existed
             write_json(out / "architecture.json", config.architecture())
+        saved_epochs = read_config(out).epochs
+        if config.epochs > saved_epochs:     # --resume --epochs N: train the run further
+            record_extension(out, config.epochs)
+            (out / "summary.json").unlink(missing_ok=True)   # no longer complete
+            print(f"extending {out} from {saved_epochs} to {config.epochs} epochs", file=sys.stderr)
     else:
         create_run_dir(config, data.fingerprint)
     ckpt = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
@@ -255,9 +260,8 @@ def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = N
             print(f"warning: the checkpoint of epoch {bad} could not be restored ({reason}); "
                   f"set aside in {out / 'damaged_checkpoints'}", file=sys.stderr)
         ckpt.set_aside([bad for bad, _ in skipped], out / "damaged_checkpoints")
-        if skipped:
-            print(f"resuming from epoch {epoch}", file=sys.stderr)
         session.start_epoch, session.prior_seconds = int(extra["epochs_done"]), float(extra["wall_seconds"])
+        print(f"resuming {out} from epoch {session.start_epoch}", file=sys.stderr)
     session.metrics = [m for m in session.metrics if m["epoch"] <= session.start_epoch]
     if config.tensorboard:
         from repr_jax.tensorboard import TensorBoardLog
@@ -298,11 +302,14 @@ def _diverge(s: Session, epoch: int, quantity: str) -> None:
 
 
 def _progress_bar(config: RunConfig, epoch: int, phase: str, steps: int):
-    if config.quiet:
+    """A tqdm bar over the epoch's training images (img/s, as the epoch line reports), the ETA
+    averaged over the whole epoch; none with ``--quiet`` or when stderr is not a terminal
+    (a log file under nohup would fill with redrawn bars)."""
+    if config.quiet or not sys.stderr.isatty():
         return None
     from tqdm import tqdm
-    return tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs} [{phase}]", leave=False,
-                dynamic_ncols=True)
+    return tqdm(total=steps * config.batch_size, unit="img", smoothing=0.0,
+                desc=f"epoch {epoch + 1}/{config.epochs} [{phase}]", leave=False, dynamic_ncols=True)
 
 
 def train_epochs(s: Session) -> None:
@@ -355,7 +362,14 @@ def log_epoch(s: Session, state, epoch: int, train_m: dict, test_m: dict, events
     """After 0-based ``epoch``: the method's events into ``pruning.jsonl``, one line of
     ``metrics.jsonl``, then stop (``bad`` names what is not finite) or checkpoint ``state``."""
     config, phase = s.config, s.method.phase(epoch)
-    s.events += [s.method.record(event) for event in events]
+    records = [s.method.record(event) for event in events]
+    s.events += records
+    seed = f"seed {config.seed} " if s.population > 1 else ""
+    for line in (line for record in records for line in s.method.describe(record)):
+        if line.startswith("warning:"):
+            print(f"warning: {seed}{line[len('warning: '):]}", file=sys.stderr, flush=True)
+        elif not config.quiet:
+            print(f"{seed}{line}", flush=True)
     row = {"epoch": epoch + 1, "phase": phase.name, "round": phase.round,
            "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
            "test_loss": test_m["loss"], "test_accuracy": test_m["accuracy"],
@@ -376,7 +390,6 @@ def log_epoch(s: Session, state, epoch: int, train_m: dict, test_m: dict, events
     s.ckpt.save(epoch + 1, state, {"test_accuracy": row["test_accuracy"]},
                 {"epochs_done": epoch + 1, "wall_seconds": row["elapsed_seconds"]})
     if not config.quiet:
-        seed = f"seed {config.seed} " if s.population > 1 else ""
         print(f"{seed}epoch {epoch + 1:3d} [{phase.name:4s}] train {100 * row['train_accuracy']:5.2f}% "
               f"test {100 * row['test_accuracy']:5.2f}% loss {row['train_loss']:.3f} "
               f"{row['images_per_second']:.0f} img/s live {live[0]}/{live[1]}", flush=True)
@@ -424,7 +437,9 @@ def finish(s: Session, extra: dict | None = None) -> dict:
     write_json(s.out / "summary.json", summary)
     drops = [e for e in events if e["event"] == "drop" and "layers" in e]   # RePr-shaped drop lines
     try:
-        plot_curves(metrics, s.out / "curves.png", f"{config.model.name} {config.method.name} ({config.data.dataset})")
+        plot_curves(metrics, s.out / "curves.png",
+                    f"{config.model.name} {config.method.name} ({dataset_label(config.data.dataset, s.data.source)})",
+                    reinit_epochs=[e["epoch"] for e in events if e["event"] == "reinit"])
         if drops:
             plot_pruned_per_layer(drops, s.out / "pruned_per_layer.png",
                                   "per-layer" if getattr(config.method, "per_layer", False) else "global")

@@ -10,20 +10,34 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def plot_curves(metrics: list[dict], path: str | Path, title: str = "") -> None:
-    """Train/test accuracy per epoch; sub-network (pruned) epochs shaded."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+def dataset_label(dataset: str, source: str = "") -> str:
+    """"CIFAR-10", "CIFAR-100", with "(JPEG copy)" for the JPEG-degraded offline copy."""
+    name = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(dataset, dataset)
+    return f"{name} (JPEG copy)" if "jpeg" in str(source).lower() else name
+
+
+def plot_curves(metrics: list[dict], path: str | Path, title: str = "", reinit_epochs=()) -> None:
+    """Accuracy (train, test) and loss (train, test) per epoch, integer epoch ticks;
+    sub-network epochs (phase ``sub``) shaded, re-initialisations (after the listed 1-based
+    epochs) marked with dashed lines."""
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
     epochs = [m["epoch"] for m in metrics]
-    ax.plot(epochs, [100 * m["train_accuracy"] for m in metrics], label="train", marker=".")
-    ax.plot(epochs, [100 * m["test_accuracy"] for m in metrics], label="test", marker=".")
-    for m in metrics:
-        if m.get("phase") == "sub":
-            ax.axvspan(m["epoch"] - 0.5, m["epoch"] + 0.5, color="0.85", lw=0)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title + ("  (shaded: sub-network epochs)" if any(m.get("phase") == "sub" for m in metrics) else ""))
-    ax.grid(alpha=0.3)
-    ax.legend()
+    for ax, key, scale in ((acc, "accuracy", 100.0), (loss, "loss", 1.0)):
+        ax.plot(epochs, [scale * m[f"train_{key}"] for m in metrics], label="train", marker=".")
+        ax.plot(epochs, [scale * m[f"test_{key}"] for m in metrics], label="test", marker=".")
+        for m in metrics:
+            if m.get("phase") == "sub":
+                ax.axvspan(m["epoch"] - 0.5, m["epoch"] + 0.5, color="0.85", lw=0)
+        for i, e in enumerate(reinit_epochs):
+            ax.axvline(e + 0.5, color="C3", ls="--", lw=1, label="re-init" if i == 0 else None)
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    acc.set_ylabel("accuracy (%)")
+    loss.set_ylabel("loss")
+    shaded = any(m.get("phase") == "sub" for m in metrics)
+    fig.suptitle(title + ("  (shaded: sub-network epochs)" if shaded else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -39,7 +53,9 @@ def plot_pruned_per_layer(drops: list[dict], path: str | Path, ranking: str = "g
     x = np.arange(len(layers))
     for i, drop in enumerate(drops):
         counts = [row["dropped"] for row in drop["layers"]]
-        ax.bar(x + i * width, counts, width, label=f"round {drop['round'] + 1} (before epoch {drop['epoch']})")
+        bars = ax.bar(x + i * width, counts, width, label=f"round {drop['round'] + 1} (before epoch {drop['epoch']})")
+        if len(layers) <= 40:   # a count on every bar, so that a zero is visible too
+            ax.bar_label(bars, fontsize=6, padding=1)
     ax.set_xticks(x + 0.4 - width / 2, layers, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("filters dropped")
     ax.set_title(f"Filters dropped per layer ({ranking} ranking)")

@@ -144,7 +144,7 @@ def _population_epoch(states, arrays, keys, s0: Session, *, data_axis, layers, p
             states, totals, images, labels, idx[i], keys, layers=layers, ortho_lambda=config.ortho_loss,
             method=s0.method, augmentation=config.data.augment, batch_sharding=sharding, data_axis=data_axis)
         if progress is not None:
-            progress.update(1)
+            progress.update(s0.config.batch_size)
     jax.block_until_ready(states)
     seconds = time.perf_counter() - started
     return states, [epoch_means(unstack(totals, k), s0.terms, seconds) for k in range(members)]

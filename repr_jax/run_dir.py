@@ -92,10 +92,26 @@ def read_architecture(run_dir: Path, config: RunConfig | None = None) -> dict:
     return (config or read_config(run_dir)).architecture()
 
 
+def _differing(old: RunConfig, new: RunConfig) -> list[str]:
+    a, b = old.semantic(), new.semantic()
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
 def _difference(old: RunConfig, new: RunConfig) -> str:
     a, b = old.semantic(), new.semantic()
-    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    return ", ".join(f"{k}: saved {a.get(k)!r}, given {b.get(k)!r}" for k in keys)
+    return ", ".join(f"{k}: saved {a.get(k)!r}, given {b.get(k)!r}" for k in _differing(old, new))
+
+
+def is_extension(old: RunConfig, new: RunConfig) -> bool:
+    """``new`` only trains longer than ``old`` (``--resume --epochs N`` with a larger N)."""
+    return _differing(old, new) == ["epochs"] and new.epochs > old.epochs
+
+
+def record_extension(out: Path, epochs: int) -> None:
+    """Write the longer ``epochs`` into a run's ``config.json`` (atomically)."""
+    saved = json.loads((Path(out) / "config.json").read_text())
+    saved["config"]["epochs"] = int(epochs)
+    write_json(Path(out) / "config.json", saved)
 
 
 def _blocking_file(out: Path) -> Path | None:
@@ -121,15 +137,18 @@ def check_run_dir(config: RunConfig) -> bool:
     old = read_config(out)
     if not config.resume:
         raise RunError(f"--out {out} already holds a run; pass --resume to continue it or choose a new --out")
+    extend = is_extension(old, config)
     diff = _difference(old, config)
-    if diff:
+    if diff and not extend:
         raise RunError(f"--out {out} holds a different run (settings differ: {diff})")
     if (out / "summary.json").exists():
         summary = json.loads((out / "summary.json").read_text())
         if summary.get("status") == "diverged":
             raise RunError(f"the run in {out} diverged at epoch {summary.get('diverged_epoch')} "
                            "(see its summary.json); start a new run with other settings")
-        raise RunError(f"the run in {out} is already complete")
+        if not extend:
+            raise RunError(f"the run in {out} is already complete (--resume --epochs N with a larger N "
+                           "trains it further)")
     return True
 
 

@@ -233,7 +233,7 @@ def run_epoch(state: TrainState, images, labels, key, *, batch_size: int, layers
                                            layers=layers, ortho_lambda=ortho_lambda, method=method,
                                            augmentation=augmentation, batch_sharding=batch_sharding)
         if progress is not None:
-            progress.update(1)
+            progress.update(batch_size)
             if (i + 1) % log_every == 0 or i + 1 == idx.shape[0]:
                 count = float(totals["count"])
                 progress.set_postfix(loss=f"{float(totals['loss']) / count:.3f}",

@@ -32,6 +32,8 @@ method overrides only what it needs (jaxpruner's ``BaseUpdater`` has the same sh
 ``check_event``      host side, after a transition: raise
                      :class:`~repr_jax.errors.NonFiniteError` when an event shows the run
                      cannot go on (NaN criterion scores)
+``describe``         host side: console lines for one ``pruning.jsonl`` record (printed unless
+                     ``--quiet``; lines starting ``warning:`` go to stderr, always)
 ``export``           ``(state, architecture) → Exported`` smaller dense model (default: remove
                      dead filters along the channel graph, :mod:`repr_jax.compress`)
 ``final_report``     host side, once a run has finished: write method artefacts into the run
@@ -209,6 +211,10 @@ class Method:
         arrays = jax.tree_util.tree_map(lambda a: np.asarray(a).tolist(), event.arrays)
         return {"event": event.kind, "epoch": event.epoch, "round": event.round, **(
             arrays if isinstance(arrays, dict) else {"arrays": arrays})}
+
+    def describe(self, record: dict) -> list[str]:
+        """Console lines for one :meth:`record` line (none by default)."""
+        return []
 
     # ---------------------------------------------------------------- export
     def export(self, state, architecture: dict):

@@ -33,7 +33,7 @@ from repr_jax.criteria import (check_applicable, drop_priority, get_criterion, r
 from repr_jax.layers import get_path, replace_path
 from repr_jax.masks import drop_filters, live_filters, revive_filters, with_live_filters
 from repr_jax.methods.base import Event, Method, MethodConfig, Phase, register
-from repr_jax.methods.repr_records import drop_record, reinit_diagnostics, reinit_record
+from repr_jax.methods.repr_records import describe_record, drop_record, reinit_diagnostics, reinit_record
 from repr_jax.official import official_reinit_layers
 from repr_jax.ranking import ROUNDINGS, select_drops
 from repr_jax.reinit import reinit_layers
@@ -305,6 +305,9 @@ class RePr(Method):
         if event.kind == "drop":
             return drop_record(event, self.context.layers, self.criterion)
         return reinit_record(event, self.context.layers, self.config.reinit)
+
+    def describe(self, record: dict) -> list[str]:
+        return describe_record(record, "per-layer" if self.config.per_layer else "global")
 
 
 __all__ = ["DROP_MODES", "REINITS", "RePr", "ReprConfig", "ReprPhase", "ReprSchedule", "conv_kernels",

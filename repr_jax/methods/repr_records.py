@@ -76,4 +76,27 @@ def reinit_record(event, layers, mode: str) -> dict:
             "revived": sum(r["revived"] for r in rows), "layers": rows}
 
 
-__all__ = ["drop_record", "reinit_diagnostics", "reinit_record"]
+def describe_record(record: dict, ranking: str) -> list[str]:
+    """Console lines of a drop or re-initialisation line: per-layer counts, and a warning for
+    every layer a drop leaves with less than half its filters."""
+    rows = record["layers"]
+    if record["event"] == "drop":
+        counts = ", ".join(f"{r['layer']} {r['dropped']}/{r['filters']}" for r in rows)
+        lines = [f"drop round {record['round'] + 1} (before epoch {record['epoch']}, {ranking} ranking by "
+                 f"{record['criterion']}): {record['dropped']} of {record['live_before']} live filters — {counts}"]
+        for r in rows:
+            if r["live_after"] < r["filters"] / 2:
+                lines.append(f"warning: drop round {record['round'] + 1} leaves {r['layer']} with {r['live_after']} "
+                             f"of {r['filters']} filters (repr.per_layer=true ranks within layers; "
+                             "repr.exclude_first=true spares the first conv)")
+        return lines
+    revived = [r for r in rows if r["revived"]]
+    short = [r["layer"] for r in revived if not r.get("complement_ok", True)]
+    space = ("the null space had room in every layer" if not short else
+             "the null space was too small in " + ", ".join(short) + " (documented fallback)")
+    counts = ", ".join(f"{r['layer']} {r['revived']}" for r in revived) or "none"
+    return [f"re-init round {record['round'] + 1} (after epoch {record['epoch']}, {record['reinit']}): "
+            f"{record['revived']} filters — {counts}; {space}"]
+
+
+__all__ = ["describe_record", "drop_record", "reinit_diagnostics", "reinit_record"]
