@@ -128,13 +128,24 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def _saved_config(out: Path) -> bool:
+    """Whether ``out`` holds a run's readable ``config.json`` (else the run-directory checks
+    name the problem)."""
+    import json
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and isinstance(saved.get("config"), dict)
+
+
 def config_from_args(args: argparse.Namespace):
     """The :class:`~repr_jax.config.RunConfig` the parsed flags describe (``RunError`` if bad)."""
     from repr_jax.config import (RunConfig, apply_overrides, default_learning_rate,
                                  load_config_file)
     explicit: set = set()
     settings_file = args.config
-    if settings_file is None and args.resume and args.out and (Path(args.out) / "config.json").exists():
+    if settings_file is None and args.resume and args.out and _saved_config(Path(args.out)):
         settings_file = Path(args.out) / "config.json"   # --out RUN --resume: the run's own settings
     base = load_config_file(settings_file) if settings_file else {}
     if settings_file:

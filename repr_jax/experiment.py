@@ -261,7 +261,7 @@ def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = N
                   f"set aside in {out / 'damaged_checkpoints'}", file=sys.stderr)
         ckpt.set_aside([bad for bad, _ in skipped], out / "damaged_checkpoints")
         session.start_epoch, session.prior_seconds = int(extra["epochs_done"]), float(extra["wall_seconds"])
-        print(f"resuming {out} from epoch {session.start_epoch}", file=sys.stderr)
+        print(f"resuming from epoch {session.start_epoch} ({out})", file=sys.stderr)
     session.metrics = [m for m in session.metrics if m["epoch"] <= session.start_epoch]
     if config.tensorboard:
         from repr_jax.tensorboard import TensorBoardLog

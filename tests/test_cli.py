@@ -98,8 +98,8 @@ def test_existing_run_is_never_overwritten(tmp_path, tiny_cifar_dir, capsys):
     capsys.readouterr()
     assert cli.main(_fast(tiny_cifar_dir, out, "--epochs", "1")) == 2
     assert "already holds a run" in capsys.readouterr().err
-    assert cli.main(_fast(tiny_cifar_dir, out, "--epochs", "2", "--resume")) == 2
-    assert "holds a different run (settings differ: epochs: saved 1, given 2)" in capsys.readouterr().err
+    assert cli.main(_fast(tiny_cifar_dir, out, "--epochs", "1", "--seed", "5", "--resume")) == 2
+    assert "holds a different run (settings differ: seed: saved 0, given 5)" in capsys.readouterr().err
     assert cli.main(_fast(tiny_cifar_dir, out, "--epochs", "1", "--resume")) == 2
     assert "already complete" in capsys.readouterr().err
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}

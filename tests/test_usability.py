@@ -90,7 +90,7 @@ def test_resume_from_saved_settings_extend_and_evaluate(tiny_cifar_dir, tmp_path
     assert "optim.learning_rate: saved 0.01, given 0.5" in capsys.readouterr().err
     # --out + --resume alone: the saved settings (data directory included)
     assert cli.main(["--out", str(out), "--resume", "--quiet"]) == 0
-    assert f"resuming {out} from epoch 1" in capsys.readouterr().err
+    assert f"resuming from epoch 1 ({out})" in capsys.readouterr().err
     assert [m["epoch"] for m in _lines(out / "metrics.jsonl")] == [1, 2]
     assert cli.main(["--out", str(out), "--resume", "--quiet"]) == 2
     assert "--resume --epochs N with a larger N" in capsys.readouterr().err
