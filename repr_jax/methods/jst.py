@@ -239,7 +239,8 @@ class JointSearchTraining(Method):
 
     @staticmethod
     def _alpha_norm(alpha: dict) -> jax.Array:
-        return jnp.sqrt(sum(jnp.sum(a ** 2) for a in alpha.values()))
+        """‖α‖₂ over every layer's architecture weights (ε inside the root: a finite gradient at 0)."""
+        return jnp.sqrt(sum(jnp.sum(a ** 2) for a in alpha.values()) + 1e-12)
 
     def sample(self, policy, alpha: dict, key) -> tuple[dict, jax.Array]:
         """One sub-network (Alg. 1): ``({layer: (F,) kept}, thresholds (L,))``."""
