@@ -135,9 +135,16 @@ def group_runs(runs: list[dict], by: str = "settings") -> list[dict]:
     return groups
 
 
+def completed(run: dict) -> bool:
+    """A finished run: ``status`` completed (summaries written before the field existed: a
+    final accuracy and no status)."""
+    summary = run["summary"]
+    return summary.get("status") == "completed" or ("status" not in summary and "final_test_accuracy" in summary)
+
+
 def summarize(group: dict) -> dict:
     """A group's row: completed seeds, final / best test accuracy (%), epochs, wall minutes."""
-    done = [r for r in group["runs"] if r["summary"].get("status") == "completed"]
+    done = [r for r in group["runs"] if completed(r)]
     return {"label": group["label"], "seeds": sorted(r["seed"] for r in done),
             "incomplete": sorted(r["dir"] for r in group["runs"] if r not in done),
             "final": stats([100 * r["summary"]["final_test_accuracy"] for r in done]),
@@ -183,7 +190,7 @@ def plot_curves(groups: list[dict], path) -> None:
     import matplotlib.pyplot as plt
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     for i, g in enumerate(groups):
-        curves = [r["metrics"] for r in g["runs"] if r["summary"].get("status") == "completed" and r["metrics"]]
+        curves = [r["metrics"] for r in g["runs"] if completed(r) and r["metrics"]]
         if not curves:
             continue
         length = min(len(c) for c in curves)
@@ -262,5 +269,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["compare", "fmt", "group_runs", "load_run", "markdown", "plot_curves", "report", "run_settings",
+__all__ = ["compare", "completed", "fmt", "group_runs", "load_run", "markdown", "plot_curves", "report", "run_settings",
            "stats", "summarize", "welch"]

@@ -82,3 +82,19 @@ def test_cli_prints_the_table_and_refuses_bad_input(tmp_path, capsys):
     assert "no run directory" in capsys.readouterr().err
     assert rep.main([str(tmp_path / "study"), "--compare", "standard", "nope"]) == 2
     assert "no group named nope" in capsys.readouterr().err
+
+
+def test_the_ablation_table_from_its_committed_run_directories():
+    """The report tool over ``experiments/results/ablation-paper-h100/runs`` (summaries written
+    before ``status`` existed) gives every row of the study's own table."""
+    from pathlib import Path
+    study = Path(__file__).resolve().parents[1] / "experiments" / "results" / "ablation-paper-h100"
+    saved = json.loads((study / "ablation.json").read_text())
+    rows = {r["label"]: r for r in rep.report(sorted((study / "runs").iterdir()))["rows"]}
+    assert len(rows) == len(saved["rows"])
+    for row in saved["rows"]:
+        ours = rows[row["row"]]
+        assert ours["final"]["n"] == row["final"]["n"]
+        assert ours["final"]["mean"] == pytest.approx(row["final"]["mean"]) and \
+            ours["final"]["std"] == pytest.approx(row["final"]["std"])
+        assert ours["best"]["mean"] == pytest.approx(row["best"]["mean"])
