@@ -70,6 +70,9 @@ def test_the_best_subnetwork_is_fine_tuned_and_exported_with_equal_logits(jst_ru
     live = live_filters(state.masks, state.layers)
     assert {n: float(jnp.sum(v)) for n, v in live.items()} == best
     assert int(state.method_state["mode"]) == 2
+    events = _lines(jst_run / "pruning.jsonl")
+    assert method.describe(events[0]).pop().startswith("jst search step 1: rewards mean ")
+    assert "% of the parameters) — conv0 " in method.describe(events[-1]).pop()
     _, variables, small_arch = load_exported(jst_run / "export")
     report = json.loads((jst_run / "export" / "export.json").read_text())
     assert report["channels"] == {n: int(w) for n, w in best.items()}

@@ -47,6 +47,19 @@ def test_drop_and_reinit_lines_name_every_layer_and_warn_when_one_is_emptied():
     assert "too small in conv0, conv1" in describe_record(_drop([3, 1], complement_ok=False)[1], "global")[0]
 
 
+def test_structured_prune_lines():
+    from repr_jax.methods import MethodContext, method_config
+    from repr_jax.methods.li_l1 import LiL1
+    from repr_jax.models import architecture, create_model
+    options = dict(depth=2, width=4, batch_norm=True)
+    method = LiL1(method_config("li-l1", fraction=0.5),
+                  MethodContext.for_model(create_model("convnet", **options), architecture=architecture("convnet", **options)))
+    record = {"event": "prune", "epoch": 1, "round": 1, "pruned": 3, "live": 5,
+              "layers": {"conv0": {"live": 2, "pruned": 2}, "conv1": {"live": 3, "pruned": 1}}}
+    assert method.describe(record) == ["li-l1 prune round 1 (before epoch 1): 3 filters pruned, 5 live — "
+                                       "conv0 2, conv1 1"]
+
+
 def test_a_repr_run_prints_its_drops_and_reinits(tiny_cifar_dir, tmp_path, capsys):
     out = tmp_path / "repr"
     assert cli.main([*TINY, "--method", "repr", "--epochs", "3", "--repr-s1", "1", "--repr-s2", "1",

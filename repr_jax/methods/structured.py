@@ -280,6 +280,14 @@ class StructuredMethod(Method):
                 "pruned": int(sum(v["pruned"] for v in layers.values())), **extra, "layers": layers}
 
 
+    def describe(self, record: dict) -> list[str]:
+        if record.get("event") != "prune":
+            return []
+        counts = ", ".join(f"{n} {v['pruned']}" for n, v in record["layers"].items() if v["pruned"])
+        return [f"{self.name} prune round {record['round']} (before epoch {record['epoch']}): {record['pruned']} "
+                f"filters pruned, {record['live']} live — {counts or 'none'}"]
+
+
 __all__ = ["PRUNE_STREAM", "RESTARTS", "StructuredConfig", "StructuredMethod", "check_fraction", "input_live",
            "input_sources", "keep_counts", "keep_highest", "match_layers", "model_graph",
            "parse_ratios", "removable_layers"]
