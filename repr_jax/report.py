@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from repr_jax.config import flatten
+
 IGNORED = ("out", "seed", "seeds", "resume", "quiet", "keep_checkpoints", "devices")
 
 
@@ -52,20 +54,10 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def run_settings(config: dict) -> dict:
     """The flattened settings that make a run what it is (see the module docstring)."""
     seed = config.get("seed")
-    flat = {k: v for k, v in _flatten(config).items() if k not in IGNORED}
+    flat = {k: v for k, v in flatten(config).items() if k not in IGNORED}
     pattern = re.compile(rf"seed{seed}(?!\d)") if seed is not None else None
     return {k: (pattern.sub("seed{seed}", v) if isinstance(v, str) and pattern else
                 v if not isinstance(v, list) else tuple(v)) for k, v in flat.items()}
