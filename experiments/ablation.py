@@ -39,7 +39,7 @@ enable_cpu_fusion()  # before JAX starts its backend; REPR_JAX_NO_YNN=1 opts out
 
 from repr_jax.ablation import (Row, ablation_rows, correlation_with_oracle, summarize,  # noqa: E402
                                write_report)
-from repr_jax.cli import fail  # noqa: E402
+from repr_jax.cli import DefaultsHelpFormatter, fail  # noqa: E402
 from repr_jax.config import DataConfig, ModelConfig, RunConfig, RunError  # noqa: E402
 from repr_jax.data import DataError, load_cifar  # noqa: E402
 from repr_jax.errors import Diverged  # noqa: E402
@@ -55,7 +55,7 @@ SCALES = {
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--data-dir", default=None, help="local CIFAR-10 copy (directory or .tar.gz)")
     p.add_argument("--out", default=None, help="ablation directory (default: runs/ablation-<scale>)")
     p.add_argument("--scale", default="cpu", choices=list(SCALES),

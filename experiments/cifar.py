@@ -21,7 +21,6 @@ enable_cpu_fusion()  # before JAX starts its backend; REPR_JAX_NO_YNN=1 opts out
 from repr_jax.cli import build_parser, config_from_args, fail  # noqa: E402
 from repr_jax.data import DataError  # noqa: E402
 from repr_jax.errors import EXIT_DIVERGED, Diverged, RunError  # noqa: E402
-from repr_jax.experiment import run  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -30,6 +29,7 @@ def main(argv=None) -> int:
     args = build_parser(__doc__.split("\n\n")[0]).parse_args(argv)
     try:
         config = config_from_args(args)
+        from repr_jax.experiment import run  # JAX, Orbax, Matplotlib: not needed for --help
         summary = run(config)
     except (RunError, DataError) as err:
         return fail(err)

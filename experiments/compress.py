@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from repr_jax.cli import fail
+from repr_jax.cli import DefaultsHelpFormatter, fail
 from repr_jax.compress_study import SCALES, collect, markdown, stages
 from repr_jax.study_runner import code_version, report_header, run_stages
 from repr_jax.versions import machine
@@ -26,7 +26,7 @@ from repr_jax.versions import machine
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--scale", choices=tuple(SCALES), default="cpu",
                    help="cpu: ResNet-20, 10k training / 2k test images, E=3 + F=2 epochs, seeds 0 1; "
                         "gpu-resnet56 / gpu-vgg16: full CIFAR-10, E=160 + F=40, the papers' settings")

@@ -19,7 +19,7 @@ from repr_jax._xla_flags import enable_cpu_fusion
 
 enable_cpu_fusion()  # before JAX starts its backend; REPR_JAX_NO_YNN=1 opts out
 
-from repr_jax.cli import fail  # noqa: E402
+from repr_jax.cli import DefaultsHelpFormatter, fail  # noqa: E402
 from repr_jax.compress import ExportError, GraphError  # noqa: E402
 from repr_jax.compress.run_export import export_run  # noqa: E402
 from repr_jax.config import RunError  # noqa: E402
@@ -28,7 +28,7 @@ from repr_jax.data import DataError  # noqa: E402
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("run_dir", help="a run directory written by experiments/cifar.py")
     p.add_argument("--out", required=True, help="directory for the exported model (must be new or empty)")
     p.add_argument("--step", default="latest", help="checkpoint to export: latest, best or an epoch number")

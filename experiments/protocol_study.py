@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from repr_jax.cli import fail
+from repr_jax.cli import DefaultsHelpFormatter, fail
 from repr_jax.study import collect, population_arguments, run_arguments, study_rows, write_report
 from repr_jax.versions import machine
 
@@ -27,7 +27,7 @@ CIFAR = Path(__file__).resolve().parent / "cifar.py"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--scale", choices=("cpu", "gpu"), default="cpu",
                    help="gpu: every row of the reproduction issue at the protocols' full length; "
                         "cpu: 10k training images, official protocol shortened to 12 epochs, 5 rows × 3 seeds")

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from repr_jax.cli import fail
+from repr_jax.cli import DefaultsHelpFormatter, fail
 from repr_jax.study_runner import code_version, report_header, run_stages
 from repr_jax.versions import machine
 from repr_jax.weight_study import SCALES, collect, markdown, stages
@@ -26,7 +26,7 @@ from repr_jax.weight_study import SCALES, collect, markdown, stages
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--scale", choices=tuple(SCALES), default="cpu",
                    help="cpu: 10k training / 2k test images, a few epochs, seeds 0 1; gpu: full CIFAR-10, "
                         "full-length schedules, seeds 0 1 2")

@@ -17,42 +17,54 @@ Public API::
     DropConnectDense(features, keep), KDConfig, soft_kl(student, teacher, T)  # DropConnect, distillation
     TrainState, create_train_state, create_model, load_cifar, RunConfig, run
     stack(states), unstack(states, i), data_mesh(devices), replicate(tree, mesh)  # seeds, devices
+
+The names are imported on first use (PEP 562), so ``import repr_jax`` and the command-line
+``--help`` do not start JAX, Orbax or Matplotlib.
 """
-from repr_jax.compress import ChannelGraph, Exported, channel_graph, export, export_state
-from repr_jax.compress.csr import CSR, csr_decode, csr_encode, storage_report
-from repr_jax.distill import KDConfig, soft_kl
-from repr_jax.models.dropconnect import DropConnectDense
-from repr_jax.config import RunConfig, RunError
-from repr_jax.criteria import CRITERIA, drop_priority, get_criterion, score_filters
-from repr_jax.data import Cifar, DataError, load_cifar, synthetic_cifar
-from repr_jax.layers import ConvLayer, prunable_convs
-from repr_jax.masks import (apply_masks, drop_filters, init_masks, live_filters, masked_updates,
-                            revive_filters, with_element_mask, with_live_filters)
-from repr_jax.methods import (METHODS, Event, Method, MethodConfig, MethodContext, Phase,
-                              create_method, get_method, method_config, method_names, register)
-from repr_jax.methods.repr import RePr, ReprConfig, ReprSchedule
-from repr_jax.methods.standard import Standard, StandardConfig
-from repr_jax.models import architecture, create_model, from_architecture
-from repr_jax.official import official_orthogonality, official_reinit
-from repr_jax.parallel import batch_sharding, data_mesh, replicate, stack, unstack
-from repr_jax.optim import OptimConfig, learning_rate_schedule, make_optimizer, phased_schedule
-from repr_jax.ortho import filter_orthogonality, orthogonality_penalty, overlap_matrix, score_layers
-from repr_jax.ranking import rank_by_orthogonality, select_drops
-from repr_jax.reinit import orthogonal_reinit, reinit_layers
-from repr_jax.state import TrainState, create_train_state
-from repr_jax.train import evaluate, run_epoch
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = [
-    "CRITERIA", "CSR", "ChannelGraph", "Cifar", "DropConnectDense", "KDConfig", "ConvLayer", "DataError", "Event", "Exported", "METHODS",
-    "Method", "MethodConfig", "MethodContext", "OptimConfig", "Phase", "RePr", "ReprConfig",
-    "ReprSchedule", "RunConfig", "RunError", "Standard", "StandardConfig", "TrainState",
-    "apply_masks", "architecture", "batch_sharding", "data_mesh", "replicate", "stack", "unstack", "channel_graph", "create_method", "create_model",
-    "create_train_state", "csr_decode", "csr_encode", "drop_filters", "drop_priority", "evaluate", "export", "export_state",
-    "filter_orthogonality", "from_architecture", "get_criterion", "get_method", "init_masks",
-    "learning_rate_schedule", "live_filters", "load_cifar", "make_optimizer", "masked_updates",
-    "method_config", "method_names", "official_orthogonality", "official_reinit", "orthogonal_reinit", "orthogonality_penalty",
-    "overlap_matrix", "phased_schedule", "prunable_convs", "rank_by_orthogonality", "register",
-    "reinit_layers", "revive_filters", "run_epoch", "score_filters", "score_layers",
-    "select_drops", "soft_kl", "storage_report", "synthetic_cifar", "with_element_mask", "with_live_filters",
-]
+
+# submodule (relative to the package) → the public names it provides
+_EXPORTS = {
+    ".compress": ("ChannelGraph", "Exported", "channel_graph", "export", "export_state"),
+    ".compress.csr": ("CSR", "csr_decode", "csr_encode", "storage_report"),
+    ".distill": ("KDConfig", "soft_kl"),
+    ".models.dropconnect": ("DropConnectDense",),
+    ".config": ("RunConfig", "RunError"),
+    ".criteria": ("CRITERIA", "drop_priority", "get_criterion", "score_filters"),
+    ".data": ("Cifar", "DataError", "load_cifar", "synthetic_cifar"),
+    ".layers": ("ConvLayer", "prunable_convs"),
+    ".masks": ("apply_masks", "drop_filters", "init_masks", "live_filters", "masked_updates",
+        "revive_filters", "with_element_mask", "with_live_filters"),
+    ".methods": ("METHODS", "Event", "Method", "MethodConfig", "MethodContext", "Phase", "create_method",
+        "get_method", "method_config", "method_names", "register"),
+    ".methods.repr": ("RePr", "ReprConfig", "ReprSchedule"),
+    ".methods.standard": ("Standard", "StandardConfig"),
+    ".models": ("architecture", "create_model", "from_architecture"),
+    ".official": ("official_orthogonality", "official_reinit"),
+    ".parallel": ("batch_sharding", "data_mesh", "replicate", "stack", "unstack"),
+    ".optim": ("OptimConfig", "learning_rate_schedule", "make_optimizer", "phased_schedule"),
+    ".ortho": ("filter_orthogonality", "orthogonality_penalty", "overlap_matrix", "score_layers"),
+    ".ranking": ("rank_by_orthogonality", "select_drops"),
+    ".reinit": ("orthogonal_reinit", "reinit_layers"),
+    ".state": ("TrainState", "create_train_state"),
+    ".train": ("evaluate", "run_epoch"),
+}
+_ORIGIN = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_ORIGIN)
+
+
+def __getattr__(name: str):
+    module = _ORIGIN.get(name)
+    if module is None:
+        raise AttributeError(f"module 'repr_jax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

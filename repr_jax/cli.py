@@ -64,6 +64,17 @@ SWITCHES = {  # store_true flags → key set to true
 }
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``(default: X)`` after a flag's help, except where there is no default (None, False)
+    or the help text already names it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
@@ -117,10 +128,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         extra = ""
         if flag == "--repr-criterion":
             extra = ": " + "; ".join(f"{c.name}: {c.summary}" for c in CRITERIA.values())
-        default = "per model/optimiser" if flag == "--lr" else defaults.get(key)
+        default = defaults.get(key)
         kwargs = {"nargs": "*"} if flag == "--step-epochs" else {}
         group.add_argument(flag, dest=key, default=None, metavar=key.split(".")[-1].upper(), **kwargs,
-                           help=f"{text}{extra} [--set {key}; default {default}]")
+                           help=f"{text}{extra} [--set {key}" + ("]" if "(default" in text else f"; default {default}]"))
     for flag, (key, text) in SWITCHES.items():
         group = groups.get(key.split(".")[0], g)
         group.add_argument(flag, dest=key, action="store_const", const="true", default=None,
@@ -183,4 +194,4 @@ def config_from_args(args: argparse.Namespace):
     return RunConfig.from_dict(d)
 
 
-__all__ = ["ALIASES", "SWITCHES", "build_parser", "config_from_args", "fail", "one_line"]
+__all__ = ["ALIASES", "DefaultsHelpFormatter", "SWITCHES", "build_parser", "config_from_args", "fail", "one_line"]

@@ -384,8 +384,8 @@ def settings_help() -> str:
             tp = hints[f.name]
             name = getattr(tp, "__name__", str(tp).replace("typing.", ""))
             help_ = f.metadata.get("help", "")
-            lines.append(f"  {prefix}{f.name} ({name}, default {getattr(instance, f.name)!r})"
-                         + (f": {help_}" if help_ else ""))
+            default = "" if "(default" in help_ else f", default {getattr(instance, f.name)!r}"
+            lines.append(f"  {prefix}{f.name} ({name}{default})" + (f": {help_}" if help_ else ""))
 
     describe("", RunConfig, RunConfig(out=""))
     for section, cls in (("model.", ModelConfig), ("data.", DataConfig), ("optim.", OptimConfig), ("kd.", KDConfig)):

@@ -47,12 +47,12 @@ def evaluate_run(run_dir, step: str = "latest", data_dir=None, batch_size: int |
 def main(argv=None) -> int:
     from repr_jax._xla_flags import enable_cpu_fusion
     enable_cpu_fusion()
-    from repr_jax.cli import fail
+    from repr_jax.cli import DefaultsHelpFormatter, fail
     from repr_jax.config import RunError
     from repr_jax.data import DataError
 
     p = argparse.ArgumentParser(prog="python -m repr_jax.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("run_dir", help="a run directory written by experiments/cifar.py")
     p.add_argument("--step", default="latest", help="checkpoint: latest, best, finite or an epoch number")
     p.add_argument("--data-dir", default=None, help="the run's data, if it moved")

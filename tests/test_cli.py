@@ -124,3 +124,9 @@ def test_help_documents_every_flag_method_and_setting():
                 "data.train_limit", "ortho_loss (float"):                       # every --set key
         assert key in out
     assert "[--set repr.s1; default 20]" in " ".join(out.split())                # flags are aliases
+    for entry in " ".join(out.split()).split(" --")[1:]:                         # one default each
+        assert not ("(default:" in entry and "; default" in entry), entry
+    assert "data.dir (str | None):" in out and "[--set data.dir]" in " ".join(out.split())
+    study = subprocess.run([sys.executable, str(ROOT / "experiments" / "weight_level.py"), "--help"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "(default: None)" not in study and "(default: 1)" in study and study.count("(default: runs/") == 1

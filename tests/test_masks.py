@@ -84,7 +84,8 @@ def test_dropped_parameters_stay_exactly_zero_after_50_steps(opt, seed):
 
 
 def test_drop_zeroes_params_and_moments_and_revive_resets_bn():
-    state = _steps(_state("resnet20"), 2)
+    small = dict(depth=3, width=16, batch_norm=True)   # BN after every conv; ResNet-20's paths: test_criteria
+    state = _steps(_state("convnet", **small), 2)
     layers = state.layers
     live = _random_live(state, 1)
     dropped = drop_filters(state, layers, live)
@@ -95,7 +96,7 @@ def test_drop_zeroes_params_and_moments_and_revive_resets_bn():
     assert np.all(np.asarray(get_path(trace, layer.path + ("kernel",)))[..., dead] == 0)
     assert np.any(np.asarray(get_path(trace, layer.path + ("kernel",)))[..., ~dead] != 0)
 
-    method = _repr(create_model("resnet20"), s1=1, s2=1, iterations=1)
+    method = _repr(create_model("convnet", **small), s1=1, s2=1, iterations=1)
     dropped = dropped.replace(method_state={"snapshot": conv_kernels(state.params, layers)})
     revived, (event,) = method.after_epoch(dropped, epoch=1)  # epoch 1 is the last sub epoch
     record = method.record(event)

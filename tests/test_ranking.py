@@ -16,9 +16,14 @@ def _layers(rng, sizes, dead=0.0):
     return scores, live
 
 
+# Layer layouts and min_keep (static under jit: each pair compiles once) come from small sets;
+# scores, dead filters and p vary freely.
+LAYOUTS = [(1,), (40,), (2, 17), (3, 1, 8), (8, 40, 2, 17, 1, 3)]
+
+
 @settings(max_examples=60, deadline=None)
-@given(sizes=st.lists(st.sampled_from([1, 2, 3, 8, 17, 40]), min_size=1, max_size=6), p=st.floats(0, 1),
-       min_keep=st.integers(0, 3), seed=st.integers(0, 1000))
+@given(sizes=st.sampled_from(LAYOUTS), p=st.floats(0, 1), min_keep=st.sampled_from([0, 1, 3]),
+       seed=st.integers(0, 1000))
 def test_global_ranking_drops_exact_count_and_respects_minimum(sizes, p, min_keep, seed):
     rng = np.random.default_rng(seed)
     scores, live = _layers(rng, sizes, dead=0.2)

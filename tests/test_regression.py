@@ -1,17 +1,20 @@
 """Porting Standard and RePr onto the method framework changed no result: three fixed runs
-recorded with the code before the port (tests/fixtures/regression) are rerun and compared."""
+recorded with the code before the port (tests/fixtures/regression) are rerun and compared.
+The runs are subprocesses compiled as the CLI compiles (the suite's fast-compile XLA flag off:
+it moves float32 round-off, and these compare against recordings)."""
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import load_script
+from conftest import FAST_COMPILE, ROOT
 
-cli = load_script("experiments/cifar.py")
 FIXTURES = Path(__file__).parent / "fixtures" / "regression"
 META = json.loads((FIXTURES / "runs.json").read_text())
 TIMING = {"images_per_second", "epoch_seconds", "elapsed_seconds"}
@@ -60,7 +63,11 @@ def test_run_matches_the_pre_framework_recording(name, tmp_path, tiny_cifar_dir)
             for prev, a in zip([None] + META["runs"][name], META["runs"][name])]
     lr = [] if "--lr" in args else ["--lr", "0.01"]
     out = tmp_path / name
-    assert cli.main(["--data-dir", str(tiny_cifar_dir), "--out", str(out)] + META["common"] + lr + args) == 0
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "").replace(FAST_COMPILE, "").strip()}
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "cifar.py"), "--data-dir", str(tiny_cifar_dir),
+                           "--out", str(out)] + META["common"] + lr + args,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     for file in ("metrics.jsonl", "pruning.jsonl"):
         recorded = FIXTURES / f"{name}.{file}"
         if recorded.exists():

@@ -33,10 +33,12 @@ def _case(seed, kh, cin, f, drop_frac):
 
 
 # Shapes drawn from small sets so jit caches are reused; masks, values and keys vary freely.
+# (kh, c_in, F): one block, several blocks of the Gram–Schmidt (F > 64), F ≈ D, tiny D.
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 10_000), kh=st.sampled_from([1, 3]), cin=st.sampled_from([2, 8, 24]),
-       f=st.sampled_from([3, 16, 40, 70]), drop=st.floats(0.05, 0.9))
-def test_new_rows_orthogonal_to_kept_and_saved_when_room(seed, kh, cin, f, drop):
+@given(seed=st.integers(0, 10_000), shape=st.sampled_from([(3, 8, 16), (3, 24, 70), (1, 24, 16), (1, 8, 3)]),
+       drop=st.floats(0.05, 0.9))
+def test_new_rows_orthogonal_to_kept_and_saved_when_room(seed, shape, drop):
+    kh, cin, f = shape
     kernel, keep, saved = _case(seed, kh, cin, f, drop)
     d = kh * kh * cin
     n_drop = int((~keep).sum())
@@ -103,7 +105,7 @@ def test_reinit_layers_vmap_equals_per_layer_loop():
     for l in layers:
         zeroed = replace_path(zeroed, l.path + ("kernel",), lambda k, m=keep[l.name]: k * m)
     key = jax.random.key(7)
-    batched = reinit_layers(key, zeroed, params, keep, layers)
+    batched = jax.jit(reinit_layers, static_argnames="layers")(key, zeroed, params, keep, layers=layers)
     from repr_jax.layers import shape_groups
     for g, group in enumerate(shape_groups(layers).values()):
         keys = jax.random.split(jax.random.fold_in(key, g), len(group))

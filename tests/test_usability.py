@@ -142,3 +142,26 @@ def test_figures_have_a_loss_panel_reinit_marks_and_visible_zero_bars(tmp_path, 
     assert texts == ["0", "2"]
     assert dataset_label("cifar10", "../shared/datasets/cifar10-jpeg.tar.gz (cached)") == "CIFAR-10 (JPEG copy)"
     assert dataset_label("cifar100", "tfds") == "CIFAR-100"
+
+
+def test_help_and_package_import_load_only_what_they_need():
+    """``import repr_jax`` starts no JAX; ``cifar.py --help`` loads JAX/Flax for the settings
+    list but not the training stack (Orbax, Matplotlib, the runner); every public name resolves."""
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    probe = ("import sys, runpy; sys.argv = ['cifar.py', '--help']\n"
+             "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print('LOADED', *sorted(m for m in ('jax', 'orbax.checkpoint', 'matplotlib', "
+             "'repr_jax.experiment') if m in sys.modules))") % str(root / "experiments" / "cifar.py")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "--method" in out and out.strip().splitlines()[-1] == "LOADED jax"
+    bare = subprocess.run([sys.executable, "-c", "import sys, repr_jax; print('jax' in sys.modules)"],
+                          capture_output=True, text=True, check=True).stdout
+    assert bare.strip() == "False"
+    import repr_jax
+    for name in repr_jax.__all__:
+        assert getattr(repr_jax, name) is not None, name
+    assert repr_jax.select_drops is __import__("repr_jax.ranking", fromlist=["x"]).select_drops
+    with pytest.raises(AttributeError):
+        repr_jax.no_such_name

@@ -392,16 +392,8 @@ class JointSearchTraining(Method):
         return {"event": event.kind, "epoch": event.epoch, "round": event.round, "method": self.name, **a}
 
     def describe(self, record: dict) -> list[str]:
-        if record["event"] == "search":
-            r = np.asarray(record["rewards"])
-            chosen = ", ".join(f"{n} {int(w[record['chosen']])}" for n, w in record["widths"].items())
-            return [f"jst search step {record['round']}: rewards mean {r.mean():.3f}, max {r.max():.3f} "
-                    f"(best so far {record['best_reward']:.3f}); chosen widths — {chosen}"]
-        if record["event"] == "select":
-            widths = ", ".join(f"{n} {int(w)}" for n, w in record["best_widths"].items())
-            return [f"jst: fine-tuning the best sub-network (reward {record['best_reward']:.3f}, "
-                    f"{100 * record['params_fraction']:.1f} % of the parameters) — {widths}"]
-        return []
+        from repr_jax.methods.jst_report import describe_record
+        return describe_record(record)
 
     def final_report(self, state, out) -> dict:
         from repr_jax.methods.jst_report import search_summary

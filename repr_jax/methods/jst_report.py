@@ -1,6 +1,6 @@
-"""What a ``jst`` run leaves beside its logs: ``search.png`` (kept width per layer over the
-search, rewards over search steps) and the ``summary.json`` entry, both read from
-``pruning.jsonl`` (host side)."""
+"""What a ``jst`` run shows and leaves beside its logs (host side): the console line per
+search step and selection, ``search.png`` (kept width per layer over the search, rewards
+over search steps) and the ``summary.json`` entry, both read from ``pruning.jsonl``."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,20 @@ def read_search(out) -> tuple[list[dict], dict | None]:
     rows = [r for r in rows if r.get("method") == "jst"]
     select = next((r for r in rows if r["event"] == "select"), None)
     return [r for r in rows if r["event"] == "search"], select
+
+
+def describe_record(record: dict) -> list[str]:
+    """The console line of a search step (rewards, the chosen widths) or of the selection."""
+    if record["event"] == "search":
+        r = np.asarray(record["rewards"])
+        chosen = ", ".join(f"{n} {int(w[record['chosen']])}" for n, w in record["widths"].items())
+        return [f"jst search step {record['round']}: rewards mean {r.mean():.3f}, max {r.max():.3f} "
+                f"(best so far {record['best_reward']:.3f}); chosen widths — {chosen}"]
+    if record["event"] == "select":
+        widths = ", ".join(f"{n} {int(w)}" for n, w in record["best_widths"].items())
+        return [f"jst: fine-tuning the best sub-network (reward {record['best_reward']:.3f}, "
+                f"{100 * record['params_fraction']:.1f} % of the parameters) — {widths}"]
+    return []
 
 
 def plot_search(steps: list[dict], path) -> None:
