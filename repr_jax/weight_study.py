@@ -164,8 +164,8 @@ def collect(out: Path, scale: Scale) -> dict:
             "kd": _accuracy_rows(out, scale, "kd", KD_ROWS), "anchors": ANCHORS}
 
 
-def _pm(s) -> str:
-    return "–" if s is None else f"{s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})"
+def _pm(s, unit: str = "", digits: int = 2) -> str:
+    return "–" if s is None else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}{unit} (n={s['n']})"
 
 
 def markdown(report: dict, header: str) -> str:
@@ -173,13 +173,14 @@ def markdown(report: dict, header: str) -> str:
              "second).", "", f"## Han et al. 2015 on {report['han_model']}", "",
              f"Unpruned (Standard): {_pm(report['han_base'])}.", "",
              "| iteration | quality q | compression (kernels) | accuracy after retraining |", "| --- | --- | --- | --- |"]
-    lines += [f"| {r['iteration']} | {r['quality']} | {_pm(r['compression'])}× | {_pm(r['accuracy'])} |"
+    lines += [f"| {r['iteration']} | {r['quality']} | {_pm(r['compression'], '×')} | {_pm(r['accuracy'])} |"
               for r in report["han"]]
     st = report["han_storage"]
     if st:
         lines += ["", f"CSR storage of the last iteration (8-bit conv / 5-bit dense relative indices): "
-                  f"{_pm(st['csr_bytes'])} bytes vs {_pm(st['dense_bytes'])} dense — {_pm(st['byte_ratio'])}× "
-                  f"smaller; parameters {_pm(st['param_ratio'])}× fewer (per layer: `han-seed*/storage.md`)."]
+                  f"{_pm(st['csr_bytes'], ' bytes', 0)} vs {_pm(st['dense_bytes'], ' bytes', 0)} dense — "
+                  f"{_pm(st['byte_ratio'], '×')} smaller; parameters {_pm(st['param_ratio'], '×')} fewer "
+                  "(per layer: `han-seed*/storage.md`)."]
     for title, key, extra in (("DSD vs Standard vs RePr (ResNet-20, same epochs)", "dsd", ""),
                               ("DropConnect vs Dropout (C³(32) pool2, 64-unit hidden layer, rate 0.5)", "dropconnect", ""),
                               ("Knowledge distillation, C³(32) students under --protocol paper", "kd",
