@@ -2,7 +2,7 @@
 
 Names: ``convnet`` (C^n(F), options ``depth``, ``width``, ``batch_norm``, ``variant`` and the
 head's ``hidden``, ``dropout``, ``dropconnect``, ``dropconnect_mode``, ``dropconnect_inference``),
-``resnet20|32|56|110``, ``vgg16``. ``channels`` is a per-conv width spec (see
+``resnet8|20|32|56|110`` (ResNet-8: one block per stage, for quick checks), ``vgg16``. ``channels`` is a per-conv width spec (see
 :mod:`repr_jax.models.channels`): every builder makes the smaller dense model an export
 describes. An *architecture* — ``{"name", "num_classes", "options", "channels"}``, the
 content of a run's ``architecture.json`` — rebuilds the same module with
@@ -16,7 +16,7 @@ from repr_jax.models.dropconnect import DropConnectDense
 from repr_jax.models.resnet import CifarResNet
 from repr_jax.models.vgg import VGG
 
-MODELS = ("convnet", "resnet20", "resnet32", "resnet56", "resnet110", "vgg16")
+MODELS = ("convnet", "resnet8", "resnet20", "resnet32", "resnet56", "resnet110", "vgg16")
 CONVNET_OPTIONS = ("depth", "width", "batch_norm", "variant", *HEAD_OPTIONS)
 
 
