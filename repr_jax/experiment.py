@@ -238,7 +238,9 @@ def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = N
     if not (resuming and any((out / "checkpoints").glob("[0-9]*"))):
         state = warm_start(config, state)
     state = attach_teacher(config, state)
-    state = replicate(state, mesh)
+    # committed to its device(s) from the start, as a restored state is: fresh and resumed
+    # runs then build the same programs (one compilation cache entry serves both)
+    state = replicate(state, mesh) if mesh is not None else jax.device_put(state, jax.devices()[0])
     if resuming:
         check_data(out, data.fingerprint)
         if not (out / "architecture.json").exists():   # written before the file existed

@@ -43,7 +43,8 @@ from repr_jax.methods.base import Event
 from repr_jax.parallel import batch_sharding, replicate, stack, unstack
 from repr_jax.pipeline import epoch_indices, eval_indices
 from repr_jax.run_dir import check_run_dir
-from repr_jax.train import (epoch_means, population_eval_step, population_step_indexed, zero_totals)
+from repr_jax.train import (epoch_means, placed_like, population_eval_step, population_step_indexed,
+                            zero_totals)
 
 
 def member_configs(config: RunConfig) -> list[RunConfig]:
@@ -137,7 +138,9 @@ def _population_epoch(states, arrays, keys, s0: Session, *, data_axis, layers, p
     count = images.shape[-4]
     idx = jnp.swapaxes(jax.vmap(lambda k: epoch_indices(k, count, config.batch_size))(keys), 0, 1)
     members = keys.shape[0]
-    totals = jax.tree_util.tree_map(lambda z: jnp.zeros((members,) + z.shape, z.dtype), zero_totals(s0.terms))
+    states = placed_like(states, states)
+    totals = placed_like(jax.tree_util.tree_map(lambda z: jnp.zeros((members,) + z.shape, z.dtype),
+                                                zero_totals(s0.terms)), states)
     started = time.perf_counter()
     for i in range(idx.shape[0]):
         states, totals = population_step_indexed(
@@ -154,7 +157,7 @@ def _population_eval(states, arrays, s0: Session, *, data_axis, sharding, member
     images, labels = arrays[2], arrays[3]
     n = images.shape[-4]
     idx, w = eval_indices(n, min(s0.config.eval_batch_size, n))
-    totals = jax.tree_util.tree_map(lambda z: jnp.zeros((members,)), zero_totals())
+    totals = placed_like(jax.tree_util.tree_map(lambda z: jnp.zeros((members,)), zero_totals()), states)
     for i in range(idx.shape[0]):
         totals = population_eval_step(states, totals, images, labels, idx[i], w[i], method=s0.method,
                                       batch_sharding=sharding, data_axis=data_axis)

@@ -37,10 +37,24 @@ def cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def zero_totals(terms=()) -> dict:
-    """Running sums of an epoch's metrics: loss, correct, count and each loss term."""
-    return {"loss": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(()),
-            **{f"term/{name}": jnp.zeros(()) for name in terms}}
+def zero_totals(terms=(), like=None) -> dict:
+    """Running sums of an epoch's metrics: loss, correct, count and each loss term (placed
+    as the state ``like`` is, see :func:`placed_like`)."""
+    totals = {"loss": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(()),
+              **{f"term/{name}": jnp.zeros(()) for name in terms}}
+    return totals if like is None else placed_like(totals, like)
+
+
+def placed_like(tree, state):
+    """``tree`` committed to the devices of ``state``'s committed arrays (a state restored
+    from a checkpoint, placed by :func:`repr_jax.experiment.start`, replicated over a mesh);
+    as it is when none is committed. The step's outputs are committed, so an uncommitted
+    argument beside them (fresh running sums, a value a method's host-side hook wrote into
+    ``method_state``) is another argument signature, and the step would compile again."""
+    for leaf in jax.tree_util.tree_leaves(state):
+        if getattr(leaf, "committed", False):
+            return jax.device_put(tree, leaf.sharding)
+    return tree
 
 
 def _gates(state, method, method_params, train):
@@ -226,7 +240,8 @@ def run_epoch(state: TrainState, images, labels, key, *, batch_size: int, layers
         terms = loss_term_names(state, images, labels, batch_size=batch_size, layers=layers,
                                 ortho_lambda=ortho_lambda, method=method)
     idx = epoch_indices(key, images.shape[0], batch_size)
-    totals = zero_totals(terms)
+    state = placed_like(state, state)      # hooks may have written host values into it
+    totals = zero_totals(terms, like=state)
     start = time.perf_counter()
     for i in range(idx.shape[0]):
         state, totals = train_step_indexed(state, totals, images, labels, idx[i], key,
@@ -256,7 +271,8 @@ def evaluate(state: TrainState, images, labels, batch_size: int = 500, method=No
              batch_sharding=None) -> dict:
     """Test loss and accuracy over every example (padded last batch is weighted out)."""
     idx, w = eval_indices(images.shape[0], min(batch_size, images.shape[0]))
-    totals = zero_totals()
+    state = placed_like(state, state)
+    totals = zero_totals(like=state)
     for i in range(idx.shape[0]):
         totals = eval_step(state, totals, images, labels, idx[i], w[i], method=method,
                            batch_sharding=batch_sharding)

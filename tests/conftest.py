@@ -1,6 +1,7 @@
 """Shared fixtures: tiny CIFAR copies in real file formats, and the shared JPEG copy."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import tempfile
@@ -62,6 +63,31 @@ def _isolated_cache(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@contextlib.contextmanager
+def interrupted_at_checkpoint(epoch: int, *, before: bool = False, where: str | None = None):
+    """Run the body as if killed between epochs: the checkpoint writer raises
+    ``KeyboardInterrupt`` right after writing the checkpoint of ``epoch`` (instead of writing
+    it, with ``before``), in a checkpoint directory whose path contains ``where`` when given.
+    Expects the interruption; the real writer is back afterwards."""
+    from repr_jax.checkpoint import Checkpointer
+    real = Checkpointer.save
+
+    def save(self, e, *args, **kwargs):
+        hit = e == epoch and (where is None or where in str(self.directory))
+        if hit and before:
+            raise KeyboardInterrupt
+        real(self, e, *args, **kwargs)
+        if hit:
+            raise KeyboardInterrupt
+
+    Checkpointer.save = save
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        Checkpointer.save = real
 
 
 def synthetic_cifar(n_train: int, n_test: int, num_classes: int = 10, seed: int = 0):

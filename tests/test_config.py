@@ -12,9 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 from hypothesis import given, strategies as st
 
-import repr_jax.experiment as experiment
-from conftest import ROOT, load_script
-from repr_jax.checkpoint import Checkpointer
+from conftest import ROOT, interrupted_at_checkpoint, load_script
 from repr_jax.config import RunConfig, RunError, apply_overrides, parse_value
 from repr_jax.experiment import load_run_state
 
@@ -154,21 +152,12 @@ def _to_legacy(run_dir):
     checkpointer.close()
 
 
-def test_a_pre_framework_run_directory_resumes_identically(tmp_path, tiny_cifar_dir, monkeypatch):
+def test_a_pre_framework_run_directory_resumes_identically(tmp_path, tiny_cifar_dir):
     args = ["--method", "repr", "--epochs", "3", "--repr-s1", "1", "--repr-s2", "1", "--repr-iterations", "1",
             "--lr", "0.01", "--eval-batch-size", "500"]
     assert cli.main(_base(tiny_cifar_dir, tmp_path / "full") + args) == 0
-    real_save = Checkpointer.save
-
-    def save_then_die(self, epoch, *a, **kw):
-        real_save(self, epoch, *a, **kw)
-        if epoch == 2:   # after the sub-network epoch and the re-initialisation
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(experiment.Checkpointer, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_checkpoint(2):   # after the sub-network epoch and the re-initialisation
         cli.main(_base(tiny_cifar_dir, tmp_path / "old") + args)
-    monkeypatch.setattr(experiment.Checkpointer, "save", real_save)
     _to_legacy(tmp_path / "old")
     config, state = load_run_state(tmp_path / "old")          # old layout restores
     assert config.method.name == "repr" and config.eval_batch_size == 500

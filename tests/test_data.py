@@ -103,7 +103,7 @@ def test_image_folder_png_round_trip(tmp_path, as_tar):
     _check(data, *expected["train"], *expected["test"])
 
 
-def test_cache_is_used_on_second_load(tmp_path, monkeypatch):
+def test_cache_is_used_on_second_load(tmp_path):
     arrays = _arrays()
     d = write_cifar10_pickles(tmp_path / "src", *arrays)
     first = load_cifar("cifar10", d)

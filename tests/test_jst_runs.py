@@ -10,8 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import load_script
-from repr_jax import experiment
+from conftest import interrupted_at_checkpoint, load_script
 from repr_jax.compress import load_exported, logits
 from repr_jax.experiment import restore_run
 from repr_jax.masks import apply_masks, live_filters
@@ -87,19 +86,11 @@ def test_the_best_subnetwork_is_fine_tuned_and_exported_with_equal_logits(jst_ru
     np.testing.assert_allclose(plain, big, atol=1e-6)
 
 
-def test_a_run_killed_mid_search_resumes_bit_identically(jst_run, tiny_cifar_dir, tmp_path, monkeypatch):
-    real = experiment.Checkpointer.save
-
-    def save_then_die(self, epoch, *a, **kw):
-        real(self, epoch, *a, **kw)
-        if epoch == 2:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(experiment.Checkpointer, "save", save_then_die)
+def test_a_run_killed_mid_search_resumes_bit_identically(jst_run, tiny_cifar_dir, tmp_path):
     cut = tmp_path / "cut"
     args = [*ARGS, "--data-dir", str(tiny_cifar_dir), "--out", str(cut)]
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_checkpoint(2):
         cli.main(args)
-    monkeypatch.setattr(experiment.Checkpointer, "save", real)
     assert cli.main([*args, "--resume"]) == 0
     _, _, _, a = restore_run(jst_run)
     _, _, _, b = restore_run(cut)

@@ -21,7 +21,7 @@ from repr_jax.optim import OptimConfig
 from repr_jax.parallel import stack, unstack
 from repr_jax.population import member_configs
 
-from conftest import load_script
+from conftest import interrupted_at_checkpoint, load_script
 
 DATA = data_mod.synthetic_cifar(160, 64)
 
@@ -89,22 +89,13 @@ def test_population_members_are_ordinary_runs(population):
                                np.asarray(seq_state.params["head"]["kernel"]), atol=2e-3)
 
 
-def test_interrupted_population_resumes_bit_identically(population, tmp_path, monkeypatch):
+def test_interrupted_population_resumes_bit_identically(population, tmp_path):
     """A kill between seed 3's and seed 4's checkpoint of epoch 2 (the last): on --resume
     seed 3 is rewound to epoch 1 and the finished population equals the uninterrupted one
     exactly."""
     root, _ = population
-    real_save = Checkpointer.save
-
-    def save(self, epoch, state, metrics, extra):
-        if epoch == 2 and "seed4" in str(self.directory):
-            raise KeyboardInterrupt   # after seed 3 wrote epoch 2, before seed 4 did
-        return real_save(self, epoch, state, metrics, extra)
-
-    monkeypatch.setattr(Checkpointer, "save", save)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_checkpoint(2, before=True, where="seed4"):   # seed 3 wrote epoch 2, seed 4 not
         run(_config(tmp_path / "pop"), data=DATA)
-    monkeypatch.setattr(Checkpointer, "save", real_save)
     assert Checkpointer(tmp_path / "pop-seed3" / "checkpoints").epochs() == [1, 2]
     run(dataclasses.replace(_config(tmp_path / "pop"), resume=True), data=DATA)
     for seed in (3, 4):

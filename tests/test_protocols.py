@@ -68,6 +68,8 @@ def test_unknown_protocol_is_one_line_and_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["--protocol", "nope", "--out", str(tmp_path / "x")])
     assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'nope'" in err.strip().splitlines()[-1] and "Traceback" not in err
     with pytest.raises(Exception, match="unknown protocol"):
         RunConfig.from_dict(apply_overrides({"out": "x"}, ["protocol=nope"])).validate()
 

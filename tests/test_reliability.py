@@ -19,8 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import repr_jax.experiment as experiment
-from conftest import ROOT, load_script, synthetic_cifar, write_cifar10_pickles
+from conftest import ROOT, interrupted_at_checkpoint, load_script, synthetic_cifar, write_cifar10_pickles
 from repr_jax.checkpoint import Checkpointer
 from repr_jax.errors import EXIT_DIVERGED, NonFiniteError
 from repr_jax.experiment import load_run_state, state_is_finite
@@ -182,25 +181,12 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_resumable(tmp_path, tiny_
 
 
 # ----------------------------------------------------------------------------- 6. damaged checkpoint
-def _kill_after(monkeypatch, epoch):
-    real = Checkpointer.save
-
-    def save_then_die(self, e, *a, **kw):
-        real(self, e, *a, **kw)
-        if e == epoch:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(experiment.Checkpointer, "save", save_then_die)
-    return real
-
-
-def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_cifar_dir, capsys, monkeypatch):
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_cifar_dir, capsys):
     args = ["--epochs", "3"]
     assert cli.main(_args(tiny_cifar_dir, tmp_path / "full", *args)) == 0
-    real = _kill_after(monkeypatch, 2)
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_checkpoint(2):
         cli.main(_args(tiny_cifar_dir, out, *args))
-    monkeypatch.setattr(experiment.Checkpointer, "save", real)
     data_files = [p for p in (out / "checkpoints" / "2" / "state").rglob("*") if p.is_file() and p.stat().st_size > 1000]
     data_files[0].write_bytes(b"")                       # one emptied data file
     capsys.readouterr()
@@ -212,12 +198,10 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ti
 
 
 # ----------------------------------------------------------------------------- 7. same data
-def test_resume_refuses_other_data_but_not_a_moved_copy(tmp_path, tiny_cifar_dir, capsys, monkeypatch):
-    real = _kill_after(monkeypatch, 1)
+def test_resume_refuses_other_data_but_not_a_moved_copy(tmp_path, tiny_cifar_dir, capsys):
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_checkpoint(1):
         cli.main(_args(tiny_cifar_dir, out, "--epochs", "2"))
-    monkeypatch.setattr(experiment.Checkpointer, "save", real)
     other = write_cifar10_pickles(tmp_path / "other", *synthetic_cifar(512, 128, seed=9)).parent
     capsys.readouterr()
     assert cli.main(_args(other, out, "--epochs", "2", "--resume")) == 2
@@ -286,5 +270,7 @@ def test_sigkill_mid_epoch_and_mid_checkpoint_resume_bit_identically(tmp_path, t
         resume = _subprocess([str(ROOT / "experiments" / "cifar.py"), *with_out(tmp_path / name), "--resume"])
         assert resume.wait(timeout=300) == 0, resume.stderr.read()[-2000:]
         assert _metrics(tmp_path / name) == _metrics(tmp_path / "full")
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["train_step_compilations_this_process"] == 1     # restored state: no second compile
         assert (tmp_path / name / "pruning.jsonl").read_text() == (tmp_path / "full" / "pruning.jsonl").read_text()
         _final_states_equal(tmp_path / name, tmp_path / "full")

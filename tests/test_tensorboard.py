@@ -8,8 +8,7 @@ import struct
 
 import pytest
 
-from conftest import load_script
-from repr_jax import experiment
+from conftest import interrupted_at_checkpoint, load_script
 
 pytest.importorskip("tensorboardX")
 cli = load_script("experiments/cifar.py")
@@ -46,18 +45,10 @@ def _scalars(events):
     return shown
 
 
-def test_scalars_equal_the_metrics_and_a_resume_purges_what_it_repeats(tiny_cifar_dir, tmp_path, monkeypatch):
+def test_scalars_equal_the_metrics_and_a_resume_purges_what_it_repeats(tiny_cifar_dir, tmp_path):
     out = tmp_path / "run"
-    real = experiment.Checkpointer.save
-
-    def die_before_saving(self, epoch, *a, **kw):   # epoch 2 logged, its checkpoint never written
-        if epoch == 2:
-            raise KeyboardInterrupt
-        real(self, epoch, *a, **kw)
-    monkeypatch.setattr(experiment.Checkpointer, "save", die_before_saving)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_checkpoint(2, before=True):   # epoch 2 logged, its checkpoint never written
         cli.main([*ARGS, "--data-dir", str(tiny_cifar_dir), "--out", str(out)])
-    monkeypatch.setattr(experiment.Checkpointer, "save", real)
     assert cli.main([*ARGS, "--data-dir", str(tiny_cifar_dir), "--out", str(out), "--resume"]) == 0
     events = _events(out / "tensorboard")
     assert sum(1 for _, step, values, _ in events if step == 2 and "test/accuracy" in values) == 2

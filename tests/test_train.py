@@ -8,14 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
-from conftest import synthetic_cifar
+from conftest import interrupted_at_checkpoint, synthetic_cifar
 from repr_jax import OptimConfig, create_model, create_train_state, make_optimizer, method_config
 from repr_jax.checkpoint import Checkpointer
 from repr_jax.config import DataConfig, ModelConfig, RunConfig
 from repr_jax.experiment import load_run_state, run
-import repr_jax.experiment as experiment
 from repr_jax.optim import learning_rate_schedule
 from repr_jax.train import evaluate, run_epoch
 
@@ -70,22 +68,17 @@ def _rows(path):
             for line in path.read_text().splitlines()]
 
 
-def test_kill_and_resume_equals_uninterrupted_run(tmp_path, tiny_cifar_dir, monkeypatch):
+def test_kill_and_resume_equals_uninterrupted_run(tmp_path, tiny_cifar_dir):
     full = run(_config(tmp_path, tiny_cifar_dir, "full"))
 
-    real_save = Checkpointer.save
-
-    def save_then_die(self, epoch, *args, **kwargs):
-        real_save(self, epoch, *args, **kwargs)
-        if epoch == 3:  # after the first round's re-initialisation and one more drop
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(experiment.Checkpointer, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_checkpoint(3):   # after the first round's re-initialisation and one more drop
         run(_config(tmp_path, tiny_cifar_dir, "killed"))
-    monkeypatch.setattr(experiment.Checkpointer, "save", real_save)
     assert not (tmp_path / "killed" / "summary.json").exists()
+    from repr_jax.train import eval_step, train_step_indexed
+    before = train_step_indexed._cache_size(), eval_step._cache_size()
     resumed = run(dataclasses.replace(_config(tmp_path, tiny_cifar_dir, "killed"), resume=True))
+    # restored (committed) arrays beside fresh running sums once compiled the steps twice
+    assert (train_step_indexed._cache_size() - before[0], eval_step._cache_size() - before[1]) == (1, 1)
 
     assert _rows(tmp_path / "full" / "metrics.jsonl") == _rows(tmp_path / "killed" / "metrics.jsonl")
     assert (tmp_path / "full" / "pruning.jsonl").read_text() == (tmp_path / "killed" / "pruning.jsonl").read_text()

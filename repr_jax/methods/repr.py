@@ -151,7 +151,7 @@ def outgoing_map(model, layers) -> tuple:
     import numpy as np
 
     from repr_jax.compress.graph import channel_graph
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32), train=False)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
     graph = channel_graph(model, variables)
     out = []
     for layer in layers:

@@ -122,7 +122,7 @@ def _graph_for(arch_key: str):
     from repr_jax.compress.graph import channel_graph
     from repr_jax.models import from_architecture
     model = from_architecture(json.loads(arch_key))
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32), train=False)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
     return channel_graph(model, variables)
 
 
@@ -132,7 +132,8 @@ def model_graph(context):
     if context.architecture:
         return _graph_for(json.dumps(context.architecture, sort_keys=True))
     from repr_jax.compress.graph import channel_graph
-    variables = context.model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32), train=False)
+    variables = jax.eval_shape(lambda: context.model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                                          train=False))
     return channel_graph(context.model, variables)
 
 
