@@ -14,7 +14,9 @@ Per model and seed s, as run directories under the study folder:
   ``<method>-scratch-e-seed<s>``  the exported architecture (``model.channels``) trained from
                               scratch for E epochs (Scratch-E: the large model's epochs);
   ``<method>-scratch-b-seed<s>``  the same for round(E · FLOPs_large / FLOPs_small) epochs
-                              (Scratch-B: the large model's training compute).
+                              (Scratch-B: the large model's training compute). A method that
+                              exported the same architecture as an earlier one for a seed shares
+                              that one's scratch runs (same arguments; trained once).
 Stages run in that order (a run needs its base, a scratch run its method's export); a
 finished run is skipped and an interrupted one resumed, so the command can be rerun.
 """
@@ -98,17 +100,36 @@ def method_arguments(scale: Scale, method: str, seed: int, out: Path, data_dir) 
             *(["--data-dir", data_dir] if data_dir else [])]
 
 
-def scratch_arguments(scale: Scale, method: str, kind: str, seed: int, out: Path, data_dir) -> list[str] | None:
-    """Scratch-E / Scratch-B of ``method``'s exported architecture (None until it exists)."""
+def exported_channels(out: Path, method: str, seed: int) -> dict | None:
+    """The widths of the resizable convs in ``method``'s exported architecture for ``seed``
+    (None until the export exists)."""
+    path = out / f"{method}-seed{seed}" / "export" / "architecture.json"
+    return json.loads(path.read_text())["channels"] if path.exists() else None
+
+
+def scratch_twin(out: Path, methods, method: str, seed: int) -> str | None:
+    """The first method before ``method`` in ``methods`` that exported the same architecture
+    for ``seed`` (li-l1, trimming and channel-pruning do at a uniform fraction): its scratch
+    runs have the same arguments, so they are ``method``'s too. None when there is none."""
+    methods = list(methods)
+    channels = exported_channels(out, method, seed)
+    if channels is None or method not in methods:
+        return None
+    return next((m for m in methods[:methods.index(method)] if exported_channels(out, m, seed) == channels), None)
+
+
+def scratch_arguments(scale: Scale, method: str, kind: str, seed: int, out: Path, data_dir,
+                      methods=None) -> list[str] | None:
+    """Scratch-E / Scratch-B of ``method``'s exported architecture (None until it exists, and
+    None when an earlier method of ``methods`` exported the same one: :func:`scratch_twin`)."""
     path = out / f"{method}-seed{seed}" / "export" / "export.json"
-    if not path.exists():
+    if not path.exists() or (methods is not None and scratch_twin(out, methods, method, seed)):
         return None
     report = json.loads(path.read_text())
     epochs = scale.epochs if kind == "e" else scratch_b_epochs(scale.epochs, report["flops_ratio"])
     # the exported architecture's spec: only the convs the model can resize (export.json's
     # "channels" lists every conv, and a ResNet refuses widths for the ones tied to its stream)
-    spec = json.loads((path.parent / "architecture.json").read_text())["channels"]
-    channels = ",".join(f"{k}={v}" for k, v in sorted(spec.items()))
+    channels = ",".join(f"{k}={v}" for k, v in sorted(exported_channels(out, method, seed).items()))
     return ["--model", scale.model, "--epochs", str(epochs), "--seed", str(seed),
             "--out", str(out / f"{method}-scratch-{kind}-seed{seed}"), *scale.common,
             "--set", f"model.channels={channels}", *(["--data-dir", data_dir] if data_dir else [])]
@@ -123,7 +144,7 @@ def stages(scale: Scale, out: Path, data_dir, methods=None) -> list:
               for m in FROM_SCRATCH if m in methods for s in scale.seeds]
     second = [lambda m=m, s=s: method_arguments(scale, m, s, out, data_dir)
               for m in methods if m not in FROM_SCRATCH for s in scale.seeds]
-    third = [lambda m=m, k=k, s=s: scratch_arguments(scale, m, k, s, out, data_dir)
+    third = [lambda m=m, k=k, s=s: scratch_arguments(scale, m, k, s, out, data_dir, methods)
              for m in methods for k in ("e", "b") for s in scale.seeds]
     return [first, second, third]
 
@@ -136,11 +157,15 @@ def collect(out: Path, scale: Scale, methods=None) -> dict:
                                       (m, f"{m}-scratch-e", f"{m}-scratch-b")]
     rows = []
     for label, prefix in names:
-        runs = {s: completed_summary(out / f"{prefix}-seed{s}") for s in scale.seeds}
+        method, _, kind = prefix.partition("-scratch")
+        twins = {s: scratch_twin(out, methods, method, s) if kind else None for s in scale.seeds}
+        # a seed without its own scratch run reads its twin's (the same arguments: one run)
+        runs = {s: completed_summary(out / f"{prefix}-seed{s}") or
+                (completed_summary(out / f"{twins[s]}-scratch{kind}-seed{s}") if twins[s] else None)
+                for s in scale.seeds}
         done = {s: r for s, r in runs.items() if r is not None}
         if not done:
             continue
-        method = prefix.split("-scratch")[0]
         export = out / f"{method}-seed{min(done)}" / "export" / "export.json"
         ex = json.loads(export.read_text()) if method != "base" and export.exists() else None
         exports = [json.loads(p.read_text()) for s in done
@@ -150,6 +175,9 @@ def collect(out: Path, scale: Scale, methods=None) -> dict:
                "best_error": stats([100 * (1 - r["best_test_accuracy"]) for r in done.values()]),
                "epochs": next(iter(done.values()))["epochs"],
                "wall_minutes": float(np.mean([r["wall_seconds"] for r in done.values()]) / 60)}
+        same = sorted({f"{twins[s]}-scratch{kind}" for s in done if twins[s]})
+        if same:
+            row["same_architecture_as"] = same
         if ex:
             row.update(params=float(np.mean([e["params_after"] for e in exports])),
                        flops=float(np.mean([e["flops_after"] for e in exports])),
@@ -178,10 +206,12 @@ def markdown(report: dict, header: str) -> str:
         size = (f"{r['params'] / 1e6:.3f} M | {r['flops'] / 1e6:.1f} M | {100 * r['params_reduction']:.1f} | "
                 f"{100 * r['flops_reduction']:.1f} | {r['speedup']:.2f}×") if "params" in r else "– | – | – | – | –"
         missing = f" (missing {r['missing']})" if r["missing"] else ""
-        lines.append(f"| {r['row']} | {len(r['seeds'])}{missing} | {pm(r['final_error'])} | {pm(r['best_error'])} | "
+        label = r["row"] + (f" (= {', '.join(r['same_architecture_as'])})" if r.get("same_architecture_as") else "")
+        lines.append(f"| {label} | {len(r['seeds'])}{missing} | {pm(r['final_error'])} | {pm(r['best_error'])} | "
                      f"{r['epochs']} | {size} |")
     lines += ["", "Scratch rows train the exported architecture of the seed-matched pruned run (size columns: "
-              "that architecture). Anchors (the papers' numbers, full-length runs):", ""]
+              "that architecture); \"(= m-scratch-e)\": for its seeds the method exported the same architecture as "
+              "method m, so the scratch runs are the same runs (same arguments, trained once). Anchors (the papers' numbers, full-length runs):", ""]
     lines += [f"- {a}" for a in report["anchors"]]
     return "\n".join(lines) + "\n"
 
@@ -192,4 +222,4 @@ def scratch_b_epochs(epochs: int, flops_ratio: float) -> int:
 
 
 __all__ = ["ANCHORS", "FROM_SCRATCH", "SCALES", "Scale", "base_arguments", "collect", "markdown", "method_arguments",
-           "scratch_arguments", "scratch_b_epochs", "stages"]
+           "exported_channels", "scratch_arguments", "scratch_b_epochs", "scratch_twin", "stages"]

@@ -250,8 +250,11 @@ def test_sigkill_mid_epoch_and_mid_checkpoint_resume_bit_identically(tmp_path, t
     with_out = lambda out: [a if a != "None" else str(out) for a in map(str, args)]
     assert cli.main(with_out(tmp_path / "full")) == 0
 
-    # mid-epoch: SIGKILL as soon as epoch 1's metrics line exists (epoch 2 is being trained)
+    # two runs at once (the full run above filled the compile cache they read):
+    # mid-epoch: SIGKILL as soon as epoch 1's metrics line exists (epoch 2 is being trained);
+    # mid-checkpoint: SIGKILL while orbax writes the checkpoint of epoch 2 (after the re-init)
     proc = _subprocess([str(ROOT / "experiments" / "cifar.py"), *with_out(tmp_path / "epoch")])
+    in_checkpoint = _subprocess(["-c", _KILL_DURING_CHECKPOINT, *with_out(tmp_path / "ckpt")], KILL_CHECKPOINT="2")
     metrics = tmp_path / "epoch" / "metrics.jsonl"
     deadline = time.time() + 300
     while not (metrics.exists() and metrics.read_text().count("\n") >= 1) and proc.poll() is None:
@@ -260,14 +263,12 @@ def test_sigkill_mid_epoch_and_mid_checkpoint_resume_bit_identically(tmp_path, t
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not (tmp_path / "epoch" / "summary.json").exists()
-
-    # mid-checkpoint: SIGKILL while orbax writes the checkpoint of epoch 2 (after the re-init)
-    proc = _subprocess(["-c", _KILL_DURING_CHECKPOINT, *with_out(tmp_path / "ckpt")], KILL_CHECKPOINT="2")
-    assert proc.wait(timeout=300) == -signal.SIGKILL, proc.stderr.read()[-2000:]
+    assert in_checkpoint.wait(timeout=300) == -signal.SIGKILL, in_checkpoint.stderr.read()[-2000:]
     assert Checkpointer(tmp_path / "ckpt" / "checkpoints").epochs() == [1]   # epoch 2 never finalised
 
-    for name in ("epoch", "ckpt"):
-        resume = _subprocess([str(ROOT / "experiments" / "cifar.py"), *with_out(tmp_path / name), "--resume"])
+    resumes = {name: _subprocess([str(ROOT / "experiments" / "cifar.py"), *with_out(tmp_path / name), "--resume"])
+               for name in ("epoch", "ckpt")}
+    for name, resume in resumes.items():
         assert resume.wait(timeout=300) == 0, resume.stderr.read()[-2000:]
         assert _metrics(tmp_path / name) == _metrics(tmp_path / "full")
         summary = json.loads((tmp_path / name / "summary.json").read_text())

@@ -144,3 +144,37 @@ def test_compress_study_table_from_run_directories(tmp_path):
     assert config.architecture()["channels"] == {"stage1_block0/conv1": 8}
     from repr_jax.experiment import build_model
     build_model(config).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def test_methods_that_export_one_architecture_share_its_scratch_runs(tmp_path):
+    from repr_jax.compress_study import SCALES, collect, markdown, scratch_arguments, scratch_twin
+    scale = SCALES["cpu"]
+    widths = {"li-l1": 8, "trimming": 8, "slimming": 4}     # trimming = li-l1's architecture
+    for name, acc in [("base", 0.8), *((m, 0.7) for m in widths), ("li-l1-scratch-e", 0.6),
+                      ("slimming-scratch-e", 0.5)]:
+        for seed in scale.seeds:
+            d = tmp_path / f"{name}-seed{seed}"
+            d.mkdir()
+            (d / "summary.json").write_text(json.dumps({"status": "completed", "final_test_accuracy": acc + seed / 100,
+                                                        "best_test_accuracy": acc, "epochs": 3, "wall_seconds": 6.0}))
+            if name in widths:
+                (d / "export").mkdir()
+                (d / "export" / "export.json").write_text(json.dumps({
+                    "params_before": 100, "params_after": 60, "flops_before": 1000, "flops_after": 400,
+                    "flops_ratio": 2.5, "inference_speedup": 1.5, "max_abs_logit_difference": 0.0}))
+                (d / "export" / "architecture.json").write_text(json.dumps({
+                    "name": "resnet20", "channels": {"stage1_block0/conv1": widths[name]}}))
+    methods = ["li-l1", "slimming", "trimming"]
+    assert [scratch_twin(tmp_path, methods, m, 0) for m in methods] == [None, None, "li-l1"]
+    assert scratch_twin(tmp_path, ["trimming", "li-l1"], "trimming", 0) is None      # the first one trains
+    for m in methods:
+        args = scratch_arguments(scale, m, "e", 0, tmp_path, None, methods)
+        assert (args is None) == (m == "trimming")
+    assert scratch_arguments(scale, "trimming", "e", 0, tmp_path, None) is not None   # no list: no sharing
+    report = collect(tmp_path, scale, methods)
+    rows = {r["row"]: r for r in report["rows"]}
+    assert rows["trimming-scratch-e"]["same_architecture_as"] == ["li-l1-scratch-e"]
+    assert rows["trimming-scratch-e"]["final_error"] == rows["li-l1-scratch-e"]["final_error"]
+    assert rows["trimming-scratch-e"]["final_error"]["mean"] == pytest.approx(100 * (1 - 0.605))
+    assert "same_architecture_as" not in rows["slimming-scratch-e"] and "same_architecture_as" not in rows["li-l1-scratch-e"]
+    assert "| trimming-scratch-e (= li-l1-scratch-e) | 2 |" in markdown(report, "# t")
