@@ -199,7 +199,8 @@ def markdown(report: dict, header: str) -> str:
              f"F = {report['finetune_epochs']}; seeds {report['seeds']}. Error = 100 − test accuracy (%), "
              "mean ± std over seeds of the final epoch (best epoch as a second column). Params/FLOPs of the "
              "exported model (FLOPs = multiply–adds per image) and their reduction; speed-up = measured "
-             "inference images/s of the exported vs the unpruned model, same process and device.", "",
+             "inference images/s of the exported vs the unpruned model, same process and device (timed in "
+             "turn; median of per-round ratios).", "",
              "| row | seeds | final error | best error | epochs | params | FLOPs | params −% | FLOPs −% | speed-up |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["rows"]:

@@ -164,3 +164,37 @@ def test_export_refuses_an_empty_layer():
     live = {layers[0].name: jnp.zeros(4), layers[1].name: jnp.ones(4)}
     with pytest.raises(ExportError, match="conv0 with no filters"):
         export(architecture("convnet", depth=2, width=4), v, live)
+
+
+def test_speedup_is_the_median_of_per_round_ratios_of_interleaved_timings(monkeypatch):
+    """Both models run in every round, one after the other, each twice with the second call
+    timed, and the speed-up is the median over rounds of t_before / t_after: a machine twice as
+    busy in one round (both models slow alike) leaves that round's ratio, and the median,
+    unchanged; a cold first call (caches evicted by the other model) is not timed."""
+    import time
+
+    from repr_jax.compress import run_export
+    calls, clock = [], [0.0]
+    # machine load of each round for (big, small): round 2 twice as busy for both
+    load = [(1.0, 1.0), (2.0, 2.0), (1.0, 2.0), (1.2, 1.0), (1.1, 1.0)]
+
+    def forward(name, seconds):
+        def f(images):
+            calls.append(name)
+            k = len(calls) - 3                     # the two compiling calls come first
+            if k >= 0:
+                cold = 100.0 if k % 2 == 0 else 1.0   # the first of each model's two calls
+                clock[0] += cold * seconds * load[k // 4][name == "small"]
+        return f
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(run_export, "_forward", lambda arch, variables: forward(arch["name"], arch["t"]))
+    report = run_export.inference_speedup(({"name": "big", "t": 3.0}, {}), ({"name": "small", "t": 2.0}, {}),
+                                          batch=10, repeats=5)
+    assert calls == ["big", "small"] + ["big", "big", "small", "small"] * 5
+    big = np.array([3.0, 6.0, 3.0, 3.6, 3.3]); small = np.array([2.0, 4.0, 4.0, 2.0, 2.0])
+    assert report["inference_speedup"] == pytest.approx(np.median(big / small)) == pytest.approx(1.5)
+    assert np.median(big) / np.median(small) == pytest.approx(1.65)   # what a ratio of medians would say
+    big, small = np.median(big), np.median(small)
+    assert report["inference_images_per_second_before"] == pytest.approx(10 / big)
+    assert report["inference_images_per_second_after"] == pytest.approx(10 / small)
+    assert report["inference_repeats"] == 5

@@ -34,31 +34,62 @@ def _check_batch(config, data_dir, batch: int):
         return jax.random.normal(jax.random.key(0), (batch, 32, 32, 3)), f"{batch} N(0, 1) images (run data not found)"
 
 
-def inference_speed(architecture: dict, variables: dict, batch: int = 256, repeats: int = 5) -> float:
-    """Median images/s of the jitted eval-mode forward pass of a model on ``batch`` N(0, 1)
-    images (after one compiling call), on the default device."""
-    import time
-
-    import numpy as np
-
+def _forward(architecture: dict, variables: dict):
     from repr_jax.models import from_architecture
     model = from_architecture(architecture)
     variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    return lambda images: apply(variables, images).block_until_ready()
+
+
+def interleaved_times(forwards, images, repeats: int) -> "np.ndarray":
+    """Seconds of each of ``forwards`` (callables on ``images``) over ``repeats`` rounds, as a
+    ``(repeats, len(forwards))`` array. Every callable runs once first (compiling); each round
+    then takes them one after another, so a change in machine load between rounds falls on all
+    of them alike, and times each one's second consecutive call (the first warms the caches the
+    previous model's run evicted)."""
+    import time
+
+    import numpy as np
+    for f in forwards:
+        f(images)
+    times = np.empty((repeats, len(forwards)))
+    for r in range(repeats):
+        for i, f in enumerate(forwards):
+            f(images)
+            start = time.perf_counter()
+            f(images)
+            times[r, i] = time.perf_counter() - start
+    return times
+
+
+def inference_speed(architecture: dict, variables: dict, batch: int = 256, repeats: int = 5) -> float:
+    """Median images/s of the jitted eval-mode forward pass of a model on ``batch`` N(0, 1)
+    images (after one compiling call), on the default device."""
+    import numpy as np
     images = jax.random.normal(jax.random.key(1), (batch, 32, 32, 3))
-    apply(variables, images).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        apply(variables, images).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return batch / float(np.median(times))
+    times = interleaved_times([_forward(architecture, variables)], images, repeats)
+    return batch / float(np.median(times[:, 0]))
+
+
+def inference_speedup(before: tuple[dict, dict], after: tuple[dict, dict], batch: int = 256,
+                      repeats: int = 11) -> dict:
+    """Inference speed of two models, each ``(architecture, variables)``, timed interleaved
+    (:func:`interleaved_times`): median images/s of each and the speed-up as the median over
+    rounds of t_before / t_after — a ratio within each round, as ``benchmarks/`` measures."""
+    import numpy as np
+    images = jax.random.normal(jax.random.key(1), (batch, 32, 32, 3))
+    times = interleaved_times([_forward(*before), _forward(*after)], images, repeats)
+    return {"inference_images_per_second_before": batch / float(np.median(times[:, 0])),
+            "inference_images_per_second_after": batch / float(np.median(times[:, 1])),
+            "inference_speedup": float(np.median(times[:, 0] / times[:, 1])),
+            "inference_repeats": repeats}
 
 
 def export_and_report(state, architecture: dict, method, images, out, info: dict,
                       speed_batch: int = 256) -> dict:
     """Export ``state`` with the method's rule, compare its logits with the masked model's on
-    ``images``, time both models' inference in this process, and write ``out/``
+    ``images``, time both models' inference in this process (interleaved), and write ``out/``
     (``architecture.json``, ``export.json``, ``checkpoint/``); returns ``export.json``."""
     from repr_jax.masks import apply_masks
     from repr_jax.train import forward
@@ -66,12 +97,11 @@ def export_and_report(state, architecture: dict, method, images, out, info: dict
     params = apply_masks(state.params, state.masks)
     big, _ = forward(state, params, images, train=False, method=method)
     small = logits(exported.architecture, exported.variables, images)
-    before = inference_speed(architecture, {"params": params, "batch_stats": state.batch_stats}, speed_batch)
-    after = inference_speed(exported.architecture, exported.variables, speed_batch)
+    speed = inference_speedup((architecture, {"params": params, "batch_stats": state.batch_stats}),
+                              (exported.architecture, exported.variables), speed_batch)
     report = {**info, **exported.report(),
               "max_abs_logit_difference": float(jnp.max(jnp.abs(big - small))),
-              "inference_images_per_second_before": before, "inference_images_per_second_after": after,
-              "inference_speedup": after / before, "inference_batch": speed_batch,
+              **speed, "inference_batch": speed_batch,
               "inference_device": str(jax.devices()[0].device_kind)}
     save_exported(exported, out, report)
     return report
@@ -125,4 +155,5 @@ def export_session(session, batch: int = 64) -> dict:
         "model": s.config.model.name, "logit_check_batch": f"{min(batch, len(s.data.test_y))} test images"})
 
 
-__all__ = ["export_and_report", "export_run", "export_session", "inference_speed"]
+__all__ = ["export_and_report", "export_run", "export_session", "inference_speed", "inference_speedup",
+           "interleaved_times"]
