@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from repr_jax.compress.export import logits, save_exported
 from repr_jax.config import RunError
@@ -42,15 +43,13 @@ def _forward(architecture: dict, variables: dict):
     return lambda images: apply(variables, images).block_until_ready()
 
 
-def interleaved_times(forwards, images, repeats: int) -> "np.ndarray":
+def interleaved_times(forwards, images, repeats: int) -> np.ndarray:
     """Seconds of each of ``forwards`` (callables on ``images``) over ``repeats`` rounds, as a
     ``(repeats, len(forwards))`` array. Every callable runs once first (compiling); each round
     then takes them one after another, so a change in machine load between rounds falls on all
     of them alike, and times each one's second consecutive call (the first warms the caches the
     previous model's run evicted)."""
     import time
-
-    import numpy as np
     for f in forwards:
         f(images)
     times = np.empty((repeats, len(forwards)))
@@ -66,7 +65,6 @@ def interleaved_times(forwards, images, repeats: int) -> "np.ndarray":
 def inference_speed(architecture: dict, variables: dict, batch: int = 256, repeats: int = 5) -> float:
     """Median images/s of the jitted eval-mode forward pass of a model on ``batch`` N(0, 1)
     images (after one compiling call), on the default device."""
-    import numpy as np
     images = jax.random.normal(jax.random.key(1), (batch, 32, 32, 3))
     times = interleaved_times([_forward(architecture, variables)], images, repeats)
     return batch / float(np.median(times[:, 0]))
@@ -77,7 +75,6 @@ def inference_speedup(before: tuple[dict, dict], after: tuple[dict, dict], batch
     """Inference speed of two models, each ``(architecture, variables)``, timed interleaved
     (:func:`interleaved_times`): median images/s of each and the speed-up as the median over
     rounds of t_before / t_after — a ratio within each round, as ``benchmarks/`` measures."""
-    import numpy as np
     images = jax.random.normal(jax.random.key(1), (batch, 32, 32, 3))
     times = interleaved_times([_forward(*before), _forward(*after)], images, repeats)
     return {"inference_images_per_second_before": batch / float(np.median(times[:, 0])),
