@@ -9,6 +9,7 @@ method evaluates it — and the exported model on a batch, and writes ``architec
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import jax
@@ -49,7 +50,6 @@ def interleaved_times(forwards, images, repeats: int) -> np.ndarray:
     then takes them one after another, so a change in machine load between rounds falls on all
     of them alike, and times each one's second consecutive call (the first warms the caches the
     previous model's run evicted)."""
-    import time
     for f in forwards:
         f(images)
     times = np.empty((repeats, len(forwards)))
@@ -64,7 +64,8 @@ def interleaved_times(forwards, images, repeats: int) -> np.ndarray:
 
 def inference_speed(architecture: dict, variables: dict, batch: int = 256, repeats: int = 5) -> float:
     """Median images/s of the jitted eval-mode forward pass of a model on ``batch`` N(0, 1)
-    images (after one compiling call), on the default device."""
+    images on the default device, timed as :func:`interleaved_times` times one model (after a
+    compiling call; each timed call preceded by an untimed one)."""
     images = jax.random.normal(jax.random.key(1), (batch, 32, 32, 3))
     times = interleaved_times([_forward(architecture, variables)], images, repeats)
     return batch / float(np.median(times[:, 0]))
