@@ -20,12 +20,12 @@ enable_cpu_fusion()  # before JAX starts its backend; REPR_JAX_NO_YNN=1 opts out
 
 from repr_jax.cli import build_parser, config_from_args, fail  # noqa: E402
 from repr_jax.data import DataError  # noqa: E402
-from repr_jax.errors import EXIT_DIVERGED, Diverged, RunError  # noqa: E402
+from repr_jax.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, Diverged, RunError  # noqa: E402
 
 
 def main(argv=None) -> int:
     """Exit codes: 0 completed, 2 bad input (one line), 3 diverged (one line; the last finite
-    checkpoint is kept), 1 a crash."""
+    checkpoint is kept), 130 interrupted by Ctrl-C (one line; --resume continues), 1 a crash."""
     args = build_parser(__doc__.split("\n\n")[0]).parse_args(argv)
     try:
         config = config_from_args(args)
@@ -35,6 +35,9 @@ def main(argv=None) -> int:
         return fail(err)
     except Diverged as err:
         return fail(err, EXIT_DIVERGED)
+    except KeyboardInterrupt as err:   # Interrupted names the epoch; before training, nothing to say
+        return fail(err if str(err) else KeyboardInterrupt("interrupted before training began; nothing was "
+                                                            "changed"), EXIT_INTERRUPTED)
     print(json.dumps(summary, indent=2))
     if config.seeds > 1:
         print(f"run directories: {config.out}-seed{config.seed} … {config.out}-seed{config.seed + config.seeds - 1}")

@@ -163,12 +163,11 @@ def _markdown(report: dict) -> str:
 
 
 def _plot(report: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rows = [r for r in report["rows"] if r["final"]["n"]]
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4))
+    fig = Figure(figsize=(max(6, 0.6 * len(rows) + 2), 4))
+    ax = fig.subplots()
     x = np.arange(len(rows))
     ax.bar(x, [r["final"]["mean"] for r in rows], yerr=[r["final"]["std"] for r in rows],
            capsize=3, label="ours (final, mean ± std)", color="tab:blue")
@@ -184,7 +183,6 @@ def _plot(report: dict, path: Path) -> None:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_report(report: dict, out: Path) -> None:

@@ -1,9 +1,15 @@
 """Checkpoints of the whole TrainState with orbax ``CheckpointManager``.
 
 One checkpoint per epoch under ``<run>/checkpoints/<epoch>``; the last ``keep`` and the
-best (highest test accuracy) are preserved. Writes are atomic (orbax writes to a temporary
-directory and renames; leftovers of an interrupted write are removed on the next start),
-so a killed run never leaves a half-written checkpoint behind. A write that fails (disk
+best are preserved. The best is the epoch of the highest test accuracy, the *earliest* such
+epoch on a tie — the epoch ``summary.json`` names as ``best_epoch`` — chosen by
+:func:`best_key` both for preservation and for :meth:`Checkpointer.best_epoch` (orbax's own
+``best_step()`` returns the latest step without a ``best_fn``, and without one it stores
+no metrics, so before this a "best" checkpoint was neither known nor preserved).
+
+Writes are atomic (orbax writes to a temporary directory and renames; leftovers of an
+interrupted write are removed on the next start), so a killed run never leaves a
+half-written checkpoint behind. A write that fails (disk
 full, permissions) is a one-line :class:`~repr_jax.errors.RunError` and the earlier
 checkpoints stay as they were. :meth:`Checkpointer.restore_newest` falls back to the newest
 checkpoint that restores when a later one is damaged.
@@ -18,8 +24,10 @@ import contextlib
 import gc
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import flax.serialization
@@ -46,6 +54,25 @@ def _reason(err: BaseException) -> str:
     if code:
         return os.strerror(int(code.group(1)))
     return (str(err).splitlines() or [type(err).__name__])[0][:200]
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Let a checkpoint write finish before Ctrl-C takes effect: SIGINT during the block is
+    remembered and raised as ``KeyboardInterrupt`` right after it (a write interrupted midway
+    is discarded by orbax, but its threads print tracebacks when the process exits). Only in
+    the main thread, where Python delivers signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -76,15 +103,27 @@ def _stderr_held():
         held.close()
 
 
+def best_key(metrics: dict) -> tuple[float, int]:
+    """Order of checkpoints by quality: higher test accuracy, then the earlier epoch.
+    ``metrics`` is what :meth:`Checkpointer.save` stored (checkpoints written before the
+    epoch was stored count as epoch 0; the step number breaks their ties)."""
+    return float(metrics["test_accuracy"]), -int(metrics.get("epoch", 0))
+
+
 class Checkpointer:
-    def __init__(self, directory: str | Path, keep: int = 3):
+    """The checkpoints of one run. ``writer=False`` opens them for reading only: nothing in
+    the directory is created, cleaned up or deleted (what evaluation, export, a teacher or
+    ``init_from`` and a resume's checks use)."""
+
+    def __init__(self, directory: str | Path, keep: int = 3, *, writer: bool = True):
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy([
                 policies.LatestN(n=keep),
-                policies.BestN(get_metric_fn=lambda m: m["test_accuracy"], n=1,
-                               keep_checkpoints_without_metrics=False),
+                policies.BestN(get_metric_fn=best_key, n=1, keep_checkpoints_without_metrics=False),
             ]),
-            enable_async_checkpointing=False, create=True, cleanup_tmp_directories=True)
+            # orbax stores a step's metrics only when it tracks a best_fn (else BestN sees none)
+            best_fn=lambda m: m["test_accuracy"], best_mode="max",
+            enable_async_checkpointing=False, create=writer, cleanup_tmp_directories=writer)
         self.directory = Path(directory).absolute()
         try:
             self.manager = ocp.CheckpointManager(
@@ -99,8 +138,9 @@ class Checkpointer:
             state=ocp.args.StandardSave(_saved_part(state)),
             extra=ocp.args.JsonSave(extra))
         try:
-            with _stderr_held():
-                self.manager.save(epoch, args=items, metrics={"test_accuracy": float(metrics["test_accuracy"])})
+            with _interrupts_deferred(), _stderr_held():
+                self.manager.save(epoch, args=items,
+                                  metrics={"test_accuracy": float(metrics["test_accuracy"]), "epoch": int(epoch)})
                 self.manager.wait_until_finished()
         except Exception as err:   # the I/O boundary: disk full, permissions, a vanished directory
             kept = [s for s in self.manager.all_steps() if s != epoch]
@@ -111,8 +151,16 @@ class Checkpointer:
     def latest_epoch(self) -> int | None:
         return self.manager.latest_step()
 
-    def best_epoch(self) -> int | None:
-        return self.manager.best_step()
+    def best_epoch(self, logged: list[dict] | None = None) -> int | None:
+        """The kept epoch of the highest test accuracy (the earliest on a tie; :func:`best_key`).
+        Checkpoints written before their metrics were stored are ranked by ``logged`` (the
+        run's ``metrics.jsonl`` rows) when given. None when nothing ranks them."""
+        steps = self.manager.all_steps()
+        scored = [(best_key(m), -epoch) for epoch in steps if (m := self.manager.metrics(epoch)) is not None]
+        if not scored and logged:
+            scored = [(best_key({"test_accuracy": row["test_accuracy"], "epoch": row["epoch"]}), -row["epoch"])
+                      for row in logged if row.get("epoch") in steps and row.get("test_accuracy") is not None]
+        return -max(scored)[1] if scored else None
 
     def epochs(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -130,8 +178,10 @@ class Checkpointer:
         if legacy:
             target = {k: v for k, v in target.items() if not k.startswith("method_")}
             target["snapshot"] = target["params"]
-        out = self.manager.restore(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract_like(target)), extra=ocp.args.JsonRestore()))
+        _check_shapes(saved, target)
+        with _stderr_held():   # a failed read leaves orbax coroutines that print tracebacks
+            out = self.manager.restore(epoch, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(_abstract_like(target)), extra=ocp.args.JsonRestore()))
         restored = dict(out["state"])
         if legacy:
             restored = _from_legacy(restored, template)
@@ -170,6 +220,17 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _check_shapes(saved, target) -> None:
+    """``ValueError`` naming the first array whose saved shape differs from the model's (a
+    checkpoint of another architecture), before orbax is asked to read anything."""
+    shapes = {jax.tree_util.keystr(path): tuple(leaf.shape)
+              for path, leaf in jax.tree_util.tree_leaves_with_path(saved) if hasattr(leaf, "shape")}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(target):
+        key = jax.tree_util.keystr(path)
+        if key in shapes and shapes[key] != tuple(np.shape(leaf)):
+            raise ValueError(f"saved {key} has shape {shapes[key]}, the model's is {tuple(np.shape(leaf))}")
 
 
 def _saved_part(state: TrainState) -> dict:

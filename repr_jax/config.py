@@ -35,6 +35,15 @@ from repr_jax.protocols import PROTOCOLS
 # agree to float32 round-off; repr_jax.population, repr_jax.parallel).
 NON_SEMANTIC = ("out", "resume", "quiet", "keep_checkpoints", "data.dir", "seeds", "devices", "tensorboard")
 KEY_ALIASES = {"optim.lr": "optim.learning_rate", "lr": "optim.learning_rate"}
+# Upper bounds: far beyond any real run, low enough that a typo cannot exhaust the machine
+# (per-epoch tables, stacked seeds and layer widths are allocated from these).
+MAX_EPOCHS = 100_000
+MAX_SEED = 2**31 - 1          # every seed of a population fits a signed 32-bit integer
+MAX_SEEDS = 4096
+MAX_BATCH = 1 << 20
+MAX_WIDTH = 1 << 16
+MAX_DEPTH = 1000
+MAX_KEEP_CHECKPOINTS = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,23 +152,28 @@ class RunConfig:
     def validate(self) -> None:
         """Every check that needs no data; ``RunError`` with one line otherwise."""
         checks = [
-            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {self.eval_batch_size}"),
-            (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
-            (self.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}"),
-            (self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}"),
+            (1 <= self.epochs <= MAX_EPOCHS, f"--epochs must be in 1..{MAX_EPOCHS:,}, got {self.epochs}"),
+            (1 <= self.batch_size <= MAX_BATCH, f"--batch-size must be in 1..{MAX_BATCH:,}, got {self.batch_size}"),
+            (1 <= self.eval_batch_size <= MAX_BATCH,
+             f"--eval-batch-size must be in 1..{MAX_BATCH:,}, got {self.eval_batch_size}"),
+            (0 <= self.seed <= MAX_SEED, f"--seed must be in 0..{MAX_SEED}, got {self.seed}"),
+            (1 <= self.keep_checkpoints <= MAX_KEEP_CHECKPOINTS,
+             f"--keep-checkpoints must be in 1..{MAX_KEEP_CHECKPOINTS:,}, got {self.keep_checkpoints}"),
+            (1 <= self.seeds <= MAX_SEEDS, f"--seeds must be in 1..{MAX_SEEDS}, got {self.seeds}"),
+            (self.seed + self.seeds - 1 <= MAX_SEED,
+             f"--seed {self.seed} with --seeds {self.seeds} reaches seed {self.seed + self.seeds - 1}, above {MAX_SEED}"),
             (self.devices >= 0, f"--devices must be >= 0 (0: every device), got {self.devices}"),
             (math.isfinite(self.ortho_loss) and self.ortho_loss >= 0,
              f"--ortho-loss must be finite and >= 0, got {self.ortho_loss}"),
             (self.protocol in ("", *PROTOCOLS), f"unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}"),
             (self.model.name in MODELS, f"unknown model {self.model.name!r}; choose from {', '.join(MODELS)}"),
-            (self.model.depth >= 1 and self.model.width >= 1,
-             f"--depth and --width must be >= 1, got {self.model.depth} and {self.model.width}"),
+            (1 <= self.model.depth <= MAX_DEPTH and 1 <= self.model.width <= MAX_WIDTH,
+             f"--depth must be in 1..{MAX_DEPTH} and --width in 1..{MAX_WIDTH}, got {self.model.depth} and "
+             f"{self.model.width}"),
             (self.model.name == "convnet" or all(getattr(self.model, k) == v for k, v in HEAD_OPTIONS.items()),
              f"model.{'/'.join(HEAD_OPTIONS)} are options of the convnet head, not of {self.model.name}"),
-            (self.model.hidden >= 0 and 0 <= self.model.dropout < 1 and 0 <= self.model.dropconnect < 1,
-             f"model.hidden must be >= 0 and model.dropout, model.dropconnect in [0, 1), got "
+            (0 <= self.model.hidden <= MAX_WIDTH and 0 <= self.model.dropout < 1 and 0 <= self.model.dropconnect < 1,
+             f"model.hidden must be in 0..{MAX_WIDTH} and model.dropout, model.dropconnect in [0, 1), got "
              f"{self.model.hidden}, {self.model.dropout}, {self.model.dropconnect}"),
             (not self.model.dropout or self.model.hidden > 0, "model.dropout needs a hidden layer (model.hidden > 0)"),
             (self.model.dropconnect_mode in ("example", "batch"),
@@ -186,7 +200,8 @@ class RunConfig:
             if not ok:
                 raise RunError(message)
         try:
-            self.model.channel_spec()
+            if any(w > MAX_WIDTH for w in self.model.channel_spec().values()):
+                raise ValueError(f"model.channels widths must be <= {MAX_WIDTH}, got {self.model.channels!r}")
             self.optim.validate()
             self.kd.validate()
             self.method.validate(self)
@@ -215,6 +230,8 @@ class RunConfig:
                        kd=_build(KDConfig, d.pop("kd", {}), "kd"),
                        method=_build(get_method(name).config_class, method, name),
                        **_fields(cls, d, ""))
+        except RunError:
+            raise
         except (TypeError, ValueError) as err:
             raise RunError(f"config does not match this version of repr-jax: {err}") from None
 
@@ -254,7 +271,31 @@ def _fields(cls, values: dict, prefix: str) -> dict:
         where = f"{prefix} " if prefix else ""
         raise ValueError(f"unknown {where}setting(s) {', '.join(unknown)}")
     hints = typing.get_type_hints(cls)
-    return {k: tuple(v) if isinstance(v, list) and _is_tuple(hints[k]) else v for k, v in values.items()}
+    sections = ("model", "data", "optim", "kd", "method")
+    return {k: v if k in sections and not prefix else checked_value(hints[k], v, f"{prefix}.{k}" if prefix else k)
+            for k, v in values.items()}
+
+
+def checked_value(tp, value, key: str):
+    """``value`` (from JSON: a ``--config`` file or a run's ``config.json``) as a value of the
+    field type ``tp``, or ``RunError`` naming ``key``: ints are not floats or booleans, strings
+    are not numbers, ``X | None`` admits null, a float field takes an integer."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    ok = {bool: isinstance(value, bool),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          str: isinstance(value, str)}.get(tp)
+    if ok is True:
+        return float(value) if tp is float else value
+    if ok is None and _is_tuple(tp) and isinstance(value, (list, tuple)):
+        return tuple(checked_value(typing.get_args(tp)[0], item, f"{key}[{i}]") for i, item in enumerate(value))
+    if ok is None and not _is_tuple(tp):
+        return value
+    name = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, "a list")
+    raise RunError(f"setting {key} must be {name}, got {json.dumps(value)[:80]}")
 
 
 def _build(cls, values: dict, prefix: str):
@@ -397,6 +438,6 @@ def settings_help() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DataConfig", "KEY_ALIASES", "ModelConfig", "NON_SEMANTIC", "RunConfig", "RunError",
-           "apply_overrides", "default_learning_rate", "flatten", "load_config_file", "migrate",
+__all__ = ["DataConfig", "KEY_ALIASES", "MAX_EPOCHS", "MAX_SEED", "ModelConfig", "NON_SEMANTIC", "RunConfig",
+           "RunError", "apply_overrides", "checked_value", "default_learning_rate", "flatten", "load_config_file", "migrate",
            "parse_value", "settings_help"]

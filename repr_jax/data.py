@@ -13,12 +13,16 @@ Sources, tried in order by :func:`load_cifar`:
 3. Otherwise :class:`DataError` with one line saying how to get the data.
 
 Every source is read completely or refused with one line (:mod:`repr_jax.data_formats`:
-archives read to their end, labels and counts checked). Decoded arrays are cached as
-``.npz`` in ``$REPR_JAX_CACHE`` (default ``~/.cache/repr_jax``), keyed by the source's path,
-size and modification time, so a second run skips decoding 60,000 JPEGs; a cache that
-cannot be written is skipped with a warning. Each data set carries a *fingerprint* — a
-SHA-256 of the decoded arrays, computed once with the cache — which a resumed run compares
-with the one its ``config.json`` recorded: the data's path may change, the data may not.
+archives read to their end, labels and counts checked; pickles can build numpy arrays and
+nothing else; file sizes capped). Decoded arrays are cached as ``.npz`` in
+``$REPR_JAX_CACHE`` (default ``~/.cache/repr_jax``), keyed by the *content* of the source
+(:func:`source_digest`: SHA-256 of an archive's bytes, or of a directory's layout files with
+their names), so a second run skips decoding 60,000 JPEGs, a moved copy hits the same
+cache, and an edited source — whatever its size and modification time — never does; a
+cache that cannot be written is skipped with a warning, and an interrupted write leaves no
+temporary file. Each data set carries a *fingerprint* — a SHA-256 of the decoded arrays —
+which a resumed run (and ``repr_jax.evaluate``) compares with the one its ``config.json``
+recorded: the data's path may change, the data may not.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ import numpy as np
 from repr_jax.data_formats import (ARCHIVES, CIFAR10_CLASSES, NUM_CLASSES, DataError, check_splits,
                                    claimed_dataset, parse, read_files)
 
-_CACHE_VERSION = 2   # 2: archives read to the end, labels and counts checked
+_CACHE_VERSION = 3   # 2: archives read to the end, labels and counts checked; 3: keyed by content
 
 
 def fingerprint(*arrays: np.ndarray) -> str:
@@ -129,39 +133,69 @@ def cache_dir() -> Path:
     return Path(os.environ.get("REPR_JAX_CACHE", Path.home() / ".cache" / "repr_jax"))
 
 
-def _source_key(source: Path, dataset: str) -> str:
-    parts = [str(source.resolve()), dataset, str(_CACHE_VERSION)]
-    paths = sorted(source.rglob("*")) if source.is_dir() else [source]
-    for p in paths:
-        if p.is_file():
-            st = p.stat()
-            parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+def source_digest(source: Path, files: dict[str, bytes] | None = None) -> str:
+    """SHA-256 (hex) of what ``source`` holds: an archive's bytes, or a directory's layout
+    files (:func:`repr_jax.data_formats.read_files`, or ``files`` already read) with their
+    relative names. Equal digests mean equal data, wherever it lies."""
+    digest = hashlib.sha256()
+    if source.is_dir():
+        for name, blob in sorted((files if files is not None else read_files(source)).items()):
+            digest.update(f"{name}\0{len(blob)}\0".encode())
+            digest.update(blob)
+    else:
+        try:
+            with open(source, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError as err:
+            raise DataError(f"cannot read {source}: {err.strerror or err}") from None
+    return digest.hexdigest()
 
 
-def _read_cache(cache: Path, source: Path) -> Cifar | None:
+def _read_cache(cache: Path, source: Path, digest: str) -> Cifar | None:
     try:
         with np.load(cache, allow_pickle=False) as z:
             arrays = [z[k] for k in ("train_x", "train_y", "test_x", "test_y")]
-            names, digest = tuple(str(c) for c in z["class_names"]), str(z["fingerprint"])
+            names, fp = tuple(str(c) for c in z["class_names"]), str(z["fingerprint"])
+            cached_source = str(z["source_digest"]) if "source_digest" in z else ""
     except Exception:  # unreadable or damaged cache (npz members are CRC-checked): rebuild
         return None
-    if fingerprint(*arrays) != digest:
+    if cached_source != digest or fingerprint(*arrays) != fp:
         return None
-    return Cifar(*arrays, names, f"{source} (cached)", digest)
+    return Cifar(*arrays, names, f"{source} (cached)", fp)
 
 
-def _write_cache(cache: Path, data: Cifar) -> None:
+def _remove_orphans(directory: Path) -> None:
+    """Delete temporary cache files whose writing process no longer exists."""
+    for tmp in directory.glob("*.tmp*.npz"):
+        pid = tmp.suffixes[-2][len(".tmp"):] if len(tmp.suffixes) >= 2 else ""
+        if pid.isdigit() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:   # exists, owned by someone else
+        return True
+    return True
+
+
+def _write_cache(cache: Path, data: Cifar, digest: str) -> None:
     tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
+        _remove_orphans(cache.parent)
         np.savez(tmp, train_x=data.train_x, train_y=data.train_y, test_x=data.test_x,
                  test_y=data.test_y, class_names=np.array(data.class_names),
-                 fingerprint=np.array(data.fingerprint))
+                 fingerprint=np.array(data.fingerprint), source_digest=np.array(digest))
         os.replace(tmp, cache)
     except OSError as err:   # read-only or full cache: carry on without it
         print(f"warning: decode cache not written ({cache.parent}: {err.strerror or err}); "
               "set REPR_JAX_CACHE to a writable directory", file=sys.stderr)
+    finally:   # also after Ctrl-C: no temporary file is left behind
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
@@ -171,16 +205,18 @@ def _write_cache(cache: Path, data: Cifar) -> None:
 def _load_local(source: Path, dataset: str, use_cache: bool) -> Cifar:
     if not source.exists():
         raise DataError(f"data path {source} does not exist")
-    cache = cache_dir() / f"{dataset}-{_source_key(source, dataset)}.npz"
+    files = read_files(source) if source.is_dir() else None      # a directory is hashed as it is read
+    digest = source_digest(source, files) if use_cache else ""
+    cache = cache_dir() / f"{dataset}-v{_CACHE_VERSION}-{digest[:32]}.npz"
     if use_cache and cache.exists():
-        cached = _read_cache(cache, source)
+        cached = _read_cache(cache, source, digest)
         if cached is not None:
             return cached
-    tx, ty, vx, vy, names = parse(read_files(source), dataset, source)
+    tx, ty, vx, vy, names = parse(files if files is not None else read_files(source), dataset, source)
     check_splits(tx, ty, vx, vy, names, dataset, source, complete=claimed_dataset(source) == dataset)
     data = Cifar(tx, ty, vx, vy, tuple(names), str(source), fingerprint(tx, ty, vx, vy))
     if use_cache:
-        _write_cache(cache, data)
+        _write_cache(cache, data, digest)
     return data
 
 
@@ -252,4 +288,4 @@ def load_cifar(dataset: str = "cifar10", data_dir: str | os.PathLike | None = No
 
 
 __all__ = ["ARCHIVES", "CIFAR10_CLASSES", "NUM_CLASSES", "Cifar", "DataError", "cache_dir",
-           "download_archive", "fingerprint", "load_cifar", "synthetic_cifar"]
+           "download_archive", "fingerprint", "load_cifar", "source_digest", "synthetic_cifar"]

@@ -15,11 +15,25 @@ Integrity rules — each failure is a :class:`DataError` whose one line names th
     ``num_cases_per_batch`` (the official files have it), and a source known by its
     SHA-256 (:data:`KNOWN_SOURCES`) or by the official archives' MD5 must give CIFAR's
     50,000 / 10,000 images.
+
+Safety rules — nothing read from a data source can run code or exhaust memory:
+  * pickles are read by :class:`CifarUnpickler`, which resolves only the globals a pickled
+    numpy array needs (``numpy.ndarray``, ``numpy.dtype``, numpy's array-rebuild functions,
+    ``_codecs.encode``); any other global (``os.system``, ``builtins.eval``, a class) is
+    refused before it is called;
+  * only files a layout can use are read (:func:`wanted`); each may hold at most
+    :data:`MAX_FILE_BYTES` and all together :data:`MAX_TOTAL_BYTES` — sizes are checked
+    from the tar header or ``stat`` *before* reading, so a member that decompresses to
+    gigabytes is refused without being inflated;
+  * a directory is walked without following symbolic links; an unreadable entry
+    (``--data-dir /proc``) is a :class:`DataError`, not a traceback.
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
+import os
 import pickle
 import re
 import tarfile
@@ -44,7 +58,18 @@ KNOWN_SOURCES = {
     "f69c465918f15cb789eabb27413402e80cba9a96f46b1cfd65e3ae621860ade8": "cifar10",  # JPEG copy
 }
 _IMAGE_EXT = (".jpg", ".jpeg", ".png")
+_FOLDER_RE = re.compile(r"(?:^|/)(train|test)/([^/]+)/([^/]+)$")   # train|test/<class>/<file>
 _BLOCK = 512
+# The largest file of any CIFAR layout is CIFAR-100's train pickle / train.bin (≈ 154 MB).
+MAX_FILE_BYTES = 256 << 20
+MAX_TOTAL_BYTES = 1 << 30
+MAX_DIRECTORY_ENTRIES = 1_000_000
+# The files of the batch layouts (python pickles and binary batches) and their label lists.
+LAYOUT_FILES = frozenset([*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta",
+                          "train", "test", "meta",
+                          *(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin",
+                          "batches.meta.txt", "train.bin", "test.bin", "fine_label_names.txt",
+                          "coarse_label_names.txt"])
 
 
 class DataError(RuntimeError):
@@ -83,22 +108,74 @@ def _check_archive_end(tar: tarfile.TarFile, source: Path) -> None:
         raise DataError(f"archive {source} is truncated: it ends without the end-of-archive marker")
 
 
+def wanted(name: str) -> bool:
+    """Whether a file (relative posix path) belongs to a layout: a batch file or an image of
+    an image-folder tree. Nothing else in a source is read."""
+    return name.rsplit("/", 1)[-1] in LAYOUT_FILES or (
+        _FOLDER_RE.search(name) is not None and name.lower().endswith(_IMAGE_EXT))
+
+
+class _Budget:
+    """The size caps: one file at most :data:`MAX_FILE_BYTES`, all at most :data:`MAX_TOTAL_BYTES`."""
+
+    def __init__(self, source: Path):
+        self.source, self.total = source, 0
+
+    def take(self, name: str, size: int, before_reading: bool = False) -> None:
+        """Count ``size`` bytes of ``name``; ``before_reading``: only check the file's size."""
+        if size > MAX_FILE_BYTES:
+            raise DataError(f"{self.source}: {name} holds more than {MAX_FILE_BYTES:,} bytes, more than any "
+                            "CIFAR file; refused")
+        if before_reading:
+            return
+        self.total += size
+        if self.total > MAX_TOTAL_BYTES:
+            raise DataError(f"{self.source}: its CIFAR files hold more than {MAX_TOTAL_BYTES:,} bytes; "
+                            "refused (point --data-dir at the data set itself)")
+
+
+def _walk(source: Path):
+    """Relative posix paths of the regular files under ``source`` (symbolic links not followed)."""
+    def refuse(err: OSError):
+        raise DataError(f"cannot read {err.filename or source}: {err.strerror or _reason(err)}")
+
+    seen = 0
+    for root, dirs, names in os.walk(source, onerror=refuse, followlinks=False):
+        seen += len(dirs) + len(names)
+        if seen > MAX_DIRECTORY_ENTRIES:
+            raise DataError(f"{source} holds more than {MAX_DIRECTORY_ENTRIES:,} entries; point --data-dir "
+                            "at the data set itself")
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(root) / name
+            if not path.is_symlink() and path.is_file():
+                yield path.relative_to(source).as_posix(), path
+
+
 def read_files(source: Path) -> dict[str, bytes]:
-    """All regular files of a directory or tar archive: relative posix path -> bytes."""
+    """The layout files (:func:`wanted`) of a directory or tar archive: relative posix path ->
+    bytes, within the size caps."""
     files: dict[str, bytes] = {}
+    budget = _Budget(source)
     if source.is_dir():
-        for path in source.rglob("*"):
-            if path.is_file():
-                try:
-                    files[path.relative_to(source).as_posix()] = path.read_bytes()
-                except OSError as err:
-                    raise DataError(f"cannot read {path}: {_reason(err)}") from None
+        for name, path in _walk(source):
+            if not wanted(name):
+                continue
+            try:
+                budget.take(name, path.stat().st_size, before_reading=True)
+                with open(path, "rb") as f:
+                    files[name] = f.read(MAX_FILE_BYTES + 1)   # stat may understate (/proc, a growing file)
+            except OSError as err:
+                raise DataError(f"cannot read {path}: {_reason(err)}") from None
+            budget.take(name, len(files[name]))
         return files
     try:
         with open(source, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
             for member in tar:
-                if member.isfile():
-                    files[member.name.lstrip("./")] = tar.extractfile(member).read()
+                name = member.name.lstrip("./")
+                if member.isfile() and wanted(name):
+                    budget.take(name, member.size)
+                    files[name] = tar.extractfile(member).read()
             _check_archive_end(tar, source)
     except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as err:
         raise DataError(f"cannot read archive {source}: damaged or not an archive ({_reason(err)})") from None
@@ -110,9 +187,41 @@ def _find(files: dict[str, bytes], basename: str) -> str | None:
     return hits[0] if hits else None
 
 
+_NUMPY_CORE = "numpy._core" if hasattr(np, "_core") else "numpy.core"   # numpy >= 2 / 1.x
+# Every global a pickled numpy array refers to, under numpy 1.x and 2.x names (protocols 0–5).
+_ARRAY_GLOBALS = frozenset([("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+                            *((f"numpy.{core}.{module}", name) for core in ("core", "_core")
+                              for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"),
+                                                   ("numeric", "_frombuffer")))])
+
+
+class UnsafePickle(pickle.UnpicklingError):
+    """A pickle names a global other than a numpy array's (it could run code)."""
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only dicts, lists, strings, numbers and numpy arrays.
+
+    :meth:`find_class` resolves the globals of :data:`_ARRAY_GLOBALS` and refuses every
+    other one *before* anything is called, so a pickle whose ``__reduce__`` names
+    ``os.system`` (or any class or function) fails with :class:`UnsafePickle` instead of
+    running."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ARRAY_GLOBALS:
+            raise UnsafePickle(f"refused global {module}.{name} (only numpy arrays may be unpickled)")
+        if module == "_codecs":
+            return codecs.encode
+        if module.startswith(("numpy.core.", "numpy._core.")):   # this numpy's name for it
+            module = f"{_NUMPY_CORE}.{module.rsplit('.', 1)[-1]}"
+        return super().find_class(module, name)
+
+
 def _unpickle(blob: bytes, name: str) -> dict:
     try:
-        value = pickle.loads(blob, encoding="latin1")
+        value = CifarUnpickler(io.BytesIO(blob), encoding="latin1").load()
+    except UnsafePickle as err:
+        raise DataError(f"unsafe CIFAR pickle {name}: {err}; nothing in it was run") from None
     except Exception as err:  # corrupt pickle of any kind
         raise DataError(f"corrupt CIFAR pickle {name}: {_reason(err)}") from None
     if not isinstance(value, dict):
@@ -213,8 +322,6 @@ def _binary_layout(files, dataset):
     return tx, ty, vx, vy, names
 
 
-_FOLDER_RE = re.compile(r"(?:^|/)(train|test)/([^/]+)/([^/]+)$")
-
 
 def _sort_key(name: str):
     stem = name.rsplit(".", 1)[0]
@@ -286,5 +393,6 @@ def check_splits(tx, ty, vx, vy, names, dataset: str, source: Path, complete: bo
                         f"{dataset} has {FULL_COUNTS[dataset][0]} / {FULL_COUNTS[dataset][1]}")
 
 
-__all__ = ["ARCHIVES", "CIFAR10_CLASSES", "DataError", "FULL_COUNTS", "KNOWN_SOURCES", "NUM_CLASSES",
-           "check_splits", "claimed_dataset", "parse", "read_files"]
+__all__ = ["ARCHIVES", "CIFAR10_CLASSES", "CifarUnpickler", "DataError", "FULL_COUNTS", "KNOWN_SOURCES",
+           "LAYOUT_FILES", "MAX_FILE_BYTES", "MAX_TOTAL_BYTES", "NUM_CLASSES", "check_splits", "claimed_dataset",
+           "parse", "read_files", "UnsafePickle", "wanted"]

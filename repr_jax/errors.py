@@ -10,12 +10,15 @@ code   meaning
 3      the run diverged: a loss, a parameter or a criterion score became NaN or
        infinite (:class:`Diverged`); ``summary.json`` has ``"status": "diverged"``
        and the last finite checkpoint is kept
+130    interrupted (Ctrl-C, :class:`Interrupted`): one line naming the epoch;
+       ``--resume`` continues from the newest checkpoint
 =====  ==========================================================================
 """
 from __future__ import annotations
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130   # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
 
 
 class RunError(ValueError):
@@ -35,4 +38,19 @@ class Diverged(RuntimeError):
         self.epoch, self.quantity, self.summary = epoch, quantity, summary or {}
 
 
-__all__ = ["Diverged", "EXIT_BAD_INPUT", "EXIT_DIVERGED", "NonFiniteError", "RunError"]
+class Interrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C); the message says where and how to continue."""
+
+    @classmethod
+    def during(cls, session) -> "Interrupted":
+        """The interruption of a run in progress (a :class:`repr_jax.experiment.Session`)."""
+        config, epoch = session.config, session.epoch + 1
+        kept = session.ckpt.latest_epoch()
+        where = f"at the end of epoch {epoch}" if kept == epoch else f"in epoch {epoch}"
+        return cls(f"interrupted {where} of {config.epochs}; "
+                   + (f"the newest checkpoint is of epoch {kept}; " if kept else "no checkpoint yet; ")
+                   + f"--out {config.out} --resume continues")
+
+
+__all__ = ["Diverged", "EXIT_BAD_INPUT", "EXIT_DIVERGED", "EXIT_INTERRUPTED", "Interrupted", "NonFiniteError",
+           "RunError"]

@@ -3,7 +3,9 @@
 
 The state is restored into the run's own model and method (masks and a method's channel
 gates apply, as in training's evaluation), the test set is the run's (its ``data`` settings:
-dataset, ``test_limit``), read from ``--data-dir`` when the data moved. Prints one line;
+dataset, ``test_limit``), read from ``--data-dir`` when the data moved — the data must be
+the run's own (its fingerprint in ``config.json``), so other data is refused, not reported
+as the run's accuracy. Prints one line;
 ``--json`` also writes ``{run, epoch, step, test_loss, test_accuracy, test_images}``.
 Bad input: one line on stderr, exit code 2.
 """
@@ -23,6 +25,7 @@ def evaluate_run(run_dir, step: str = "latest", data_dir=None, batch_size: int |
 
     from repr_jax.config import RunError
     from repr_jax.experiment import load_run_data, restore_run
+    from repr_jax.run_dir import check_data
     from repr_jax.train import evaluate
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
@@ -37,6 +40,7 @@ def evaluate_run(run_dir, step: str = "latest", data_dir=None, batch_size: int |
     if data_dir is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, dir=str(data_dir)))
     data = load_run_data(config)
+    check_data(run_dir, data.fingerprint)
     metrics = evaluate(state, jnp.asarray(data.test_x), jnp.asarray(data.test_y),
                        batch_size or config.eval_batch_size, method=method)
     return {"run": str(run_dir), "epoch": int(state.step) // max(1, len(data.train_y) // config.batch_size),

@@ -33,7 +33,7 @@ from repr_jax.checkpoint import Checkpointer
 from repr_jax.config import RunConfig
 from repr_jax.data import Cifar, DataError, load_cifar
 from repr_jax.distill import attach_teacher, check_teacher
-from repr_jax.errors import Diverged, NonFiniteError, RunError
+from repr_jax.errors import Diverged, Interrupted, NonFiniteError, RunError
 from repr_jax.masks import live_filters
 from repr_jax.methods.base import MethodContext, create_method
 from repr_jax.models import from_architecture
@@ -41,7 +41,8 @@ from repr_jax.optim import learning_rate_schedule, make_optimizer, phased_schedu
 from repr_jax.parallel import batch_sharding, data_mesh, replicate
 from repr_jax.plots import dataset_label, plot_curves, plot_pruned_per_layer
 from repr_jax.run_dir import (check_data, check_run_dir, create_run_dir, finite_row, read_architecture,
-                              read_config, read_jsonl, record_extension, write_json, write_jsonl)
+                              read_config, read_jsonl, read_summary, record_extension, write_json, write_jsonl)
+from repr_jax.run_lock import RunLock
 from repr_jax.state import create_train_state
 from repr_jax.train import evaluate, loss_term_names, run_epoch, train_step_indexed
 
@@ -135,27 +136,36 @@ def state_is_finite(state) -> bool:
 def restore_run(run_dir: str | Path, epoch: int | str | None = None):
     """``(RunConfig, architecture, method, TrainState)`` of a saved run: the state restored
     from its checkpoint ``epoch`` — an epoch number, ``"latest"`` (the default), ``"best"``
-    (highest test accuracy) or ``"finite"`` (the newest whose parameters are all finite) —
-    into a template rebuilt from its ``config.json`` and ``architecture.json``; the method is
-    built without data."""
-    import json
+    (highest test accuracy, the earliest such epoch: ``summary.json``'s ``best_epoch``) or
+    ``"finite"`` (the newest whose parameters are all finite) — into a template rebuilt from
+    its ``config.json`` and ``architecture.json``; the method is built without data. A
+    damaged or edited file of the run is a one-line ``RunError`` naming it."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     arch = read_architecture(run_dir, config)
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    summary = read_summary(run_dir)
     train_images = int(summary.get("train_images", config.data.train_limit or 50_000))
-    model = build_model(config, arch)
-    method = build_method(config, model, arch, train_images)
-    _, _, template = initial_state(config, train_images, model, method)
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=config.keep_checkpoints)
+    try:
+        model = build_model(config, arch)
+        method = build_method(config, model, arch, train_images)
+        _, _, template = initial_state(config, train_images, model, method)
+    except (ValueError, KeyError, TypeError) as err:
+        raise RunError(f"{run_dir / 'architecture.json'} and config.json do not describe a model this version "
+                       f"builds ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=config.keep_checkpoints, writer=False)
     try:
         if epoch == "finite":
             state, _, _, _ = ckpt.restore_newest(template, accept=state_is_finite)
         else:
-            number = {None: ckpt.latest_epoch(), "latest": ckpt.latest_epoch(), "best": ckpt.best_epoch()}.get(epoch, epoch)
+            number = (ckpt.best_epoch(read_jsonl(run_dir / "metrics.jsonl")) if epoch == "best" else
+                      ckpt.latest_epoch() if epoch in (None, "latest") else epoch)
             if number not in ckpt.epochs():
                 raise RunError(f"{run_dir} has no checkpoint {epoch!r} (kept: {ckpt.epochs()})")
-            state, _ = ckpt.restore(template, number)
+            try:
+                state, _ = ckpt.restore(template, number)
+            except Exception as err:   # damaged, or saved from another architecture
+                raise RunError(f"the checkpoint of epoch {number} in {run_dir} does not restore into the model "
+                               f"of its config.json / architecture.json ({' '.join(str(err).split())[:200]})") from None
     finally:
         ckpt.close()
     return config, arch, method, state
@@ -187,6 +197,8 @@ class Session:
     inputs: object = ()          # the method's run_inputs(), on device
     population: int = 1          # seeds trained together with this one (repr_jax.population)
     tensorboard: object = None   # a repr_jax.tensorboard.TensorBoardLog with tensorboard=true
+    lock: RunLock | None = None  # held while the session lives (repr_jax.run_lock)
+    epoch: int = 0               # the 0-based epoch being trained (for an interruption's message)
 
 
 def device_mesh(config: RunConfig):
@@ -205,6 +217,11 @@ def device_mesh(config: RunConfig):
 def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = None) -> Session:
     """Check settings and the run directory, load data, build method and state, create or
     resume the run directory (nothing is written before every check has passed).
+
+    The run directory is locked (:class:`repr_jax.run_lock.RunLock`) before its state is
+    read, for as long as the session lives (:func:`close`). A resume reads and checks
+    everything — settings, data fingerprint, logs, the newest checkpoint that restores —
+    before it changes anything, so a resume that fails leaves the run as it was.
 
     ``arrays``: the data set already on device (train x/y, test x/y) when the caller shares
     one copy between runs (:mod:`repr_jax.population`)."""
@@ -225,6 +242,37 @@ def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = N
             check_available()
         except ImportError as err:
             raise RunError(str(err)) from None
+    lock = RunLock(config.out)
+    if config.resume and (Path(config.out) / "config.json").exists():
+        lock.acquire()   # before the run's files are read: no other process changes them meanwhile
+    try:
+        return _start_locked(config, model, mesh, lock, data, arrays)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _resume_point(out: Path, ckpt: Checkpointer, template) -> tuple:
+    """``(state, extra, epoch, skipped, metrics, events)`` of the newest usable checkpoint of
+    the run in ``out``, with its logs up to that epoch, checked against each other; reads
+    only (``RunError`` names what is damaged). No checkpoint: ``(template, {}, 0, [], [], [])``."""
+    metrics, events = read_jsonl(out / "metrics.jsonl"), read_jsonl(out / "pruning.jsonl")
+    if not ckpt.epochs():
+        return template, {}, 0, [], [], []
+    state, extra, _, skipped = ckpt.restore_newest(template)
+    done = int(extra["epochs_done"])
+    metrics = [m for m in metrics if m["epoch"] <= done]
+    events = [e for e in events if e["epoch"] <= done]   # 1-based
+    if [m["epoch"] for m in metrics] != list(range(1, done + 1)):
+        raise RunError(f"{out / 'metrics.jsonl'} lacks rows of epochs 1-{done}, which the checkpoint of epoch "
+                       f"{done} needs (deleted or edited); the run cannot be resumed faithfully")
+    if "events" in extra and len(events) != int(extra["events"]):
+        raise RunError(f"{out / 'pruning.jsonl'} holds {len(events)} events up to epoch {done}, the checkpoint "
+                       f"recorded {extra['events']} (deleted or edited); the run cannot be resumed faithfully")
+    return state, extra, done, skipped, metrics, events
+
+
+def _start_locked(config: RunConfig, model, mesh, lock: RunLock, data: Cifar | None, arrays) -> Session:
     resuming = check_run_dir(config)
     data = load_run_data(config, data)
     if len(data.train_y) < config.batch_size:
@@ -241,8 +289,21 @@ def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = N
     # committed to its device(s) from the start, as a restored state is: fresh and resumed
     # runs then build the same programs (one compilation cache entry serves both)
     state = replicate(state, mesh) if mesh is not None else jax.device_put(state, jax.devices()[0])
+    metrics, events, start_epoch, prior_seconds = [], [], 0, 0.0
     if resuming:
         check_data(out, data.fingerprint)
+        reader = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints, writer=False)
+        try:
+            state, extra, start_epoch, skipped, metrics, events = _resume_point(out, reader, state)
+        finally:
+            reader.close()
+        # every check has passed: from here on the run directory changes
+        ckpt = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
+        for bad, reason in skipped:
+            print(f"warning: the checkpoint of epoch {bad} could not be restored ({reason}); "
+                  f"set aside in {out / 'damaged_checkpoints'}", file=sys.stderr)
+        ckpt.set_aside([bad for bad, _ in skipped], out / "damaged_checkpoints")
+        prior_seconds = float(extra.get("wall_seconds", 0.0))
         if not (out / "architecture.json").exists():   # written before the file existed
             write_json(out / "architecture.json", config.architecture())
         saved_epochs = read_config(out).epochs
@@ -250,25 +311,17 @@ def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = N
             record_extension(out, config.epochs)
             (out / "summary.json").unlink(missing_ok=True)   # no longer complete
             print(f"extending {out} from {saved_epochs} to {config.epochs} epochs", file=sys.stderr)
+        if start_epoch:
+            print(f"resuming from epoch {start_epoch} ({out})", file=sys.stderr)
     else:
-        create_run_dir(config, data.fingerprint)
-    ckpt = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
+        create_run_dir(config, data.fingerprint, lock)
+        ckpt = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
     session = Session(config, out, data, method, schedule, state, ckpt, arrays=(), terms=(),
-                      metrics=read_jsonl(out / "metrics.jsonl"), events=read_jsonl(out / "pruning.jsonl"),
-                      mesh=mesh)
-    if resuming and ckpt.epochs():
-        session.state, extra, epoch, skipped = ckpt.restore_newest(state)
-        for bad, reason in skipped:
-            print(f"warning: the checkpoint of epoch {bad} could not be restored ({reason}); "
-                  f"set aside in {out / 'damaged_checkpoints'}", file=sys.stderr)
-        ckpt.set_aside([bad for bad, _ in skipped], out / "damaged_checkpoints")
-        session.start_epoch, session.prior_seconds = int(extra["epochs_done"]), float(extra["wall_seconds"])
-        print(f"resuming from epoch {session.start_epoch} ({out})", file=sys.stderr)
-    session.metrics = [m for m in session.metrics if m["epoch"] <= session.start_epoch]
+                      metrics=metrics, events=events, start_epoch=start_epoch, prior_seconds=prior_seconds,
+                      mesh=mesh, lock=lock)
     if config.tensorboard:
         from repr_jax.tensorboard import TensorBoardLog
         session.tensorboard = TensorBoardLog(out, session.start_epoch)
-    session.events = [e for e in session.events if e["epoch"] <= session.start_epoch]  # 1-based
     session.arrays = arrays if arrays is not None else replicate(
         tuple(jnp.asarray(a) for a in (data.train_x, data.train_y, data.test_x, data.test_y)), mesh)
     session.inputs = replicate(jax.tree_util.tree_map(jnp.asarray, method.run_inputs()), mesh)
@@ -276,6 +329,14 @@ def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = N
                                     layers=session.state.layers, ortho_lambda=config.ortho_loss,
                                     method=method)
     return session
+
+
+def close(s: Session) -> None:
+    """End a session's hold on its run directory: checkpoints closed, lock released (also
+    after a failure; safe to call twice)."""
+    s.ckpt.close()
+    if s.lock is not None:
+        s.lock.release()
 
 
 def _non_finite(train_m: dict, test_m: dict) -> str | None:
@@ -325,6 +386,7 @@ def train_epochs(s: Session) -> None:
     step_sharding = batch_sharding(s.mesh, config.batch_size)
     eval_sharding = batch_sharding(s.mesh, min(config.eval_batch_size, len(test_y)))
     for epoch in range(s.start_epoch, config.epochs):
+        s.epoch = epoch
         phase = method.phase(epoch)
         s.state, before = method.before_epoch(s.state, epoch, s.inputs)
         try:
@@ -390,7 +452,7 @@ def log_epoch(s: Session, state, epoch: int, train_m: dict, test_m: dict, events
     if bad is not None:
         _diverge(s, epoch, bad)
     s.ckpt.save(epoch + 1, state, {"test_accuracy": row["test_accuracy"]},
-                {"epochs_done": epoch + 1, "wall_seconds": row["elapsed_seconds"]})
+                {"epochs_done": epoch + 1, "wall_seconds": row["elapsed_seconds"], "events": len(s.events)})
     if not config.quiet:
         print(f"{seed}epoch {epoch + 1:3d} [{phase.name:4s}] train {100 * row['train_accuracy']:5.2f}% "
               f"test {100 * row['test_accuracy']:5.2f}% loss {row['train_loss']:.3f} "
@@ -462,10 +524,16 @@ def run(config: RunConfig, data: Cifar | None = None) -> dict:
         from repr_jax.population import run_population
         return run_population(config, data)
     session = start(config, data)
-    train_epochs(session)
-    return finish(session)
+    try:
+        try:
+            train_epochs(session)
+        except KeyboardInterrupt:
+            raise Interrupted.during(session) from None
+        return finish(session)
+    finally:
+        close(session)
 
 
-__all__ = ["Diverged", "RunConfig", "RunError", "DataError", "Session", "build_method", "build_model",
+__all__ = ["Diverged", "RunConfig", "RunError", "DataError", "Session", "build_method", "build_model", "close",
            "device_mesh", "finish", "initial_state", "warm_start", "load_run_data", "log_epoch", "load_run_state", "restore_run", "run", "start",
            "state_is_finite", "train_epochs"]

@@ -1,13 +1,14 @@
-"""Figures written into a run directory (matplotlib, headless)."""
+"""Figures written into a run directory.
+
+Drawn on explicit :class:`matplotlib.figure.Figure` objects, each saved by its own canvas:
+no pyplot state, and the caller's matplotlib backend is never switched (a notebook's inline
+figures keep working)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def dataset_label(dataset: str, source: str = "") -> str:
@@ -20,7 +21,8 @@ def plot_curves(metrics: list[dict], path: str | Path, title: str = "", reinit_e
     """Accuracy (train, test) and loss (train, test) per epoch, integer epoch ticks;
     sub-network epochs (phase ``sub``) shaded, re-initialisations (after the listed 1-based
     epochs) marked with dashed lines."""
-    fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    acc, loss = fig.subplots(1, 2)
     epochs = [m["epoch"] for m in metrics]
     for ax, key, scale in ((acc, "accuracy", 100.0), (loss, "loss", 1.0)):
         ax.plot(epochs, [scale * m[f"train_{key}"] for m in metrics], label="train", marker=".")
@@ -40,7 +42,6 @@ def plot_curves(metrics: list[dict], path: str | Path, title: str = "", reinit_e
     fig.suptitle(title + ("  (shaded: sub-network epochs)" if shaded else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_pruned_per_layer(drops: list[dict], path: str | Path, ranking: str = "global") -> None:
@@ -49,7 +50,8 @@ def plot_pruned_per_layer(drops: list[dict], path: str | Path, ranking: str = "g
         return
     layers = [row["layer"] for row in drops[0]["layers"]]
     width = 0.8 / len(drops)
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(layers) + 2), 4))
+    fig = Figure(figsize=(max(6, 0.45 * len(layers) + 2), 4))
+    ax = fig.subplots()
     x = np.arange(len(layers))
     for i, drop in enumerate(drops):
         counts = [row["dropped"] for row in drop["layers"]]
@@ -62,4 +64,3 @@ def plot_pruned_per_layer(drops: list[dict], path: str | Path, ranking: str = "g
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

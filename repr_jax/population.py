@@ -24,7 +24,6 @@ sequential runs' to float32 round-off, not bit for bit (``tests/test_population.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,14 +34,14 @@ import jax.numpy as jnp
 from repr_jax.config import RunConfig
 from repr_jax.data import Cifar, load_cifar
 from repr_jax.distill import attach_teacher
-from repr_jax.errors import Diverged, NonFiniteError, RunError
-from repr_jax.experiment import (Session, _all_finite, _diverge, _non_finite, _progress_bar, build_model, finish,
-                                 initial_state, log_epoch, start, warm_start)
+from repr_jax.errors import Diverged, Interrupted, NonFiniteError, RunError
+from repr_jax.experiment import (Session, _all_finite, _diverge, _non_finite, _progress_bar, build_model, close,
+                                 finish, initial_state, log_epoch, start, warm_start)
 from repr_jax.masks import live_filters
 from repr_jax.methods.base import Event
 from repr_jax.parallel import batch_sharding, replicate, stack, unstack
 from repr_jax.pipeline import epoch_indices, eval_indices
-from repr_jax.run_dir import check_run_dir
+from repr_jax.run_dir import check_run_dir, read_summary
 from repr_jax.train import (epoch_means, placed_like, population_eval_step, population_step_indexed,
                             zero_totals)
 
@@ -58,7 +57,7 @@ def _ended(config: RunConfig) -> dict | None:
     """The summary of a member that has already ended (on --resume), else None."""
     path = Path(config.out) / "summary.json"
     if config.resume and path.exists():
-        summary = json.loads(path.read_text())
+        summary = read_summary(Path(config.out))
         if summary.get("status") in ("completed", "diverged"):
             return summary
     return None
@@ -121,14 +120,19 @@ def start_population(config: RunConfig, data: Cifar | None = None) -> tuple[list
         data = load_cifar(config.data.dataset, config.data.dir)   # DataError: one line
     sessions: list[Session] = []
     shared = config.data.train_limit is None and config.data.test_limit is None
-    for c in todo:   # same slices for every seed unless a seed-dependent slice is asked for
-        s = start(c, data, arrays=sessions[0].arrays if shared and sessions else None)
-        s.population = config.seeds
-        sessions.append(s)
-    first = min(s.start_epoch for s in sessions)
-    for s in sessions:
-        if s.start_epoch > first:
-            _rewind(s, first)
+    try:
+        for c in todo:   # same slices for every seed unless a seed-dependent slice is asked for
+            s = start(c, data, arrays=sessions[0].arrays if shared and sessions else None)
+            s.population = config.seeds
+            sessions.append(s)
+        first = min(s.start_epoch for s in sessions)
+        for s in sessions:
+            if s.start_epoch > first:
+                _rewind(s, first)
+    except BaseException:
+        for s in sessions:
+            close(s)
+        raise
     return sessions, ended
 
 
@@ -203,6 +207,8 @@ def train_population(sessions: list[Session]) -> dict[int, Diverged]:
             diverged[sessions[i].config.seed] = err
 
     for epoch in range(s0.start_epoch, config.epochs):
+        for s in sessions:
+            s.epoch = epoch
         active = [i for i, s in enumerate(sessions) if s.config.seed not in diverged]
         if not active:
             break
@@ -255,18 +261,25 @@ def run_population(config: RunConfig, data: Cifar | None = None) -> dict:
     ``summary.json`` is written. Returns ``{"seeds", "runs": {seed: summary}, …}``; raises
     :class:`Diverged` (after the others finished) when a member diverged."""
     sessions, ended = start_population(config, data)
-    t0 = time.perf_counter()
-    diverged = train_population(sessions)
-    seconds = time.perf_counter() - t0
-    runs = dict(ended)
-    seeds = [c.seed for c in member_configs(config)]
-    for s in sessions:
-        if s.config.seed in diverged:
-            runs[s.config.seed] = diverged[s.config.seed].summary
-            continue
-        runs[s.config.seed] = finish(s, {
-            "train_step_compilations_this_process": int(population_step_indexed._cache_size()),
-            "population": {"seeds": seeds, "trained_together": [t.config.seed for t in sessions]}})
+    try:
+        t0 = time.perf_counter()
+        try:
+            diverged = train_population(sessions)
+        except KeyboardInterrupt:
+            raise Interrupted.during(sessions[0]) from None
+        seconds = time.perf_counter() - t0
+        runs = dict(ended)
+        seeds = [c.seed for c in member_configs(config)]
+        for s in sessions:
+            if s.config.seed in diverged:
+                runs[s.config.seed] = diverged[s.config.seed].summary
+                continue
+            runs[s.config.seed] = finish(s, {
+                "train_step_compilations_this_process": int(population_step_indexed._cache_size()),
+                "population": {"seeds": seeds, "trained_together": [t.config.seed for t in sessions]}})
+    finally:
+        for s in sessions:
+            close(s)
     summary = {"seeds": seeds, "runs": {str(k): runs[k] for k in sorted(runs)},
                "population_wall_seconds": seconds}
     if diverged:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from repr_jax.config import flatten
+from repr_jax.run_dir import read_json, read_jsonl, read_summary
 
 IGNORED = ("out", "seed", "seeds", "resume", "quiet", "keep_checkpoints", "devices")
 
@@ -50,10 +51,6 @@ def fmt(s: dict, digits: int = 2) -> str:
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}" if s.get("n") else "–"
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def run_settings(config: dict) -> dict:
     """The flattened settings that make a run what it is (see the module docstring)."""
     seed = config.get("seed")
@@ -65,18 +62,16 @@ def run_settings(config: dict) -> dict:
 
 def load_run(run_dir) -> dict:
     """One run directory: its settings, seed, summary and metrics (``ValueError`` if it is
-    not a repr-jax run)."""
+    not a repr-jax run; a damaged file is named)."""
     run_dir = Path(run_dir)
     path = run_dir / "config.json"
     if not path.exists():
         raise ValueError(f"{run_dir} holds no repr-jax run (no config.json)")
-    saved = json.loads(path.read_text())
+    saved = read_json(path, "repr-jax config")
     config = saved.get("config", saved)
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     return {"dir": str(run_dir), "name": run_dir.name, "seed": config.get("seed"),
-            "settings": run_settings(config), "summary": summary,
-            "metrics": _read_jsonl(run_dir / "metrics.jsonl")}
+            "settings": run_settings(config), "summary": read_summary(run_dir),
+            "metrics": read_jsonl(run_dir / "metrics.jsonl")}
 
 
 def _stem(name: str) -> str:
@@ -177,10 +172,9 @@ def compare(rows: list[dict], a: str, b: str) -> dict:
 def plot_curves(groups: list[dict], path) -> None:
     """Test accuracy and training loss per epoch: the mean over each group's completed seeds,
     a min–max band, sub-network epochs (phase ``sub``) of each group shaded in its colour."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(12, 4.5))
+    acc_ax, loss_ax = fig.subplots(1, 2)
     for i, g in enumerate(groups):
         curves = [r["metrics"] for r in g["runs"] if completed(r) and r["metrics"]]
         if not curves:
@@ -206,7 +200,6 @@ def plot_curves(groups: list[dict], path) -> None:
     acc_ax.set_title("mean over seeds, min–max band (shaded: sub-network epochs)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def report(run_dirs, out=None, compare_groups=None, title: str = "Runs", by: str = "settings") -> dict:

@@ -17,13 +17,48 @@ from pathlib import Path
 
 from repr_jax.config import RunConfig
 from repr_jax.errors import RunError
+from repr_jax.run_lock import RunLock
 from repr_jax.versions import machine
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file ([] when it does not exist); ``RunError`` naming the file
+    and line when it is damaged (truncated, edited into something that is not JSON objects)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as err:
+            raise RunError(f"{path} is damaged at line {number} ({err}); the run's log cannot be trusted") from None
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+            raise RunError(f"{path} is damaged at line {number}: not a row with an epoch")
+        rows.append(row)
+    return rows
+
+
+def read_json(path: Path, what: str = "file") -> dict:
+    """A JSON object file of a run directory; ``RunError`` naming it when unreadable."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise RunError(f"{path} is not a readable {what} ({' '.join(str(err).split())})") from None
+    if not isinstance(value, dict):
+        raise RunError(f"{path} is not a readable {what} (expected a JSON object)")
+    return value
+
+
+def read_summary(run_dir: Path) -> dict:
+    """``summary.json`` of a run ({} when the run has none yet)."""
+    path = Path(run_dir) / "summary.json"
+    return read_json(path, "summary") if path.exists() else {}
 
 
 def finite_row(row: dict) -> dict:
@@ -88,7 +123,7 @@ def read_architecture(run_dir: Path, config: RunConfig | None = None) -> dict:
     """``architecture.json`` of a run directory (derived from its config if it predates the file)."""
     path = Path(run_dir) / "architecture.json"
     if path.exists():
-        return json.loads(path.read_text())
+        return read_json(path, "architecture")
     return (config or read_config(run_dir)).architecture()
 
 
@@ -109,7 +144,7 @@ def is_extension(old: RunConfig, new: RunConfig) -> bool:
 
 def record_extension(out: Path, epochs: int) -> None:
     """Write the longer ``epochs`` into a run's ``config.json`` (atomically)."""
-    saved = json.loads((Path(out) / "config.json").read_text())
+    saved = read_json(Path(out) / "config.json", "repr-jax config")
     saved["config"]["epochs"] = int(epochs)
     write_json(Path(out) / "config.json", saved)
 
@@ -142,7 +177,7 @@ def check_run_dir(config: RunConfig) -> bool:
     if diff and not extend:
         raise RunError(f"--out {out} holds a different run (settings differ: {diff})")
     if (out / "summary.json").exists():
-        summary = json.loads((out / "summary.json").read_text())
+        summary = read_summary(out)
         if summary.get("status") == "diverged":
             raise RunError(f"the run in {out} diverged at epoch {summary.get('diverged_epoch')} "
                            "(see its summary.json); start a new run with other settings")
@@ -153,34 +188,43 @@ def check_run_dir(config: RunConfig) -> bool:
 
 
 def check_data(out: Path, data_fingerprint: str) -> None:
-    """A resumed run must see the data it started with (its path may change)."""
-    saved = json.loads((Path(out) / "config.json").read_text()).get("data_fingerprint")
+    """A resumed or evaluated run must see the data it was trained on (its path may change)."""
+    saved = read_json(Path(out) / "config.json", "repr-jax config").get("data_fingerprint")
     if saved is not None and saved != data_fingerprint:
         raise RunError(f"the data differs from the run in {out}: fingerprint {saved[:12]}… saved, "
-                       f"{data_fingerprint[:12]}… given (a resumed run may read its data from a new "
-                       "path, not other data)")
+                       f"{data_fingerprint[:12]}… given (a run may read its data from a new path, "
+                       "not other data)")
 
 
-def create_run_dir(config: RunConfig, data_fingerprint: str) -> Path:
+def create_run_dir(config: RunConfig, data_fingerprint: str, lock: RunLock | None = None) -> Path:
     """Create ``config.out`` with ``config.json`` and ``architecture.json``, atomically: the
     files are written into a hidden sibling directory that is renamed into place, so a
-    failure (disk full, no permission) leaves nothing that blocks a retry."""
+    failure (disk full, no permission) leaves nothing that blocks a retry. ``lock`` (not yet
+    held) is taken inside that directory first, so the run appears locked."""
     out = Path(config.out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
+        if lock is not None:
+            lock.moved_to(tmp)
+            lock.acquire()
         write_json(tmp / "config.json", {"config": config.to_dict(), "data_fingerprint": data_fingerprint,
                                          "versions": machine()})
         write_json(tmp / "architecture.json", config.architecture())
         os.rename(tmp, out)      # replaces an empty directory, fails on a non-empty one
+        if lock is not None:
+            lock.moved_to(out)
     except (OSError, RunError) as err:
+        if lock is not None:
+            lock.release()
+            lock.moved_to(out)
         shutil.rmtree(tmp, ignore_errors=True)
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).rsplit(": ", 1)[-1]
         raise RunError(f"cannot create run directory {out}: {reason}") from None
     return out
 
 
-__all__ = ["check_data", "check_run_dir", "create_run_dir", "read_architecture", "read_config",
-           "read_jsonl", "write_json", "write_jsonl"]
+__all__ = ["check_data", "check_run_dir", "create_run_dir", "read_architecture", "read_config", "read_json",
+           "read_jsonl", "read_summary", "write_json", "write_jsonl"]

@@ -100,10 +100,10 @@ def analyse(run_dir, out, *, step: str = "latest", data_dir=None, max_drop: floa
 def plot(report: dict, path, title: str) -> None:
     """One accuracy-vs-ratio curve per layer (Li et al. 2017, Fig. 2b)."""
     import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 5))
-    cmap = plt.get_cmap("viridis")
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["viridis"]
     names = list(report["curves"])
     for i, name in enumerate(names):
         ax.plot([100 * r for r in report["ratios"]], [100 * a for a in report["curves"][name]],
@@ -115,7 +115,6 @@ def plot(report: dict, path, title: str) -> None:
     ax.legend(fontsize=6, ncol=2 if len(names) > 12 else 1, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 __all__ = ["RATIOS", "analyse", "pick_ratios", "plot", "sweep"]

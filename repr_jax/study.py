@@ -18,6 +18,7 @@ import numpy as np
 
 from repr_jax.ablation import PAPER_TABLE
 from repr_jax.report import fmt, stats, welch
+from repr_jax.run_dir import read_jsonl, read_summary
 
 # The paper's / thesis's test accuracies (%): C³(32) ranking table, ResNet-20 (error 8.4 → 6.9).
 PAPER_NUMBERS = {"paper": PAPER_TABLE, "official": {"standard": 72.1, "repr-official": 76.4},
@@ -105,10 +106,6 @@ def population_arguments(row: StudyRow, out: Path, data_dir: str | None) -> list
 
 
 # ----------------------------------------------------------------------------- report
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def collect(out: Path, rows: list[StudyRow]) -> dict:
     """Per row: the finished seeds' final/best test accuracy (%), their metrics and drops."""
     report = {"rows": []}
@@ -116,14 +113,14 @@ def collect(out: Path, rows: list[StudyRow]) -> dict:
         finals, bests, curves, drops, missing = [], [], [], [], []
         for seed in row.seeds:
             run = out / "runs" / row.run_name(seed)
-            summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+            summary = read_summary(run)
             if summary.get("status") != "completed":
                 missing.append(seed)
                 continue
             finals.append(100 * summary["final_test_accuracy"])
             bests.append(100 * summary["best_test_accuracy"])
-            curves.append(_read_jsonl(run / "metrics.jsonl"))
-            drops.append([e for e in _read_jsonl(run / "pruning.jsonl") if e["event"] == "drop"])
+            curves.append(read_jsonl(run / "metrics.jsonl"))
+            drops.append([e for e in read_jsonl(run / "pruning.jsonl") if e["event"] == "drop"])
         report["rows"].append({"group": row.group, "row": row.name, "note": row.note, "args": list(row.args),
                                "final": stats(finals), "best": stats(bests), "missing_seeds": missing,
                                "_curves": curves, "_drops": drops})
@@ -152,15 +149,14 @@ def plot_study(report: dict, out: Path) -> list[str]:
     """Per group: Fig. 1-style train/test curves of Standard and the first RePr row (mean over
     seeds, band = min..max, sub-network epochs shaded), and the filters dropped per layer per
     round (mean over seeds) of every RePr row. Returns the files written."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     written = []
     for group in dict.fromkeys(r["group"] for r in report["rows"]):
         rows = [r for r in report["rows"] if r["group"] == group and r["_curves"]]
         if not rows:
             continue
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+        fig = Figure(figsize=(11, 4))
+        axes = fig.subplots(1, 2, sharey=True)
         shown = [r for r in rows if r["row"] == "standard"] + [r for r in rows if r["row"] != "standard"][:1]
         for r in shown:
             n = min(len(c) for c in r["_curves"])
@@ -183,11 +179,11 @@ def plot_study(report: dict, out: Path) -> list[str]:
         fig.tight_layout()
         path = out / f"curves-{group}.png"
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         written.append(path.name)
         repr_rows = [r for r in rows if r["_drops"] and r["_drops"][0]]
         if repr_rows:
-            fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(repr_rows), 3.8))
+            fig = Figure(figsize=(1.5 + 1.2 * len(repr_rows), 3.8))
+            ax = fig.subplots()
             layers = [l["layer"] for l in repr_rows[0]["_drops"][0][0]["layers"]]
             rounds = len(repr_rows[0]["_drops"][0])
             width = 0.8 / (len(repr_rows) * rounds)
@@ -203,7 +199,6 @@ def plot_study(report: dict, out: Path) -> list[str]:
             fig.tight_layout()
             path = out / f"dropped-{group}.png"
             fig.savefig(path, dpi=110)
-            plt.close(fig)
             written.append(path.name)
     return written
 

@@ -65,10 +65,15 @@ def _isolated_cache(tmp_path_factory):
             os.environ[k] = v
 
 
+class SimulatedKill(BaseException):
+    """Stands for the process being killed: no handler of the code under test catches it
+    (the CLI turns a ``KeyboardInterrupt`` into exit code 130)."""
+
+
 @contextlib.contextmanager
 def interrupted_at_checkpoint(epoch: int, *, before: bool = False, where: str | None = None):
     """Run the body as if killed between epochs: the checkpoint writer raises
-    ``KeyboardInterrupt`` right after writing the checkpoint of ``epoch`` (instead of writing
+    :class:`SimulatedKill` right after writing the checkpoint of ``epoch`` (instead of writing
     it, with ``before``), in a checkpoint directory whose path contains ``where`` when given.
     Expects the interruption; the real writer is back afterwards."""
     from repr_jax.checkpoint import Checkpointer
@@ -77,14 +82,14 @@ def interrupted_at_checkpoint(epoch: int, *, before: bool = False, where: str | 
     def save(self, e, *args, **kwargs):
         hit = e == epoch and (where is None or where in str(self.directory))
         if hit and before:
-            raise KeyboardInterrupt
+            raise SimulatedKill
         real(self, e, *args, **kwargs)
         if hit:
-            raise KeyboardInterrupt
+            raise SimulatedKill
 
     Checkpointer.save = save
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(SimulatedKill):
             yield
     finally:
         Checkpointer.save = real

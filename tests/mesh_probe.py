@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from repr_jax.checkpoint import Checkpointer
 from repr_jax.config import ModelConfig, RunConfig
 from repr_jax.data import synthetic_cifar
-from repr_jax.experiment import run, start
+from repr_jax.experiment import close, run, start
 from repr_jax.methods import method_config
 from repr_jax.optim import OptimConfig
 from repr_jax.parallel import batch_sharding, data_mesh, replicate
@@ -51,7 +51,7 @@ def main(tmp: Path) -> dict:
         method=session.method, batch_sharding=batch_sharding(mesh, 32)).compile().as_text()
     out["all_reduce"] = "all-reduce" in hlo
     out["per_device_batch"] = "f32[8,32,32,3]" in hlo
-    session.ckpt.close()
+    close(session)
     # interrupted after the epoch-1 checkpoint, resumed under the mesh: bit-identical
     real_save = Checkpointer.save
 
@@ -68,7 +68,7 @@ def main(tmp: Path) -> dict:
     Checkpointer.save = real_save
     resumed = start(dataclasses.replace(config(tmp / "resumed", 4), resume=True), data=DATA)
     out["restored_sharding_devices"] = len(resumed.state.params["head"]["kernel"].sharding.device_set)
-    resumed.ckpt.close()
+    close(resumed)
     run(dataclasses.replace(config(tmp / "resumed", 4), resume=True), data=DATA)
     out["metrics_resumed"] = rows(tmp / "resumed")
     # a population of 2 seeds, each batch split over the 4 devices

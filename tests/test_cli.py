@@ -72,7 +72,10 @@ def test_repr_criterion_and_reinit_are_recorded(tmp_path, tiny_cifar_dir):
     (["--method", "repr", "--epochs", "3", "--repr-s1", "1", "--repr-s2", "1", "--repr-iterations", "1",
       "--repr-criterion", "oracle", "--repr-criterion-batches", "50"], "criterion data needs 50×64"),
     (["--model", "resnet7"], "unknown model"),
-    (["--epochs", "-3"], "--epochs must be >= 1"),
+    (["--epochs", "-3"], "--epochs must be in 1..100,000, got -3"),
+    (["--epochs", "1000000000"], "--epochs must be in 1..100,000"),
+    (["--seed", "99999999999999999999"], "--seed must be in 0..2147483647"),
+    (["--seeds", "3", "--seed", str(2**31 - 2)], "reaches seed 2147483648"),
     (["--method", "repr", "--epochs", "5"], "needs at least"),
     (["--method", "prune-everything"], "unknown method"),
 ])

@@ -103,7 +103,8 @@ def test_image_folder_png_round_trip(tmp_path, as_tar):
     _check(data, *expected["train"], *expected["test"])
 
 
-def test_cache_is_used_on_second_load(tmp_path):
+def test_cache_is_used_on_second_load(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPR_JAX_CACHE", str(tmp_path / "cache"))
     arrays = _arrays()
     d = write_cifar10_pickles(tmp_path / "src", *arrays)
     first = load_cifar("cifar10", d)

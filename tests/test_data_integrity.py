@@ -210,3 +210,131 @@ def test_pickle_of_the_wrong_type_in_memory_is_refused():
     files = {f"data_batch_{i}": pickle.dumps([1, 2]) for i in range(1, 6)} | {"test_batch": pickle.dumps({})}
     with pytest.raises(DataError, match="data_batch_1 holds a list"):
         parse(files, "cifar10", Path("mem"))
+
+
+# ----------------------------------------------------------------------------- safety
+class _RunsCode:
+    """Pickles as a call of ``func(*args)``: what a malicious CIFAR batch holds."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+@pytest.mark.parametrize("as_tar", [False, True])
+@pytest.mark.parametrize("payload", ["os.system", "builtins.exec", "subprocess.call"])
+def test_a_pickle_that_runs_code_is_refused_unrun(tmp_path, as_tar, payload):
+    import builtins
+    import subprocess
+    marker = tmp_path / "pwned"
+    func, args = {"os.system": (os.system, (f"touch {marker}",)),
+                  "builtins.exec": (builtins.exec, (f"open({str(marker)!r}, 'w').close()",)),
+                  "subprocess.call": (subprocess.call, (["touch", str(marker)],))}[payload]
+    src = _pickles(tmp_path / "src")
+    for name in ("data_batch_3", "batches.meta"):
+        (src / name).write_bytes(pickle.dumps({"data": _RunsCode(func, *args), "labels": [0],
+                                               "label_names": _RunsCode(func, *args)}))
+    source = _tar(src, tmp_path / "evil.tar.gz", "w:gz") if as_tar else src
+    with pytest.raises(DataError, match="unsafe CIFAR pickle .*refused global") as err:
+        _load(source)
+    assert len(str(err.value).splitlines()) == 1
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", range(0, pickle.HIGHEST_PROTOCOL + 1))
+def test_the_safe_unpickler_reads_numpy_arrays_of_every_protocol(protocol):
+    from repr_jax.data_formats import CifarUnpickler
+    import io
+    value = {"data": np.arange(2 * 3072).astype(np.uint8).reshape(2, 3072), "labels": [3, 4],
+             b"batch_label": b"x", "num_cases_per_batch": np.int64(2), "f": np.float32(0.5)}
+    blob = pickle.dumps(value, protocol=protocol)
+    back = CifarUnpickler(io.BytesIO(blob), encoding="latin1").load()
+    np.testing.assert_array_equal(back["data"], value["data"])
+    assert back["labels"] == [3, 4] and back["num_cases_per_batch"] == 2 and back["f"] == np.float32(0.5)
+    if protocol <= 3 and b"numpy._core" in blob:   # numpy 1.x names, as the official batches spell them
+        old = CifarUnpickler(io.BytesIO(blob.replace(b"numpy._core", b"numpy.core")), encoding="latin1").load()
+        np.testing.assert_array_equal(old["data"], value["data"])
+
+
+def test_the_cache_is_keyed_by_content_not_size_and_mtime(tmp_path, monkeypatch):
+    """Binary batches always have the same size: a changed label under the old mtime must be
+    decoded afresh (and its fingerprint change), a moved identical copy served from cache."""
+    monkeypatch.setenv("REPR_JAX_CACHE", str(tmp_path / "cache"))
+    tx, ty, vx, vy = ARRAYS
+    root = tmp_path / "bin" / "cifar-10-batches-bin"
+    root.mkdir(parents=True)
+
+    def batch(x, y):
+        return np.concatenate([y.astype(np.uint8)[:, None], x.transpose(0, 3, 1, 2).reshape(len(x), -1)], 1).tobytes()
+
+    for i, (xs, ys) in enumerate(zip(np.array_split(tx, 5), np.array_split(ty, 5)), start=1):
+        (root / f"data_batch_{i}.bin").write_bytes(batch(xs, ys))
+    (root / "test_batch.bin").write_bytes(batch(vx, vy))
+    first = load_cifar("cifar10", root.parent)
+    path = root / "data_batch_1.bin"
+    stat = path.stat()
+    blob = bytearray(path.read_bytes())
+    blob[0] = (blob[0] + 1) % 10                                     # first image's label
+    path.write_bytes(bytes(blob))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    second = load_cifar("cifar10", root.parent)
+    assert "cached" not in second.source and second.fingerprint != first.fingerprint
+    assert second.train_y[0] == (ty[0] + 1) % 10
+    moved = tmp_path / "moved"
+    shutil.copytree(root.parent, moved)
+    assert "cached" in load_cifar("cifar10", moved).source
+
+
+def test_an_interrupted_cache_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import repr_jax.data as data_module
+    monkeypatch.setenv("REPR_JAX_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    orphan = tmp_path / "cache" / "cifar10-x.tmp999999999.npz"          # of a process long gone
+    orphan.write_bytes(b"partial")
+    real = np.savez
+
+    def interrupted(path, **arrays):
+        real(path, **arrays)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data_module.np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_cifar("cifar10", _pickles(tmp_path / "src"))
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.mark.parametrize("cap", ["MAX_FILE_BYTES", "MAX_TOTAL_BYTES"])
+def test_oversized_members_are_refused_before_inflating(tmp_path, monkeypatch, cap):
+    import repr_jax.data_formats as formats
+    archive = _tar(_pickles(tmp_path / "src"), tmp_path / "c.tar.gz", "w:gz")
+    sizes = [len(p.read_bytes()) for p in (tmp_path / "src" / "cifar-10-batches-py").iterdir()]
+    monkeypatch.setattr(formats, cap, max(sizes) - 1 if cap == "MAX_FILE_BYTES" else sum(sizes) - 1)
+    read = []
+    real = tarfile.TarFile.extractfile
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda self, m: read.append(m.size) or real(self, m))
+    with pytest.raises(DataError, match="more than") as err:
+        _load(archive)
+    assert len(str(err.value).splitlines()) == 1
+    assert all(size <= getattr(formats, cap) for size in read)       # the big one was never opened
+    with pytest.raises(DataError, match="more than"):
+        _load(tmp_path / "src")
+
+
+def test_unrelated_files_are_never_read(tmp_path, monkeypatch):
+    """Only a layout's files are read: a huge file beside the batches, or a symbolic link to
+    the file system's root, is skipped."""
+    src = _pickles(tmp_path / "src")
+    (src / "notes.bin.bak").write_bytes(b"x" * 4096)
+    (src / "root").symlink_to("/")
+    import repr_jax.data_formats as formats
+    monkeypatch.setattr(formats, "MAX_FILE_BYTES", 4000 * 1024)
+    np.testing.assert_array_equal(_load(src).train_x, ARRAYS[0])
+
+
+def test_a_system_directory_is_one_line(tmp_path):
+    with pytest.raises(DataError) as err:
+        _load(Path("/proc"))
+    assert len(str(err.value).splitlines()) == 1

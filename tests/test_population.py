@@ -161,7 +161,7 @@ def test_member_configs_and_bad_seeds_flag(tmp_path, tiny_cifar_dir, capsys):
         (3, f"{tmp_path}/x-seed3", 1, 2), (4, f"{tmp_path}/x-seed4", 1, 2), (5, f"{tmp_path}/x-seed5", 1, 2)]
     cli = load_script("experiments/cifar.py")
     assert cli.main(["--data-dir", str(tiny_cifar_dir), "--out", str(tmp_path / "bad"), "--seeds", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "error: --seeds must be >= 1, got 0"
+    assert capsys.readouterr().err.strip() == "error: --seeds must be in 1..4096, got 0"
     assert not list(tmp_path.glob("bad*"))
 
 

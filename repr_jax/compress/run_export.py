@@ -110,7 +110,7 @@ def export_run(run_dir, out, *, step: str = "latest", data_dir=None, batch: int 
     into ``out``; returns ``export.json``'s content."""
     from repr_jax.checkpoint import Checkpointer
     from repr_jax.experiment import restore_run
-    from repr_jax.run_dir import read_config
+    from repr_jax.run_dir import read_config, read_jsonl
 
     run_dir, out = Path(run_dir), Path(out)
     if not (run_dir / "config.json").exists():
@@ -118,9 +118,10 @@ def export_run(run_dir, out, *, step: str = "latest", data_dir=None, batch: int 
     if out.exists() and any(out.iterdir()):
         raise RunError(f"--out {out} is not empty; choose a new directory")
     config = read_config(run_dir)
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=config.keep_checkpoints)
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=config.keep_checkpoints, writer=False)
     try:
-        epoch = {"latest": ckpt.latest_epoch(), "best": ckpt.best_epoch()}.get(step)
+        epoch = (ckpt.latest_epoch() if step == "latest" else
+                 ckpt.best_epoch(read_jsonl(run_dir / "metrics.jsonl")) if step == "best" else None)
         if epoch is None and step not in ("latest", "best"):
             try:
                 epoch = int(step)

@@ -36,13 +36,13 @@ def plot_search(steps: list[dict], path) -> None:
     """Left: each layer's width in the step's chosen sub-network (and the mean over the
     sampled ones, dotted); right: reward mean, max and the baseline per search step."""
     import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     x = [s["round"] for s in steps]
     layers = list(steps[0]["widths"])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    colors = plt.cm.viridis(np.linspace(0, 1, len(layers)))
+    fig = Figure(figsize=(12, 4.5))
+    left, right = fig.subplots(1, 2)
+    colors = matplotlib.colormaps["viridis"](np.linspace(0, 1, len(layers)))
     for color, name in zip(colors, layers):
         chosen = [s["widths"][name][s["chosen"]] for s in steps]
         left.plot(x, chosen, color=color, marker=".", label=name)
@@ -63,7 +63,6 @@ def plot_search(steps: list[dict], path) -> None:
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def search_summary(out) -> dict:

@@ -14,6 +14,7 @@ stage width (the rule Li et al. 2017 apply: prune only the first conv of each bl
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from repr_jax.models.channels import check_names, width
@@ -40,7 +41,9 @@ class BasicBlock(nn.Module):
                     kernel_init=he_normal, name="conv2")(y)
         y = _bn(train, "conv2_bn")(y)
         if self.stride != 1 or x.shape[-1] != self.channels:  # option A shortcut
-            x = x[:, ::self.stride, ::self.stride, :]
+            # lax.slice, as x[:, ::s, ::s] lowers on jax >= 0.9.1 (earlier jax makes it a gather,
+            # which the channel graph of repr_jax.compress has no rule for)
+            x = jax.lax.slice(x, (0, 0, 0, 0), x.shape, (1, self.stride, self.stride, 1))
             extra = self.channels - x.shape[-1]
             x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
         return nn.relu(x + y)
