@@ -4,7 +4,8 @@
   python experiments/sensitivity.py RUN_DIR --out DIR [--max-drop 0.01] [--step latest|best|EPOCH]
 
 For every prunable layer and ratio 10 %, …, 90 % the smallest-L1 filters are removed from
-the trained network (no retraining) and test accuracy is measured. Writes
+the trained network (no retraining) and accuracy is measured — on the run's held-out
+images when it has them (data.holdout), else on its test set (--split). Writes
 DIR/sensitivity.json (curves, the per-layer ratios picked — the largest ratio within
 --max-drop of the unpruned accuracy, 0 for sensitive layers — and them as an
 ``li-l1.ratios`` value) and DIR/sensitivity.png (one curve per layer). Then e.g.
@@ -36,6 +37,9 @@ def main(argv=None) -> int:
                    help="accuracy (fraction) a layer's pick may lose against the unpruned network")
     p.add_argument("--all-layers", action="store_true",
                    help="also layers tied to residual sums (they cannot shrink in an export)")
+    p.add_argument("--split", default="auto", choices=("auto", "heldout", "test"),
+                   help="images the curves are measured on: the run's held-out images (data.holdout; "
+                        "auto picks them when the run has any) or its test set (Li et al.'s)")
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on a fixed slice of N test images")
     p.add_argument("--data-dir", default=None, help="the run's data, if it moved")
     args = p.parse_args(argv)
@@ -46,10 +50,11 @@ def main(argv=None) -> int:
         if args.step not in ("latest", "best") and not args.step.isdigit():
             raise RunError(f"--step must be latest, best or an epoch number, got {args.step!r}")
         report = analyse(args.run_dir, args.out, step=args.step, data_dir=args.data_dir,
-                         max_drop=args.max_drop, all_layers=args.all_layers, test_limit=args.test_limit)
+                         max_drop=args.max_drop, all_layers=args.all_layers, test_limit=args.test_limit,
+                         split=args.split)
     except (RunError, DataError, FileNotFoundError) as err:
         return fail(err)
-    print(json.dumps({k: report[k] for k in ("unpruned_accuracy", "picked", "sensitive")}, indent=2))
+    print(json.dumps({k: report[k] for k in ("split", "images", "unpruned_accuracy", "picked", "sensitive")}, indent=2))
     print(f"--set li-l1.ratios={report['li_l1_ratios']}")
     return 0
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from repr_jax.distill import KDConfig
 from repr_jax.errors import RunError
 from repr_jax.methods.base import MethodConfig, get_method, method_config, method_names
-from repr_jax.models import CONVNET_OPTIONS, HEAD_OPTIONS, MODELS, architecture
+from repr_jax.models import CONVNET_OPTIONS, HEAD_OPTIONS, MODELS, VGG_VARIANTS, architecture
 from repr_jax.models.convnet import VARIANTS
 from repr_jax.optim import OptimConfig
 from repr_jax.protocols import PROTOCOLS
@@ -53,7 +53,9 @@ class ModelConfig:
     width: int = dataclasses.field(default=32, metadata={"help": "convnet: filters per layer F"})
     batch_norm: bool = dataclasses.field(default=False, metadata={"help": "convnet: BatchNorm after each conv"})
     variant: str = dataclasses.field(default="paper", metadata={
-        "help": "convnet: paper (3x3 convs), official (the official code: 5x5 conv+bias, 3x3/2 SAME max-pool, truncated-normal 0.04 init) or pool2 (5x5, 2x2 max-pool, He init)"})
+        "help": "convnet: paper (3x3 convs), official (the official code: 5x5 conv+bias, 3x3/2 SAME max-pool, "
+                "truncated-normal 0.04 init) or pool2 (5x5, 2x2 max-pool, He init); vgg16: paper (one 512->10 "
+                "dense head) or li (Li et al. 2017: 512->512 dense + BatchNorm + ReLU -> 10)"})
     channels: str = dataclasses.field(default="", metadata={
         "help": "per-conv widths NAME=WIDTH,… (e.g. an export's architecture.json channels: train a pruned "
                 "architecture from scratch); convs not named keep their width"})
@@ -66,6 +68,8 @@ class ModelConfig:
         "help": "convnet: DropConnect mask per example (the paper's) or per batch"})
     dropconnect_inference: str = dataclasses.field(default="moment", metadata={
         "help": "convnet: DropConnect at test time: moment (Gaussian moment matching, 1000 samples) or mean"})
+    dropconnect_bias: bool = dataclasses.field(default=True, metadata={
+        "help": "convnet: DropConnect drops the bias too (Wan et al. §2.2; false: the bias is always kept)"})
 
     def channel_spec(self) -> dict[str, int]:
         """``model.channels`` parsed: ``{conv name: width}`` (``ValueError`` naming a bad entry)."""
@@ -81,12 +85,16 @@ class ModelConfig:
         return spec
 
     def options(self) -> dict:
-        """The builder options this model takes (only C^n(F) has any; head options only when
-        they differ from the plain head, so older architectures read the same)."""
+        """The builder options this model takes (C^n(F)'s; VGG-16's ``variant`` when it is not the
+        default; head options only when they differ from the plain head, so older
+        architectures read the same)."""
+        if self.name == "vgg16":
+            return {} if self.variant == "paper" else {"variant": self.variant}
         if self.name != "convnet":
             return {}
         return {k: getattr(self, k) for k in CONVNET_OPTIONS
-                if k not in HEAD_OPTIONS or getattr(self, k) != HEAD_OPTIONS[k]}
+                if (k not in HEAD_OPTIONS or getattr(self, k) != HEAD_OPTIONS[k])
+                and (k != "dropconnect_bias" or self.dropconnect)}   # only where DropConnect is on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +178,8 @@ class RunConfig:
             (1 <= self.model.depth <= MAX_DEPTH and 1 <= self.model.width <= MAX_WIDTH,
              f"--depth must be in 1..{MAX_DEPTH} and --width in 1..{MAX_WIDTH}, got {self.model.depth} and "
              f"{self.model.width}"),
-            (self.model.name == "convnet" or all(getattr(self.model, k) == v for k, v in HEAD_OPTIONS.items()),
+            (self.model.name == "convnet" or all(getattr(self.model, k) == v for k, v in HEAD_OPTIONS.items()
+                                                 if k != "dropconnect_bias"),
              f"model.{'/'.join(HEAD_OPTIONS)} are options of the convnet head, not of {self.model.name}"),
             (0 <= self.model.hidden <= MAX_WIDTH and 0 <= self.model.dropout < 1 and 0 <= self.model.dropconnect < 1,
              f"model.hidden must be in 0..{MAX_WIDTH} and model.dropout, model.dropconnect in [0, 1), got "
@@ -183,8 +192,11 @@ class RunConfig:
             (self.data.dataset in ("cifar10", "cifar100"), f"unknown dataset {self.data.dataset!r}"),
             (self.data.val_split >= 0, f"--val-split must be >= 0, got {self.data.val_split}"),
             (self.data.holdout >= 0, f"data.holdout must be >= 0, got {self.data.holdout}"),
-            (self.model.variant in VARIANTS,
-             f"unknown convnet variant {self.model.variant!r}; choose from {', '.join(VARIANTS)}"),
+            (self.model.variant in (VGG_VARIANTS if self.model.name == "vgg16" else VARIANTS),
+             f"unknown {self.model.name} variant {self.model.variant!r}; choose from "
+             f"{', '.join(VGG_VARIANTS if self.model.name == 'vgg16' else VARIANTS)}"),
+            (self.model.name in ("convnet", "vgg16") or self.model.variant == "paper",
+             f"model.variant is an option of convnet and vgg16, not of {self.model.name}"),
             (self.data.train_limit is None or self.data.train_limit >= 1,
              f"--train-limit must be >= 1, got {self.data.train_limit}"),
             (self.data.test_limit is None or self.data.test_limit >= 1,
@@ -394,6 +406,29 @@ def apply_overrides(config: dict, overrides, *, explicit: set | None = None) -> 
     return d
 
 
+def as_trained(run_config: dict) -> dict:
+    """A run's saved settings (a ``config.json``'s ``"config"``, migrated) with the settings
+    added since it was written set to what it was trained with, where that differs from
+    today's default: ``optim.adam_step_count`` is ``shared`` for Adam runs written before it
+    existed (they used optax's one step count), ``model.dropconnect_bias`` false for
+    DropConnect runs, ``channel-pruning.normalize`` false and ``slimming.fill_quota`` true for
+    runs of those methods written before these existed."""
+    d = json.loads(json.dumps(run_config))
+    model = d.setdefault("model", {})
+    if isinstance(model, dict) and model.get("dropconnect") and "dropconnect_bias" not in model:
+        model["dropconnect_bias"] = False    # DropConnect kept the bias before the option existed
+    optim = d.setdefault("optim", {})
+    if optim.get("optimizer") == "adam" and "adam_step_count" not in optim:
+        optim["adam_step_count"] = "shared"
+    method = d.get("method", {})
+    legacy = {"channel-pruning": ("normalize", False),   # before He et al.'s ‖W_i‖_F = 1 was imposed
+              "slimming": ("fill_quota", True)}          # before the threshold was the paper's
+    if isinstance(method, dict) and method.get("name") in legacy:
+        key, value = legacy[method["name"]]
+        method.setdefault(key, value)
+    return d
+
+
 def load_config_file(path: str | Path) -> dict:
     """A JSON settings file (this layout, or a run's ``config.json``) as a config dict."""
     try:
@@ -401,7 +436,7 @@ def load_config_file(path: str | Path) -> dict:
     except (OSError, json.JSONDecodeError) as err:
         raise RunError(f"cannot read config file {path}: {err}") from None
     if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict):
-        loaded = loaded["config"]
+        return as_trained(migrate(loaded["config"]))
     return migrate(loaded)
 
 
@@ -439,5 +474,5 @@ def settings_help() -> str:
 
 
 __all__ = ["DataConfig", "KEY_ALIASES", "MAX_EPOCHS", "MAX_SEED", "ModelConfig", "NON_SEMANTIC", "RunConfig",
-           "RunError", "apply_overrides", "checked_value", "default_learning_rate", "flatten", "load_config_file", "migrate",
+           "RunError", "apply_overrides", "as_trained", "checked_value", "default_learning_rate", "flatten", "load_config_file", "migrate",
            "parse_value", "settings_help"]

@@ -15,6 +15,10 @@ architecture); ``{seed}`` in the path is replaced by the student's seed. Its var
 the train state (``TrainState.teacher``, never checkpointed — a resumed run loads the teacher
 again) and the settings in the static ``TrainState.distill``, so every method's jitted step
 sees them without new arguments.
+
+Deviations from the paper (Hinton et al. 2015): none in the loss; the teacher sees the
+student's augmented batch (the paper uses the transfer set as is), and its BatchNorm is in
+eval mode.
 """
 from __future__ import annotations
 

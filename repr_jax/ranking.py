@@ -6,8 +6,12 @@ the official code's, with ``rounding="floor"``) where n counts the
 live filters of the eligible layers (all prunable layers except the excluded ones) —
 network-wide for the global ranking (Prakash et al. 2019, §5: "ranked globally"), per layer
 for the per-layer ranking. No layer falls below ``min_keep`` live filters (default 1, so
-no layer ever dies); when that cap binds, fewer filters are dropped and the count is
-reported by the caller from the returned masks.
+no layer ever dies). When that cap binds in the per-layer ranking, that layer drops fewer.
+In the global ranking, ``fill_quota=True`` (RePr: "drop the worst p %") drops the
+next-ranked filters of other layers instead, so the count stays ⌊p·n⌉; ``fill_quota=False``
+is a threshold (Network Slimming, Liu et al. 2017 §3.3: every channel below the global
+percentile is pruned, none above it) and drops fewer. Callers count the drops from the
+returned masks.
 """
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ from repr_jax.masks import live_filters
 from repr_jax.ortho import score_layers
 
 
-@functools.partial(jax.jit, static_argnames=("names", "per_layer", "exclude", "min_keep", "rounding"))
-def _select(scores, live, fraction, names, per_layer, exclude, min_keep, rounding="nearest"):
+@functools.partial(jax.jit, static_argnames=("names", "per_layer", "exclude", "min_keep", "rounding", "fill_quota"))
+def _select(scores, live, fraction, names, per_layer, exclude, min_keep, rounding="nearest", fill_quota=True):
     sizes = [scores[n].shape[0] for n in names]
     layer_id = jnp.asarray(np.repeat(np.arange(len(names)), sizes))
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
@@ -47,7 +51,8 @@ def _select(scores, live, fraction, names, per_layer, exclude, min_keep, roundin
         drop_sorted = droppable & (rank_in_layer < quota[lid])
     else:
         quota = jnp.floor(fraction * jnp.sum(eligible) + half).astype(jnp.int32)
-        drop_sorted = droppable & (jnp.cumsum(droppable) - 1 < quota)
+        counted = droppable if fill_quota else eligible[order]   # threshold: the top quota, capped
+        drop_sorted = droppable & (jnp.cumsum(counted) - 1 < quota)
     drop = jnp.zeros_like(eligible).at[order].set(drop_sorted)
     new_live = (alive & ~drop).astype(jnp.float32)
     return {n: new_live[offsets[i]: offsets[i] + sizes[i]] for i, n in enumerate(names)}
@@ -57,7 +62,8 @@ ROUNDINGS = ("nearest", "floor")
 
 
 def select_drops(scores: dict, live: dict, fraction: float, *, per_layer: bool = False,
-                 exclude: tuple[str, ...] = (), min_keep: int = 1, rounding: str = "nearest") -> dict:
+                 exclude: tuple[str, ...] = (), min_keep: int = 1, rounding: str = "nearest",
+                 fill_quota: bool = True) -> dict:
     """New ``{layer: (F,) 0/1}`` live masks after dropping the highest-scoring ``fraction``.
 
     Args:
@@ -68,6 +74,8 @@ def select_drops(scores: dict, live: dict, fraction: float, *, per_layer: bool =
       per_layer: rank within each layer instead of globally.
       exclude: layer names never pruned (e.g. the first conv).
       min_keep: minimum live filters left in every layer.
+      fill_quota: global ranking only — when ``min_keep`` spares filters inside the quota,
+        drop the next-ranked ones instead (True) or drop fewer (False: a threshold).
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"drop fraction must be in [0, 1], got {fraction}")
@@ -77,7 +85,8 @@ def select_drops(scores: dict, live: dict, fraction: float, *, per_layer: bool =
         raise ValueError(f"unknown rounding {rounding!r}; choose from {', '.join(ROUNDINGS)}")
     names = tuple(scores)
     return _select(scores, {n: live[n] for n in names}, jnp.float32(fraction), names=names,
-                   per_layer=per_layer, exclude=tuple(exclude), min_keep=int(min_keep), rounding=rounding)
+                   per_layer=per_layer, exclude=tuple(exclude), min_keep=int(min_keep), rounding=rounding,
+                   fill_quota=bool(fill_quota))
 
 
 @functools.partial(jax.jit, static_argnames=("layers", "per_layer", "exclude", "min_keep"))

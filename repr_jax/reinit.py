@@ -13,8 +13,10 @@ direction), then one Gaussian vector per dropped filter is orthonormalised again
 the new filters before it — the same null space a complete QR gives, in O(D·F²) matmul
 work that batches under ``vmap``.
 
-Scale: each new filter gets the mean L2 norm of the layer's kept filters (the mean norm of
-the saved filters if none is kept, √2 — He-normal's expected norm — if all are zero).
+Scale: each new filter gets the mean L2 norm of the layer's kept filters that are not all
+zero (a dead kept filter would shrink the new ones), else of the saved filters, else √2 —
+He-normal's expected norm. The paper does not say how re-initialised filters are scaled:
+this is our choice.
 
 Fallback when the complement is too small (F + n_drop > D; e.g. a first layer of 32 filters
 × 27 weights): only the ``D − n_drop`` most-overlapping constraint rows — highest RePr score
@@ -38,7 +40,9 @@ _TINY = 1e-12
 
 
 def _mean_norm(rows, weights):
+    """Mean L2 norm of the rows with weight 1 and a non-zero norm (0 when there are none)."""
     norms = jnp.linalg.norm(rows, axis=-1)
+    weights = weights * (norms > _TINY)
     count = jnp.sum(weights)
     return jnp.where(count > 0, jnp.sum(norms * weights) / jnp.maximum(count, 1.0), 0.0)
 

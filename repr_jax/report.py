@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from repr_jax.config import flatten
+from repr_jax.config import RunConfig, as_trained, flatten, migrate
 from repr_jax.run_dir import read_json, read_jsonl, read_summary
 
 IGNORED = ("out", "seed", "seeds", "resume", "quiet", "keep_checkpoints", "devices")
@@ -60,6 +60,16 @@ def run_settings(config: dict) -> dict:
                 v if not isinstance(v, list) else tuple(v)) for k, v in flat.items()}
 
 
+def _with_defaults(config: dict) -> dict:
+    """Settings with every key today's repr-jax knows (a setting added after the run was
+    written at the value it was trained with, :func:`repr_jax.config.as_trained`), so an old
+    and a new run of equal settings group together; as saved when this version cannot read it."""
+    try:
+        return RunConfig.from_dict(as_trained(migrate(config))).to_dict()
+    except ValueError:
+        return config
+
+
 def load_run(run_dir) -> dict:
     """One run directory: its settings, seed, summary and metrics (``ValueError`` if it is
     not a repr-jax run; a damaged file is named)."""
@@ -68,7 +78,7 @@ def load_run(run_dir) -> dict:
     if not path.exists():
         raise ValueError(f"{run_dir} holds no repr-jax run (no config.json)")
     saved = read_json(path, "repr-jax config")
-    config = saved.get("config", saved)
+    config = _with_defaults(saved.get("config", saved))
     return {"dir": str(run_dir), "name": run_dir.name, "seed": config.get("seed"),
             "settings": run_settings(config), "summary": read_summary(run_dir),
             "metrics": read_jsonl(run_dir / "metrics.jsonl")}

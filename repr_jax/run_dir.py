@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from repr_jax.config import RunConfig
+from repr_jax.config import RunConfig, as_trained, migrate
 from repr_jax.errors import RunError
 from repr_jax.run_lock import RunLock
 from repr_jax.versions import machine
@@ -116,7 +116,7 @@ def read_config(run_dir: Path) -> RunConfig:
         raise RunError(f"{path} is not a readable repr-jax config ({err})") from None
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
         raise RunError(f"{path} is not a repr-jax config (expected an object with a 'config' object)")
-    return RunConfig.from_dict(saved["config"])
+    return RunConfig.from_dict(as_trained(migrate(saved["config"])))
 
 
 def read_architecture(run_dir: Path, config: RunConfig | None = None) -> dict:

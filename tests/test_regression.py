@@ -26,6 +26,9 @@ integer and string columns). Not caught: weight-decay changes in the 3-epoch SGD
 (``standard-official``: ×2 uses 0.43 of the tolerance — lr·wd = 5e-6 per step is below the
 CPU drift). ``tests/fixtures/regression/README.md`` has the table.
 
+One deliberate change since the recording is switched off for the comparison
+(``runs.json``'s ``today``): Adam's per-element step count (``optim.adam_step_count``).
+
 The runs are subprocesses compiled as the CLI compiles (the suite's fast-compile XLA flag
 off: it moves float32 round-off, and these compare against recordings).
 ``REPR_JAX_EXACT=1`` demands bit-identity with the AMD recording (true on that machine).
@@ -133,6 +136,7 @@ def run_recorded(name: str, out: Path, data_dir: Path, extra=()) -> subprocess.C
     args = ["pool2" if a == "official" and prev == "--convnet-variant" else a
             for prev, a in zip([None] + META["runs"][name], META["runs"][name])]
     lr = [] if "--lr" in args else ["--lr", "0.01"]
+    args += META.get("today", {}).get(name, [])   # deliberate changes since the recording, switched off
     env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "").replace(FAST_COMPILE, "").strip()}
     return subprocess.run([sys.executable, str(ROOT / "experiments" / "cifar.py"), "--data-dir", str(data_dir),
                            "--out", str(out)] + META["common"] + lr + args + list(extra),

@@ -224,24 +224,49 @@ def test_dropconnect_keep_one_is_the_dense_layer():
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_dropconnect_inference_matches_monte_carlo_over_masks():
+@pytest.mark.parametrize("drop_bias", [True, False])
+def test_dropconnect_inference_matches_monte_carlo_over_masks(drop_bias):
+    """Moment matching against a numpy Monte Carlo over masks of [W; b] (Wan et al. §2.2: the
+    bias is dropped like any weight) or of W alone (``drop_bias=False``)."""
     keep = 0.5
     layer, params, v = _dc_layer(keep, samples=20000)
+    layer = layer.clone(drop_bias=drop_bias)
     k, b = np.asarray(params["params"]["kernel"], np.float64), np.asarray(params["params"]["bias"])
+    assert np.abs(b).min() > 0                                          # the bias matters here
     rng = np.random.default_rng(4)
     masks = rng.random((4000,) + k.shape) < keep                      # numpy reference: E over masks
-    mc = np.maximum(np.einsum("bi,zio->zbo", np.asarray(v, np.float64), masks * k) + b, 0).mean(0)
+    bias = (rng.random((4000, 1, k.shape[1])) < keep) * b if drop_bias else b
+    mc = np.maximum(np.einsum("bi,zio->zbo", np.asarray(v, np.float64), masks * k) + bias, 0).mean(0)
     moment = np.asarray(layer.apply(params, v, train=False))
     np.testing.assert_allclose(moment, mc, atol=0.03 * np.abs(mc).max() + 0.01)
-    mean_field = np.asarray(DropConnectDense(6, keep=keep, inference="mean").apply(params, v))
-    np.testing.assert_allclose(mean_field, np.maximum(keep * np.asarray(v) @ k + b, 0), rtol=1e-5, atol=1e-6)
+    mean_field = np.asarray(layer.clone(inference="mean").apply(params, v))
+    mu = keep * (np.asarray(v) @ k + b) if drop_bias else keep * np.asarray(v) @ k + b
+    np.testing.assert_allclose(mean_field, np.maximum(mu, 0), rtol=1e-5, atol=1e-6)
+    # training: the bias is dropped (some units lose it) or always there
+    zero_in = jnp.zeros((64, v.shape[1]))
+    out = np.asarray(DropConnectDense(6, keep=keep, activation=lambda u: u, drop_bias=drop_bias).apply(
+        params, zero_in, train=True, rngs={"dropconnect": jax.random.key(3)}))
+    if drop_bias:
+        assert set(np.unique(np.isclose(out, b))) == {True, False} and np.all(np.isclose(out, b) | (out == 0))
+    else:
+        np.testing.assert_allclose(out, np.broadcast_to(b, out.shape))
     # training draws masks: per example, identical inputs get different outputs; per batch, the same
     same = jnp.tile(v[:1], (4, 1))
     out = layer.apply(params, same, train=True, rngs={"dropconnect": jax.random.key(5)})
     assert not np.allclose(out[0], out[1])
-    batch_layer = DropConnectDense(6, keep=keep, per_example=False)
+    batch_layer = DropConnectDense(6, keep=keep, per_example=False, drop_bias=drop_bias)
     out = batch_layer.apply(params, same, train=True, rngs={"dropconnect": jax.random.key(5)})
     np.testing.assert_allclose(out[0], out[1])
+
+
+def test_dropconnect_with_a_linear_activation_returns_the_mean_exactly():
+    """A head without a hidden layer (identity activation): E[u] = μ, so moment matching must
+    return μ itself, not a Monte-Carlo average of Z samples (which is off by ≈ σ/√Z)."""
+    from repr_jax.models.dropconnect import identity
+    layer, params, v = _dc_layer(0.5, samples=10)
+    k, b = np.asarray(params["params"]["kernel"]), np.asarray(params["params"]["bias"])
+    out = DropConnectDense(6, keep=0.5, activation=identity, samples=10).apply(params, v, train=False)
+    np.testing.assert_allclose(out, 0.5 * (np.asarray(v) @ k + b), rtol=1e-6, atol=1e-7)
 
 
 def test_convnet_hidden_layer_options():

@@ -8,7 +8,10 @@ Channel selection solves their Eq. (1) with the weights fixed (their Eq. 2, the 
     β* = argmin_β  1/(2M) ‖Y − Σ_i β_i Z_i‖²_F + λ ‖β‖₁,   with ‖β‖₀ ≤ c'
 
 as a quadratic LASSO in β: ½ βᵀQβ − bᵀβ + λ‖β‖₁ with Q_ij = ⟨Z_i, Z_j⟩ / M and
-b_i = ⟨Z_i, Y⟩ / M, solved by ISTA (proximal gradient, step 1/L, L = λ_max(Q)); λ is found by
+b_i = ⟨Z_i, Y⟩ / M, where — their Eq. (1)'s constraint ‖W_i‖_F = 1 — each channel's
+weights are scaled to unit Frobenius norm before Z_i is formed
+(:func:`selection_gram`; otherwise a channel with large weights would need a small,
+cheaply penalised β_i and be favoured for its weights' scale, not its contribution), solved by ISTA (proximal gradient, step 1/L, L = λ_max(Q)); λ is found by
 bisection on log λ between λ_max = max|b| (β = 0) and 1e-6 · λ_max so that at most c'
 coefficients are non-zero (He et al. raise λ gradually until ‖β‖₀ ≤ c'). The kept channels
 are the support at that λ, filled up to exactly c' by |β| at the last λ that kept more.
@@ -75,6 +78,19 @@ def contribution_gram(patches: jax.Array, w: jax.Array, y: jax.Array, chunk: int
     (q, b), _ = jax.lax.scan(body, (jnp.zeros((c, c)), jnp.zeros((c,))),
                              (_chunks(patches, size), _chunks(y, size)))
     return q / patches.shape[0], b / patches.shape[0]
+
+
+def unit_channels(w: jax.Array) -> jax.Array:
+    """``w`` (c, kh·kw, n) with every channel's slice W_i scaled to ‖W_i‖_F = 1 (He et al.
+    Eq. 1; an all-zero channel stays 0)."""
+    norms = jnp.sqrt(jnp.sum(w * w, axis=(1, 2), keepdims=True))
+    return jnp.where(norms > 0, w / jnp.where(norms > 0, norms, 1.0), 0.0)
+
+
+def selection_gram(patches: jax.Array, w: jax.Array, y: jax.Array, normalize: bool = True):
+    """``(Q, b)`` of the selection LASSO (module docstring) for channel weights ``w``
+    (:func:`kernel_by_channel`): with ``normalize`` (the paper's) on :func:`unit_channels`."""
+    return contribution_gram(patches, unit_channels(w) if normalize else w, y)
 
 
 def lasso(q: jax.Array, b: jax.Array, lam, beta0: jax.Array, steps: int = 300) -> jax.Array:

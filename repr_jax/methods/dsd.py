@@ -15,6 +15,13 @@ Three phases of one run (Alg. 1), epochs 0-based:
 The learning rate of the dense and sparse phases is the run's schedule. ``kinds`` selects
 conv, dense or all kernels (the paper prunes every layer). Pruning and re-densifying change
 mask values only: one compilation of the train step.
+
+Deviations from the paper (Han et al. 2017): the sparsity is applied per layer with one
+``sparsity`` for all layers (they choose it per model); the re-dense phase
+restarts the pruned weights from 0 with fresh optimizer moments and, under Adam, a fresh
+per-element step count (``optim.adam_step_count=element``; before 2026-12-03 the shared
+count made their first steps ≈ 3.2× a fresh Adam's); one dense–sparse–dense cycle per
+run (they sometimes iterate DSD).
 """
 from __future__ import annotations
 

@@ -45,6 +45,14 @@ paper leaves open (noise, M/N, mapping back, the policy's distribution, BatchNor
 reward, the gate scale) are the fields below; ``gate_scale="width"`` multiplies α̂ by the
 layer width so that uniform α leaves the network as it is (``"softmax"``: the paper's form,
 whose 1/C factor the next BatchNorm absorbs but the head does not).
+
+Deviations from the paper (Lu et al. 2020), besides those open choices: the frozen
+(unselected) filters' optimizer state stands still during search as their weights do
+(:func:`repr_jax.optim.frozen_where_masked`; before 2026-12-03 their momentum decayed and
+collected weight decay); the reward's loss is measured on the backbone in BatchNorm
+training mode (the paper's setting is not stated; exact per-sub-network statistics would
+need switchable BatchNorm); searchable layers are those the export can shrink (ResNets:
+the first conv of each block).
 """
 from __future__ import annotations
 

@@ -24,6 +24,12 @@ applied: none of this package's models has dropout.
 At the end the run writes ``storage.json`` / ``storage.md``: every kernel in CSR with
 relative indices (8-bit conv, 5-bit dense; :mod:`repr_jax.compress.csr`), bytes and
 compression ratios per layer and in total.
+
+Deviations from the paper (Han et al. 2015): the threshold is q · std(W) with q a quality
+parameter per iteration (their §4 "quality parameter multiplied by the standard deviation
+of a layer's weights", q set per layer; here one q per iteration for every layer); the dropout-ratio rule is not applied (no model here has dropout); CSR uses
+their relative-index scheme with filler zeros (8 / 5 bits) but no weight sharing or
+Huffman coding (those are Deep Compression, a later paper).
 """
 from __future__ import annotations
 

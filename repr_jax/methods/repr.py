@@ -19,6 +19,25 @@ Both transitions are pure jitted functions of the train state returning event ar
 dropped filters' kernels at drop time live in ``method_state["snapshot"]`` (checkpointed),
 because the re-initialisation is orthogonal to them too. :mod:`repr_jax.methods.repr_records`
 turns the events into ``pruning.jsonl`` lines.
+
+Deviations from the paper (Prakash et al. 2019), all in one place:
+
+* how many are dropped: ⌊p·n + ½⌉ of the n live filters (``rounding="floor"``: the official
+  code's ``int(p·n)``); the paper says only "p %";
+* ``min_keep`` (default 1): no layer is emptied; when it binds in the global ranking the
+  next-ranked filters of other layers are dropped instead, so p·n are always dropped (the
+  paper: not stated);
+* the scale of a re-initialised filter: the mean L2 norm of the layer's live, non-zero kept
+  filters (:mod:`repr_jax.reinit`; the paper: not stated);
+* when the null space is too small (F + dropped > kh·kw·c_in), the new filters are kept
+  orthogonal to the most-overlapping constraints only (:mod:`repr_jax.reinit`'s fallback);
+* a dropped filter is kept as zero parameters under a mask (``zero``) rather than removed —
+  the same function, one compilation per run;
+* optimizer reset: a revived filter's moments *and* (Adam) step count restart from 0, so it
+  trains as under a fresh optimizer (``optim.adam_step_count=shared`` keeps optax's shared
+  count, as before 2026-12-03 — its first Adam steps are then ≈ 3.2× a fresh Adam's);
+* everything else — criterion O_f (Eq. 3), global ranking (§5), null space of the kept
+  filters and the filters' own old values, BatchNorm reset, S1/S2/N/p — is the paper's.
 """
 from __future__ import annotations
 

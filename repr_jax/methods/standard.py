@@ -1,4 +1,7 @@
-"""Standard training: the full network every epoch, nothing added (the baseline of every table)."""
+"""Standard training: the full network every epoch, nothing added (the baseline of every table).
+
+Deviations from a paper: none — there is no method to deviate from; the model, optimizer
+and schedule are the run's (``--protocol paper`` sets the RePr paper's Standard run)."""
 from __future__ import annotations
 
 import dataclasses

@@ -53,7 +53,8 @@ class StructuredConfig(MethodConfig):
         "help": "peak learning rate restarted at each prune (0: keep the run's schedule)"})
     finetune_schedule: str = dataclasses.field(default="cosine", metadata={
         "help": "shape of each restarted stretch: cosine, linear or constant"})
-    min_keep: int = dataclasses.field(default=1, metadata={"help": "filters every pruned layer keeps"})
+    min_keep: int = dataclasses.field(default=1, metadata={
+        "help": "filters every pruned layer keeps (>= 1: the run ends in an exported model)"})
     prune_tied: bool = dataclasses.field(default=False, metadata={
         "help": "also prune layers tied to a residual sum (kept as zero filters by the export)"})
 
@@ -62,10 +63,12 @@ class StructuredConfig(MethodConfig):
 
     def validate(self, run=None) -> None:
         prefix = self.name
-        if self.prune_epoch < 0 or self.rounds < 1 or self.retrain_epochs < 0 or self.min_keep < 0:
-            raise ValueError(f"{prefix}: prune_epoch >= 0, rounds >= 1, retrain_epochs >= 0 and "
-                             f"min_keep >= 0 needed; got {self.prune_epoch}, {self.rounds}, "
-                             f"{self.retrain_epochs}, {self.min_keep}")
+        if self.prune_epoch < 0 or self.rounds < 1 or self.retrain_epochs < 0:
+            raise ValueError(f"{prefix}: prune_epoch >= 0, rounds >= 1 and retrain_epochs >= 0 needed; got "
+                             f"{self.prune_epoch}, {self.rounds}, {self.retrain_epochs}")
+        if self.min_keep < 1:   # these methods end in an exported model: an emptied layer has none
+            raise ValueError(f"{prefix}.min_keep must be >= 1 (a layer left without filters cannot be "
+                             f"exported), got {self.min_keep}")
         if self.rounds > 1 and self.retrain_epochs < 1:
             raise ValueError(f"{prefix}.rounds={self.rounds} needs {prefix}.retrain_epochs >= 1")
         if self.finetune_schedule not in RESTARTS:

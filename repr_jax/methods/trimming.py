@@ -12,6 +12,11 @@ accuracy on the scoring images is compared with its accuracy before the first tr
 it is more than ``tolerance`` below, trimming stops for the rest of the run (that round
 and later ones prune nothing) and the network is fine-tuned as it is. The scoring images
 are the held-out images (``data.holdout``), else a fixed sample of training images.
+
+Deviations from the paper (Hu et al. 2016): trimming is per layer at a fixed ``fraction``
+per round (they trim the channels above an APoZ threshold set per layer); the stopping rule compares accuracy on the scoring images,
+not on a separate validation run; ``min_keep`` (≥ 1) keeps every layer exportable; the
+trimmed network is exported smaller at the end (they count parameters).
 """
 from __future__ import annotations
 

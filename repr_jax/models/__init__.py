@@ -2,7 +2,8 @@
 
 Names: ``convnet`` (C^n(F), options ``depth``, ``width``, ``batch_norm``, ``variant`` and the
 head's ``hidden``, ``dropout``, ``dropconnect``, ``dropconnect_mode``, ``dropconnect_inference``),
-``resnet8|20|32|56|110`` (ResNet-8: one block per stage, for quick checks), ``vgg16``. ``channels`` is a per-conv width spec (see
+``resnet8|20|32|56|110`` (ResNet-8: one block per stage, for quick checks), ``vgg16`` (option
+``variant``: ``paper`` or Li et al.'s ``li`` head). ``channels`` is a per-conv width spec (see
 :mod:`repr_jax.models.channels`): every builder makes the smaller dense model an export
 describes. An *architecture* — ``{"name", "num_classes", "options", "channels"}``, the
 content of a run's ``architecture.json`` — rebuilds the same module with
@@ -14,7 +15,7 @@ from repr_jax.models.channels import as_spec
 from repr_jax.models.convnet import HEAD_OPTIONS, ConvNet
 from repr_jax.models.dropconnect import DropConnectDense
 from repr_jax.models.resnet import CifarResNet
-from repr_jax.models.vgg import VGG
+from repr_jax.models.vgg import VGG, VGG_VARIANTS
 
 MODELS = ("convnet", "resnet8", "resnet20", "resnet32", "resnet56", "resnet110", "vgg16")
 CONVNET_OPTIONS = ("depth", "width", "batch_norm", "variant", *HEAD_OPTIONS)
@@ -28,12 +29,14 @@ def create_model(name: str, num_classes: int = 10, channels=None, **options):
         if unknown:
             raise ValueError(f"unknown convnet option(s) {', '.join(unknown)}")
         return ConvNet(num_classes=num_classes, channels=spec, **options)
+    if name == "vgg16" and set(options) <= {"variant"}:
+        if options.get("variant", "paper") not in VGG_VARIANTS:
+            raise ValueError(f"unknown vgg16 variant {options['variant']!r}; choose from {', '.join(VGG_VARIANTS)}")
+        return VGG(num_classes=num_classes, channels=spec, **options)
     if options:
         raise ValueError(f"model {name!r} takes no options, got {', '.join(sorted(options))}")
     if name.startswith("resnet") and name in MODELS:
         return CifarResNet(depth=int(name[len("resnet"):]), num_classes=num_classes, channels=spec)
-    if name == "vgg16":
-        return VGG(num_classes=num_classes, channels=spec)
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
@@ -52,5 +55,5 @@ def from_architecture(arch: dict):
         raise ValueError(f"not a model architecture: {err}") from None
 
 
-__all__ = ["ConvNet", "DropConnectDense", "HEAD_OPTIONS", "CifarResNet", "VGG", "MODELS", "architecture", "create_model",
+__all__ = ["ConvNet", "DropConnectDense", "HEAD_OPTIONS", "CifarResNet", "VGG", "VGG_VARIANTS", "MODELS", "architecture", "create_model",
            "from_architecture"]

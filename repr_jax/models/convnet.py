@@ -17,8 +17,10 @@ fully connected ReLU layer of H units (``hidden``) between the flatten and the h
 ``dropconnect = r`` drops its *connections* at rate r (keep probability p = 1 − r,
 :class:`repr_jax.models.dropconnect.DropConnectDense`, stream ``"dropconnect"``), with
 ``dropconnect_mode`` ``example`` (a mask per example, the paper's) or ``batch``, and
-``dropconnect_inference`` ``moment`` (the paper's moment matching) or ``mean``. Without a
-hidden layer, ``dropconnect`` applies to the head itself (identity activation).
+``dropconnect_inference`` ``moment`` (the paper's moment matching) or ``mean``, and
+``dropconnect_bias`` (the bias dropped too, the paper's; architectures written before it
+existed read as ``False``, what they trained with). Without a hidden layer,
+``dropconnect`` applies to the head itself (identity activation: moment matching is exact).
 
 Conv layers are named ``conv{i}`` and their BatchNorms ``conv{i}_bn`` (see
 :mod:`repr_jax.layers`); ``channels`` gives any conv its own width (a pruned export).
@@ -30,12 +32,13 @@ import jax
 import jax.numpy as jnp
 
 from repr_jax.models.channels import check_names, width
-from repr_jax.models.dropconnect import INFERENCE, DropConnectDense
+from repr_jax.models.dropconnect import INFERENCE, DropConnectDense, identity
 
 VARIANTS = ("paper", "official", "pool2")
 DROPCONNECT_MODES = ("example", "batch")
 HEAD_OPTIONS = {"hidden": 0, "dropout": 0.0, "dropconnect": 0.0, "dropconnect_mode": "example",
-                "dropconnect_inference": "moment"}   # defaults: the plain C^n(F) head
+                "dropconnect_inference": "moment", "dropconnect_bias": False}   # the plain head; as read
+# from an architecture without the key (the bias was never dropped before the option existed)
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
@@ -56,6 +59,7 @@ class ConvNet(nn.Module):
     dropconnect: float = 0.0
     dropconnect_mode: str = "example"
     dropconnect_inference: str = "moment"
+    dropconnect_bias: bool = False
 
     def _check_head(self):
         if self.hidden < 0 or not (0.0 <= self.dropout < 1.0) or not (0.0 <= self.dropconnect < 1.0):
@@ -70,7 +74,8 @@ class ConvNet(nn.Module):
     def _dropconnect(self, features, activation, name, **init):
         return DropConnectDense(features, keep=1.0 - self.dropconnect, activation=activation,
                                 per_example=self.dropconnect_mode == "example",
-                                inference=self.dropconnect_inference, name=name, **init)
+                                inference=self.dropconnect_inference, drop_bias=self.dropconnect_bias,
+                                name=name, **init)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -102,6 +107,6 @@ class ConvNet(nn.Module):
             if self.dropout:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
         elif self.dropconnect:
-            return self._dropconnect(self.num_classes, lambda u: u, "head", **dense_init)(x, train).astype(jnp.float32)
+            return self._dropconnect(self.num_classes, identity, "head", **dense_init)(x, train).astype(jnp.float32)
         dense = nn.Dense(self.num_classes, name="head", **dense_init)
         return dense(x).astype(jnp.float32)

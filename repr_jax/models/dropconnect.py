@@ -1,19 +1,24 @@
 """DropConnect (Wan, Zeiler, Zhang, LeCun & Fergus, ICML 2013) as Flax layers.
 
-Training (§2, Eq. 2): ``r = a((M ∗ W) v + b)`` with each connection kept independently,
-``M_ij ~ Bernoulli(p)``, no rescaling. A mask per *example* is the paper's (§5: "a different
-mask for each example") and the default; ``per_example=False`` draws one mask per
-mini-batch — (B × in × out) Bernoulli draws shrink to (in × out), at the price of correlated
-noise inside a batch, worth it when ``in × out`` is large (the mask then costs as much memory
-as B copies of the kernel). The bias is not dropped.
+Training (§2.2, Eq. 2): ``r = a((M ∗ W) v)`` with each connection kept independently,
+``M_ij ~ Bernoulli(p)``, no rescaling, the bias being a column of W on a constant input 1
+("we also drop the biases"): ``r = a((M ∗ W) v + m ∗ b)``, ``m_j ~ Bernoulli(p)``. A mask per
+*example* is the paper's (§5: "a different mask for each example") and the default;
+``per_example=False`` draws one mask per mini-batch — (B × in × out) Bernoulli draws shrink
+to (in × out), at the price of correlated noise inside a batch, worth it when ``in × out`` is
+large (the mask then costs as much memory as B copies of the kernel).
 
 Inference (§3, Alg. 2), ``inference="moment"``: the pre-activation of each unit is a sum of
 many independent terms, so it is approximated by a Gaussian with the exact first two
-moments, ``u ~ N(μ, σ²)``, ``μ = p · W v + b``, ``σ² = p(1 − p) · (W ∗ W)(v ∗ v)``; ``Z``
-samples of ``u`` go through the activation and are averaged. The samples use a fixed key
-(``jax.random.key(sample_seed)``), so evaluation is deterministic. ``inference="mean"`` is the
-cheap mean-field rule ``a(μ)`` (what Dropout does at test time). ``p = 1`` is the plain dense
-layer in both modes.
+moments, ``u ~ N(μ, σ²)``, ``μ = p · (W v + b)``, ``σ² = p(1 − p) · ((W ∗ W)(v ∗ v) + b ∗ b)``;
+``Z`` samples of ``u`` go through the activation and are averaged — unless the activation
+is :func:`identity`, where E[u] = μ exactly and no sample is drawn (a sampled average would
+add noise of size σ/√Z). The samples use a fixed key (``jax.random.key(sample_seed)``), so
+evaluation is deterministic. ``inference="mean"`` is the cheap mean-field rule ``a(μ)`` (what
+Dropout does at test time). ``p = 1`` is the plain dense layer in both modes.
+
+Deviations from the paper: ``drop_bias=False`` keeps the bias (what this module did before
+2026-12-03: then μ = p·Wv + b and σ² has no b² term); ``per_example=False`` as above.
 """
 from __future__ import annotations
 
@@ -24,6 +29,11 @@ import jax
 import jax.numpy as jnp
 
 INFERENCE = ("moment", "mean")
+
+
+def identity(u):
+    """The linear activation (a head without a hidden layer): moment matching returns μ."""
+    return u
 
 
 def moment_matched(mean, var, activation, key, samples: int):
@@ -45,6 +55,7 @@ class DropConnectDense(nn.Module):
     samples: int = 1000
     sample_seed: int = 0
     kernel_init: Callable = nn.initializers.lecun_normal()
+    drop_bias: bool = True                  # the paper's: the bias is a connection like any other
 
     @nn.compact
     def __call__(self, v, train: bool = False):
@@ -58,18 +69,21 @@ class DropConnectDense(nn.Module):
             return self.activation(v @ kernel + bias)
         if train:
             key = self.make_rng("dropconnect")
+            rows = (v.shape[0],) if self.per_example else ()
+            # one draw over [W; b]: the bias is row in+1 of the kernel, on a constant input 1
+            mask = jax.random.bernoulli(key, self.keep, rows + (kernel.shape[0] + 1, kernel.shape[1]))
+            w_mask, b_mask = mask[..., :-1, :], mask[..., -1, :]
             if self.per_example:
-                mask = jax.random.bernoulli(key, self.keep, (v.shape[0],) + kernel.shape)
-                pre = jnp.einsum("bi,bio->bo", v, jnp.where(mask, kernel, 0.0))
+                pre = jnp.einsum("bi,bio->bo", v, jnp.where(w_mask, kernel, 0.0))
             else:
-                mask = jax.random.bernoulli(key, self.keep, kernel.shape)
-                pre = v @ jnp.where(mask, kernel, 0.0)
-            return self.activation(pre + bias)
-        mean = self.keep * (v @ kernel) + bias
-        if self.inference == "mean":
+                pre = v @ jnp.where(w_mask, kernel, 0.0)
+            return self.activation(pre + (jnp.where(b_mask, bias, 0.0) if self.drop_bias else bias))
+        p = self.keep
+        mean = p * (v @ kernel + bias) if self.drop_bias else p * (v @ kernel) + bias
+        if self.inference == "mean" or self.activation is identity:
             return self.activation(mean)
-        var = self.keep * (1.0 - self.keep) * ((v * v) @ (kernel * kernel))
+        var = p * (1.0 - p) * ((v * v) @ (kernel * kernel) + (bias * bias if self.drop_bias else 0.0))
         return moment_matched(mean, var, self.activation, jax.random.key(self.sample_seed), self.samples)
 
 
-__all__ = ["DropConnectDense", "INFERENCE", "moment_matched"]
+__all__ = ["DropConnectDense", "INFERENCE", "identity", "moment_matched"]

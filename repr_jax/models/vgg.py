@@ -1,7 +1,14 @@
-"""CIFAR VGG-16 with BatchNorm, as pruned by Li et al. (2017) and Liu et al. (2017).
+"""CIFAR VGG-16 with BatchNorm.
 
-13 conv 3×3 → BatchNorm → ReLU layers in five blocks (64, 128, 256, 512, 512 channels),
-2×2 max-pool after each block, then a single dense classifier on the 512-d feature.
+13 conv 3×3 (no bias) → BatchNorm → ReLU layers in five blocks (64, 128, 256, 512, 512
+channels), 2×2 max-pool after each block, then a head on the 512-d feature:
+
+* ``variant="paper"`` (the default): one dense 512 → 10 — the CIFAR VGG-16 of Torch-Pruning's
+  and Network Slimming's code, 14,724,042 parameters;
+* ``variant="li"``: Li et al. (2017) §4.1's, "Batch Normalization after each convolutional
+  layer and the first linear layer": dense 512 → 512 → BatchNorm → ReLU → dense 512 → 10,
+  14,987,722 parameters (their Table 1: 1.5e7; VGG-16-A exports to 5,397,034).
+
 ``channels`` gives any conv (``conv0`` … ``conv12``) its own width.
 """
 from __future__ import annotations
@@ -13,12 +20,14 @@ from repr_jax.models.channels import check_names, width
 from repr_jax.models.convnet import he_normal
 
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+VGG_VARIANTS = ("paper", "li")
 
 
 class VGG(nn.Module):
     num_classes: int = 10
     config: tuple = VGG16
     channels: tuple[tuple[str, int], ...] = ()
+    variant: str = "paper"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -35,4 +44,9 @@ class VGG(nn.Module):
             x = nn.relu(x)
             i += 1
         x = x.reshape(x.shape[0], -1)
+        if self.variant == "li":
+            x = nn.Dense(512, name="fc")(x)
+            x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, name="fc_bn")(x))
+        elif self.variant != "paper":
+            raise ValueError(f"unknown vgg16 variant {self.variant!r}; choose from {', '.join(VGG_VARIANTS)}")
         return nn.Dense(self.num_classes, name="head")(x).astype(jnp.float32)
