@@ -1,6 +1,14 @@
 """repr-jax: RePr (Prakash et al., CVPR 2019) and filter pruning in JAX/Flax.
 
-Public API::
+Public API — in your own training loop, on your own Flax model (Linen or NNX)::
+
+    Pruner(method, model, example_input, epochs=, steps_per_epoch=, **settings)  # any method
+      .wrap(optax_tx) .init(params) .before_epoch(...) .forward(...) .loss_terms(...)
+      .update_masks(...) .after_step(ps) .after_epoch(...) .export(variables, ps, rebuild=)
+    shrink_nnx(module, exported), adapt(nnx_module), model_layers(model, input_shape)
+    distillation_loss(student_logits, teacher_logits, labels, T, alpha)
+
+The building blocks::
 
     filter_orthogonality(kernel, mask=None)        # per-filter RePr score O_f
     score_layers(params, masks, layers)             # every prunable conv, vmapped per shape
@@ -29,9 +37,12 @@ __version__ = "0.1.0"
 
 # submodule (relative to the package) → the public names it provides
 _EXPORTS = {
-    ".compress": ("ChannelGraph", "Exported", "channel_graph", "export", "export_state"),
+    ".compress": ("ChannelGraph", "Exported", "channel_graph", "export", "export_model", "export_state"),
     ".compress.csr": ("CSR", "csr_decode", "csr_encode", "storage_report"),
-    ".distill": ("KDConfig", "soft_kl"),
+    ".api": ("PruneState", "Pruner", "masked", "shrink_nnx"),
+    ".distill": ("KDConfig", "distillation_loss", "soft_kl"),
+    ".experiment": ("run",),
+    ".models.nnx_adapter": ("adapt",),
     ".models.dropconnect": ("DropConnectDense",),
     ".config": ("RunConfig", "RunError"),
     ".criteria": ("CRITERIA", "drop_priority", "get_criterion", "score_filters"),
@@ -41,6 +52,7 @@ _EXPORTS = {
         "revive_filters", "with_element_mask", "with_live_filters"),
     ".methods": ("METHODS", "Event", "Method", "MethodConfig", "MethodContext", "Phase", "create_method",
         "get_method", "method_config", "method_names", "register"),
+    ".methods.base": ("model_graph", "model_layers"),
     ".methods.repr": ("RePr", "ReprConfig", "ReprSchedule"),
     ".methods.standard": ("Standard", "StandardConfig"),
     ".models": ("architecture", "create_model", "from_architecture"),

@@ -15,7 +15,8 @@ Data-free (weights only):
   ``bn_gamma``  |γ_f| of the following BatchNorm (Network Slimming, Liu et al. 2017); low = drop.
   ``random``    U(0, 1) per filter (the paper's "Random" row).
 
-Data-driven, one jitted pass over fixed batches ``images (n, B, 32, 32, 3)`` in eval mode.
+Data-driven, one jitted pass over fixed batches ``images (n, B, H, W, C)`` in eval mode
+(model-ready: the caller preprocesses them, :meth:`repr_jax.methods.base.MethodContext.model_inputs`).
 A filter's *response* z is its channel after its BatchNorm (or the conv output without one),
 a = ReLU(z) its activation, g = ∂L/∂z the gradient of the summed per-example loss (taken by
 adding a zero probe to z with :func:`flax.linen.intercept_methods`, so any model works):
@@ -45,7 +46,6 @@ import numpy as np
 from repr_jax.layers import ConvLayer, channel_leaves, get_path, intercept_outputs, replace_path, response_site
 from repr_jax.official import official_score_layers
 from repr_jax.ortho import score_layers
-from repr_jax.pipeline import normalize
 from repr_jax.train import cross_entropy
 
 
@@ -114,7 +114,7 @@ def _forward(state, params, images, layers, probes=None):
 
     with intercept_outputs({response_site(l): l.name for l in layers}, probe):
         logits = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
-                                normalize(images), train=False)
+                                images, train=False)
     return logits, responses
 
 
@@ -172,7 +172,7 @@ def _mean_loss(state, params, images, labels):
     """Eval-mode mean cross-entropy over every example of the batches."""
     x, y = _flat(images, labels)
     logits = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
-                            normalize(x), train=False)
+                            x, train=False)
     return jnp.mean(cross_entropy(logits, y))
 
 
@@ -213,7 +213,7 @@ def _mean_loss_by_batch(state, params, images, labels):
     batch's activations, however many batches score."""
     def batch_sum(xy):
         logits = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
-                                normalize(xy[0]), train=False)
+                                xy[0], train=False)
         return jnp.sum(cross_entropy(logits, xy[1]))
     return jnp.sum(jax.lax.map(batch_sum, (images, labels))) / (labels.shape[0] * labels.shape[1])
 

@@ -65,6 +65,15 @@ def soft_kl(student_logits: jax.Array, teacher_logits: jax.Array, temperature: f
     return temperature ** 2 * jnp.mean(kl)
 
 
+def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
+                      temperature: float = 4.0, alpha: float = 0.9) -> jax.Array:
+    """Hinton et al.'s loss for your own loop: ``(1 − α)·CE(s, y) + α·T²·KL(softmax(t/T) ‖
+    softmax(s/T))``, batch mean (``teacher_logits`` from your teacher in eval mode)."""
+    import optax
+    ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(student_logits.astype(jnp.float32), labels))
+    return (1.0 - alpha) * ce + alpha * soft_kl(student_logits, jax.lax.stop_gradient(teacher_logits), temperature)
+
+
 def kd_term(distill: Distiller, teacher_variables, images, logits, cross_entropy) -> jax.Array:
     """``α · (T²·KL − CE)`` for a batch of normalised ``images`` (the teacher in eval mode, no
     gradient through it)."""
@@ -108,4 +117,4 @@ def attach_teacher(config, state):
                          distill=Distiller(model.apply, config.kd.temperature, config.kd.alpha))
 
 
-__all__ = ["Distiller", "KDConfig", "attach_teacher", "check_teacher", "kd_term", "soft_kl"]
+__all__ = ["distillation_loss", "Distiller", "KDConfig", "attach_teacher", "check_teacher", "kd_term", "soft_kl"]

@@ -36,9 +36,10 @@ from repr_jax.distill import attach_teacher, check_teacher
 from repr_jax.errors import Diverged, Interrupted, NonFiniteError, RunError
 from repr_jax.masks import live_filters
 from repr_jax.methods.base import MethodContext, create_method
-from repr_jax.models import from_architecture
+from repr_jax.models import from_architecture, input_shape_of
 from repr_jax.optim import learning_rate_schedule, make_optimizer, phased_schedule
 from repr_jax.parallel import batch_sharding, data_mesh, replicate
+from repr_jax.pipeline import normalize
 from repr_jax.plots import dataset_label, plot_curves, plot_pruned_per_layer
 from repr_jax.run_dir import (check_data, check_run_dir, create_run_dir, finite_row, read_architecture,
                               read_config, read_jsonl, read_summary, record_extension, write_json, write_jsonl)
@@ -57,14 +58,17 @@ def build_model(config: RunConfig, architecture: dict | None = None):
 
 def build_method(config: RunConfig, model, architecture: dict, train_images: int,
                  data: Cifar | None = None):
-    """The run's method, given what it may know about the run (data only when training)."""
+    """The run's method, given what it may know about the run (data only when training):
+    the model traced on the architecture's input shape, scoring images preprocessed as the
+    train step preprocesses its batches (:func:`repr_jax.pipeline.normalize`)."""
     context = MethodContext.for_model(
         model, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
         train_images=None if data is None else data.train_x,
         train_labels=None if data is None else data.train_y,
         heldout_images=None if data is None else data.held_x,
         heldout_labels=None if data is None else data.held_y,
-        architecture=architecture, train_size=train_images)
+        architecture=architecture, train_size=train_images, input_shape=input_shape_of(architecture),
+        preprocess=normalize)
     return create_method(config.method, context)
 
 
@@ -319,6 +323,9 @@ def _start_locked(config: RunConfig, model, mesh, lock: RunLock, data: Cifar | N
     session = Session(config, out, data, method, schedule, state, ckpt, arrays=(), terms=(),
                       metrics=metrics, events=events, start_epoch=start_epoch, prior_seconds=prior_seconds,
                       mesh=mesh, lock=lock)
+    if not config.quiet:   # where the run writes, before the first epoch (it may take a while)
+        print(f"run directory: {out} ({config.epochs - start_epoch} epoch(s) to train; metrics.jsonl "
+              "grows by a line per epoch)", flush=True)
     if config.tensorboard:
         from repr_jax.tensorboard import TensorBoardLog
         session.tensorboard = TensorBoardLog(out, session.start_epoch)

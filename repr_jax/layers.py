@@ -1,13 +1,17 @@
 """Which convolutions are prunable, addressed by their path in the params pytree.
 
-A prunable layer is any Flax ``Conv`` (a params dict holding a 4-D ``kernel`` of shape
-``(kh, kw, c_in, F)``). Its optional ``bias`` is the sibling leaf, and its BatchNorm is the
-sibling module named ``<conv name>_bn`` (scale/bias in ``params``, mean/var in
-``batch_stats``) — the naming every model in :mod:`repr_jax.models` follows. Masks, scores
-and re-initialisation all address filter ``f`` of a layer as ``kernel[..., f]``.
+A prunable layer is any Flax convolution (a params dict holding a 4-D ``kernel`` of shape
+``(kh, kw, c_in, F)``), whatever its name. Its optional ``bias`` is the sibling leaf. Its
+BatchNorm is found from the model's channel graph (:func:`coupled_layers`), never from
+names: the normalisation module whose ``scale``, ``bias`` (params) and ``mean``, ``var``
+(batch stats) are indexed one-to-one by this conv's output channels — wherever it sits
+(``conv → BatchNorm``, ``conv → ReLU → BatchNorm``) and whatever it is called
+(``BatchNorm_0`` in a user's Linen model, ``bn1`` in NNX). Masks, scores and
+re-initialisation all address filter ``f`` of a layer as ``kernel[..., f]``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Mapping
 
@@ -33,8 +37,9 @@ class ConvLayer:
 
 
 def prunable_convs(params: Mapping[str, Any], batch_dims: int = 0) -> tuple[ConvLayer, ...]:
-    """Every prunable conv in definition order (the first conv first). ``batch_dims``: leading
-    axes every leaf carries (1 for a population of seeds stacked on axis 0); shapes exclude them."""
+    """Every conv in definition order (the first conv first), without BatchNorm (see
+    :func:`coupled_layers`). ``batch_dims``: leading axes every leaf carries (1 for a
+    population of seeds stacked on axis 0); shapes exclude them."""
     found: list[ConvLayer] = []
 
     def walk(node, path):
@@ -42,17 +47,33 @@ def prunable_convs(params: Mapping[str, Any], batch_dims: int = 0) -> tuple[Conv
             if not isinstance(child, Mapping):
                 continue
             kernel = child.get("kernel")
-            if kernel is not None and getattr(kernel, "ndim", 0) == 4 + batch_dims:
-                bn = node.get(f"{key}_bn")
+            if kernel is not None and len(getattr(kernel, "shape", ())) == 4 + batch_dims:
                 found.append(ConvLayer(
-                    name="/".join(path + (key,)), path=path + (key,),
-                    bn_path=path + (f"{key}_bn",) if isinstance(bn, Mapping) else None,
+                    name="/".join(path + (key,)), path=path + (key,), bn_path=None,
                     has_bias="bias" in child, shape=tuple(int(d) for d in kernel.shape[batch_dims:])))
             else:
                 walk(child, path + (key,))
 
     walk(params, ())
     return tuple(found)
+
+
+def coupled_layers(params: Mapping[str, Any], graph) -> tuple[ConvLayer, ...]:
+    """:func:`prunable_convs` with each conv's BatchNorm found in ``graph`` (a
+    :class:`repr_jax.compress.graph.ChannelGraph` of the model): the module whose params
+    ``scale`` and ``bias`` and batch stats ``mean`` and ``var`` each have an axis indexed
+    by exactly this conv's channels, channel i by filter i alone. A normalisation that mixes
+    several sources (after a residual sum) belongs to no single conv."""
+    layers = []
+    for layer in prunable_convs(params):
+        one_to_one = tuple(frozenset([(layer.name, i)]) for i in range(layer.num_filters))
+        owned = {(use.collection, use.path) for use in graph.uses if use.sources == one_to_one}
+        bn = next((path[:-1] for collection, path in sorted(owned, key=lambda cp: len(cp[1]))
+                   if collection == "params" and path[-1] == "scale"
+                   and {("params", path[:-1] + ("bias",)), ("batch_stats", path[:-1] + ("mean",)),
+                        ("batch_stats", path[:-1] + ("var",))} <= owned), None)
+        layers.append(dataclasses.replace(layer, bn_path=bn))
+    return tuple(layers)
 
 
 def get_path(tree: Mapping[str, Any], path: tuple[str, ...]):
@@ -99,10 +120,21 @@ def response_site(layer: ConvLayer) -> tuple[str, ...]:
     return layer.bn_path if layer.bn_path is not None else layer.path
 
 
+_INTERCEPTS: list = []   # (sites, fn) of the intercept_outputs blocks entered (NNX models read it)
+
+
+def active_intercepts() -> tuple:
+    """The ``(sites, fn)`` of every :func:`intercept_outputs` block being run (innermost last)."""
+    return tuple(_INTERCEPTS)
+
+
+@contextlib.contextmanager
 def intercept_outputs(sites: Mapping[tuple[str, ...], str], fn):
     """Context manager: inside it, the output of each module at a path in ``sites`` becomes
-    ``fn(sites[path], output)`` (via :func:`flax.linen.intercept_methods`, so any model
-    works unchanged). Used for scoring probes and for a method's channel gates."""
+    ``fn(sites[path], output)`` — for Linen modules via :func:`flax.linen.intercept_methods`,
+    for NNX modules (:mod:`repr_jax.models.nnx_adapter`) by replacing those submodules of
+    the call's copy — so any model works unchanged. Used for scoring probes and for a
+    method's channel gates."""
     import flax.linen as nn
 
     def interceptor(next_fun, args, kwargs, context):
@@ -112,4 +144,9 @@ def intercept_outputs(sites: Mapping[tuple[str, ...], str], fn):
         name = sites.get(tuple(context.module.path))
         return out if name is None else fn(name, out)
 
-    return nn.intercept_methods(interceptor)
+    _INTERCEPTS.append((dict(sites), fn))
+    try:
+        with nn.intercept_methods(interceptor):
+            yield
+    finally:
+        _INTERCEPTS.pop()

@@ -7,7 +7,8 @@ are folded from it), and what the method adds (:mod:`repr_jax.methods.base`):
 trainable parameters) and ``method_opt_state`` (their optimizer state). With knowledge
 distillation (:mod:`repr_jax.distill`) ``teacher`` holds the teacher's variables (not
 checkpointed: a resumed run loads them again) and the static ``distill`` its settings.
-``apply_fn``, ``tx``, ``method_tx`` and ``distill`` are static.
+``apply_fn``, ``tx``, ``method_tx``, ``distill`` and ``layers`` (the prunable convs with their
+graph-coupled BatchNorms, :func:`repr_jax.layers.coupled_layers`) are static.
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from repr_jax.layers import prunable_convs
 from repr_jax.masks import init_masks
 
 
@@ -38,11 +38,7 @@ class TrainState:
     method_tx: optax.GradientTransformation | None = flax.struct.field(pytree_node=False, default=None)
     teacher: Any = flax.struct.field(default_factory=dict)    # distillation: the teacher's variables
     distill: Any = flax.struct.field(pytree_node=False, default=None)   # repr_jax.distill.Distiller
-
-    @property
-    def layers(self):
-        """The prunable convs (also of a population: ``step`` has one axis per seed axis)."""
-        return prunable_convs(self.params, batch_dims=jnp.ndim(self.step))
+    layers: tuple = flax.struct.field(pytree_node=False, default=())    # repr_jax.layers.ConvLayer
 
 
 # Key streams folded from the run key for a method's setup (the model init key and the
@@ -51,12 +47,16 @@ _METHOD_STATE_STREAM, _METHOD_PARAMS_STREAM = 3_000_001, 3_000_002
 
 
 def create_train_state(model, tx: optax.GradientTransformation, seed: int,
-                       input_shape=(1, 32, 32, 3), method=None) -> TrainState:
-    """Initialise params/batch stats from ``seed``; all-ones masks (element masks where
-    ``method`` asks); fresh optimizer state; the method's state and extra parameters."""
+                       input_shape=None, method=None) -> TrainState:
+    """Initialise params/batch stats from ``seed`` on a zero batch of ``input_shape`` (one
+    example's (H, W, C); default the method's, else 32×32×3); all-ones masks (element masks
+    where ``method`` asks); fresh optimizer state; the method's state and extra parameters."""
+    from repr_jax.methods.base import MethodContext, example_shape
+    context = method.context if method is not None else MethodContext.for_model(model, input_shape=input_shape)
+    shape = example_shape(input_shape) if input_shape is not None else tuple(context.input_shape)
     root = jax.random.key(seed)
     init_key, run_key = jax.random.split(root)
-    variables = model.init(init_key, jnp.zeros(input_shape, jnp.float32), train=False)
+    variables = model.init(init_key, jnp.zeros((1,) + shape, jnp.float32), train=False)
     params = variables["params"]
     element = method.element_masks(params) if method is not None else ()
     method_state, method_params, method_tx, method_opt_state = {}, {}, None, {}
@@ -71,7 +71,7 @@ def create_train_state(model, tx: optax.GradientTransformation, seed: int,
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
         batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-        masks=init_masks(params, prunable_convs(params), element),
+        masks=init_masks(params, context.layers, element), layers=context.layers,
         rng=jax.random.key_data(run_key), method_state=method_state,
         method_params=method_params, method_opt_state=method_opt_state,
         apply_fn=model.apply, tx=tx, method_tx=method_tx)

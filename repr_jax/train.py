@@ -61,7 +61,7 @@ def _gates(state, method, method_params, train):
     gates = method.channel_gates(method_params, state.method_state, train) if method is not None else None
     if not gates:
         return None
-    sites = {response_site(layer): layer.name for layer in prunable_convs(state.params)}
+    sites = {response_site(layer): layer.name for layer in state.layers}
     return intercept_outputs(sites, lambda name, out: out * gates[name].astype(out.dtype)
                              if name in gates else out)
 
@@ -85,7 +85,7 @@ def forward(state, params, images, *, train: bool, method=None, method_params=No
         return apply()
 
 
-def _update_masks(state, method):
+def update_masks(state, method):
     """The masks the optimizer applies this step: the state's, times the method's
     :meth:`~repr_jax.methods.base.Method.update_mask` (broadcast to the leaf where the
     state's mask is a scalar, which the optimizer would otherwise read as "unmasked")."""
@@ -128,7 +128,7 @@ def train_step(state: TrainState, images, labels, key, *, layers: tuple[ConvLaye
     (_, (loss, logits, stats, terms)), (grads, method_grads) = jax.value_and_grad(
         loss_fn, has_aux=True)((state.params, state.method_params))
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params,
-                                         masks=_update_masks(state, method))
+                                         masks=update_masks(state, method))
     params = optax.apply_updates(state.params, updates)
     new = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state)
     if state.method_tx is not None:

@@ -65,7 +65,7 @@ def test_response_criteria_match_a_hand_computed_one_layer_network():
         "taylor": np.abs((a * g).mean((1, 2))).mean(0),   # Molchanov: |mean over positions|
     }
     for name, ref in expect.items():
-        got = np.asarray(score_filters(name, state, state.layers, images=images, labels=labels)["conv0"])
+        got = np.asarray(score_filters(name, state, state.layers, images=normalize(images), labels=labels)["conv0"])
         np.testing.assert_allclose(got, ref, rtol=2e-4, atol=1e-7, err_msg=name)
 
 
@@ -75,7 +75,7 @@ def test_apoz_counts_zeros_of_known_activations():
     bias = jnp.asarray([-1e4, 1e4, 0.0])
     state = state.replace(params=replace_path(state.params, ("conv0", "bias"), lambda _: bias))
     images, labels = _data()
-    apoz = np.asarray(score_filters("apoz", state, state.layers, images=images, labels=labels)["conv0"])
+    apoz = np.asarray(score_filters("apoz", state, state.layers, images=normalize(images), labels=labels)["conv0"])
     assert apoz[0] == 1.0 and apoz[1] == 0.0 and 0.0 < apoz[2] < 1.0
     priority = drop_priority("apoz", {"conv0": apoz})
     assert np.argmax(np.asarray(priority["conv0"])) == 0       # always-zero filter drops first
@@ -90,7 +90,7 @@ def test_taylor_on_a_linear_response():
     z, a, g = _one_layer_reference(state, images[0], labels[0])
     assert (z > 0).all()
     ref = np.abs((z * g).mean((1, 2))).mean(0)
-    got = score_filters("taylor", state, state.layers, images=images, labels=labels)["conv0"]
+    got = score_filters("taylor", state, state.layers, images=normalize(images), labels=labels)["conv0"]
     np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-4)
 
 
@@ -109,7 +109,7 @@ def test_oracle_equals_a_brute_force_loop(model):
         return float(np.mean(vals))
 
     base = loss(state.params)
-    oracle = score_filters("oracle", state, state.layers, images=images, labels=labels)
+    oracle = score_filters("oracle", state, state.layers, images=normalize(images), labels=labels)
     for layer in state.layers:
         brute = []
         for f in range(layer.num_filters):
@@ -141,7 +141,7 @@ def test_hessian_estimate_converges_to_the_exact_obd_saliency():
     hess = jax.hessian(lambda v: loss(v.reshape(kernel.shape)))(flat)
     exact = np.asarray(0.5 * (jnp.diag(hess) * flat ** 2).reshape(-1, kernel.shape[-1]).sum(0))
     keys = jax.random.split(jax.random.key(0), 400)
-    est = np.mean([np.asarray(obd_saliency(state, state.layers, k, images, labels, probes=2)["conv0"])
+    est = np.mean([np.asarray(obd_saliency(state, state.layers, k, normalize(images), labels, probes=2)["conv0"])
                    for k in keys], axis=0)
     np.testing.assert_allclose(est, exact, rtol=0.1, atol=0.02 * np.abs(exact).max())
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from repr_jax.compress import FIXED, ExportError, GraphError, channel_graph, export, logits
-from repr_jax.layers import prunable_convs
+from repr_jax.methods.base import model_layers
 from repr_jax.masks import apply_masks, init_masks, with_live_filters
 from repr_jax.models import architecture, create_model
 
@@ -44,8 +44,8 @@ def _random_live(layers, seed, fraction=0.4):
     ("vgg16", {}),
 ], ids=["C3(8)", "C2(12)-official-bn", "resnet20", "vgg16"])
 def test_exported_model_computes_the_masked_models_logits(name, kw):
-    _, v = _variables(name, **kw)
-    layers = prunable_convs(v["params"])
+    model, v = _variables(name, **kw)
+    layers = model_layers(model)
     live = _random_live(layers, seed=len(layers))
     masks = with_live_filters(init_masks(v["params"], layers), layers, live)
     masked = dict(v, params=apply_masks(v["params"], masks))
@@ -69,7 +69,7 @@ def test_exported_model_computes_the_masked_models_logits(name, kw):
 def test_head_rows_follow_the_flatten_interleaving():
     """C^2(F): the dense head's row j reads channel j mod F of the last conv (H·W·F order)."""
     model, v = _variables("convnet", depth=2, width=5)
-    graph = channel_graph(model, v)
+    graph = channel_graph(model, v, (1, 32, 32, 3))
     (use,) = [u for u in graph.uses if u.path == ("head", "kernel")]
     assert use.axis == 0 and len(use.sources) == 32 * 32 * 5
     assert all(srcs == {("conv1", j % 5)} for j, srcs in enumerate(use.sources))
@@ -81,8 +81,8 @@ def test_head_rows_follow_the_flatten_interleaving():
 
 def test_resnet_residual_ties_and_block_consumers():
     model, v = _variables("resnet20")
-    graph = channel_graph(model, v)
-    names = [l.name for l in prunable_convs(v["params"])]
+    graph = channel_graph(model, v, (1, 32, 32, 3))
+    names = [l.name for l in model_layers(model)]
     assert set(graph.tied()) == {n for n in names if not n.endswith("/conv1")}
     consumers = {(u.leaf, u.axis) for u in graph.consumers("stage2_block1/conv1")}
     assert consumers == {("params/stage2_block1/conv1_bn/scale", 0), ("params/stage2_block1/conv1_bn/bias", 0),
@@ -112,7 +112,7 @@ def test_resnet56_with_30_percent_of_first_convs_removed():
     """The numbers of a results note: ResNet-56, floor(0.3·F) filters removed from the first
     conv of every block (Li et al. 2017 prune those only)."""
     model, v = _variables("resnet56")
-    layers = prunable_convs(v["params"])
+    layers = model_layers(model)
     live = {}
     for layer in layers:
         m = np.ones(layer.num_filters, np.float32)
@@ -136,9 +136,9 @@ def test_vgg16_and_convnet_flops_from_the_formula():
             flops += size * size * item * 9 * c_in
             c_in = item
     model, v = _variables("vgg16")
-    assert channel_graph(model, v).flops == flops + 512 * 10 == 313_201_664
+    assert channel_graph(model, v, (1, 32, 32, 3)).flops == flops + 512 * 10 == 313_201_664
     model, v = _variables("convnet")
-    assert channel_graph(model, v).flops == 32 * 32 * 32 * 27 + 2 * 32 * 32 * 32 * 288 + 32 * 32 * 32 * 10
+    assert channel_graph(model, v, (1, 32, 32, 3)).flops == 32 * 32 * 32 * 27 + 2 * 32 * 32 * 32 * 288 + 32 * 32 * 32 * 10
 
 
 def test_unsupported_operations_fail_loudly():
@@ -155,12 +155,12 @@ def test_unsupported_operations_fail_loudly():
     for module, message in ((Grouped(), "grouped convolutions"), (Cumulative(), "no rule for primitive 'cumsum'")):
         v = module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
         with pytest.raises(GraphError, match=message):
-            channel_graph(module, v)
+            channel_graph(module, v, (1, 32, 32, 3))
 
 
 def test_export_refuses_an_empty_layer():
-    _, v = _variables("convnet", depth=2, width=4)
-    layers = prunable_convs(v["params"])
+    model, v = _variables("convnet", depth=2, width=4)
+    layers = model_layers(model)
     live = {layers[0].name: jnp.zeros(4), layers[1].name: jnp.ones(4)}
     with pytest.raises(ExportError, match="conv0 with no filters"):
         export(architecture("convnet", depth=2, width=4), v, live)

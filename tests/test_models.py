@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from repr_jax.layers import prunable_convs
+from repr_jax.methods.base import model_layers
 from repr_jax.models import create_model
 
 
@@ -23,7 +23,7 @@ def test_parameter_counts_and_prunable_layers(name, params, convs):
     model, variables = _init(name)
     count = sum(x.size for x in jax.tree_util.tree_leaves(variables["params"]))
     assert count == params
-    layers = prunable_convs(variables["params"])
+    layers = model_layers(model)
     assert len(layers) == convs
     logits = model.apply(variables, jnp.zeros((2, 32, 32, 3)))
     assert logits.shape == (2, 10)
@@ -32,8 +32,8 @@ def test_parameter_counts_and_prunable_layers(name, params, convs):
 
 
 def test_resnet20_is_about_027m_and_layer_names():
-    _, variables = _init("resnet20")
-    layers = prunable_convs(variables["params"])
+    model, _ = _init("resnet20")
+    layers = model_layers(model)
     assert layers[0].name == "conv0" and layers[0].shape == (3, 3, 3, 16)
     assert layers[-1].name == "stage3_block2/conv2" and layers[-1].shape == (3, 3, 64, 64)
     assert layers[1].bn_path == ("stage1_block0", "conv1_bn")
@@ -45,7 +45,7 @@ def test_resnet20_is_about_027m_and_layer_names():
 ])
 def test_convnet_options(kw, convs, size):
     model, variables = _init("convnet", num_classes=100, **kw)
-    layers = prunable_convs(variables["params"])
+    layers = model_layers(model)
     assert len(layers) == convs and layers[0].shape[:2] == size
     assert all((l.bn_path is not None) == kw.get("batch_norm", False) for l in layers)
     assert all(l.has_bias != kw.get("batch_norm", False) for l in layers)

@@ -48,9 +48,9 @@ def _execute(path: Path, out: Path, expose: dict[str, str]) -> dict:
     return json.loads(printed.split(_MARK, 1)[1])
 
 
-def test_four_notebooks_with_badge_install_cell_and_no_outputs():
+def test_five_notebooks_with_badge_install_cell_and_no_outputs():
     assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_inside_repr.ipynb", "03_criteria.ipynb",
-                                           "04_compression.ipynb"]
+                                           "04_compression.ipynb", "05_your_own_model.ipynb"]
     for path in NOTEBOOKS:
         cells = json.loads(path.read_text())["cells"]
         assert "colab-badge.svg" in "".join(cells[0]["source"]) and path.name in "".join(cells[0]["source"])
@@ -86,3 +86,10 @@ def test_compression(tmp_path):
     ns = _execute(NOTEBOOKS[3], tmp_path, {"rows": "[r[0] for r in rows]"})
     assert ns["rows"] == ["li-l1", "slimming"]
     assert all((tmp_path / f"r20-{m}-seed0" / "export" / "checkpoint").exists() for m in ("li-l1", "slimming"))
+
+
+@pytest.mark.slow
+def test_your_own_model(tmp_path):
+    ns = _execute(NOTEBOOKS[4], tmp_path, {"before": "small.params_before", "after": "small.params_after",
+                                           "difference": "difference", "bn": "list(pr.layers[0].bn_path)"})
+    assert ns["after"] < ns["before"] and ns["difference"] < 1e-4 and ns["bn"] == ["BatchNorm_0"]

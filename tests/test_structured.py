@@ -19,6 +19,7 @@ from repr_jax.methods.li_l1 import LiL1, LiL1Config, l1_scores
 from repr_jax.methods.slimming import Slimming, SlimmingConfig
 from repr_jax.methods.trimming import Trimming, TrimmingConfig, apoz
 from repr_jax.models import architecture, create_model
+from repr_jax.pipeline import normalize
 from repr_jax.state import create_train_state
 
 
@@ -26,7 +27,7 @@ def _setup(method_cls, config, model="convnet", images=None, **options):
     m = create_model(model, **options)
     ctx = MethodContext.for_model(m, architecture=architecture(model, **options), train_size=256,
                                   batch_size=32, train_images=images[0] if images else None,
-                                  train_labels=images[1] if images else None)
+                                  train_labels=images[1] if images else None, preprocess=normalize)
     method = method_cls(config, ctx)
     return method, create_train_state(m, optax.sgd(0.1), 0, method=method)
 

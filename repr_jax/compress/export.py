@@ -11,8 +11,11 @@ For CIFAR ResNets this means only the first conv of each block shrinks (Li et al
 Every leaf axis the graph records is then sliced to the kept indices — the conv's kernel
 output axis, bias and BatchNorm leaves, the next conv's input axis, the dense head's rows of
 the flattened features — and the smaller model is rebuilt from the per-layer channel spec
-(:func:`repr_jax.models.create_model` with ``channels=``); its parameter shapes must equal
-the sliced ones or :class:`ExportError` names the first leaf that differs. A dead filter
+(``rebuild(channels)``: :func:`repr_jax.models.create_model` with ``channels=`` for our zoo,
+the user's own factory for theirs, :func:`export_model`); its parameter shapes must equal
+the sliced ones or :class:`ExportError` names the first leaf that differs. Without a
+``rebuild`` the export is the smaller variables and the channel spec alone (``module`` is
+None and the FLOPs after are not counted). Every trace is on the example input's shape. A dead filter
 contributes exactly 0 to every consumer in the masked model (its kernel, bias and BatchNorm
 γ/β are 0), so the two models compute the same logits up to float32 summation order.
 """
@@ -26,7 +29,7 @@ import numpy as np
 
 from repr_jax.compress.graph import FIXED, ChannelGraph, channel_graph
 from repr_jax.layers import replace_path
-from repr_jax.models import from_architecture
+from repr_jax.models import from_architecture, input_shape_of
 
 
 class ExportError(ValueError):
@@ -35,9 +38,11 @@ class ExportError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Exported:
-    """A smaller dense model: its architecture (``architecture.json``), variables, and what
-    changed. ``channels``: width per conv; ``removed``: removed filter indices per conv;
-    ``kept_dead``: dead filters kept because they are tied to a live or fixed channel."""
+    """A smaller dense model: its architecture (``architecture.json``; ``{}`` for a user's
+    model), module (None without a ``rebuild``), variables, and what changed. ``channels``:
+    width per conv — the channel spec a factory takes; ``removed``: removed filter indices
+    per conv; ``kept_dead``: dead filters kept because they are tied to a live or fixed
+    channel. ``flops_after`` is None when there is no module to count it on."""
     architecture: dict
     variables: dict
     channels: dict[str, int]
@@ -46,14 +51,15 @@ class Exported:
     params_before: int
     params_after: int
     flops_before: int
-    flops_after: int
+    flops_after: int | None
+    module: object = None
 
     def report(self) -> dict:
         """``export.json``'s counts (logit difference added by the caller)."""
         return {"params_before": self.params_before, "params_after": self.params_after,
                 "flops_before": self.flops_before, "flops_after": self.flops_after,
                 "params_ratio": self.params_before / max(self.params_after, 1),
-                "flops_ratio": self.flops_before / max(self.flops_after, 1),
+                "flops_ratio": None if self.flops_after is None else self.flops_before / max(self.flops_after, 1),
                 "channels": self.channels,
                 "removed_filters": {k: len(v) for k, v in self.removed.items()},
                 "kept_dead_filters": self.kept_dead}
@@ -109,21 +115,27 @@ def _shapes(tree) -> dict:
     return {jax.tree_util.keystr(k): tuple(np.shape(v)) for k, v in flat}
 
 
-def export(architecture: dict, variables: dict, live: dict[str, jax.Array],
-           input_shape=(1, 32, 32, 3)) -> Exported:
-    """The smaller dense model that ``variables`` with live-filter masks ``live`` compute.
+def export_model(model, variables: dict, live: dict[str, jax.Array], input_shape, rebuild=None,
+                 architecture: dict | None = None) -> Exported:
+    """The smaller dense model that ``model`` with ``variables`` and live filters ``live``
+    computes — for any Flax model the channel graph can trace.
 
     Args:
-      architecture: the model's ``architecture.json`` (:func:`repr_jax.models.architecture`).
-      variables: ``{"params", "batch_stats"}`` of the big model; dead filters must already be
-        zero (as :func:`repr_jax.masks.drop_filters` leaves them; :func:`export_state`
-        applies the masks first).
+      model: the (big) Flax module (Linen, or NNX through :func:`repr_jax.nnx.adapt`).
+      variables: ``{"params", "batch_stats"}``; dead filters must already be zero (as
+        :func:`repr_jax.masks.drop_filters` leaves them; :func:`export_state` applies masks).
       live: ``{conv name: (F,) 0/1}`` live filters (e.g. :func:`repr_jax.masks.live_filters`).
+      input_shape: one example's (H, W, C) (or a batch shape).
+      rebuild: ``channels → module``, the same model with ``{conv name: width}`` (a factory
+        that takes a channel spec); None: only the smaller variables and the channel spec.
+      architecture: recorded on the result (the zoo's ``architecture.json``), its
+        ``channels`` updated.
     """
-    model = from_architecture(architecture)
+    from repr_jax.methods.base import example_shape
+    shape = (1,) + example_shape(input_shape)
     variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
     variables.setdefault("batch_stats", {})
-    graph = channel_graph(model, variables, input_shape)
+    graph = channel_graph(model, variables, shape)
     removed = removable(graph, {k: np.asarray(v) for k, v in live.items()})
     small_vars = _slice_variables(graph, variables, removed)
     widths = {name: int(n - removed[name].sum()) for name, n in graph.layers.items()}
@@ -131,26 +143,40 @@ def export(architecture: dict, variables: dict, live: dict[str, jax.Array],
         empty = [n for n, w in widths.items() if w == 0]
         raise ExportError(f"export would leave {', '.join(empty)} with no filters")
     changed = {name: w for name, w in widths.items() if w != graph.layers[name]}
-    small_arch = dict(architecture, channels={**architecture.get("channels", {}), **changed})
-    try:
-        small_model = from_architecture(small_arch)
-        template = jax.eval_shape(lambda: small_model.init(jax.random.key(0), jnp.zeros(input_shape)))
-    except ValueError as err:
-        raise ExportError(f"the model cannot be rebuilt with these widths: {err}") from None
-    template = {k: template.get(k, {}) for k in small_vars}
-    want, got = _shapes(template), _shapes(small_vars)
-    for key in sorted(set(want) | set(got)):
-        if want.get(key) != got.get(key):
-            raise ExportError(f"exported leaf {key} has shape {got.get(key)}, the rebuilt model "
-                              f"expects {want.get(key)}")
-    small_graph = channel_graph(small_model, small_vars, input_shape)
+    small_arch = dict(architecture, channels={**architecture.get("channels", {}), **changed}) if architecture else {}
+    small_model, flops_after = None, None
+    params_after = sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(small_vars["params"]))
+    if rebuild is not None:
+        try:
+            small_model = rebuild(changed)
+            template = jax.eval_shape(lambda: small_model.init(jax.random.key(0), jnp.zeros(shape), train=False))
+        except (ValueError, TypeError) as err:
+            raise ExportError(f"the model cannot be rebuilt with these widths: {err}") from None
+        template = {k: template.get(k, {}) for k in small_vars}
+        want, got = _shapes(template), _shapes(small_vars)
+        for key in sorted(set(want) | set(got)):
+            if want.get(key) != got.get(key):
+                raise ExportError(f"exported leaf {key} has shape {got.get(key)}, the rebuilt model "
+                                  f"expects {want.get(key)}")
+        small_graph = channel_graph(small_model, small_vars, shape)
+        params_after, flops_after = small_graph.params, small_graph.flops
     dead = {name: int((np.asarray(live[name]) <= 0).sum()) if name in live else 0 for name in graph.layers}
     return Exported(
         architecture=small_arch, variables=small_vars, channels=widths,
         removed={n: np.flatnonzero(r).tolist() for n, r in removed.items()},
         kept_dead={n: dead[n] - int(removed[n].sum()) for n in graph.layers if dead[n] - int(removed[n].sum())},
-        params_before=graph.params, params_after=small_graph.params,
-        flops_before=graph.flops, flops_after=small_graph.flops)
+        params_before=graph.params, params_after=params_after,
+        flops_before=graph.flops, flops_after=flops_after, module=small_model)
+
+
+def export(architecture: dict, variables: dict, live: dict[str, jax.Array], input_shape=None) -> Exported:
+    """:func:`export_model` for a model of our zoo, described by its ``architecture.json``
+    (:func:`repr_jax.models.architecture`; its ``input_shape`` unless one is given)."""
+    def rebuild(changed):
+        return from_architecture(dict(architecture, channels={**architecture.get("channels", {}), **changed}))
+    return export_model(from_architecture(architecture), variables, live,
+                        input_shape if input_shape is not None else input_shape_of(architecture),
+                        rebuild=rebuild, architecture=architecture)
 
 
 def export_state(state, architecture: dict) -> Exported:
@@ -198,10 +224,10 @@ def load_exported(directory):
     directory = Path(directory)
     arch = json.loads((directory / "architecture.json").read_text())
     model = from_architecture(arch)
-    template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + input_shape_of(arch))))
     template = {k: template.get(k, {}) for k in ("params", "batch_stats")}
     return model, restore_variables(directory / "checkpoint", template), arch
 
 
-__all__ = ["ExportError", "Exported", "export", "export_state", "load_exported", "logits",
+__all__ = ["ExportError", "Exported", "export", "export_model", "export_state", "load_exported", "logits",
            "max_logit_difference", "removable", "save_exported"]

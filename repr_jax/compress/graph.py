@@ -148,8 +148,8 @@ class _Tracer:
             for p in params:
                 self.record(p, sources, ndim)
             return _Act(sources)
-        if params:
-            return _Param(tuple(ref for p in params for ref in p.refs))
+        if params:   # e.g. kernel * kernel: one leaf, referenced once
+            return _Param(tuple(dict.fromkeys(ref for p in params for ref in p.refs)))
         return None
 
     # -- the interpreter
@@ -385,8 +385,9 @@ def _leaf_path(key_path) -> tuple[str, ...]:
     return tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
 
 
-def channel_graph(model, variables, input_shape=(1, 32, 32, 3)) -> ChannelGraph:
-    """The :class:`ChannelGraph` of ``model`` with these ``variables`` (shapes only are used).
+def channel_graph(model, variables, input_shape) -> ChannelGraph:
+    """The :class:`ChannelGraph` of ``model`` with these ``variables`` (shapes only are used)
+    on inputs of ``input_shape`` (a batch of one: ``(1, H, W, C)``).
 
     The graph is read from the eval-mode forward pass (``train=False``) at batch size 1, so
     the multiply–adds are per example.

@@ -33,7 +33,9 @@ def _check_batch(config, data_dir, batch: int):
         data = load_run_data(config)
         return normalize(jnp.asarray(data.test_x[:batch])), f"{min(batch, len(data.test_y))} test images"
     except (DataError, OSError):
-        return jax.random.normal(jax.random.key(0), (batch, 32, 32, 3)), f"{batch} N(0, 1) images (run data not found)"
+        from repr_jax.models import input_shape_of
+        shape = (batch,) + input_shape_of(config.architecture())
+        return jax.random.normal(jax.random.key(0), shape), f"{batch} N(0, 1) images (run data not found)"
 
 
 def _forward(architecture: dict, variables: dict):
@@ -66,7 +68,8 @@ def inference_speed(architecture: dict, variables: dict, batch: int = 256, repea
     """Median images/s of the jitted eval-mode forward pass of a model on ``batch`` N(0, 1)
     images on the default device, timed as :func:`interleaved_times` times one model (after a
     compiling call; each timed call preceded by an untimed one)."""
-    images = jax.random.normal(jax.random.key(1), (batch, 32, 32, 3))
+    from repr_jax.models import input_shape_of
+    images = jax.random.normal(jax.random.key(1), (batch,) + input_shape_of(architecture))
     times = interleaved_times([_forward(architecture, variables)], images, repeats)
     return batch / float(np.median(times[:, 0]))
 
@@ -76,7 +79,8 @@ def inference_speedup(before: tuple[dict, dict], after: tuple[dict, dict], batch
     """Inference speed of two models, each ``(architecture, variables)``, timed interleaved
     (:func:`interleaved_times`): median images/s of each and the speed-up as the median over
     rounds of t_before / t_after — a ratio within each round, as ``benchmarks/`` measures."""
-    images = jax.random.normal(jax.random.key(1), (batch, 32, 32, 3))
+    from repr_jax.models import input_shape_of
+    images = jax.random.normal(jax.random.key(1), (batch,) + input_shape_of(before[0]))
     times = interleaved_times([_forward(*before), _forward(*after)], images, repeats)
     return {"inference_images_per_second_before": batch / float(np.median(times[:, 0])),
             "inference_images_per_second_after": batch / float(np.median(times[:, 1])),

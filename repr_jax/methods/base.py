@@ -50,7 +50,8 @@ on first use, so adding a method is one new module (plus its tests).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, NamedTuple
+import functools
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import numpy as np
@@ -91,15 +92,25 @@ class MethodConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MethodContext:
-    """What a method may know about its run when it is built (host side, static)."""
-    model: Any                       # the Flax module
-    architecture: dict               # repr_jax.models.architecture(...)
-    layers: tuple                    # prunable convs (repr_jax.layers.ConvLayer)
+    """What a method may know about its run when it is built (host side, static).
+
+    ``input_shape`` is one example's shape (H, W, C — any size), from the data or the
+    user's example input: every shape-dependent step (the channel graph, data-driven
+    criteria, re-initialisation from the initialiser, export) traces the model on it.
+    ``preprocess`` turns the raw images the context holds (``train_images``,
+    ``heldout_images``: e.g. uint8) into model inputs; a method applies it when it builds
+    its :meth:`Method.run_inputs`, so transitions only ever see model-ready arrays."""
+    model: Any                       # the Flax module (Linen, or an NNX module adapted: repr_jax.nnx)
+    architecture: dict               # repr_jax.models.architecture(...), {} for a user's model
+    layers: tuple                    # prunable convs (repr_jax.layers.ConvLayer), BatchNorm coupled
     epochs: int
     steps_per_epoch: int
     batch_size: int
     seed: int
-    train_images: np.ndarray | None = None   # uint8 (N, 32, 32, 3), for data-driven scores
+    input_shape: tuple = (32, 32, 3)
+    preprocess: Callable | None = None
+    graph_error: str = ""            # why the channel graph could not be traced ("" when it was)
+    train_images: np.ndarray | None = None   # raw (N, H, W, C), for data-driven scores
     train_labels: np.ndarray | None = None
     heldout_images: np.ndarray | None = None  # data.holdout: set aside, never trained on
     heldout_labels: np.ndarray | None = None
@@ -111,22 +122,86 @@ class MethodContext:
             return self.heldout_images, self.heldout_labels
         return self.train_images, self.train_labels
 
+    def model_inputs(self, images):
+        """``images`` as the model takes them (:attr:`preprocess`, identity when None), as a
+        device array."""
+        import jax.numpy as jnp
+        return jnp.asarray(images if self.preprocess is None else self.preprocess(jnp.asarray(images)))
+
+    def example_input(self):
+        """A zero batch of one example of :attr:`input_shape` (float32)."""
+        import jax.numpy as jnp
+        return jnp.zeros((1,) + tuple(self.input_shape), jnp.float32)
+
+    def variable_shapes(self) -> dict:
+        """The model's variables as shapes (``jax.eval_shape`` of its ``init``)."""
+        return model_variable_shapes(self.model, tuple(self.input_shape))
+
+    def graph(self):
+        """The model's channel graph (:func:`repr_jax.compress.graph.channel_graph`) on
+        :attr:`input_shape`, computed once per (model, shape)."""
+        return model_graph(self.model, tuple(self.input_shape))
+
     @classmethod
     def for_model(cls, model, *, epochs: int = 1, batch_size: int = 128, seed: int = 0,
                   train_images=None, train_labels=None, heldout_images=None, heldout_labels=None,
-                  architecture: dict | None = None,
-                  train_size: int | None = None, input_shape=(1, 32, 32, 3)) -> "MethodContext":
-        """A context for ``model``: layers from its shapes, steps per epoch from ``train_size``
-        (default: the number of ``train_labels``)."""
-        import jax.numpy as jnp
-
+                  architecture: dict | None = None, train_size: int | None = None,
+                  input_shape=None, example_input=None, preprocess=None) -> "MethodContext":
+        """A context for ``model``: its prunable convs and their BatchNorms from the channel
+        graph traced on ``example_input``'s shape (or ``input_shape``, one example's (H, W, C);
+        default 32×32×3), steps per epoch from ``train_size`` (default: the number of
+        ``train_labels``)."""
+        from repr_jax.compress.graph import GraphError
         from repr_jax.layers import prunable_convs
-        shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(input_shape), train=False))
+        shape = example_shape(input_shape, example_input)
         n = train_size if train_size is not None else (0 if train_labels is None else len(train_labels))
-        return cls(model=model, architecture=architecture or {}, layers=prunable_convs(shapes["params"]),
+        try:
+            layers, graph_error = model_layers(model, shape), ""
+        except GraphError as err:   # only methods that prune need it (Method.prunes)
+            layers, graph_error = prunable_convs(model_variable_shapes(model, shape)["params"]), str(err)
+        return cls(model=model, architecture=architecture or {}, layers=layers, graph_error=graph_error,
                    epochs=epochs, steps_per_epoch=n // batch_size, batch_size=batch_size, seed=seed,
+                   input_shape=shape, preprocess=preprocess,
                    train_images=train_images, train_labels=train_labels,
                    heldout_images=heldout_images, heldout_labels=heldout_labels)
+
+
+def example_shape(input_shape=None, example_input=None) -> tuple[int, ...]:
+    """One example's shape (H, W, C) from an example batch (its first axis dropped) or a
+    given shape; (32, 32, 3) when neither is given."""
+    if example_input is not None:
+        shape = tuple(int(d) for d in np.shape(example_input)[1:])
+    elif input_shape is not None:
+        shape = tuple(int(d) for d in input_shape)
+        shape = shape[1:] if len(shape) == 4 else shape
+    else:
+        shape = (32, 32, 3)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"an example input must be (batch, H, W, C); got one example of shape {shape}")
+    return shape
+
+
+@functools.lru_cache(maxsize=64)
+def model_variable_shapes(model, input_shape: tuple) -> dict:
+    """``jax.eval_shape`` of ``model.init`` on a zero batch of ``input_shape`` (cached)."""
+    import jax.numpy as jnp
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + input_shape, jnp.float32),
+                                             train=False))
+
+
+def model_layers(model, input_shape=(32, 32, 3)) -> tuple:
+    """The prunable convs of ``model`` with their BatchNorms coupled through its channel
+    graph (:func:`repr_jax.layers.coupled_layers`), traced on one example's ``input_shape``."""
+    from repr_jax.layers import coupled_layers
+    shape = example_shape(input_shape)
+    return coupled_layers(model_variable_shapes(model, shape)["params"], model_graph(model, shape))
+
+
+@functools.lru_cache(maxsize=64)
+def model_graph(model, input_shape: tuple):
+    """The channel graph of ``model`` on ``input_shape`` (cached; shapes only, no arrays)."""
+    from repr_jax.compress.graph import channel_graph
+    return channel_graph(model, model_variable_shapes(model, input_shape), (1,) + input_shape)
 
 
 class Event(NamedTuple):
@@ -151,12 +226,18 @@ class StepInputs(NamedTuple):
 
 
 class Method:
-    """Base class: every hook does nothing. See the module docstring for the contract."""
+    """Base class: every hook does nothing. See the module docstring for the contract.
+    ``prunes``: the method masks filters or weights, so it needs the model's channel graph
+    (its BatchNorms are found there); a model the graph cannot trace is refused with the
+    graph's reason."""
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = MethodConfig
     summary: ClassVar[str] = ""
+    prunes: ClassVar[bool] = True
 
     def __init__(self, config: MethodConfig, context: MethodContext):
+        if self.prunes and context.graph_error:
+            raise ValueError(f"{self.name} cannot prune this model: {context.graph_error}")
         self.config = config
         self.context = context
 
@@ -281,4 +362,5 @@ def create_method(config: MethodConfig, context: MethodContext) -> Method:
 
 
 __all__ = ["Event", "METHODS", "Method", "MethodConfig", "MethodContext", "Phase", "StepInputs",
-           "create_method", "get_method", "method_config", "method_names", "register"]
+           "create_method", "example_shape", "get_method", "method_config", "method_names", "model_graph", "model_layers",
+           "model_variable_shapes", "register"]

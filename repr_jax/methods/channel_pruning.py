@@ -38,7 +38,6 @@ from repr_jax.masks import apply_masks, live_filters
 from repr_jax.methods.base import register
 from repr_jax.methods.structured import (StructuredConfig, StructuredMethod, check_fraction, keep_counts,
                                          match_layers)
-from repr_jax.pipeline import normalize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +110,7 @@ class ChannelPruning(StructuredMethod):
         images, labels = context.scoring_data()
         if images is not None:
             x, _ = scoring_batches(images, labels, 1, min(config.images, len(labels)), seed=context.seed + 1)
-            self.score_images = jnp.asarray(x[0])
+            self.score_images = context.model_inputs(x[0])
 
     def run_inputs(self):
         return self.score_images
@@ -124,7 +123,7 @@ class ChannelPruning(StructuredMethod):
         if inputs is None:
             raise ValueError("channel-pruning needs images to sample feature maps from (MethodContext.train_images)")
         cfg = self.config
-        x = normalize(inputs)
+        x = inputs
         params = apply_masks(state.params, state.masks)
         live = dict(live_filters(state.masks, state.layers))
         sites = {b.path: a for a, (b, _) in self.pairs.items()}

@@ -168,8 +168,7 @@ class JointSearchTraining(Method):
         if not self.searched:
             raise ValueError("jst: no layer of this model can lose filters")
         self.names = tuple(l.name for l in self.searched)
-        shapes = jax.eval_shape(lambda: context.model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-                                                           train=False))["params"]
+        shapes = context.variable_shapes()["params"]
         self.cost = SubnetCost(self.graph, shapes)
         self.coarse_steps = config.coarse_epochs * context.steps_per_epoch
         self.period = config.step_epochs * context.steps_per_epoch // config.subnets
@@ -181,7 +180,7 @@ class JointSearchTraining(Method):
         if images is not None:
             from repr_jax.criteria import scoring_batches
             x, y = scoring_batches(images, labels, config.val_batches, context.batch_size, seed=context.seed + 2)
-            self.validation = (jnp.asarray(x), jnp.asarray(y))
+            self.validation = (context.model_inputs(x), jnp.asarray(y))
         self.policy_tx = optax.adam(config.policy_lr)
         self.alpha_tx = optax.adam(config.alpha_lr)
         self._search_jit = jax.jit(self._search_update)
@@ -291,11 +290,11 @@ class JointSearchTraining(Method):
 
     # ---------------------------------------------------------------- between epochs
     def _subnet_loss(self, state, alpha: dict, mask: dict, images, labels) -> jax.Array:
-        """Mean cross-entropy of one sub-network (``mask``: {layer: (F,)}) on uint8 ``images``
-        (any leading batch axes), BatchNorm in training mode (batch statistics, discarded)."""
-        from repr_jax.pipeline import normalize
+        """Mean cross-entropy of one sub-network (``mask``: {layer: (F,)}) on model-ready
+        ``images`` (any leading batch axes), BatchNorm in training mode (batch statistics,
+        discarded)."""
         from repr_jax.train import RNG_STREAMS, cross_entropy, forward
-        x = normalize(images.reshape((-1,) + images.shape[-3:]))
+        x = images.reshape((-1,) + images.shape[-3:])
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), SEARCH_STREAM)
         st = state.replace(method_state={**state.method_state, "mode": jnp.asarray(SEARCH, jnp.int32),
                                          "sub_mask": mask})

@@ -162,18 +162,16 @@ def conv_kernels(params, layers):
     return tree
 
 
-def outgoing_map(model, layers) -> tuple:
+def outgoing_map(context) -> tuple:
     """``((layer, params path, axis, owner), …)``: for every kernel that consumes a prunable
     conv's channels (the next conv's input axis, the dense head's flattened rows), ``owner[i]``
     is the filter of ``layer`` that index ``i`` of ``axis`` reads, or −1 (another source, or
     a residual sum of several). From the model's channel graph (host side, once)."""
     import numpy as np
 
-    from repr_jax.compress.graph import channel_graph
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
-    graph = channel_graph(model, variables)
+    graph = context.graph()
     out = []
-    for layer in layers:
+    for layer in context.layers:
         for use in graph.consumers(layer.name):
             if use.collection != "params" or use.path[-1] != "kernel":
                 continue
@@ -220,10 +218,10 @@ class RePr(Method):
         if self.criterion.needs_data and images is not None:
             x, y = scoring_batches(images, labels, config.criterion_batches, context.batch_size,
                                    seed=context.seed + 1)
-            self.score_data = (jnp.asarray(x), jnp.asarray(y))
-        self.outgoing = outgoing_map(context.model, context.layers) if config.outgoing_scale != 1.0 else ()
+            self.score_data = (context.model_inputs(x), jnp.asarray(y))
+        self.outgoing = outgoing_map(context) if config.outgoing_scale != 1.0 else ()
         if config.reinit == "random":
-            zeros = jnp.zeros((1, 32, 32, 3), jnp.float32)
+            zeros = context.example_input()
             self._init_params = lambda key: context.model.init(key, zeros, train=False)["params"]
         self._drop_jit = jax.jit(self._drop)
         self._reinit_jit = jax.jit(self._reinit)

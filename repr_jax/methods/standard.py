@@ -20,6 +20,7 @@ class Standard(Method):
     name = "standard"
     config_class = StandardConfig
     summary = "plain training of the full network"
+    prunes = False
 
 
 __all__ = ["Standard", "StandardConfig"]

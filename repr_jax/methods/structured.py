@@ -118,26 +118,9 @@ def match_layers(text: str, names, what: str) -> set[str]:
     return found
 
 
-@functools.lru_cache(maxsize=16)
-def _graph_for(arch_key: str):
-    import json
-
-    from repr_jax.compress.graph import channel_graph
-    from repr_jax.models import from_architecture
-    model = from_architecture(json.loads(arch_key))
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
-    return channel_graph(model, variables)
-
-
 def model_graph(context):
-    """The channel graph of the context's model (cached per architecture)."""
-    import json
-    if context.architecture:
-        return _graph_for(json.dumps(context.architecture, sort_keys=True))
-    from repr_jax.compress.graph import channel_graph
-    variables = jax.eval_shape(lambda: context.model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-                                                          train=False))
-    return channel_graph(context.model, variables)
+    """The channel graph of the context's model on its input shape (cached)."""
+    return context.graph()
 
 
 def removable_layers(graph) -> tuple[str, ...]:

@@ -30,7 +30,6 @@ from repr_jax.masks import apply_masks, live_filters
 from repr_jax.methods.base import register
 from repr_jax.methods.structured import (StructuredConfig, StructuredMethod, check_fraction, keep_counts,
                                          keep_highest, match_layers)
-from repr_jax.pipeline import normalize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +76,7 @@ class Trimming(StructuredMethod):
         if images is not None:
             x, y = scoring_batches(images, labels, config.criterion_batches, context.batch_size,
                                    seed=context.seed + 1)
-            self.score_data = (jnp.asarray(x), jnp.asarray(y))
+            self.score_data = (context.model_inputs(x), jnp.asarray(y))
 
     def init_method_state(self, params, key):
         return {"baseline_accuracy": jnp.zeros((), jnp.float32), "stopped": jnp.zeros((), jnp.float32)}
@@ -94,7 +93,7 @@ class Trimming(StructuredMethod):
         live = live_filters(state.masks, layers)
         flat_x, flat_y = images.reshape((-1,) + images.shape[2:]), labels.reshape(-1)
         logits = state.apply_fn({"params": apply_masks(state.params, state.masks),
-                                 "batch_stats": state.batch_stats}, normalize(flat_x), train=False)
+                                 "batch_stats": state.batch_stats}, flat_x, train=False)
         accuracy = jnp.mean((jnp.argmax(logits, -1) == flat_y).astype(jnp.float32))
         ms = state.method_state
         baseline = accuracy if round_ == 0 else ms["baseline_accuracy"]

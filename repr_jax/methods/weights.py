@@ -39,8 +39,7 @@ def kernel_paths(params, kinds: str = "all") -> tuple[tuple[tuple[str, ...], str
 def model_kernels(context, kinds: str, method: str):
     """:func:`kernel_paths` of the context's model (shapes only, nothing computed);
     ``ValueError`` naming ``method`` when it has none of ``kinds``."""
-    shapes = jax.eval_shape(lambda: context.model.init(
-        jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))["params"]
+    shapes = context.variable_shapes()["params"]
     paths = kernel_paths(shapes, kinds)
     if not paths:
         raise ValueError(f"{method}: the model has no {kinds} kernels")

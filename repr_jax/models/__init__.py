@@ -5,9 +5,10 @@ head's ``hidden``, ``dropout``, ``dropconnect``, ``dropconnect_mode``, ``dropcon
 ``resnet8|20|32|56|110`` (ResNet-8: one block per stage, for quick checks), ``vgg16`` (option
 ``variant``: ``paper`` or Li et al.'s ``li`` head). ``channels`` is a per-conv width spec (see
 :mod:`repr_jax.models.channels`): every builder makes the smaller dense model an export
-describes. An *architecture* — ``{"name", "num_classes", "options", "channels"}``, the
-content of a run's ``architecture.json`` — rebuilds the same module with
-:func:`from_architecture`.
+describes. An *architecture* — ``{"name", "num_classes", "options", "channels",
+"input_shape"}``, the content of a run's ``architecture.json`` — rebuilds the same module
+with :func:`from_architecture`; ``input_shape`` is one example's (H, W, C) (read as
+32×32×3 from an architecture written before it was recorded, :func:`input_shape_of`).
 """
 from __future__ import annotations
 
@@ -40,10 +41,15 @@ def create_model(name: str, num_classes: int = 10, channels=None, **options):
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
-def architecture(name: str, num_classes: int = 10, channels=None, **options) -> dict:
+def architecture(name: str, num_classes: int = 10, channels=None, input_shape=(32, 32, 3), **options) -> dict:
     """The JSON-shaped description :func:`from_architecture` rebuilds."""
     return {"name": name, "num_classes": int(num_classes), "options": dict(options),
-            "channels": dict(as_spec(channels))}
+            "channels": dict(as_spec(channels)), "input_shape": [int(d) for d in input_shape]}
+
+
+def input_shape_of(arch: dict) -> tuple[int, int, int]:
+    """One example's (H, W, C) an architecture was built for (CIFAR's when not recorded)."""
+    return tuple(int(d) for d in arch.get("input_shape") or (32, 32, 3))
 
 
 def from_architecture(arch: dict):
@@ -56,4 +62,4 @@ def from_architecture(arch: dict):
 
 
 __all__ = ["ConvNet", "DropConnectDense", "HEAD_OPTIONS", "CifarResNet", "VGG", "VGG_VARIANTS", "MODELS", "architecture", "create_model",
-           "from_architecture"]
+           "from_architecture", "input_shape_of"]

@@ -1,0 +1,184 @@
+"""NNX modules in the library: a Linen-style view of a ``flax.nnx`` module.
+
+Everything in repr-jax speaks the Linen calling convention — ``model.init(key, x,
+train=False)`` returning ``{"params": …, "batch_stats": …}`` and
+``model.apply(variables, x, train=…, mutable=["batch_stats"], rngs=…)`` — so that masks,
+criteria, re-initialisation, the channel graph and export are pure functions of plain
+dicts. :func:`adapt` gives an NNX module that face: its ``nnx.Param`` and ``nnx.BatchStat``
+states become nested dicts (string keys: an ``nnx.List`` index ``0`` is ``"0"``), and
+``apply`` merges them into a fresh copy of the module (``nnx.split`` / ``nnx.merge``), calls
+it in train or eval mode and splits the new batch statistics back out — a pure function,
+so it traces under ``jit``, ``grad`` and ``vmap`` like a Linen ``apply``.
+
+* ``rngs={"dropout": key}`` reseeds the module's RNG streams of those names for the call
+  (``nnx.reseed``), so dropout differs per step as in a Linen model.
+* Output interception (:func:`repr_jax.layers.intercept_outputs`: scoring probes and a
+  method's channel gates) works by replacing the intercepted submodules of the merged copy
+  for the call.
+* :meth:`NNXModel.write_back` puts trained or exported variables into the user's module
+  (in place; shapes may shrink — NNX modules are mutable, so an export shrinks the module
+  itself, :func:`repr_jax.api.shrink_nnx`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+
+def _nnx():
+    from flax import nnx
+    return nnx
+
+
+def _pure(state) -> dict:
+    """An NNX state as a nested dict of arrays (``nnx.to_pure_dict``; the method before it)."""
+    nnx = _nnx()
+    return nnx.to_pure_dict(state) if hasattr(nnx, "to_pure_dict") else state.to_pure_dict()
+
+
+def _str_keys(tree):
+    """A pure dict with every key a string (``nnx.List`` indices become ``"0"``, …)."""
+    if isinstance(tree, dict):
+        return {str(k): _str_keys(v) for k, v in tree.items()}
+    return tree
+
+
+def _like(template, tree):
+    """``tree`` (string keys) with the key types of ``template`` (an NNX pure dict)."""
+    if isinstance(template, dict):
+        return {k: _like(v, tree[str(k)]) for k, v in template.items()}
+    return tree
+
+
+def _state_with(state, values: dict):
+    """A copy of the NNX ``state`` holding ``values`` (a string-keyed pure dict)."""
+    nnx = _nnx()
+    copy = jax.tree_util.tree_map(lambda x: x, state)
+    nnx.replace_by_pure_dict(copy, _like(_pure(state), values))
+    return copy
+
+
+def _parent_and_key(module, path: tuple[str, ...]):
+    node = module
+    for key in path[:-1]:
+        node = node[int(key)] if key.isdigit() and not hasattr(node, key) else getattr(node, key)
+    return node, path[-1]
+
+
+def _get(parent, key: str):
+    return parent[int(key)] if key.isdigit() and not hasattr(parent, key) else getattr(parent, key)
+
+
+def _set(parent, key: str, value) -> None:
+    if key.isdigit() and not hasattr(parent, key):
+        parent[int(key)] = value
+    else:
+        setattr(parent, key, value)
+
+
+class NNXModel:
+    """The Linen-style face of an NNX ``module`` (see the module docstring). Hashable by
+    identity, so per-model caches (channel graph, shapes) key on it."""
+
+    def __init__(self, module):
+        nnx = _nnx()
+        if not isinstance(module, nnx.Module):
+            raise TypeError(f"adapt() takes a flax.nnx.Module, got {type(module).__name__}")
+        self.module = module
+        self.graphdef, self._params, self._stats, self._rest = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __eq__(self, other) -> bool:
+        return self is other
+
+    def init(self, rngs=None, x=None, train: bool = False, **_) -> dict:
+        """The module's variables as they are (an NNX module is initialised when built; the
+        key is ignored): ``{"params", "batch_stats"}`` with string keys."""
+        del rngs, x, train
+        return {"params": _str_keys(_pure(self._params)), "batch_stats": _str_keys(_pure(self._stats))}
+
+    def bind(self, variables: dict):
+        """A fresh NNX module (a copy) holding ``variables``."""
+        nnx = _nnx()
+        return nnx.merge(self.graphdef, _state_with(self._params, variables["params"]),
+                         _state_with(self._stats, variables.get("batch_stats", {})), self._rest)
+
+    def apply(self, variables: dict, x, train: bool = False, mutable=False, rngs: dict | None = None,
+              method=None, **kwargs) -> Any:
+        from repr_jax.layers import active_intercepts
+        nnx = _nnx()
+        module = self.bind(variables)
+        if rngs:
+            try:
+                nnx.reseed(module, **{name: key for name, key in rngs.items()})
+            except (ValueError, KeyError, AttributeError, TypeError):
+                pass   # the module has no such streams (no dropout): nothing to reseed
+        module.train() if train else module.eval()
+        restore = []
+        for sites, fn in active_intercepts():
+            for path, name in sites.items():
+                parent, key = _parent_and_key(module, tuple(path))
+                inner = _get(parent, key)
+                _set(parent, key, _intercepted(inner, name, fn))
+                restore.append((parent, key, inner))
+        try:
+            out = module(x, **kwargs) if method is None else getattr(module, method)(x, **kwargs)
+        finally:
+            for parent, key, inner in reversed(restore):
+                _set(parent, key, inner)
+        if mutable:
+            _, _, stats, _ = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
+            return out, {"batch_stats": _str_keys(_pure(stats))}
+        return out
+
+    def write_back(self, variables: dict) -> None:
+        """Put ``variables`` (``{"params", "batch_stats"}``, string keys) into the user's module,
+        in place; leaves whose shapes changed (an export) are replaced with their new shape."""
+        nnx = _nnx()
+        params = _state_with(self._params, variables["params"])
+        stats = _state_with(self._stats, variables.get("batch_stats", {}))
+        nnx.update(self.module, params, stats)
+        self.graphdef, self._params, self._stats, self._rest = nnx.split(self.module, nnx.Param, nnx.BatchStat, ...)
+
+
+_INTERCEPTED = []
+
+
+def _intercepted(inner, name, fn):
+    """An NNX module that calls ``inner`` and passes its output through ``fn(name, output)``
+    (defined on first use: importing this module imports no NNX)."""
+    if not _INTERCEPTED:
+        nnx = _nnx()
+
+        class Intercepted(nnx.Module):
+            def __init__(self, inner, name, fn):
+                self.inner = inner
+                self.name, self.fn = name, fn
+
+            def __call__(self, *args, **kwargs):
+                return self.fn(self.name, self.inner(*args, **kwargs))
+
+        _INTERCEPTED.append(Intercepted)
+    return _INTERCEPTED[0](inner, name, fn)
+
+
+def adapt(model):
+    """``model`` as the library takes it: a Linen module as it is, an NNX module wrapped in
+    :class:`NNXModel` (an :class:`NNXModel` as it is)."""
+    try:
+        nnx = _nnx()
+    except ImportError:   # pragma: no cover - flax without nnx
+        return model
+    if isinstance(model, nnx.Module):
+        return NNXModel(model)
+    return model
+
+
+def is_nnx(model) -> bool:
+    return isinstance(model, NNXModel)
+
+
+__all__ = ["NNXModel", "adapt", "is_nnx"]
