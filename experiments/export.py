@@ -21,7 +21,7 @@ enable_cpu_fusion()  # before JAX starts its backend; REPR_JAX_NO_YNN=1 opts out
 
 from repr_jax.cli import DefaultsHelpFormatter, fail  # noqa: E402
 from repr_jax.compress import ExportError, GraphError  # noqa: E402
-from repr_jax.compress.run_export import export_run  # noqa: E402
+from repr_jax.export_runs import export_run  # noqa: E402
 from repr_jax.config import RunError  # noqa: E402
 from repr_jax.data import DataError  # noqa: E402
 

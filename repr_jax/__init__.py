@@ -52,7 +52,7 @@ _EXPORTS = {
         "revive_filters", "with_element_mask", "with_live_filters"),
     ".methods": ("METHODS", "Event", "Method", "MethodConfig", "MethodContext", "Phase", "create_method",
         "get_method", "method_config", "method_names", "register"),
-    ".methods.base": ("model_graph", "model_layers"),
+    ".shapes": ("model_graph", "model_layers"),
     ".methods.repr": ("RePr", "ReprConfig", "ReprSchedule"),
     ".methods.standard": ("Standard", "StandardConfig"),
     ".models": ("architecture", "create_model", "from_architecture"),

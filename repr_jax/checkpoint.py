@@ -38,7 +38,6 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from repr_jax.errors import RunError
 from repr_jax.layers import get_path
-from repr_jax.state import TrainState
 
 
 def _reason(err: BaseException) -> str:
@@ -132,7 +131,7 @@ class Checkpointer:
         except OSError as err:
             raise RunError(f"cannot use checkpoint directory {self.directory}: {_reason(err)}") from None
 
-    def save(self, epoch: int, state: TrainState, metrics: dict, extra: dict) -> None:
+    def save(self, epoch: int, state, metrics: dict, extra: dict) -> None:
         """Save the state after ``epoch`` (1-based count of finished epochs)."""
         items = ocp.args.Composite(
             state=ocp.args.StandardSave(_saved_part(state)),
@@ -165,7 +164,7 @@ class Checkpointer:
     def epochs(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def restore(self, template: TrainState, epoch: int | None = None) -> tuple[TrainState, dict]:
+    def restore(self, template, epoch: int | None = None) -> tuple:
         """Restore into the structure of ``template`` (a freshly created state), each array
         laid out as the template's is: on this process's first device, or replicated over a
         device mesh when the template was (:func:`repr_jax.parallel.replicate`)."""
@@ -188,7 +187,7 @@ class Checkpointer:
         restored["teacher"] = flax.serialization.to_state_dict(template)["teacher"]
         return flax.serialization.from_state_dict(template, restored), dict(out["extra"])
 
-    def restore_newest(self, template: TrainState, accept=None):
+    def restore_newest(self, template, accept=None):
         """``(state, extra, epoch, skipped)``: the newest checkpoint that restores (and that
         ``accept(state)`` accepts, when given), ``skipped`` listing ``(epoch, reason)`` for each
         newer one passed over. ``RunError`` if none is usable."""
@@ -233,7 +232,7 @@ def _check_shapes(saved, target) -> None:
             raise ValueError(f"saved {key} has shape {shapes[key]}, the model's is {tuple(np.shape(leaf))}")
 
 
-def _saved_part(state: TrainState) -> dict:
+def _saved_part(state) -> dict:
     """What a checkpoint holds: the state without a distillation teacher (restored from its
     own run directory instead)."""
     tree = dict(flax.serialization.to_state_dict(state))
@@ -278,7 +277,7 @@ def restore_variables(directory: str | Path, template: dict) -> dict:
         checkpointer.close()
 
 
-def _from_legacy(restored: dict, template: TrainState) -> dict:
+def _from_legacy(restored: dict, template) -> dict:
     """A pre-``method_state`` checkpoint's tree in today's layout (see module docstring)."""
     snapshot = restored.pop("snapshot")
     current = flax.serialization.to_state_dict(template)

@@ -10,7 +10,7 @@ The train step always adds the cross-entropy with weight 1, so the reported loss
 ``kd = α · (T² · KL − CE)``; ``loss + kd`` is the ``L`` above.
 
 Settings (``--set kd.teacher=RUN_DIR --set kd.temperature=4 --set kd.alpha=0.9``): the teacher
-is any run directory (its latest checkpoint, masked parameters, eval-mode BatchNorm; any
+is any run directory (loaded by :mod:`repr_jax.teacher`) (its latest checkpoint, masked parameters, eval-mode BatchNorm; any
 architecture); ``{seed}`` in the path is replaced by the student's seed. Its variables ride in
 the train state (``TrainState.teacher``, never checkpointed — a resumed run loads the teacher
 again) and the settings in the static ``TrainState.distill``, so every method's jitted step
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Callable
 
 import jax
@@ -81,40 +80,4 @@ def kd_term(distill: Distiller, teacher_variables, images, logits, cross_entropy
     return distill.alpha * (soft_kl(logits, teacher_logits, distill.temperature) - cross_entropy)
 
 
-def check_teacher(config) -> None:
-    """``RunError`` (one line) unless ``config.kd.teacher`` names a run directory of a model
-    with this run's classes (no data read, nothing restored)."""
-    from repr_jax.errors import RunError
-    from repr_jax.run_dir import read_config
-    source = config.kd.teacher_dir(config.seed)
-    if not source:
-        return
-    if not (Path(source) / "config.json").exists():
-        raise RunError(f"--set kd.teacher={source}: no repr-jax run there (no config.json)")
-    classes = read_config(Path(source)).num_classes
-    if classes != config.num_classes:
-        raise RunError(f"--set kd.teacher={source}: it predicts {classes} classes, this run {config.num_classes}")
-
-
-def attach_teacher(config, state):
-    """``state`` with the teacher of ``config.kd`` (none: unchanged). ``RunError`` if the teacher
-    cannot be restored or does not take this data set's images."""
-    from repr_jax.errors import RunError
-    from repr_jax.experiment import build_model, restore_run
-    from repr_jax.masks import apply_masks
-    source = config.kd.teacher_dir(config.seed)
-    if not source:
-        return state
-    check_teacher(config)
-    try:
-        t_config, arch, _, t_state = restore_run(source, "latest")
-    except (RunError, ValueError, OSError) as err:
-        raise RunError(f"--set kd.teacher={source}: cannot restore it: {err}") from None
-    model = build_model(t_config, arch)
-    variables = {"params": apply_masks(t_state.params, t_state.masks), "batch_stats": t_state.batch_stats}
-    variables = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), variables)
-    return state.replace(teacher=variables,
-                         distill=Distiller(model.apply, config.kd.temperature, config.kd.alpha))
-
-
-__all__ = ["distillation_loss", "Distiller", "KDConfig", "attach_teacher", "check_teacher", "kd_term", "soft_kl"]
+__all__ = ["Distiller", "KDConfig", "distillation_loss", "kd_term", "soft_kl"]

@@ -33,10 +33,10 @@ import jax.numpy as jnp
 
 from repr_jax.config import RunConfig
 from repr_jax.data import Cifar, load_cifar
-from repr_jax.distill import attach_teacher
+from repr_jax.teacher import attach_teacher
 from repr_jax.errors import Diverged, Interrupted, NonFiniteError, RunError
-from repr_jax.experiment import (Session, _all_finite, _diverge, _non_finite, _progress_bar, build_model, close,
-                                 finish, initial_state, log_epoch, start, warm_start)
+from repr_jax.run_state import all_finite, build_model, initial_state, warm_start
+from repr_jax.session import Session, close, diverge, finish, log_epoch, non_finite, progress_bar, start
 from repr_jax.masks import live_filters
 from repr_jax.methods.base import Event
 from repr_jax.parallel import batch_sharding, replicate, stack, unstack
@@ -178,7 +178,7 @@ def _live_counts(states):
 @jax.jit
 def _finite(states):
     """Per member: whether parameters, batch stats and method parameters are all finite."""
-    return jax.vmap(lambda st: _all_finite((st.params, st.batch_stats, st.method_params)))(states)
+    return jax.vmap(lambda st: all_finite((st.params, st.batch_stats, st.method_params)))(states)
 
 
 def train_population(sessions: list[Session]) -> dict[int, Diverged]:
@@ -202,7 +202,7 @@ def train_population(sessions: list[Session]) -> dict[int, Diverged]:
 
     def stop(i, epoch, quantity):
         try:
-            _diverge(sessions[i], epoch, quantity)
+            diverge(sessions[i], epoch, quantity)
         except Diverged as err:
             diverged[sessions[i].config.seed] = err
 
@@ -221,7 +221,7 @@ def train_population(sessions: list[Session]) -> dict[int, Diverged]:
             except NonFiniteError as err:
                 stop(i, epoch, str(err))
         active = [i for i in active if sessions[i].config.seed not in diverged]
-        progress = _progress_bar(config, epoch, phase.name, arrays[1].shape[-1] // config.batch_size)
+        progress = progress_bar(config, epoch, phase.name, arrays[1].shape[-1] // config.batch_size)
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(roots, epoch)
         states, train_ms = _population_epoch(states, arrays, keys, s0, data_axis=data_axis, layers=layers,
                                              progress=progress, sharding=step_sharding)
@@ -235,7 +235,7 @@ def train_population(sessions: list[Session]) -> dict[int, Diverged]:
         elapsed = time.perf_counter() - started
         for i in active:
             s = sessions[i]
-            bad = _non_finite(train_ms[i], test_ms[i]) or (None if bool(finite[i]) else "parameters")
+            bad = non_finite(train_ms[i], test_ms[i]) or (None if bool(finite[i]) else "parameters")
             events = [member_event(e, i) for e in before]
             if bad is None:
                 try:

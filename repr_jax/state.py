@@ -51,9 +51,10 @@ def create_train_state(model, tx: optax.GradientTransformation, seed: int,
     """Initialise params/batch stats from ``seed`` on a zero batch of ``input_shape`` (one
     example's (H, W, C); default the method's, else 32×32×3); all-ones masks (element masks
     where ``method`` asks); fresh optimizer state; the method's state and extra parameters."""
-    from repr_jax.methods.base import MethodContext, example_shape
-    context = method.context if method is not None else MethodContext.for_model(model, input_shape=input_shape)
-    shape = example_shape(input_shape) if input_shape is not None else tuple(context.input_shape)
+    from repr_jax.shapes import example_shape, model_layers
+    shape = example_shape(input_shape) if input_shape is not None else (
+        tuple(method.context.input_shape) if method is not None else example_shape())
+    layers = method.context.layers if method is not None else model_layers(model, shape)
     root = jax.random.key(seed)
     init_key, run_key = jax.random.split(root)
     variables = model.init(init_key, jnp.zeros((1,) + shape, jnp.float32), train=False)
@@ -71,7 +72,7 @@ def create_train_state(model, tx: optax.GradientTransformation, seed: int,
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
         batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-        masks=init_masks(params, context.layers, element), layers=context.layers,
+        masks=init_masks(params, layers, element), layers=layers,
         rng=jax.random.key_data(run_key), method_state=method_state,
         method_params=method_params, method_opt_state=method_opt_state,
         apply_fn=model.apply, tx=tx, method_tx=method_tx)

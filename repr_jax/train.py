@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from repr_jax.distill import kd_term
-from repr_jax.layers import ConvLayer, intercept_outputs, prunable_convs, response_site
+from repr_jax.layers import ConvLayer, intercept_outputs, response_site
 from repr_jax.methods.base import Method, StepInputs
 from repr_jax.ortho import orthogonality_penalty
 from repr_jax.pipeline import augment, epoch_indices, eval_indices, normalize

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from repr_jax.compress import FIXED, ExportError, GraphError, channel_graph, export, logits
-from repr_jax.methods.base import model_layers
+from repr_jax.shapes import model_layers
 from repr_jax.masks import apply_masks, init_masks, with_live_filters
 from repr_jax.models import architecture, create_model
 

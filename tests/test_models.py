@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from repr_jax.methods.base import model_layers
+from repr_jax.shapes import model_layers
 from repr_jax.models import create_model
 
 

@@ -10,7 +10,8 @@ import matplotlib.figure
 import pytest
 
 from conftest import load_script
-from repr_jax import experiment
+from repr_jax import session
+from repr_jax.checkpoint import Checkpointer
 from repr_jax.config import RunConfig
 from repr_jax.evaluate import main as evaluate_main
 from repr_jax.methods.repr_records import describe_record
@@ -73,31 +74,31 @@ def test_a_repr_run_prints_its_drops_and_reinits(tiny_cifar_dir, tmp_path, capsy
 
 def test_progress_bar_counts_images_and_only_on_a_terminal(monkeypatch):
     config = RunConfig(out="x", epochs=5, batch_size=32)
-    assert experiment._progress_bar(config, 0, "full", 10) is None     # pytest's stderr: not a terminal
+    assert session.progress_bar(config, 0, "full", 10) is None     # pytest's stderr: not a terminal
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    bar = experiment._progress_bar(config, 0, "full", 10)
+    bar = session.progress_bar(config, 0, "full", 10)
     try:
         assert bar.total == 320 and bar.unit == "img" and bar.smoothing == 0.0
     finally:
         bar.close()
     import dataclasses
-    assert experiment._progress_bar(dataclasses.replace(config, quiet=True), 0, "full", 10) is None
+    assert session.progress_bar(dataclasses.replace(config, quiet=True), 0, "full", 10) is None
 
 
 def test_resume_from_saved_settings_extend_and_evaluate(tiny_cifar_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    real = experiment.Checkpointer.save
+    real = Checkpointer.save
 
     def save_then_die(self, epoch, *a, **kw):
         real(self, epoch, *a, **kw)
         if epoch == 1:
             raise KeyboardInterrupt
-    monkeypatch.setattr(experiment.Checkpointer, "save", save_then_die)
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
     assert cli.main([*TINY, "--epochs", "2", "--lr", "0.01", "--quiet", "--data-dir", str(tiny_cifar_dir),
                      "--out", str(out)]) == 130                    # Ctrl-C: one line, exit 130
     assert capsys.readouterr().err.strip() == (f"error: interrupted at the end of epoch 1 of 2; the newest checkpoint is of "
                                                f"epoch 1; --out {out} --resume continues")
-    monkeypatch.setattr(experiment.Checkpointer, "save", real)
+    monkeypatch.setattr(Checkpointer, "save", real)
     # a different setting is named, saved vs given; nothing is touched
     assert cli.main(["--out", str(out), "--resume", "--quiet", "--lr", "0.5"]) == 2
     assert "optim.learning_rate: saved 0.01, given 0.5" in capsys.readouterr().err

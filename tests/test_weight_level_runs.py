@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from conftest import load_script
-from repr_jax import experiment
 from repr_jax.checkpoint import Checkpointer
 from repr_jax.compress.csr import csr_decode, csr_encode
 from repr_jax.experiment import load_run_state
@@ -101,10 +100,10 @@ def test_kd_adds_its_term_resumes_bit_identically_and_never_checkpoints_the_teac
         real(self, epoch, *a, **kw)
         if epoch == 1:
             raise KeyboardInterrupt
-    monkeypatch.setattr(experiment.Checkpointer, "save", save_then_die)
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
     cut = tmp_path / "cut"
     assert cli.main([*args, "--out", str(cut)]) == 130      # Ctrl-C after the epoch-1 checkpoint
-    monkeypatch.setattr(experiment.Checkpointer, "save", real)
+    monkeypatch.setattr(Checkpointer, "save", real)
     assert cli.main([*args, "--out", str(cut), "--resume"]) == 0
     _, a = load_run_state(full)
     _, b = load_run_state(cut)

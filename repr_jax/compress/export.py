@@ -131,7 +131,7 @@ def export_model(model, variables: dict, live: dict[str, jax.Array], input_shape
       architecture: recorded on the result (the zoo's ``architecture.json``), its
         ``channels`` updated.
     """
-    from repr_jax.methods.base import example_shape
+    from repr_jax.shapes import example_shape
     shape = (1,) + example_shape(input_shape)
     variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
     variables.setdefault("batch_stats", {})

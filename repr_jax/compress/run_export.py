@@ -1,41 +1,18 @@
-"""Export any run directory's checkpoint as a smaller dense model (``experiments/export.py``).
-
-Restores the run's train state (its ``config.json`` and ``architecture.json`` rebuild the
-template), asks the run's method for the export (the default removes dead filters along
-the channel graph), measures max |logit difference| between the masked big model — as the
-method evaluates it — and the exported model on a batch, and writes ``architecture.json``,
-``export.json`` and ``checkpoint/`` into the output directory.
+"""Export a train state and report on it: the method's export (the default removes dead
+filters along the channel graph), max |logit difference| between the masked big model — as
+the method evaluates it — and the exported one on a batch, both models' inference speed
+timed in turn, and ``architecture.json``, ``export.json`` and ``checkpoint/`` written. A run
+directory's or a finished session's export: :mod:`repr_jax.export_runs`.
 """
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from repr_jax.compress.export import logits, save_exported
-from repr_jax.config import RunError
-from repr_jax.data import DataError
-
-
-def _check_batch(config, data_dir, batch: int):
-    """Normalised test images of the run (or N(0, 1) images if its data cannot be read)."""
-    import dataclasses
-
-    from repr_jax.experiment import load_run_data
-    from repr_jax.pipeline import normalize
-    if data_dir is not None:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, dir=str(data_dir)))
-    try:
-        data = load_run_data(config)
-        return normalize(jnp.asarray(data.test_x[:batch])), f"{min(batch, len(data.test_y))} test images"
-    except (DataError, OSError):
-        from repr_jax.models import input_shape_of
-        shape = (batch,) + input_shape_of(config.architecture())
-        return jax.random.normal(jax.random.key(0), shape), f"{batch} N(0, 1) images (run data not found)"
 
 
 def _forward(architecture: dict, variables: dict):
@@ -109,54 +86,4 @@ def export_and_report(state, architecture: dict, method, images, out, info: dict
     return report
 
 
-def export_run(run_dir, out, *, step: str = "latest", data_dir=None, batch: int = 64) -> dict:
-    """Write the exported model of ``run_dir`` (checkpoint ``step``: latest, best or an epoch)
-    into ``out``; returns ``export.json``'s content."""
-    from repr_jax.checkpoint import Checkpointer
-    from repr_jax.experiment import restore_run
-    from repr_jax.run_dir import read_config, read_jsonl
-
-    run_dir, out = Path(run_dir), Path(out)
-    if not (run_dir / "config.json").exists():
-        raise RunError(f"{run_dir} holds no repr-jax run (no config.json)")
-    if out.exists() and any(out.iterdir()):
-        raise RunError(f"--out {out} is not empty; choose a new directory")
-    config = read_config(run_dir)
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=config.keep_checkpoints, writer=False)
-    try:
-        epoch = (ckpt.latest_epoch() if step == "latest" else
-                 ckpt.best_epoch(read_jsonl(run_dir / "metrics.jsonl")) if step == "best" else None)
-        if epoch is None and step not in ("latest", "best"):
-            try:
-                epoch = int(step)
-            except ValueError:
-                raise RunError(f"--step must be latest, best or an epoch number, got {step!r}") from None
-        if epoch is None or epoch not in ckpt.manager.all_steps():
-            raise RunError(f"{run_dir} has no checkpoint for --step {step} (kept: {sorted(ckpt.manager.all_steps())})")
-    finally:
-        ckpt.close()
-    config, arch, method, state = restore_run(run_dir, epoch)
-    images, source = _check_batch(config, data_dir, batch)
-    return export_and_report(state, arch, method, images, out, {
-        "run": str(run_dir), "epoch": int(epoch), "method": config.method.name,
-        "model": config.model.name, "logit_check_batch": source})
-
-
-def export_session(session, batch: int = 64) -> dict:
-    """At the end of a run whose method exports (structured methods): ``<run>/export/`` from
-    the final state, the logit check on the run's first ``batch`` test images."""
-    from repr_jax.pipeline import normalize
-    s = session
-    images = normalize(jnp.asarray(s.data.test_x[:batch]))
-    out = s.out / "export"
-    if out.exists():   # a resumed run that had exported before being killed: export again
-        import shutil
-        shutil.rmtree(out)
-    arch = json.loads((s.out / "architecture.json").read_text())
-    return export_and_report(s.state, arch, s.method, images, out, {
-        "run": str(s.out), "epoch": int(s.config.epochs), "method": s.config.method.name,
-        "model": s.config.model.name, "logit_check_batch": f"{min(batch, len(s.data.test_y))} test images"})
-
-
-__all__ = ["export_and_report", "export_run", "export_session", "inference_speed", "inference_speedup",
-           "interleaved_times"]
+__all__ = ["export_and_report", "inference_speed", "inference_speedup", "interleaved_times"]

@@ -50,11 +50,12 @@ on first use, so adding a method is one new module (plus its tests).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import numpy as np
+
+from repr_jax.shapes import example_shape, model_graph, model_layers, model_variable_shapes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,44 +165,6 @@ class MethodContext:
                    input_shape=shape, preprocess=preprocess,
                    train_images=train_images, train_labels=train_labels,
                    heldout_images=heldout_images, heldout_labels=heldout_labels)
-
-
-def example_shape(input_shape=None, example_input=None) -> tuple[int, ...]:
-    """One example's shape (H, W, C) from an example batch (its first axis dropped) or a
-    given shape; (32, 32, 3) when neither is given."""
-    if example_input is not None:
-        shape = tuple(int(d) for d in np.shape(example_input)[1:])
-    elif input_shape is not None:
-        shape = tuple(int(d) for d in input_shape)
-        shape = shape[1:] if len(shape) == 4 else shape
-    else:
-        shape = (32, 32, 3)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"an example input must be (batch, H, W, C); got one example of shape {shape}")
-    return shape
-
-
-@functools.lru_cache(maxsize=64)
-def model_variable_shapes(model, input_shape: tuple) -> dict:
-    """``jax.eval_shape`` of ``model.init`` on a zero batch of ``input_shape`` (cached)."""
-    import jax.numpy as jnp
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + input_shape, jnp.float32),
-                                             train=False))
-
-
-def model_layers(model, input_shape=(32, 32, 3)) -> tuple:
-    """The prunable convs of ``model`` with their BatchNorms coupled through its channel
-    graph (:func:`repr_jax.layers.coupled_layers`), traced on one example's ``input_shape``."""
-    from repr_jax.layers import coupled_layers
-    shape = example_shape(input_shape)
-    return coupled_layers(model_variable_shapes(model, shape)["params"], model_graph(model, shape))
-
-
-@functools.lru_cache(maxsize=64)
-def model_graph(model, input_shape: tuple):
-    """The channel graph of ``model`` on ``input_shape`` (cached; shapes only, no arrays)."""
-    from repr_jax.compress.graph import channel_graph
-    return channel_graph(model, model_variable_shapes(model, input_shape), (1,) + input_shape)
 
 
 class Event(NamedTuple):
@@ -321,13 +284,15 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def _discover() -> None:
+    """Import every module of this package (each registers its method)."""
     import importlib
     import pkgutil
+    from pathlib import Path
 
-    import repr_jax.methods as package
-    for module in pkgutil.iter_modules(package.__path__):
+    package = __name__.rpartition(".")[0]
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if not module.name.startswith("_"):
-            importlib.import_module(f"{package.__name__}.{module.name}")
+            importlib.import_module(f"{package}.{module.name}")
 
 
 def get_method(name: str) -> type[Method]:
@@ -362,5 +327,5 @@ def create_method(config: MethodConfig, context: MethodContext) -> Method:
 
 
 __all__ = ["Event", "METHODS", "Method", "MethodConfig", "MethodContext", "Phase", "StepInputs",
-           "create_method", "example_shape", "get_method", "method_config", "method_names", "model_graph", "model_layers",
+           "create_method", "get_method", "method_config", "method_names",
            "model_variable_shapes", "register"]

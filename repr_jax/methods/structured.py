@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import functools
 import math
 
 import jax

@@ -1,0 +1,165 @@
+"""A run directory's model, method and train state — rebuilt from its files, or built for a
+new run from its settings (host side, no training): the functions the runner, evaluation,
+export, the sensitivity analysis and a distillation teacher share.
+
+:func:`build_model` and :func:`build_method` (the run's :class:`~repr_jax.methods.base.Method`,
+given what it may know of the run), :func:`initial_state` (the train state and learning-rate
+schedule), :func:`warm_start` (``init_from``), :func:`load_run_data` (the data with the run's
+splits and slices), :func:`restore_run` / :func:`load_run_state` (any kept checkpoint of a
+run directory), :func:`state_is_finite`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from repr_jax.checkpoint import Checkpointer
+from repr_jax.config import RunConfig
+from repr_jax.data import Cifar, load_cifar
+from repr_jax.errors import RunError
+from repr_jax.methods.base import MethodContext, create_method
+from repr_jax.models import from_architecture, input_shape_of
+from repr_jax.optim import learning_rate_schedule, make_optimizer, phased_schedule
+from repr_jax.pipeline import normalize
+from repr_jax.run_dir import read_architecture, read_config, read_jsonl, read_summary
+from repr_jax.state import create_train_state
+
+
+def build_model(config: RunConfig, architecture: dict | None = None):
+    """The Flax module of ``config`` (or of an ``architecture.json``); ``RunError`` for bad names."""
+    try:
+        return from_architecture(architecture or config.architecture())
+    except ValueError as err:
+        raise RunError(str(err)) from None
+
+
+def build_method(config: RunConfig, model, architecture: dict, train_images: int,
+                 data: Cifar | None = None):
+    """The run's method, given what it may know about the run (data only when training):
+    the model traced on the architecture's input shape, scoring images preprocessed as the
+    train step preprocesses its batches (:func:`repr_jax.pipeline.normalize`)."""
+    context = MethodContext.for_model(
+        model, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+        train_images=None if data is None else data.train_x,
+        train_labels=None if data is None else data.train_y,
+        heldout_images=None if data is None else data.held_x,
+        heldout_labels=None if data is None else data.held_y,
+        architecture=architecture, train_size=train_images, input_shape=input_shape_of(architecture),
+        preprocess=normalize)
+    return create_method(config.method, context)
+
+
+def initial_state(config: RunConfig, train_images: int, model=None, method=None):
+    """``(model, lr schedule, fresh TrainState)`` for ``config`` and a training-set size; the
+    schedule includes the method's learning-rate phases."""
+    model = build_model(config) if model is None else model
+    method = method or build_method(config, model, config.architecture(), train_images)
+    steps_per_epoch = train_images // config.batch_size
+    schedule = phased_schedule(learning_rate_schedule(config.optim, steps_per_epoch, config.epochs),
+                               [method.phase(e) for e in range(config.epochs)], steps_per_epoch)
+    tx = make_optimizer(config.optim, schedule)
+    return model, schedule, create_train_state(model, tx, config.seed, method=method)
+
+
+def warm_start(config: RunConfig, state):
+    """``state`` with the parameters (masked) and BatchNorm statistics of the run directory
+    ``config.init_from`` (its latest checkpoint); ``RunError`` if there is none or its
+    shapes differ. The optimizer state, masks and method state stay fresh."""
+    source = config.init_from_dir()
+    if not source:
+        return state
+    from repr_jax.masks import apply_masks
+    if not (Path(source) / "config.json").exists():
+        raise RunError(f"--set init_from={source}: no repr-jax run there (no config.json)")
+    try:
+        _, src = load_run_state(source, "latest")
+    except (RunError, ValueError) as err:
+        raise RunError(f"--set init_from={source}: cannot restore it: {err}") from None
+    params = apply_masks(src.params, src.masks)
+    for name, mine, theirs in (("params", state.params, params), ("batch_stats", state.batch_stats, src.batch_stats)):
+        a = jax.tree_util.tree_map(jnp.shape, mine)
+        b = jax.tree_util.tree_map(jnp.shape, theirs)
+        if a != b:
+            raise RunError(f"--set init_from={source}: its {name} do not match this model "
+                           f"({config.model.name} with model.channels={config.model.channels!r})")
+    copy = lambda t: jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), t)   # noqa: E731
+    return state.replace(params=copy(params), batch_stats=copy(src.batch_stats))
+
+
+def load_run_data(config: RunConfig, data: Cifar | None = None) -> Cifar:
+    """The run's data: loaded (or ``data``), validation split and fixed-seed slices applied
+    (after the source's checks); its ``fingerprint`` is the source's."""
+    if data is None:
+        data = load_cifar(config.data.dataset, config.data.dir)  # DataError propagates: one line
+    data = dataclasses.replace(data, fingerprint=data.source_fingerprint())
+    if config.data.val_split:
+        if config.data.val_split >= len(data.train_y):
+            raise RunError(f"--val-split {config.data.val_split} leaves no training image of {len(data.train_y)}")
+        data = data.split_validation(config.data.val_split)
+    if config.data.holdout:
+        if config.data.holdout >= len(data.train_y):
+            raise RunError(f"data.holdout {config.data.holdout} leaves no training image of {len(data.train_y)}")
+        data = data.hold_out(config.data.holdout)
+    return data.subset(config.data.train_limit, config.data.test_limit, seed=config.seed)
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.bool_(True)
+
+
+def state_is_finite(state) -> bool:
+    """Whether params, batch stats and the method's parameters hold only finite numbers."""
+    return bool(all_finite((state.params, state.batch_stats, state.method_params)))
+
+
+def restore_run(run_dir: str | Path, epoch: int | str | None = None):
+    """``(RunConfig, architecture, method, TrainState)`` of a saved run: the state restored
+    from its checkpoint ``epoch`` — an epoch number, ``"latest"`` (the default), ``"best"``
+    (highest test accuracy, the earliest such epoch: ``summary.json``'s ``best_epoch``) or
+    ``"finite"`` (the newest whose parameters are all finite) — into a template rebuilt from
+    its ``config.json`` and ``architecture.json``; the method is built without data. A
+    damaged or edited file of the run is a one-line ``RunError`` naming it."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    arch = read_architecture(run_dir, config)
+    summary = read_summary(run_dir)
+    train_images = int(summary.get("train_images", config.data.train_limit or 50_000))
+    try:
+        model = build_model(config, arch)
+        method = build_method(config, model, arch, train_images)
+        _, _, template = initial_state(config, train_images, model, method)
+    except (ValueError, KeyError, TypeError) as err:
+        raise RunError(f"{run_dir / 'architecture.json'} and config.json do not describe a model this version "
+                       f"builds ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=config.keep_checkpoints, writer=False)
+    try:
+        if epoch == "finite":
+            state, _, _, _ = ckpt.restore_newest(template, accept=state_is_finite)
+        else:
+            number = (ckpt.best_epoch(read_jsonl(run_dir / "metrics.jsonl")) if epoch == "best" else
+                      ckpt.latest_epoch() if epoch in (None, "latest") else epoch)
+            if number not in ckpt.epochs():
+                raise RunError(f"{run_dir} has no checkpoint {epoch!r} (kept: {ckpt.epochs()})")
+            try:
+                state, _ = ckpt.restore(template, number)
+            except Exception as err:   # damaged, or saved from another architecture
+                raise RunError(f"the checkpoint of epoch {number} in {run_dir} does not restore into the model "
+                               f"of its config.json / architecture.json ({' '.join(str(err).split())[:200]})") from None
+    finally:
+        ckpt.close()
+    return config, arch, method, state
+
+
+def load_run_state(run_dir: str | Path, epoch: int | str | None = None):
+    """``(RunConfig, TrainState)`` of a saved run (see :func:`restore_run` for ``epoch``)."""
+    config, _, _, state = restore_run(run_dir, epoch)
+    return config, state
+
+
+__all__ = ["all_finite", "build_method", "build_model", "initial_state", "load_run_data", "load_run_state",
+           "restore_run", "state_is_finite", "warm_start"]

@@ -1,0 +1,389 @@
+"""One training run in progress: its :class:`Session`, from :func:`start` to :func:`finish`.
+
+:func:`start` (every setting checked — against the model too — and the run directory locked
+and examined before any data is read; then data loaded and checked, method and train state
+built, the directory created or the run resumed from its newest usable checkpoint) →
+:func:`train_epochs` (per epoch: the method's ``before_epoch`` transition, the jitted epoch,
+evaluation, ``after_epoch``, one line of ``metrics.jsonl``, the method's events into
+``pruning.jsonl``, a checkpoint) → :func:`finish` (``summary.json``, the export of a method
+that exports, plots) → :func:`close`. The runner knows no method by name: everything
+method-specific comes through :class:`repr_jax.methods.base.Method`. :mod:`repr_jax.population`
+runs K sessions as one vmapped program with the same pieces (:func:`log_epoch`,
+:func:`diverge`, :func:`finish`).
+
+Failure behaviour (exit codes in :mod:`repr_jax.errors`): an existing run is never
+overwritten — it is resumed (``resume=True``, same settings, same data) or refused with
+:class:`RunError`. A loss, a parameter or a criterion score that is NaN or infinite stops
+the run (:class:`~repr_jax.errors.Diverged`): that epoch's checkpoint is not written, so
+the newest one kept is the last finite state, and ``summary.json`` says
+``"status": "diverged"``. The check costs one scalar read per epoch (the epoch's reduced
+metrics and one ``isfinite`` reduction of the parameters), never one per step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from repr_jax.checkpoint import Checkpointer
+from repr_jax.config import RunConfig
+from repr_jax.data import Cifar
+from repr_jax.errors import Diverged, NonFiniteError, RunError
+from repr_jax.masks import live_filters
+from repr_jax.parallel import batch_sharding, data_mesh, replicate
+from repr_jax.plots import dataset_label, plot_curves, plot_pruned_per_layer
+from repr_jax.run_dir import (check_data, check_run_dir, create_run_dir, finite_row, read_config, read_jsonl,
+                              record_extension, write_json, write_jsonl)
+from repr_jax.run_lock import RunLock
+from repr_jax.run_state import (build_method, build_model, initial_state, load_run_data, state_is_finite,
+                                warm_start)
+from repr_jax.teacher import attach_teacher, check_teacher
+from repr_jax.train import evaluate, loss_term_names, run_epoch, train_step_indexed
+
+
+@dataclasses.dataclass
+class Session:
+    """A run in progress: its settings, data on device, method, state and logs so far."""
+    config: RunConfig
+    out: Path
+    data: Cifar
+    method: object
+    schedule: object
+    state: object
+    ckpt: Checkpointer
+    arrays: tuple
+    terms: tuple[str, ...]
+    metrics: list
+    events: list
+    start_epoch: int = 0
+    prior_seconds: float = 0.0
+    mesh: object = None          # a jax.sharding.Mesh when the batch is split over devices
+    inputs: object = ()          # the method's run_inputs(), on device
+    population: int = 1          # seeds trained together with this one (repr_jax.population)
+    tensorboard: object = None   # a repr_jax.tensorboard.TensorBoardLog with tensorboard=true
+    lock: RunLock | None = None  # held while the session lives (repr_jax.run_lock)
+    epoch: int = 0               # the 0-based epoch being trained (for an interruption's message)
+
+
+def device_mesh(config: RunConfig):
+    """The run's data-parallel mesh (None on one device); ``RunError`` if it cannot be built."""
+    if config.devices == 1:
+        return None
+    try:
+        mesh = data_mesh(config.devices)
+    except ValueError as err:
+        raise RunError(str(err)) from None
+    if config.batch_size % mesh.size:
+        raise RunError(f"--batch-size {config.batch_size} is not divisible by the {mesh.size} devices")
+    return None if mesh.size == 1 else mesh
+
+
+def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = None) -> Session:
+    """Check settings and the run directory, load data, build method and state, create or
+    resume the run directory (nothing is written before every check has passed).
+
+    The run directory is locked (:class:`repr_jax.run_lock.RunLock`) before its state is
+    read, for as long as the session lives (:func:`close`). A resume reads and checks
+    everything — settings, data fingerprint, logs, the newest checkpoint that restores —
+    before it changes anything, so a resume that fails leaves the run as it was.
+
+    ``arrays``: the data set already on device (train x/y, test x/y) when the caller shares
+    one copy between runs (:mod:`repr_jax.population`)."""
+    config.validate()
+    mesh = device_mesh(config)
+    model = build_model(config)  # bad names fail before any data is read
+    try:   # the method against the model (criterion needs BatchNorm, min_keep, ...), no data yet
+        build_method(config, model, config.architecture(), config.data.train_limit or 50_000)
+    except ValueError as err:
+        raise RunError(str(err)) from None
+    source = config.init_from_dir()
+    if source and not (Path(source) / "config.json").exists():
+        raise RunError(f"--set init_from={source}: no repr-jax run there (no config.json)")
+    check_teacher(config)
+    if config.tensorboard:
+        from repr_jax.tensorboard import check_available
+        try:
+            check_available()
+        except ImportError as err:
+            raise RunError(str(err)) from None
+    lock = RunLock(config.out)
+    if config.resume and (Path(config.out) / "config.json").exists():
+        lock.acquire()   # before the run's files are read: no other process changes them meanwhile
+    try:
+        return _start_locked(config, model, mesh, lock, data, arrays)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _resume_point(out: Path, ckpt: Checkpointer, template) -> tuple:
+    """``(state, extra, epoch, skipped, metrics, events)`` of the newest usable checkpoint of
+    the run in ``out``, with its logs up to that epoch, checked against each other; reads
+    only (``RunError`` names what is damaged). No checkpoint: ``(template, {}, 0, [], [], [])``."""
+    metrics, events = read_jsonl(out / "metrics.jsonl"), read_jsonl(out / "pruning.jsonl")
+    if not ckpt.epochs():
+        return template, {}, 0, [], [], []
+    state, extra, _, skipped = ckpt.restore_newest(template)
+    done = int(extra["epochs_done"])
+    metrics = [m for m in metrics if m["epoch"] <= done]
+    events = [e for e in events if e["epoch"] <= done]   # 1-based
+    if [m["epoch"] for m in metrics] != list(range(1, done + 1)):
+        raise RunError(f"{out / 'metrics.jsonl'} lacks rows of epochs 1-{done}, which the checkpoint of epoch "
+                       f"{done} needs (deleted or edited); the run cannot be resumed faithfully")
+    if "events" in extra and len(events) != int(extra["events"]):
+        raise RunError(f"{out / 'pruning.jsonl'} holds {len(events)} events up to epoch {done}, the checkpoint "
+                       f"recorded {extra['events']} (deleted or edited); the run cannot be resumed faithfully")
+    return state, extra, done, skipped, metrics, events
+
+
+def _start_locked(config: RunConfig, model, mesh, lock: RunLock, data: Cifar | None, arrays) -> Session:
+    resuming = check_run_dir(config)
+    data = load_run_data(config, data)
+    if len(data.train_y) < config.batch_size:
+        raise RunError(f"--batch-size {config.batch_size} exceeds the {len(data.train_y)} training images")
+    try:
+        method = build_method(config, model, config.architecture(), len(data.train_y), data)
+        _, schedule, state = initial_state(config, len(data.train_y), model, method)
+    except ValueError as err:
+        raise RunError(str(err)) from None
+    out = Path(config.out)
+    if not (resuming and any((out / "checkpoints").glob("[0-9]*"))):
+        state = warm_start(config, state)
+    state = attach_teacher(config, state)
+    # committed to its device(s) from the start, as a restored state is: fresh and resumed
+    # runs then build the same programs (one compilation cache entry serves both)
+    state = replicate(state, mesh) if mesh is not None else jax.device_put(state, jax.devices()[0])
+    metrics, events, start_epoch, prior_seconds = [], [], 0, 0.0
+    if resuming:
+        check_data(out, data.fingerprint)
+        reader = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints, writer=False)
+        try:
+            state, extra, start_epoch, skipped, metrics, events = _resume_point(out, reader, state)
+        finally:
+            reader.close()
+        # every check has passed: from here on the run directory changes
+        ckpt = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
+        for bad, reason in skipped:
+            print(f"warning: the checkpoint of epoch {bad} could not be restored ({reason}); "
+                  f"set aside in {out / 'damaged_checkpoints'}", file=sys.stderr)
+        ckpt.set_aside([bad for bad, _ in skipped], out / "damaged_checkpoints")
+        prior_seconds = float(extra.get("wall_seconds", 0.0))
+        if not (out / "architecture.json").exists():   # written before the file existed
+            write_json(out / "architecture.json", config.architecture())
+        saved_epochs = read_config(out).epochs
+        if config.epochs > saved_epochs:     # --resume --epochs N: train the run further
+            record_extension(out, config.epochs)
+            (out / "summary.json").unlink(missing_ok=True)   # no longer complete
+            print(f"extending {out} from {saved_epochs} to {config.epochs} epochs", file=sys.stderr)
+        if start_epoch:
+            print(f"resuming from epoch {start_epoch} ({out})", file=sys.stderr)
+    else:
+        create_run_dir(config, data.fingerprint, lock)
+        ckpt = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
+    session = Session(config, out, data, method, schedule, state, ckpt, arrays=(), terms=(),
+                      metrics=metrics, events=events, start_epoch=start_epoch, prior_seconds=prior_seconds,
+                      mesh=mesh, lock=lock)
+    if not config.quiet:   # where the run writes, before the first epoch (it may take a while)
+        print(f"run directory: {out} ({config.epochs - start_epoch} epoch(s) to train; metrics.jsonl "
+              "grows by a line per epoch)", flush=True)
+    if config.tensorboard:
+        from repr_jax.tensorboard import TensorBoardLog
+        session.tensorboard = TensorBoardLog(out, session.start_epoch)
+    session.arrays = arrays if arrays is not None else replicate(
+        tuple(jnp.asarray(a) for a in (data.train_x, data.train_y, data.test_x, data.test_y)), mesh)
+    session.inputs = replicate(jax.tree_util.tree_map(jnp.asarray, method.run_inputs()), mesh)
+    session.terms = loss_term_names(session.state, *session.arrays[:2], batch_size=config.batch_size,
+                                    layers=session.state.layers, ortho_lambda=config.ortho_loss,
+                                    method=method)
+    return session
+
+
+def close(s: Session) -> None:
+    """End a session's hold on its run directory: checkpoints closed, lock released (also
+    after a failure; safe to call twice)."""
+    s.ckpt.close()
+    if s.lock is not None:
+        s.lock.release()
+
+
+def non_finite(train_m: dict, test_m: dict) -> str | None:
+    values = {"train_loss": train_m["loss"], "test_loss": test_m["loss"],
+              **{f"loss term {k}": v for k, v in train_m.get("loss_terms", {}).items()}}
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    return ", ".join(bad) if bad else None
+
+
+def diverge(s: Session, epoch: int, quantity: str) -> None:
+    """Stop the run at 0-based ``epoch``: summary.json says why; the newest checkpoint kept
+    (written after the last finite epoch) is the state to go back to."""
+    last = s.ckpt.latest_epoch()
+    s.ckpt.close()
+    if s.tensorboard is not None:
+        s.tensorboard.close()
+    finite = [m for m in s.metrics if "non_finite" not in m]
+    summary = {"status": "diverged", "diverged_epoch": epoch + 1, "non_finite": quantity,
+               "last_finite_checkpoint": last,
+               "last_finite_test_accuracy": finite[-1]["test_accuracy"] if finite else None,
+               **summary_fields(s)}
+    write_json(s.out / "summary.json", summary)
+    kept = f"kept the checkpoint of epoch {last}" if last else "no finite checkpoint was written"
+    raise Diverged(f"the run diverged at epoch {epoch + 1}: {quantity} not finite; stopped and {kept} "
+                   f"(summary.json: status diverged)", epoch + 1, quantity, summary)
+
+
+def progress_bar(config: RunConfig, epoch: int, phase: str, steps: int):
+    """A tqdm bar over the epoch's training images (img/s, as the epoch line reports), the ETA
+    averaged over the whole epoch; none with ``--quiet`` or when stderr is not a terminal
+    (a log file under nohup would fill with redrawn bars)."""
+    if config.quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+    return tqdm(total=steps * config.batch_size, unit="img", smoothing=0.0,
+                desc=f"epoch {epoch + 1}/{config.epochs} [{phase}]", leave=False, dynamic_ncols=True)
+
+
+def train_epochs(s: Session) -> None:
+    """Every remaining epoch: transitions, training, evaluation, logs and a checkpoint each."""
+    config, method = s.config, s.method
+    train_x, train_y, test_x, test_y = s.arrays
+    layers = s.state.layers
+    total_filters = sum(layer.num_filters for layer in layers)
+    root = jax.random.wrap_key_data(jnp.array(s.state.rng, copy=True))  # the state is donated
+    started = time.perf_counter()
+    step_sharding = batch_sharding(s.mesh, config.batch_size)
+    eval_sharding = batch_sharding(s.mesh, min(config.eval_batch_size, len(test_y)))
+    for epoch in range(s.start_epoch, config.epochs):
+        s.epoch = epoch
+        phase = method.phase(epoch)
+        s.state, before = method.before_epoch(s.state, epoch, s.inputs)
+        try:
+            for event in before:
+                method.check_event(event)
+        except NonFiniteError as err:
+            diverge(s, epoch, str(err))
+        progress = progress_bar(config, epoch, phase.name, len(train_y) // config.batch_size)
+        s.state, train_m = run_epoch(s.state, train_x, train_y, jax.random.fold_in(root, epoch),
+                                     batch_size=config.batch_size, layers=layers,
+                                     ortho_lambda=config.ortho_loss, method=method, terms=s.terms,
+                                     progress=progress, augmentation=config.data.augment,
+                                     batch_sharding=step_sharding)
+        if progress is not None:
+            progress.close()
+        test_m = evaluate(s.state, test_x, test_y, config.eval_batch_size, method=method,
+                          batch_sharding=eval_sharding)
+        live = live_filters(s.state.masks, layers)  # as trained and evaluated this epoch
+        live_count = int(sum(float(jnp.sum(v)) for v in live.values()))
+        bad = non_finite(train_m, test_m)
+        after = []
+        if bad is None:
+            s.state, after = method.after_epoch(s.state, epoch, s.inputs)
+            try:
+                for event in after:
+                    method.check_event(event)
+            except NonFiniteError as err:
+                bad = str(err)
+        bad = bad or (None if state_is_finite(s.state) else "parameters")   # what the checkpoint would hold
+        log_epoch(s, s.state, epoch, train_m, test_m, before + after, bad,
+                  live=(live_count, total_filters), elapsed=s.prior_seconds + time.perf_counter() - started)
+    s.ckpt.close()
+
+
+def log_epoch(s: Session, state, epoch: int, train_m: dict, test_m: dict, events: list, bad: str | None,
+              *, live: tuple[int, int], elapsed: float) -> None:
+    """After 0-based ``epoch``: the method's events into ``pruning.jsonl``, one line of
+    ``metrics.jsonl``, then stop (``bad`` names what is not finite) or checkpoint ``state``."""
+    config, phase = s.config, s.method.phase(epoch)
+    records = [s.method.record(event) for event in events]
+    s.events += records
+    seed = f"seed {config.seed} " if s.population > 1 else ""
+    for line in (line for record in records for line in s.method.describe(record)):
+        if line.startswith("warning:"):
+            print(f"warning: {seed}{line[len('warning: '):]}", file=sys.stderr, flush=True)
+        elif not config.quiet:
+            print(f"{seed}{line}", flush=True)
+    row = {"epoch": epoch + 1, "phase": phase.name, "round": phase.round,
+           "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
+           "test_loss": test_m["loss"], "test_accuracy": test_m["accuracy"],
+           "learning_rate": float(s.schedule(int(state.step))),
+           "images_per_second": train_m["images_per_second"],
+           "epoch_seconds": train_m["train_seconds"], "elapsed_seconds": elapsed,
+           "live_filters": live[0], "total_filters": live[1]}
+    if "loss_terms" in train_m:
+        row["loss_terms"] = train_m["loss_terms"]
+    s.metrics.append(finite_row(row))
+    write_jsonl(s.out / "metrics.jsonl", s.metrics)
+    if s.tensorboard is not None:
+        s.tensorboard.write(s.metrics[-1])
+    if s.events:
+        write_jsonl(s.out / "pruning.jsonl", s.events)
+    if bad is not None:
+        diverge(s, epoch, bad)
+    s.ckpt.save(epoch + 1, state, {"test_accuracy": row["test_accuracy"]},
+                {"epochs_done": epoch + 1, "wall_seconds": row["elapsed_seconds"], "events": len(s.events)})
+    if not config.quiet:
+        print(f"{seed}epoch {epoch + 1:3d} [{phase.name:4s}] train {100 * row['train_accuracy']:5.2f}% "
+              f"test {100 * row['test_accuracy']:5.2f}% loss {row['train_loss']:.3f} "
+              f"{row['images_per_second']:.0f} img/s live {live[0]}/{live[1]}", flush=True)
+
+
+def summary_fields(s: Session) -> dict:
+    config, metrics, events = s.config, s.metrics, s.events
+    return {
+        "method": config.method.name, "model": config.model.name, "dataset": config.data.dataset,
+        "data_source": s.data.source, "train_images": int(len(s.data.train_y)),
+        "test_images": int(len(s.data.test_y)), "epochs": config.epochs,
+        "wall_seconds": metrics[-1]["elapsed_seconds"] if metrics else 0.0,
+        "train_step_compilations_this_process": int(train_step_indexed._cache_size()),
+        "drops": sum(e["event"] == "drop" for e in events),
+        "reinits": sum(e["event"] == "reinit" for e in events),
+    }
+
+
+def finish(s: Session, extra: dict | None = None) -> dict:
+    """``summary.json`` (returned; ``extra`` added to it), ``curves.png`` and, with drops,
+    ``pruned_per_layer.png``."""
+    config, metrics, events = s.config, s.metrics, s.events
+    if s.tensorboard is not None:
+        s.tensorboard.close()
+    best = max(metrics, key=lambda m: m["test_accuracy"])
+    if getattr(s.method, "exports_at_end", False):   # structured methods end in a smaller model
+        from repr_jax.compress.export import ExportError
+        from repr_jax.export_runs import export_session
+        try:
+            report = export_session(s)
+            extra = {**(extra or {}), "export": {k: report[k] for k in (
+                "params_before", "params_after", "flops_before", "flops_after", "params_ratio",
+                "flops_ratio", "inference_speedup", "max_abs_logit_difference", "channels")}}
+        except ExportError as err:
+            extra = {**(extra or {}), "export_error": str(err)}
+    extra = {**(extra or {}), **s.method.final_report(s.state, s.out)}
+    summary = {
+        "status": "completed", **summary_fields(s),
+        "final_test_accuracy": metrics[-1]["test_accuracy"],
+        "best_test_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
+        "final_train_accuracy": metrics[-1]["train_accuracy"],
+        "median_images_per_second": float(np.median([m["images_per_second"] for m in metrics])),
+        **(extra or {}),
+    }
+    write_json(s.out / "summary.json", summary)
+    drops = [e for e in events if e["event"] == "drop" and "layers" in e]   # RePr-shaped drop lines
+    try:
+        plot_curves(metrics, s.out / "curves.png",
+                    f"{config.model.name} {config.method.name} ({dataset_label(config.data.dataset, s.data.source)})",
+                    reinit_epochs=[e["epoch"] for e in events if e["event"] == "reinit"])
+        if drops:
+            plot_pruned_per_layer(drops, s.out / "pruned_per_layer.png",
+                                  "per-layer" if getattr(config.method, "per_layer", False) else "global")
+    except OSError as err:  # the run is complete and summarised; only a figure is missing
+        raise RunError(f"cannot write plots to {s.out}: {err.strerror or err} (the run itself is complete)") from None
+    return summary
+
+
+__all__ = ["Session", "close", "device_mesh", "diverge", "finish", "log_epoch", "non_finite", "progress_bar",
+           "start", "summary_fields", "train_epochs"]
