@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None, help="a CIFAR-10 copy (default: synthetic 48×48 data)")
     p.add_argument("--epochs", type=int, default=6 if small else 12, help="epochs of the RePr run")
     args = p.parse_args(argv)
-    x, y, xt, yt = data(args.data_dir, 768 if small else 20000, 256 if small else 5000)
+    x, y, xt, yt = data(args.data_dir, 512 if small else 20000, 256 if small else 5000)
     batch, steps = 64, len(y) // 64
     model = TinyNet(nnx.Rngs(0))
 

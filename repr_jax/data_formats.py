@@ -209,7 +209,8 @@ class CifarUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) not in _ARRAY_GLOBALS:
-            raise UnsafePickle(f"refused global {module}.{name} (only numpy arrays may be unpickled)")
+            raise UnsafePickle(f"refused global {ascii(module + '.' + name)[1:-1][:120]} (only numpy arrays may "
+                               "be unpickled)")
         if module == "_codecs":
             return codecs.encode
         if module.startswith(("numpy.core.", "numpy._core.")):   # this numpy's name for it

@@ -12,7 +12,8 @@ from repr_jax.data import Cifar, DataError
 from repr_jax.errors import Diverged, Interrupted, RunError
 from repr_jax.run_state import (all_finite, build_method, build_model, initial_state, load_run_data,
                                 load_run_state, restore_run, state_is_finite, warm_start)
-from repr_jax.session import (Session, close, device_mesh, finish, log_epoch, start, train_epochs)
+from repr_jax.epoch_loop import log_epoch
+from repr_jax.session import Session, close, device_mesh, finish, start, train_epochs
 
 
 def run(config: RunConfig, data: Cifar | None = None) -> dict:

@@ -34,9 +34,10 @@ import jax.numpy as jnp
 from repr_jax.config import RunConfig
 from repr_jax.data import Cifar, load_cifar
 from repr_jax.teacher import attach_teacher
-from repr_jax.errors import Diverged, Interrupted, NonFiniteError, RunError
+from repr_jax.errors import Diverged, Interrupted, RunError
 from repr_jax.run_state import all_finite, build_model, initial_state, warm_start
-from repr_jax.session import Session, close, diverge, finish, log_epoch, non_finite, progress_bar, start
+from repr_jax.epoch_loop import epoch_loop
+from repr_jax.session import Session, close, finish, start
 from repr_jax.masks import live_filters
 from repr_jax.methods.base import Event
 from repr_jax.parallel import batch_sharding, replicate, stack, unstack
@@ -181,79 +182,66 @@ def _finite(states):
     return jax.vmap(lambda st: all_finite((st.params, st.batch_stats, st.method_params)))(states)
 
 
-def train_population(sessions: list[Session]) -> dict[int, Diverged]:
-    """Every remaining epoch of every member; returns the members that diverged (by seed)."""
-    s0, members = sessions[0], len(sessions)
-    config, method = s0.config, s0.method
-    layers = s0.state.layers
-    total_filters = sum(layer.num_filters for layer in layers)
-    shared = all(s.arrays is s0.arrays for s in sessions)
-    data_axis = None if shared else 0
-    arrays = s0.arrays if shared else tuple(jnp.stack([s.arrays[j] for s in sessions]) for j in range(4))
-    states = stack([s.state for s in sessions])
-    inputs = stack([s.inputs for s in sessions])
-    for s in sessions:
-        s.state = s.arrays = None   # the stacked copies are the ones trained
-    roots = jax.random.wrap_key_data(jnp.array(states.rng, copy=True))
-    step_sharding = batch_sharding(s0.mesh, config.batch_size)
-    eval_sharding = batch_sharding(s0.mesh, min(config.eval_batch_size, arrays[3].shape[-1]))
-    diverged: dict[int, Diverged] = {}
-    started = time.perf_counter()
+class Population:
+    """The :class:`~repr_jax.epoch_loop.OneRun` of K sessions: their states stacked on a
+    leading axis, every step, evaluation batch and transition ``vmap``-ped."""
 
-    def stop(i, epoch, quantity):
-        try:
-            diverge(sessions[i], epoch, quantity)
-        except Diverged as err:
-            diverged[sessions[i].config.seed] = err
-
-    for epoch in range(s0.start_epoch, config.epochs):
+    def __init__(self, sessions: list[Session]):
+        s0 = sessions[0]
+        self.sessions, self.s0, self.members = sessions, s0, len(sessions)
+        shared = all(s.arrays is s0.arrays for s in sessions)
+        self.data_axis = None if shared else 0
+        self.arrays = s0.arrays if shared else tuple(jnp.stack([s.arrays[j] for s in sessions]) for j in range(4))
+        self.layers = s0.state.layers
+        self.states = stack([s.state for s in sessions])
+        self.inputs = stack([s.inputs for s in sessions])
         for s in sessions:
-            s.epoch = epoch
-        active = [i for i, s in enumerate(sessions) if s.config.seed not in diverged]
-        if not active:
-            break
-        phase = method.phase(epoch)
-        states, before = vmap_transition(method.before_epoch, states, epoch, inputs)
-        for i in active:
-            try:
-                for event in before:
-                    method.check_event(member_event(event, i))
-            except NonFiniteError as err:
-                stop(i, epoch, str(err))
-        active = [i for i in active if sessions[i].config.seed not in diverged]
-        progress = progress_bar(config, epoch, phase.name, arrays[1].shape[-1] // config.batch_size)
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(roots, epoch)
-        states, train_ms = _population_epoch(states, arrays, keys, s0, data_axis=data_axis, layers=layers,
-                                             progress=progress, sharding=step_sharding)
-        if progress is not None:
-            progress.close()
-        test_ms = _population_eval(states, arrays, s0, data_axis=data_axis, sharding=eval_sharding,
-                                   members=members)
-        live = _live_counts(states)   # as trained and evaluated this epoch
-        states, after = vmap_transition(method.after_epoch, states, epoch, inputs)
-        finite = _finite(states)      # what the checkpoint would hold
-        elapsed = time.perf_counter() - started
-        for i in active:
-            s = sessions[i]
-            bad = non_finite(train_ms[i], test_ms[i]) or (None if bool(finite[i]) else "parameters")
-            events = [member_event(e, i) for e in before]
-            if bad is None:
-                try:
-                    for event in after:
-                        method.check_event(member_event(event, i))
-                    events += [member_event(e, i) for e in after]
-                except NonFiniteError as err:
-                    bad = str(err)
-            try:
-                log_epoch(s, unstack(states, i), epoch, train_ms[i], test_ms[i], events, bad,
-                          live=(int(live[i]), total_filters), elapsed=s.prior_seconds + elapsed)
-            except Diverged as err:
-                diverged[s.config.seed] = err
-    for i, s in enumerate(sessions):
-        s.ckpt.close()
-        if s.config.seed not in diverged:
-            s.state = unstack(states, i)   # finish() exports and reports from each member's final state
-    return diverged
+            s.state = s.arrays = None   # the stacked copies are the ones trained
+        self.roots = jax.random.wrap_key_data(jnp.array(self.states.rng, copy=True))
+        config = s0.config
+        self.step_sharding = batch_sharding(s0.mesh, config.batch_size)
+        self.eval_sharding = batch_sharding(s0.mesh, min(config.eval_batch_size, self.arrays[3].shape[-1]))
+
+    def transition(self, hook, epoch: int) -> list:
+        self.states, events = vmap_transition(hook, self.states, epoch, self.inputs)
+        return events
+
+    def member_events(self, events: list, i: int) -> list:
+        return [member_event(e, i) for e in events]
+
+    def steps(self) -> int:
+        return self.arrays[1].shape[-1] // self.s0.config.batch_size
+
+    def train_epoch(self, epoch: int, progress) -> list[dict]:
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(self.roots, epoch)
+        self.states, metrics = _population_epoch(self.states, self.arrays, keys, self.s0, data_axis=self.data_axis,
+                                                 layers=self.layers, progress=progress, sharding=self.step_sharding)
+        return metrics
+
+    def evaluate(self) -> list[dict]:
+        return _population_eval(self.states, self.arrays, self.s0, data_axis=self.data_axis,
+                                sharding=self.eval_sharding, members=self.members)
+
+    def live_counts(self) -> list[int]:
+        return [int(n) for n in _live_counts(self.states)]
+
+    def finite(self) -> list[bool]:
+        return [bool(f) for f in _finite(self.states)]
+
+    def member_state(self, i: int):
+        return unstack(self.states, i)
+
+    def done(self, diverged: dict) -> None:
+        for i, s in enumerate(self.sessions):
+            s.ckpt.close()
+            if s.config.seed not in diverged:
+                s.state = unstack(self.states, i)   # finish() exports and reports from each member's final state
+
+
+def train_population(sessions: list[Session]) -> dict[int, Diverged]:
+    """Every remaining epoch of every member (:func:`repr_jax.epoch_loop.epoch_loop`); returns
+    the members that diverged (by seed)."""
+    return epoch_loop(sessions, Population(sessions))
 
 
 def run_population(config: RunConfig, data: Cifar | None = None) -> dict:
@@ -290,5 +278,5 @@ def run_population(config: RunConfig, data: Cifar | None = None) -> dict:
     return summary
 
 
-__all__ = ["member_configs", "member_event", "run_population", "start_population", "train_population",
-           "vmap_transition"]
+__all__ = ["Population", "member_configs", "member_event", "run_population", "start_population",
+           "train_population", "vmap_transition"]

@@ -7,9 +7,8 @@ built, the directory created or the run resumed from its newest usable checkpoin
 evaluation, ``after_epoch``, one line of ``metrics.jsonl``, the method's events into
 ``pruning.jsonl``, a checkpoint) → :func:`finish` (``summary.json``, the export of a method
 that exports, plots) → :func:`close`. The runner knows no method by name: everything
-method-specific comes through :class:`repr_jax.methods.base.Method`. :mod:`repr_jax.population`
-runs K sessions as one vmapped program with the same pieces (:func:`log_epoch`,
-:func:`diverge`, :func:`finish`).
+method-specific comes through :class:`repr_jax.methods.base.Method`. The epoch loop is
+:mod:`repr_jax.epoch_loop`'s, the one :mod:`repr_jax.population` runs K sessions with.
 
 Failure behaviour (exit codes in :mod:`repr_jax.errors`): an existing run is never
 overwritten — it is resumed (``resume=True``, same settings, same data) or refused with
@@ -22,9 +21,7 @@ metrics and one ``isfinite`` reduction of the parameters), never one per step.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -34,17 +31,17 @@ import numpy as np
 from repr_jax.checkpoint import Checkpointer
 from repr_jax.config import RunConfig
 from repr_jax.data import Cifar
-from repr_jax.errors import Diverged, NonFiniteError, RunError
-from repr_jax.masks import live_filters
-from repr_jax.parallel import batch_sharding, data_mesh, replicate
+from repr_jax.epoch_loop import OneRun, epoch_loop, summary_fields
+from repr_jax.errors import RunError
+from repr_jax.parallel import data_mesh, replicate
 from repr_jax.plots import dataset_label, plot_curves, plot_pruned_per_layer
-from repr_jax.run_dir import (check_data, check_run_dir, create_run_dir, finite_row, read_config, read_jsonl,
-                              record_extension, write_json, write_jsonl)
+from repr_jax.run_dir import (check_data, check_run_dir, create_run_dir, read_config, read_jsonl,
+                              record_extension, write_json)
 from repr_jax.run_lock import RunLock
-from repr_jax.run_state import (build_method, build_model, initial_state, load_run_data, state_is_finite,
+from repr_jax.run_state import (build_method, build_model, initial_state, load_run_data,
                                 warm_start)
 from repr_jax.teacher import attach_teacher, check_teacher
-from repr_jax.train import evaluate, loss_term_names, run_epoch, train_step_indexed
+from repr_jax.train import loss_term_names
 
 
 @dataclasses.dataclass
@@ -212,137 +209,12 @@ def close(s: Session) -> None:
         s.lock.release()
 
 
-def non_finite(train_m: dict, test_m: dict) -> str | None:
-    values = {"train_loss": train_m["loss"], "test_loss": test_m["loss"],
-              **{f"loss term {k}": v for k, v in train_m.get("loss_terms", {}).items()}}
-    bad = [k for k, v in values.items() if not math.isfinite(v)]
-    return ", ".join(bad) if bad else None
-
-
-def diverge(s: Session, epoch: int, quantity: str) -> None:
-    """Stop the run at 0-based ``epoch``: summary.json says why; the newest checkpoint kept
-    (written after the last finite epoch) is the state to go back to."""
-    last = s.ckpt.latest_epoch()
-    s.ckpt.close()
-    if s.tensorboard is not None:
-        s.tensorboard.close()
-    finite = [m for m in s.metrics if "non_finite" not in m]
-    summary = {"status": "diverged", "diverged_epoch": epoch + 1, "non_finite": quantity,
-               "last_finite_checkpoint": last,
-               "last_finite_test_accuracy": finite[-1]["test_accuracy"] if finite else None,
-               **summary_fields(s)}
-    write_json(s.out / "summary.json", summary)
-    kept = f"kept the checkpoint of epoch {last}" if last else "no finite checkpoint was written"
-    raise Diverged(f"the run diverged at epoch {epoch + 1}: {quantity} not finite; stopped and {kept} "
-                   f"(summary.json: status diverged)", epoch + 1, quantity, summary)
-
-
-def progress_bar(config: RunConfig, epoch: int, phase: str, steps: int):
-    """A tqdm bar over the epoch's training images (img/s, as the epoch line reports), the ETA
-    averaged over the whole epoch; none with ``--quiet`` or when stderr is not a terminal
-    (a log file under nohup would fill with redrawn bars)."""
-    if config.quiet or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-    return tqdm(total=steps * config.batch_size, unit="img", smoothing=0.0,
-                desc=f"epoch {epoch + 1}/{config.epochs} [{phase}]", leave=False, dynamic_ncols=True)
-
-
 def train_epochs(s: Session) -> None:
-    """Every remaining epoch: transitions, training, evaluation, logs and a checkpoint each."""
-    config, method = s.config, s.method
-    train_x, train_y, test_x, test_y = s.arrays
-    layers = s.state.layers
-    total_filters = sum(layer.num_filters for layer in layers)
-    root = jax.random.wrap_key_data(jnp.array(s.state.rng, copy=True))  # the state is donated
-    started = time.perf_counter()
-    step_sharding = batch_sharding(s.mesh, config.batch_size)
-    eval_sharding = batch_sharding(s.mesh, min(config.eval_batch_size, len(test_y)))
-    for epoch in range(s.start_epoch, config.epochs):
-        s.epoch = epoch
-        phase = method.phase(epoch)
-        s.state, before = method.before_epoch(s.state, epoch, s.inputs)
-        try:
-            for event in before:
-                method.check_event(event)
-        except NonFiniteError as err:
-            diverge(s, epoch, str(err))
-        progress = progress_bar(config, epoch, phase.name, len(train_y) // config.batch_size)
-        s.state, train_m = run_epoch(s.state, train_x, train_y, jax.random.fold_in(root, epoch),
-                                     batch_size=config.batch_size, layers=layers,
-                                     ortho_lambda=config.ortho_loss, method=method, terms=s.terms,
-                                     progress=progress, augmentation=config.data.augment,
-                                     batch_sharding=step_sharding)
-        if progress is not None:
-            progress.close()
-        test_m = evaluate(s.state, test_x, test_y, config.eval_batch_size, method=method,
-                          batch_sharding=eval_sharding)
-        live = live_filters(s.state.masks, layers)  # as trained and evaluated this epoch
-        live_count = int(sum(float(jnp.sum(v)) for v in live.values()))
-        bad = non_finite(train_m, test_m)
-        after = []
-        if bad is None:
-            s.state, after = method.after_epoch(s.state, epoch, s.inputs)
-            try:
-                for event in after:
-                    method.check_event(event)
-            except NonFiniteError as err:
-                bad = str(err)
-        bad = bad or (None if state_is_finite(s.state) else "parameters")   # what the checkpoint would hold
-        log_epoch(s, s.state, epoch, train_m, test_m, before + after, bad,
-                  live=(live_count, total_filters), elapsed=s.prior_seconds + time.perf_counter() - started)
-    s.ckpt.close()
-
-
-def log_epoch(s: Session, state, epoch: int, train_m: dict, test_m: dict, events: list, bad: str | None,
-              *, live: tuple[int, int], elapsed: float) -> None:
-    """After 0-based ``epoch``: the method's events into ``pruning.jsonl``, one line of
-    ``metrics.jsonl``, then stop (``bad`` names what is not finite) or checkpoint ``state``."""
-    config, phase = s.config, s.method.phase(epoch)
-    records = [s.method.record(event) for event in events]
-    s.events += records
-    seed = f"seed {config.seed} " if s.population > 1 else ""
-    for line in (line for record in records for line in s.method.describe(record)):
-        if line.startswith("warning:"):
-            print(f"warning: {seed}{line[len('warning: '):]}", file=sys.stderr, flush=True)
-        elif not config.quiet:
-            print(f"{seed}{line}", flush=True)
-    row = {"epoch": epoch + 1, "phase": phase.name, "round": phase.round,
-           "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
-           "test_loss": test_m["loss"], "test_accuracy": test_m["accuracy"],
-           "learning_rate": float(s.schedule(int(state.step))),
-           "images_per_second": train_m["images_per_second"],
-           "epoch_seconds": train_m["train_seconds"], "elapsed_seconds": elapsed,
-           "live_filters": live[0], "total_filters": live[1]}
-    if "loss_terms" in train_m:
-        row["loss_terms"] = train_m["loss_terms"]
-    s.metrics.append(finite_row(row))
-    write_jsonl(s.out / "metrics.jsonl", s.metrics)
-    if s.tensorboard is not None:
-        s.tensorboard.write(s.metrics[-1])
-    if s.events:
-        write_jsonl(s.out / "pruning.jsonl", s.events)
-    if bad is not None:
-        diverge(s, epoch, bad)
-    s.ckpt.save(epoch + 1, state, {"test_accuracy": row["test_accuracy"]},
-                {"epochs_done": epoch + 1, "wall_seconds": row["elapsed_seconds"], "events": len(s.events)})
-    if not config.quiet:
-        print(f"{seed}epoch {epoch + 1:3d} [{phase.name:4s}] train {100 * row['train_accuracy']:5.2f}% "
-              f"test {100 * row['test_accuracy']:5.2f}% loss {row['train_loss']:.3f} "
-              f"{row['images_per_second']:.0f} img/s live {live[0]}/{live[1]}", flush=True)
-
-
-def summary_fields(s: Session) -> dict:
-    config, metrics, events = s.config, s.metrics, s.events
-    return {
-        "method": config.method.name, "model": config.model.name, "dataset": config.data.dataset,
-        "data_source": s.data.source, "train_images": int(len(s.data.train_y)),
-        "test_images": int(len(s.data.test_y)), "epochs": config.epochs,
-        "wall_seconds": metrics[-1]["elapsed_seconds"] if metrics else 0.0,
-        "train_step_compilations_this_process": int(train_step_indexed._cache_size()),
-        "drops": sum(e["event"] == "drop" for e in events),
-        "reinits": sum(e["event"] == "reinit" for e in events),
-    }
+    """Every remaining epoch of one run (:func:`repr_jax.epoch_loop.epoch_loop`); raises
+    :class:`~repr_jax.errors.Diverged` when it stops on a non-finite value."""
+    diverged = epoch_loop([s], OneRun(s))
+    if diverged:
+        raise diverged[s.config.seed]
 
 
 def finish(s: Session, extra: dict | None = None) -> dict:
@@ -385,5 +257,4 @@ def finish(s: Session, extra: dict | None = None) -> dict:
     return summary
 
 
-__all__ = ["Session", "close", "device_mesh", "diverge", "finish", "log_epoch", "non_finite", "progress_bar",
-           "start", "summary_fields", "train_epochs"]
+__all__ = ["Session", "close", "device_mesh", "finish", "start", "train_epochs"]

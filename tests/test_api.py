@@ -237,3 +237,33 @@ def test_a_model_the_graph_cannot_trace_trains_plainly_and_refuses_pruning():
     assert rj.Pruner("standard", Grouped(), x[:1]).layers
     with pytest.raises(ValueError, match="repr cannot prune this model: channel graph: grouped convolutions"):
         rj.Pruner("repr", Grouped(), x[:1], s1=1, s2=1, iterations=1)
+
+
+@pytest.mark.parametrize("streams", ["default", "dropout"])
+def test_nnx_dropout_under_jit_differs_per_key_and_is_pure(streams):
+    """``nnx.Dropout`` inside a jitted step: each key gives its own mask (a single
+    ``nnx.Rngs(0)`` stream too), the same key the same output, and the user's module's RNG
+    state is never written by the traced call."""
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+            self.drop = nnx.Dropout(0.5, rngs=rngs)
+            self.head = nnx.Linear(4, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(self.drop(self.conv(x)).mean(axis=(1, 2)))
+
+    x = jnp.ones((2, 8, 8, 1))
+    net = Net(nnx.Rngs(0) if streams == "default" else nnx.Rngs(params=0, dropout=1))
+    pr = rj.Pruner("standard", net, x)
+    pr.wrap(optax.sgd(0.1))
+    v = pr.variables()
+    ps = pr.init(v["params"])
+    f = jax.jit(lambda v, k: pr.forward(v, ps, x, train=True, rngs={"dropout": k})[0])
+    a, b = f(v, jax.random.key(1)), f(v, jax.random.key(2))
+    assert float(jnp.max(jnp.abs(a - b))) > 0
+    np.testing.assert_array_equal(f(v, jax.random.key(1)), a)
+    net.eval()
+    assert np.isfinite(np.asarray(net(x))).all()          # the module itself still works eagerly

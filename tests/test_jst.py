@@ -111,6 +111,9 @@ def test_sampler_keeps_what_the_numpy_reference_keeps(c, threshold, min_keep, sc
     want, cumulative = _numpy_keep(noisy, threshold, min_keep)
     if np.min(np.abs(cumulative - threshold)) < 1e-5:   # float association decides; not the rule
         return
+    p = np.sort(np.exp(noisy - noisy.max()) / np.exp(noisy - noisy.max()).sum())
+    if c > 1 and np.min(np.diff(p)) < 1e-6 and not np.all(np.diff(p) == 0):   # near-ties: rounding orders them
+        return
     got = np.asarray(sample_keep(jnp.asarray(noisy), jnp.asarray(threshold, jnp.float32), min_keep))
     np.testing.assert_array_equal(got, want)
 

@@ -62,13 +62,13 @@ def _copy(run: Path, tmp_path: Path) -> Path:
 def test_step_best_is_the_earliest_epoch_of_the_best_accuracy(tiny_cifar_dir, tmp_path, monkeypatch, capsys):
     """Test accuracies 30 / 60 / 40 / 60 / 20 % (scripted) with one checkpoint kept: epoch 2 is
     the best (the earlier of a tie, as summary.json says), kept, and what --step best loads."""
-    from repr_jax import session
+    from repr_jax import epoch_loop
     scripted = iter([0.3, 0.6, 0.4, 0.6, 0.2])
-    real = session.evaluate
-    monkeypatch.setattr(session, "evaluate", lambda *a, **kw: {**real(*a, **kw), "accuracy": next(scripted)})
+    real = epoch_loop.evaluate
+    monkeypatch.setattr(epoch_loop, "evaluate", lambda *a, **kw: {**real(*a, **kw), "accuracy": next(scripted)})
     out = tmp_path / "run"
     assert cli.main(_args(tiny_cifar_dir, out, "--epochs", "5", "--keep-checkpoints", "1")) == 0
-    monkeypatch.setattr(session, "evaluate", real)
+    monkeypatch.setattr(epoch_loop, "evaluate", real)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_epoch"] == 2
     ckpt = Checkpointer(out / "checkpoints", keep=1)

@@ -10,7 +10,7 @@ import matplotlib.figure
 import pytest
 
 from conftest import load_script
-from repr_jax import session
+from repr_jax import epoch_loop
 from repr_jax.checkpoint import Checkpointer
 from repr_jax.config import RunConfig
 from repr_jax.evaluate import main as evaluate_main
@@ -59,6 +59,14 @@ def test_structured_prune_lines():
               "layers": {"conv0": {"live": 2, "pruned": 2}, "conv1": {"live": 3, "pruned": 1}}}
     assert method.describe(record) == ["li-l1 prune round 1 (before epoch 1): 3 filters pruned, 5 live — "
                                        "conv0 2, conv1 1"]
+    nearly_empty = dict(record, layers={"conv0": {"live": 1, "pruned": 3}, "conv1": {"live": 4, "pruned": 0}})
+    assert method.describe(nearly_empty)[-1] == ("warning: li-l1 leaves conv0 with 1 of 4 filters "
+                                                 "(min_keep=1 is the floor)")
+    resnet = LiL1(method_config("li-l1", fraction=0.5),
+                  MethodContext.for_model(create_model("resnet8"), architecture=architecture("resnet8")))
+    lines = resnet.describe(dict(record, layers={"stage1_block0/conv1": {"live": 8, "pruned": 8}}))
+    assert lines[1].startswith("not pruned (tied to a residual sum") and "conv0" in lines[1] \
+        and "stage1_block0/conv2" in lines[1] and "stage1_block0/conv1" not in lines[1]
 
 
 def test_a_repr_run_prints_its_drops_and_reinits(tiny_cifar_dir, tmp_path, capsys):
@@ -74,15 +82,15 @@ def test_a_repr_run_prints_its_drops_and_reinits(tiny_cifar_dir, tmp_path, capsy
 
 def test_progress_bar_counts_images_and_only_on_a_terminal(monkeypatch):
     config = RunConfig(out="x", epochs=5, batch_size=32)
-    assert session.progress_bar(config, 0, "full", 10) is None     # pytest's stderr: not a terminal
+    assert epoch_loop.progress_bar(config, 0, "full", 10) is None     # pytest's stderr: not a terminal
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    bar = session.progress_bar(config, 0, "full", 10)
+    bar = epoch_loop.progress_bar(config, 0, "full", 10)
     try:
         assert bar.total == 320 and bar.unit == "img" and bar.smoothing == 0.0
     finally:
         bar.close()
     import dataclasses
-    assert session.progress_bar(dataclasses.replace(config, quiet=True), 0, "full", 10) is None
+    assert epoch_loop.progress_bar(dataclasses.replace(config, quiet=True), 0, "full", 10) is None
 
 
 def test_resume_from_saved_settings_extend_and_evaluate(tiny_cifar_dir, tmp_path, monkeypatch, capsys):

@@ -270,8 +270,17 @@ class StructuredMethod(Method):
         if record.get("event") != "prune":
             return []
         counts = ", ".join(f"{n} {v['pruned']}" for n, v in record["layers"].items() if v["pruned"])
-        return [f"{self.name} prune round {record['round']} (before epoch {record['epoch']}): {record['pruned']} "
-                f"filters pruned, {record['live']} live — {counts or 'none'}"]
+        lines = [f"{self.name} prune round {record['round']} (before epoch {record['epoch']}): {record['pruned']} "
+                 f"filters pruned, {record['live']} live — {counts or 'none'}"]
+        fixed = [name for name in self.sizes if name not in self.eligible]
+        if fixed and record["round"] == 1:
+            lines.append(f"not pruned (tied to a residual sum or another fixed channel, so the export could not "
+                         f"remove them; prune_tied=true masks them anyway): {', '.join(fixed)}")
+        for name, v in record["layers"].items():
+            if v.get("pruned") and v["live"] <= max(1, self.sizes.get(name, 0) // 8):
+                lines.append(f"warning: {self.name} leaves {name} with {v['live']} of {self.sizes[name]} filters "
+                             f"(min_keep={self.config.min_keep} is the floor)")
+        return lines
 
 
 __all__ = ["PRUNE_STREAM", "RESTARTS", "StructuredConfig", "StructuredMethod", "check_fraction", "input_live",

@@ -11,7 +11,9 @@ it in train or eval mode and splits the new batch statistics back out — a pure
 so it traces under ``jit``, ``grad`` and ``vmap`` like a Linen ``apply``.
 
 * ``rngs={"dropout": key}`` reseeds the module's RNG streams of those names for the call
-  (``nnx.reseed``), so dropout differs per step as in a Linen model.
+  (``nnx.reseed``; a single ``default`` stream, ``nnx.Rngs(0)``, takes the ``dropout``
+  key), so dropout differs per step as in a Linen model; the call works on a copy of the
+  module's RNG state, so it traces under ``jit``.
 * Output interception (:func:`repr_jax.layers.intercept_outputs`: scoring probes and a
   method's channel gates) works by replacing the intercepted submodules of the merged copy
   for the call.
@@ -101,10 +103,15 @@ class NNXModel:
         return {"params": _str_keys(_pure(self._params)), "batch_stats": _str_keys(_pure(self._stats))}
 
     def bind(self, variables: dict):
-        """A fresh NNX module (a copy) holding ``variables``."""
+        """A fresh NNX module (a copy, its RNG state too: a traced call must not write into
+        the user's module) holding ``variables``."""
         nnx = _nnx()
-        return nnx.merge(self.graphdef, _state_with(self._params, variables["params"]),
-                         _state_with(self._stats, variables.get("batch_stats", {})), self._rest)
+        states = (_state_with(self._params, variables["params"]),
+                  _state_with(self._stats, variables.get("batch_stats", {})), self._rest)
+        try:
+            return nnx.merge(self.graphdef, *states, copy=True)
+        except TypeError:   # flax without merge(copy=): the rest state copied by hand
+            return nnx.merge(self.graphdef, *states[:2], jax.tree_util.tree_map(lambda x: x, self._rest))
 
     def apply(self, variables: dict, x, train: bool = False, mutable=False, rngs: dict | None = None,
               method=None, **kwargs) -> Any:
@@ -112,10 +119,7 @@ class NNXModel:
         nnx = _nnx()
         module = self.bind(variables)
         if rngs:
-            try:
-                nnx.reseed(module, **{name: key for name, key in rngs.items()})
-            except (ValueError, KeyError, AttributeError, TypeError):
-                pass   # the module has no such streams (no dropout): nothing to reseed
+            _reseed(module, rngs)
         module.train() if train else module.eval()
         restore = []
         for sites, fn in active_intercepts():
@@ -142,6 +146,20 @@ class NNXModel:
         stats = _state_with(self._stats, variables.get("batch_stats", {}))
         nnx.update(self.module, params, stats)
         self.graphdef, self._params, self._stats, self._rest = nnx.split(self.module, nnx.Param, nnx.BatchStat, ...)
+
+
+def _reseed(module, rngs: dict) -> None:
+    """Reseed the module's RNG streams from this call's keys: a stream named as a key takes
+    that key; a single ``default`` stream (``nnx.Rngs(0)``, from which ``nnx.Dropout`` draws
+    when it has no ``dropout`` stream) takes the ``dropout`` key (or the first given) — so
+    dropout masks differ from step to step as they do in a Linen model."""
+    nnx = _nnx()
+    streams = {getattr(node, "tag", None) for _, node in nnx.iter_graph(module) if isinstance(node, nnx.RngStream)}
+    keys = {name: key for name, key in rngs.items() if name in streams}
+    if "default" in streams and "default" not in keys:
+        keys["default"] = rngs.get("dropout", next(iter(rngs.values())))
+    if keys:
+        nnx.reseed(module, **keys)
 
 
 _INTERCEPTED = []
