@@ -121,5 +121,15 @@ class DSD(Method):
         return {"event": event.kind, "epoch": event.epoch, "round": event.round, "method": self.name,
                 "sparsity": self.config.sparsity, **a}
 
+    def describe(self, record: dict) -> list[str]:
+        """One line when the kernels go sparse and one when they go dense again."""
+        if record.get("event") == "sparsify":
+            return [f"dsd sparse phase (before epoch {record['epoch']}): the {100 * record['sparsity']:.0f} % "
+                    "smallest-magnitude weights of each kernel masked"]
+        if record.get("event") == "redense":
+            return [f"dsd re-dense phase (before epoch {record['epoch']}): every weight trains again, the pruned "
+                    "ones from 0 with fresh optimizer state"]
+        return []
+
 
 __all__ = ["DSD", "DSDConfig"]

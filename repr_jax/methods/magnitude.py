@@ -192,6 +192,14 @@ class Han(Method):
         return {"event": event.kind, "epoch": event.epoch, "round": event.round, "method": self.name,
                 "quality": self.config.quality[event.round - 1], "pruned_kind": self.pruned_kind(event.round - 1), "layers": layers}
 
+    def describe(self, record: dict) -> list[str]:
+        """One line per prune: the quality q, the kind pruned, each kernel's kept fraction."""
+        if record.get("event") != "prune":
+            return []
+        kept = ", ".join(f"{name} {100 * v['density']:.0f} %" for name, v in record["layers"].items() if "density" in v)
+        return [f"han prune {record['round']} (before epoch {record['epoch']}, |w| >= {record['quality']:g} std, "
+                f"{record['pruned_kind']} kernels): kept {kept}"]
+
     # ---------------------------------------------------------------- end of run
     def final_report(self, state, out) -> dict:
         return {"storage": write_storage_report(state, out)}
