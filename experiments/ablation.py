@@ -37,7 +37,7 @@ from repr_jax._xla_flags import enable_cpu_fusion
 
 enable_cpu_fusion()  # before JAX starts its backend; REPR_JAX_NO_YNN=1 opts out
 
-from repr_jax.ablation import (Row, ablation_rows, correlation_with_oracle, summarize,  # noqa: E402
+from repr_jax.studies.ablation import (Row, ablation_rows, correlation_with_oracle, summarize,  # noqa: E402
                                write_report)
 from repr_jax.cli import DefaultsHelpFormatter, fail  # noqa: E402
 from repr_jax.config import DataConfig, ModelConfig, RunConfig, RunError  # noqa: E402

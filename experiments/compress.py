@@ -1,5 +1,5 @@
 """Structured pruning end to end: the unpruned model, each method pruned → exported →
-fine-tuned, and Scratch-E / Scratch-B of every exported architecture (``repr_jax.compress_study``).
+fine-tuned, and Scratch-E / Scratch-B of every exported architecture (``repr_jax.studies.compress_study``).
 
     python experiments/compress.py --scale cpu --data-dir DATA --out DIR           # ResNet-20, 10k images
     python experiments/compress.py --scale gpu-resnet56 --jobs 8 --data-dir DATA --out DIR
@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from repr_jax.cli import DefaultsHelpFormatter, fail
-from repr_jax.compress_study import SCALES, collect, markdown, stages
-from repr_jax.study_runner import code_version, report_header, run_stages
+from repr_jax.studies.compress_study import SCALES, collect, markdown, stages
+from repr_jax.studies.study_runner import code_version, report_header, run_stages
 from repr_jax.versions import machine
 
 

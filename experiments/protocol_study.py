@@ -3,7 +3,7 @@
     python experiments/protocol_study.py --scale gpu --data-dir DATA --out DIR --jobs 6
     python experiments/protocol_study.py --scale cpu --data-dir DATA --out DIR
 
-Each (row, seed) is one ``experiments/cifar.py`` process (rows: ``repr_jax.study``), or with
+Each (row, seed) is one ``experiments/cifar.py`` process (rows: ``repr_jax.studies.study``), or with
 ``--population`` each row's seeds are one ``--seeds K`` process (one vmapped program, same
 run directories); a run already completed is skipped and an interrupted one resumed, so the
 command can be rerun until everything is done. ``--report-only`` writes ``study.json``, ``study.md`` and the
@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from repr_jax.cli import DefaultsHelpFormatter, fail
-from repr_jax.study import collect, population_arguments, run_arguments, study_rows, write_report
+from repr_jax.studies.study import collect, population_arguments, run_arguments, study_rows, write_report
 from repr_jax.versions import machine
 
 CIFAR = Path(__file__).resolve().parent / "cifar.py"
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     m = machine()
     header = (f"# RePr protocol study ({args.scale} scale)\n\nMachine: {m['cpu']}, {m['cores']} cores, JAX "
               f"{m.get('jax')} on {m['jax_backend']} ({', '.join(m['devices'])}). Rows, arguments and "
-              f"protocols: `repr_jax/study.py`, `repr_jax/protocols.py`. Welch's t-test of each row's final "
+              f"protocols: `repr_jax/studies/study.py`, `repr_jax/protocols.py`. Welch's t-test of each row's final "
               f"test accuracy against Standard of the same group (scipy.stats.ttest_ind, equal_var=False).")
     write_report(collect(out, rows), out, header)
     print(f"report: {out / 'study.md'}")

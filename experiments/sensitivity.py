@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on a fixed slice of N test images")
     p.add_argument("--data-dir", default=None, help="the run's data, if it moved")
     args = p.parse_args(argv)
-    from repr_jax.sensitivity import analyse
+    from repr_jax.studies.sensitivity import analyse
     try:
         if not 0 <= args.max_drop <= 1:
             raise RunError(f"--max-drop must be in [0, 1], got {args.max_drop}")

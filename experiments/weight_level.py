@@ -1,6 +1,6 @@
 """The weight-level study: Han et al. per-iteration compression and accuracy (with the CSR
 storage report), DSD vs Standard vs RePr, DropConnect vs Dropout, and the knowledge
-distillation rows (``repr_jax.weight_study``).
+distillation rows (``repr_jax.studies.weight_study``).
 
     python experiments/weight_level.py --scale cpu --jobs 2 --data-dir DATA --out DIR   # 10k images, 2 seeds
     python experiments/weight_level.py --scale gpu --jobs 8 --data-dir DATA --out DIR   # full length, 3 seeds
@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from repr_jax.cli import DefaultsHelpFormatter, fail
-from repr_jax.study_runner import code_version, report_header, run_stages
+from repr_jax.studies.study_runner import code_version, report_header, run_stages
 from repr_jax.versions import machine
-from repr_jax.weight_study import SCALES, collect, markdown, stages
+from repr_jax.studies.weight_study import SCALES, collect, markdown, stages
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
                   study_minutes=(time.time() - started) / 60)
     (out / "weight_level.json").write_text(json.dumps(report, indent=2) + "\n")
     header = report_header(f"Weight-level methods — CIFAR-10 (JPEG copy), scale {args.scale}", m,
-                           report["code_version"], "Rows and settings: `repr_jax/weight_study.py`.")
+                           report["code_version"], "Rows and settings: `repr_jax/studies/weight_study.py`.")
     (out / "weight_level.md").write_text(markdown(report, header))
     print((out / "weight_level.md").read_text())
     return 0

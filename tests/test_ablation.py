@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import load_script
-from repr_jax.ablation import PAPER_TABLE, ablation_rows
+from repr_jax.studies.ablation import PAPER_TABLE, ablation_rows
 
 cli = load_script("experiments/ablation.py")
 

@@ -222,7 +222,7 @@ def test_sensitivity_measures_on_held_out_images_when_the_run_has_them(tmp_path,
     from repr_jax.experiment import load_run_data, load_run_state
     from repr_jax.masks import drop_filters, live_filters
     from repr_jax.run_dir import read_config
-    from repr_jax.sensitivity import analyse
+    from repr_jax.studies.sensitivity import analyse
     from repr_jax.train import evaluate
     out = tmp_path / "base"
     tiny = ["--model", "convnet", "--depth", "2", "--width", "8", "--batch-size", "64", "--lr", "0.01", "--quiet"]

@@ -60,3 +60,11 @@ def test_no_import_cycle_and_no_private_imports():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+
+
+def test_the_library_never_imports_the_studies():
+    edges, _ = _graph()
+    into_studies = sorted(f"{a} imports {b}" for a, targets in edges.items() for b in targets
+                          if b.startswith("repr_jax.studies") and not a.startswith("repr_jax.studies"))
+    assert into_studies == []
+    assert any(b.startswith("repr_jax.studies.") for b in edges["repr_jax.studies.study"])  # edges seen

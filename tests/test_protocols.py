@@ -15,7 +15,7 @@ from repr_jax.data import Cifar
 from repr_jax.experiment import build_method, build_model, load_run_data
 from repr_jax.protocols import PROTOCOLS, protocol_overrides
 from repr_jax.population import member_configs
-from repr_jax.study import (StudyRow, collect, markdown, population_arguments, run_arguments, study_rows,
+from repr_jax.studies.study import (StudyRow, collect, markdown, population_arguments, run_arguments, study_rows,
                             welch)
 
 cli = load_script("experiments/cifar.py")

@@ -92,7 +92,7 @@ def test_bad_structured_settings_exit_2_before_anything_is_written(argv, message
 
 
 def test_sensitivity_curves_and_picks(base_run, tmp_path):
-    from repr_jax.sensitivity import analyse, pick_ratios
+    from repr_jax.studies.sensitivity import analyse, pick_ratios
     curves = {"unpruned": 0.80, "a": [0.80, 0.795, 0.70, 0.80], "b": [0.70, 0.60, 0.5, 0.4]}
     assert pick_ratios(curves, (0.1, 0.2, 0.3, 0.4), max_drop=0.01) == {"a": 0.2, "b": 0.0}
     report = analyse(base_run, tmp_path / "sens", ratios=(0.5, 0.875))
@@ -114,7 +114,7 @@ def test_sensitivity_curves_and_picks(base_run, tmp_path):
 
 
 def test_compress_study_table_from_run_directories(tmp_path):
-    from repr_jax.compress_study import SCALES, collect, markdown, scratch_arguments
+    from repr_jax.studies.compress_study import SCALES, collect, markdown, scratch_arguments
     scale = SCALES["cpu"]
     for name, acc in [("base", 0.8), ("li-l1", 0.75), ("li-l1-scratch-e", 0.7)]:
         for seed, delta in zip(scale.seeds, (0.0, 0.02)):
@@ -147,7 +147,7 @@ def test_compress_study_table_from_run_directories(tmp_path):
 
 
 def test_methods_that_export_one_architecture_share_its_scratch_runs(tmp_path):
-    from repr_jax.compress_study import SCALES, collect, markdown, scratch_arguments, scratch_twin
+    from repr_jax.studies.compress_study import SCALES, collect, markdown, scratch_arguments, scratch_twin
     scale = SCALES["cpu"]
     widths = {"li-l1": 8, "trimming": 8, "slimming": 4}     # trimming = li-l1's architecture
     for name, acc in [("base", 0.8), *((m, 0.7) for m in widths), ("li-l1-scratch-e", 0.6),

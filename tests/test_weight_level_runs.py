@@ -132,7 +132,7 @@ def test_weight_study_arguments_are_valid_runs_and_the_report_reads_han(han_run,
     import shutil
 
     from repr_jax.cli import build_parser, config_from_args
-    from repr_jax.weight_study import SCALES, collect, han_iterations, markdown, stages
+    from repr_jax.studies.weight_study import SCALES, collect, han_iterations, markdown, stages
     scale = SCALES["cpu"]
     first, second = stages(scale, tmp_path, "DATA")
     assert len(first) == 2 * (1 + 3 + 3 + 1 + 2) and len(second) == 2 * (1 + 2)

@@ -28,7 +28,7 @@ retraining schedule is the run's (``StructuredConfig``), not their 40 epochs at 
 For ResNets only the first conv of each block is pruned (derived from the channel graph,
 :mod:`.structured`). ``rounds > 1`` prunes the ratio in equal steps with retraining between
 them (iterative prune–retrain, §3.5); ``rounds = 1`` is their one-shot prune then retrain.
-Sensitivity analysis (§3.2, Fig. 2b) is :mod:`repr_jax.sensitivity`.
+Sensitivity analysis (§3.2, Fig. 2b) is :mod:`repr_jax.studies.sensitivity`.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from repr_jax.ablation import PAPER_TABLE
+from repr_jax.studies.ablation import PAPER_TABLE
 from repr_jax.report import fmt, stats, welch
 from repr_jax.run_dir import read_jsonl, read_summary
 

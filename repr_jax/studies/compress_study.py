@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from repr_jax.report import stats
-from repr_jax.study_runner import completed_summary
+from repr_jax.studies.study_runner import completed_summary
 
 ANCHORS = [   # printed beside ours (CIFAR-10, the papers' full-length runs)
     "Li et al. 2017, VGG-16-pruned-A: 6.60 % error at −34.2 % FLOPs (baseline 6.75 %)",

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from repr_jax.report import stats
-from repr_jax.study_runner import completed_summary
+from repr_jax.studies.study_runner import completed_summary
 
 PAPER_KD = {"standard": 72.1, "kd": 74.8, "repr": 76.4, "kd-repr": 83.1}   # RePr paper, Table 6 (C³(32))
 ANCHORS = ["Han et al. 2015: LeNet-5 12×, AlexNet 9×, VGG-16 13× fewer parameters, no accuracy loss",
