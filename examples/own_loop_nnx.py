@@ -145,7 +145,8 @@ def main(argv=None) -> int:
     rj.shrink_nnx(model, exported)
     model.eval()
     shrunk = model(xt)
-    print(f"shrunk: {exported.params_before:,} → {exported.params_after:,} parameters, channels {exported.channels}; "
+    print(f"shrunk: {exported.params_before:,} → {exported.params_after:,} parameters, "
+          f"{exported.flops_before:,} → {exported.flops_after:,} multiply–adds, channels {exported.channels}; "
           f"conv2 kernel now {tuple(model.conv2.kernel.shape)}")
     print(f"max |logit difference| masked vs shrunk: {float(jnp.max(jnp.abs(masked - shrunk))):.2e}")
     print(f"shrunk module: test accuracy {accuracy(shrunk, yt):.3f}")

@@ -28,10 +28,13 @@ state::
         variables, opt_state, ps, events = pr.after_epoch(epoch, variables, opt_state, ps)
     small = pr.export(variables, ps, rebuild=lambda channels: MyCNN(channels=channels))
 
-Every transition is the method's own (:class:`repr_jax.methods.base.Method`): the
-runner behind ``experiments/cifar.py`` calls the same hooks through the same
-:class:`repr_jax.state.TrainState` this module assembles from the caller's pieces
-(:meth:`Pruner.train_state` / :meth:`Pruner.pieces`), so there is one path. What differs
+Every transition is the method's own (:class:`repr_jax.methods.base.Method`) and the
+forward pass and update masks are the runner's (:func:`repr_jax.train.forward`,
+:func:`repr_jax.train.update_masks`): the runner behind ``experiments/cifar.py`` calls the
+same hooks on the same :class:`repr_jax.state.TrainState` this module assembles from the
+caller's pieces (:meth:`Pruner.train_state` / :meth:`Pruner.pieces`), so there is one path
+— ``tests/test_one_path.py`` checks that the runner's step and a loop over a Pruner give
+the same parameters, masks and method state, epoch after epoch. What differs
 from our runner is only what the caller owns: inputs are passed as the model takes them
 (no normalisation is applied; data-driven criteria score on ``scoring_data`` passed
 through ``preprocess``), and the learning rate of a method's phases (:meth:`phase`) is
@@ -39,7 +42,6 @@ the caller's to apply.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Callable
 
 import flax.struct
@@ -167,29 +169,15 @@ class Pruner:
         state = self.method.step_hook(self.train_state(variables, None, ps), key)
         return self.pieces(state)[2]
 
-    @contextlib.contextmanager
-    def gates(self, ps: PruneState, train: bool, method_params=None):
-        """Context manager: the method's channel gates on the model's conv responses (RePr's
-        frozen filters, JST's architecture weights); nothing for most methods."""
-        gates = self.method.channel_gates(ps.method_params if method_params is None else method_params,
-                                          ps.method_state, train)
-        if not gates:
-            yield
-            return
-        from repr_jax.layers import intercept_outputs, response_site
-        sites = {response_site(layer): layer.name for layer in self.context.layers}
-        with intercept_outputs(sites, lambda name, out: out * gates[name].astype(out.dtype) if name in gates else out):
-            yield
-
     def forward(self, variables: dict, ps: PruneState, x, *, train: bool, method_params=None, rngs=None):
-        """``model.apply`` with the method's gates: logits, and in training the new batch
-        stats (``(logits, batch_stats)``)."""
-        v = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-        with self.gates(ps, train, method_params):
-            if train:
-                logits, updates = self.model.apply(v, x, train=True, mutable=["batch_stats"], rngs=rngs)
-                return logits, updates["batch_stats"]
-            return self.model.apply(v, x, train=False)
+        """``model.apply`` with the method's channel gates (RePr's frozen filters, JST's
+        architecture weights): logits, and in training also the new batch stats
+        (``(logits, batch_stats)``) — the runner's :func:`repr_jax.train.forward`."""
+        from repr_jax.train import forward
+        state = self.train_state(variables, None, ps)
+        logits, stats = forward(state, variables["params"], x, train=train, method=self.method,
+                                method_params=method_params, rngs=rngs)
+        return (logits, stats) if train else logits
 
     def loss_terms(self, params, variables: dict, ps: PruneState, x, labels, logits, key,
                    method_params=None) -> dict[str, jax.Array]:

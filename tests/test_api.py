@@ -160,7 +160,11 @@ def test_a_48x48x3_input_and_an_export_without_a_factory():
     opt_state, ps = tx.init(variables["params"]), pr.init(variables["params"])
     variables, opt_state, ps, _ = pr.before_epoch(0, variables, opt_state, ps)
     ex = pr.export(variables, ps)
-    assert ex.module is None and ex.flops_after is None and ex.channels == {"Conv_0": 4, "Conv_1": 4}
+    assert ex.module is None and ex.channels == {"Conv_0": 4, "Conv_1": 4}
+    # the FLOPs after, counted from the graph without a module: halved filters in, halved out
+    assert ex.flops_after == 48 * 48 * 27 * 4 + 24 * 24 * 9 * 4 * 4 + 4 * 12 * 12 * 10
+    rebuilt = pr.export(variables, ps, rebuild=lambda channels: UserCNN(channels=channels))
+    assert rebuilt.flops_after == ex.flops_after and rebuilt.params_after == ex.params_after
     assert ex.variables["params"]["Conv_1"]["kernel"].shape == (3, 3, 4, 4)
     assert ex.variables["params"]["Dense_0"]["kernel"].shape == (4 * 12 * 12, 10)
     conv_macs = 48 * 48 * 27 * 8 + 24 * 24 * 72 * 8        # SAME convs at 48×48 and 24×24

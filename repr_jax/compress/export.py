@@ -15,7 +15,9 @@ the flattened features — and the smaller model is rebuilt from the per-layer c
 the user's own factory for theirs, :func:`export_model`); its parameter shapes must equal
 the sliced ones or :class:`ExportError` names the first leaf that differs. Without a
 ``rebuild`` the export is the smaller variables and the channel spec alone (``module`` is
-None and the FLOPs after are not counted). Every trace is on the example input's shape. A dead filter
+None). The FLOPs after are counted from the graph (each conv's and dense layer's kept input
+× kept output channels, :meth:`~repr_jax.compress.graph.ChannelGraph.flops_after`), and a
+rebuilt module's own count must agree. Every trace is on the example input's shape. A dead filter
 contributes exactly 0 to every consumer in the masked model (its kernel, bias and BatchNorm
 γ/β are 0), so the two models compute the same logits up to float32 summation order.
 """
@@ -42,7 +44,7 @@ class Exported:
     model), module (None without a ``rebuild``), variables, and what changed. ``channels``:
     width per conv — the channel spec a factory takes; ``removed``: removed filter indices
     per conv; ``kept_dead``: dead filters kept because they are tied to a live or fixed
-    channel. ``flops_after`` is None when there is no module to count it on."""
+    channel. ``flops_after``: multiply–adds per example after, from the channel graph."""
     architecture: dict
     variables: dict
     channels: dict[str, int]
@@ -51,7 +53,7 @@ class Exported:
     params_before: int
     params_after: int
     flops_before: int
-    flops_after: int | None
+    flops_after: int
     module: object = None
 
     def report(self) -> dict:
@@ -59,7 +61,7 @@ class Exported:
         return {"params_before": self.params_before, "params_after": self.params_after,
                 "flops_before": self.flops_before, "flops_after": self.flops_after,
                 "params_ratio": self.params_before / max(self.params_after, 1),
-                "flops_ratio": None if self.flops_after is None else self.flops_before / max(self.flops_after, 1),
+                "flops_ratio": self.flops_before / max(self.flops_after, 1),
                 "channels": self.channels,
                 "removed_filters": {k: len(v) for k, v in self.removed.items()},
                 "kept_dead_filters": self.kept_dead}
@@ -144,7 +146,7 @@ def export_model(model, variables: dict, live: dict[str, jax.Array], input_shape
         raise ExportError(f"export would leave {', '.join(empty)} with no filters")
     changed = {name: w for name, w in widths.items() if w != graph.layers[name]}
     small_arch = dict(architecture, channels={**architecture.get("channels", {}), **changed}) if architecture else {}
-    small_model, flops_after = None, None
+    small_model, flops_after = None, graph.flops_after(removed)
     params_after = sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(small_vars["params"]))
     if rebuild is not None:
         try:
@@ -159,7 +161,10 @@ def export_model(model, variables: dict, live: dict[str, jax.Array], input_shape
                 raise ExportError(f"exported leaf {key} has shape {got.get(key)}, the rebuilt model "
                                   f"expects {want.get(key)}")
         small_graph = channel_graph(small_model, small_vars, shape)
-        params_after, flops_after = small_graph.params, small_graph.flops
+        params_after = small_graph.params
+        if small_graph.flops != flops_after:   # the rebuilt module computes something else
+            raise ExportError(f"the rebuilt model has {small_graph.flops} multiply-adds, the export "
+                              f"{flops_after}: rebuild(channels) does not build the same model narrower")
     dead = {name: int((np.asarray(live[name]) <= 0).sum()) if name in live else 0 for name in graph.layers}
     return Exported(
         architecture=small_arch, variables=small_vars, channels=widths,

@@ -66,13 +66,36 @@ class Use:
 
 
 @dataclasses.dataclass(frozen=True)
+class Cost:
+    """One conv or dense layer's multiply–adds per example: ``factor · |in| · |out|``, where
+    ``in_sources`` / ``out_sources`` are the sources of its input and output channels
+    (``factor``: output positions × kernel taps for a conv, positions for a dense layer)."""
+    factor: int
+    in_sources: tuple[frozenset, ...]
+    out_sources: tuple[frozenset, ...]
+
+
+def _kept(sources: tuple[frozenset, ...], removed: dict) -> int:
+    """How many of these indices survive an export that removes ``removed`` (the rule of
+    :func:`repr_jax.compress.export.removable`: an index stays while any source stays)."""
+    return sum(1 for srcs in sources if not srcs or any(s == FIXED or not removed[s[0]][s[1]] for s in srcs))
+
+
+@dataclasses.dataclass(frozen=True)
 class ChannelGraph:
     """Prunable convs (name → output channels, definition order), every channel-indexed leaf
-    axis, multiply–adds per example (convs + dense layers) and the parameter count."""
+    axis, multiply–adds per example (convs + dense layers; per layer in ``costs``) and the
+    parameter count."""
     layers: dict[str, int]
     uses: tuple[Use, ...]
     flops: int
     params: int
+    costs: tuple[Cost, ...] = ()
+
+    def flops_after(self, removed: dict) -> int:
+        """Multiply–adds per example once ``removed`` (``{conv: (F,) bool}``) filters are
+        physically gone — counted from the graph, no smaller module needed."""
+        return sum(c.factor * _kept(c.in_sources, removed) * _kept(c.out_sources, removed) for c in self.costs)
 
     def consumers(self, name: str) -> list[Use]:
         """Uses fed by ``name``'s channels other than its own output axis (BatchNorm leaves,
@@ -124,6 +147,7 @@ class _Tracer:
     def __init__(self, conv_names: dict[tuple[str, ...], str]):
         self.conv_names = conv_names          # kernel leaf path (in "params") → conv name
         self.uses: list[Use] = []
+        self.costs: list[Cost] = []
         self.flops = 0
 
     # -- helpers
@@ -219,7 +243,8 @@ def _conv(tr: _Tracer, eqn, ins):
         raise GraphError("channel graph: a convolution's kernel must be one parameter leaf")
     (coll, path), amap = rhs.refs[0]
     in_sources = lhs.sources if isinstance(lhs, _Act) else _fixed(lhs_shape[-1])
-    tr.uses.append(Use(coll, path, amap[dn.rhs_spec[1]], _broadcast(in_sources, lhs_shape[-1])))
+    in_sources = _broadcast(in_sources, lhs_shape[-1])
+    tr.uses.append(Use(coll, path, amap[dn.rhs_spec[1]], in_sources))
     features = out_shape[-1]
     name = tr.conv_names.get(path) if coll == "params" else None
     out = (tuple(frozenset([(name, f)]) for f in range(features)) if name is not None
@@ -227,6 +252,8 @@ def _conv(tr: _Tracer, eqn, ins):
     tr.uses.append(Use(coll, path, amap[dn.rhs_spec[0]], out, produced_by=name))
     rhs_shape = eqn.invars[1].aval.shape
     tr.flops += math.prod(out_shape[1:]) * math.prod(rhs_shape) // features
+    tr.costs.append(Cost(math.prod(out_shape[1:-1]) * math.prod(rhs_shape) // (features * lhs_shape[-1]),
+                         in_sources, out))
     return [_Act(out)]
 
 
@@ -241,6 +268,7 @@ def _dot_general(tr: _Tracer, eqn, ins):
         tr.uses.append(Use(coll, path, amap[rc[0]], lhs.sources))
         free = math.prod(d for i, d in enumerate(rhs_shape) if i not in rc)
         tr.flops += math.prod(lhs_shape[1:]) * free
+        tr.costs.append(Cost(math.prod(lhs_shape[1:-1]), _broadcast(lhs.sources, lhs_shape[-1]), _fixed(free)))
         return [_Act(_fixed(out_shape[-1] if out_shape else 1))]
     raise GraphError("channel graph: dot_general is supported only as activation @ parameter")
 
@@ -409,7 +437,7 @@ def channel_graph(model, variables, input_shape) -> ChannelGraph:
     tracer.run(closed.jaxpr, inputs)
     params = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(variables["params"]))
     return ChannelGraph({l.name: l.num_filters for l in layers}, tuple(tracer.uses),
-                        tracer.flops, params)
+                        tracer.flops, params, tuple(tracer.costs))
 
 
-__all__ = ["FIXED", "ChannelGraph", "GraphError", "Use", "channel_graph"]
+__all__ = ["FIXED", "ChannelGraph", "Cost", "GraphError", "Use", "channel_graph"]
