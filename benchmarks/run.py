@@ -7,7 +7,9 @@ Benchmarks: ``metric`` (RePr metric + global ranking over every prunable conv),
 ``reinit`` (null-space re-initialisation of 30 % of the filters), ``train_step``
 (images/s of one train step, batch 128), ``repr_overhead`` (a short RePr run vs a standard
 run of the same length, and compilations across it), ``seeds`` (train-step throughput of K
-seeds of C³(32): one vmapped population vs K runs one after another vs K processes at once). Every time is the median (with min
+seeds of C³(32): one vmapped population vs K runs one after another vs K processes at once),
+``seeds_run`` (whole runs: ``--seeds 2`` in each layout vs 2 runs one after another, C³(32)
+and ResNet-20). Every time is the median (with min
 and max) over repeats after warm-up, synchronised with ``block_until_ready`` (JAX) or
 ``torch.cuda.synchronize`` (PyTorch on a GPU); compile time is reported separately.
 PyTorch is optional (``pip install -e ".[bench]"``): without it its columns are skipped
@@ -38,7 +40,7 @@ from repr_jax import versions  # noqa: E402
 from repr_jax.cli import fail  # noqa: E402
 from repr_jax.masks import init_masks  # noqa: E402
 
-BENCHMARKS = ("metric", "reinit", "train_step", "repr_overhead", "seeds")
+BENCHMARKS = ("metric", "reinit", "train_step", "repr_overhead", "seeds", "seeds_run")
 
 
 # --------------------------------------------------------------------------- timing helpers
@@ -387,6 +389,42 @@ def bench_seeds(name, ks, repeats, batch=128, steps=5, processes=True):
     return rows
 
 
+def bench_seeds_run(models, k=2, repeats=3, train=2048, epochs=1):
+    """Whole runs: ``--seeds k`` (each layout) against the same ``k`` seeds as ``k`` runs one
+    after another, in one process on the same synthetic data (so the sequential runs share
+    its compilations: the comparison favours them). Each repeat trains every variant once,
+    interleaved; times are wall seconds of the whole run (start, epochs, checkpoints, finish)."""
+    import tempfile
+    from repr_jax.config import ModelConfig, RunConfig
+    from repr_jax.data import synthetic_cifar
+    from repr_jax.experiment import run
+    data = synthetic_cifar(train, 256)
+    rows = []
+    for name in models:
+        def config(out, seeds, seed=0, layout="auto"):
+            return RunConfig(out=out, seed=seed, seeds=seeds, seeds_layout=layout, epochs=epochs, batch_size=128,
+                             eval_batch_size=256, model=ModelConfig(name=name), keep_checkpoints=1, quiet=True)
+        variants = {
+            "sequential": lambda root: [run(config(f"{root}/seq{i}", 1, seed=i), data=data) for i in range(k)],
+            "population_loop": lambda root: run(config(f"{root}/loop", k, layout="loop"), data=data),
+            "population_vmap": lambda root: run(config(f"{root}/vmap", k, layout="vmap"), data=data)}
+        times = {v: [] for v in variants}
+        for r in range(repeats + 1):           # the first round compiles: not counted
+            for v, fn in variants.items():
+                with tempfile.TemporaryDirectory() as root:
+                    t0 = time.perf_counter()
+                    fn(root)
+                    if r:
+                        times[v].append(time.perf_counter() - t0)
+        row = {"model": name, "seeds": k, "train_images": train, "epochs": epochs, "impls": {}, "ratios": {}}
+        for v, ts in times.items():
+            row["impls"][v] = {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "repeats": len(ts)}
+        for v in ("population_loop", "population_vmap"):   # > 1: the population is faster than its runs
+            row["ratios"][f"{v}_speed/sequential"] = row["impls"]["sequential"]["median_s"] / row["impls"][v]["median_s"]
+        rows.append(row)
+    return rows
+
+
 # --------------------------------------------------------------------------- reporting
 def to_markdown(results: dict) -> str:
     m = results["machine"]
@@ -447,6 +485,10 @@ def main(argv=None) -> int:
             "convnet", (2,) if quick else ((1, 4, 8, 16) if gpu else (1, 4, 8)),
             repeats=3 if quick else 5, batch=32 if quick else 128, steps=1 if quick else 5,
             processes=not quick)
+    if "seeds_run" in todo:
+        results["benchmarks"]["seeds_run"] = bench_seeds_run(
+            ["convnet"] if quick else ["convnet", "resnet20"], k=2, repeats=1 if quick else 3,
+            train=256 if quick else 2048)
     kind = results["machine"]["device_kind"].lower().replace(" ", "-")
     default = Path("runs") / "benchmarks" / f"{kind}-quick.json" if quick else Path(__file__).parent / "results" / f"{kind}.json"
     path = Path(args.json or default)

@@ -23,8 +23,9 @@ ALIASES = {
     "--batch-size": ("batch_size", "training batch size (the last partial batch of an epoch is dropped)"),
     "--seed": ("seed", "seed for init, shuffling, augmentation and the method's randomness"),
     "--keep-checkpoints": ("keep_checkpoints", "latest checkpoints kept (+ the best; at least 2 per seed with --seeds)"),
-    "--seeds": ("seeds", "train K seeds (--seed … --seed+K-1) as one vmapped program; each is an ordinary run "
-                         "directory <out>-seed<s> (README 'Seeds and devices')"),
+    "--seeds": ("seeds", "train K seeds (--seed … --seed+K-1) in one process — one vmapped program, or on a CPU "
+                         "one after another (--set seeds_layout=auto|vmap|loop); each is an ordinary run "
+                         "directory <out>-seed<s> (docs/cli.md 'Seeds and devices')"),
     "--devices": ("devices", "split each batch over this many local devices (data parallel over a jax.sharding "
                              "Mesh; 0: all of them; the global batch stays --batch-size)"),
     "--val-split": ("data.val_split", "hold out the last N training images and evaluate on them instead of test"),

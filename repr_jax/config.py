@@ -31,9 +31,11 @@ from repr_jax.optim import OptimConfig
 from repr_jax.protocols import PROTOCOLS
 
 # Settings that do not change the result: a resumed run may differ in these.
-# ``seeds`` and ``devices`` change how the work is laid out, not what is computed (results
-# agree to float32 round-off; repr_jax.population, repr_jax.parallel).
-NON_SEMANTIC = ("out", "resume", "quiet", "keep_checkpoints", "data.dir", "seeds", "devices", "tensorboard")
+# ``seeds``, ``seeds_layout`` and ``devices`` change how the work is laid out, not what is
+# computed (results agree to float32 round-off; repr_jax.population, repr_jax.parallel).
+SEEDS_LAYOUTS = ("auto", "vmap", "loop")
+NON_SEMANTIC = ("out", "resume", "quiet", "keep_checkpoints", "data.dir", "seeds", "seeds_layout", "devices",
+                "tensorboard")
 KEY_ALIASES = {"optim.lr": "optim.learning_rate", "lr": "optim.learning_rate"}
 # Upper bounds: far beyond any real run, low enough that a typo cannot exhaust the machine
 # (per-epoch tables, stacked seeds and layer widths are allocated from these).
@@ -135,7 +137,11 @@ class RunConfig:
         "help": "start from the parameters and BatchNorm statistics of this run directory's latest checkpoint "
                 "(same architecture; '{seed}' is replaced by the seed), e.g. to prune a trained network"})
     seeds: int = dataclasses.field(default=1, metadata={
-        "help": "K > 1: train seeds seed … seed+K-1 as one vmapped program, run directories <out>-seed<s>"})
+        "help": "K > 1: train seeds seed … seed+K-1 in one process (see seeds_layout), run directories <out>-seed<s>"})
+    seeds_layout: str = dataclasses.field(default="auto", metadata={
+        "help": "how --seeds K runs: vmap (one vmapped program: fills an accelerator), loop (each seed's "
+                "own call of the same compiled step, one after another: never slower than K runs), auto "
+                "(loop on a CPU, where vmapped convolutions are slow; vmap elsewhere)"})
     devices: int = dataclasses.field(default=1, metadata={
         "help": "local devices the batch is split over (data parallel; 0: all of them)"})
     resume: bool = False
@@ -171,6 +177,8 @@ class RunConfig:
             (self.seed + self.seeds - 1 <= MAX_SEED,
              f"--seed {self.seed} with --seeds {self.seeds} reaches seed {self.seed + self.seeds - 1}, above {MAX_SEED}"),
             (self.devices >= 0, f"--devices must be >= 0 (0: every device), got {self.devices}"),
+            (self.seeds_layout in SEEDS_LAYOUTS,
+             f"seeds_layout must be one of {', '.join(SEEDS_LAYOUTS)}, got {self.seeds_layout!r}"),
             (math.isfinite(self.ortho_loss) and self.ortho_loss >= 0,
              f"--ortho-loss must be finite and >= 0, got {self.ortho_loss}"),
             (self.protocol in ("", *PROTOCOLS), f"unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}"),

@@ -1,12 +1,12 @@
-"""The epoch loop, one for a single run and for K seeds trained as one vmapped program.
+"""The epoch loop, one for a single run and for K seeds trained together (vmapped or looped).
 
 :func:`epoch_loop` runs every remaining epoch of its sessions: the method's ``before_epoch``
 transition, one training epoch, evaluation, ``after_epoch``, then per session one line of
 ``metrics.jsonl``, the method's events into ``pruning.jsonl`` and a checkpoint
 (:func:`log_epoch`) — or, when a loss, a parameter or a criterion score became non-finite,
 the session's stop (:func:`diverge`). What differs between one run and a population is only
-how those steps compute, a :class:`Trainer`: :class:`OneRun` here, the vmapped one in
-:mod:`repr_jax.population`. A session that diverges stops alone; the others go on.
+how those steps compute, a :class:`Trainer`: :class:`OneRun` here, the vmapped
+``Population`` and the looped ``SeedLoop`` (K OneRuns) in :mod:`repr_jax.population`. A session that diverges stops alone; the others go on.
 """
 from __future__ import annotations
 

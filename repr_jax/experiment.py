@@ -1,5 +1,5 @@
 """Train as configured: :func:`run` — one run (:mod:`repr_jax.session`) or, with
-``seeds > 1``, K seeds as one vmapped program (:mod:`repr_jax.population`).
+``seeds > 1``, K seeds in one process, vmapped or looped (:mod:`repr_jax.population`).
 
 The names of :mod:`repr_jax.session` and :mod:`repr_jax.run_state` are re-exported here:
 ``repr_jax.experiment`` was where they lived before the runner was split (and scripts and

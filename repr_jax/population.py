@@ -1,10 +1,14 @@
-"""K seeds of one configuration trained as one vmapped program (``--seeds K``).
+"""K seeds of one configuration trained in one process (``--seeds K``).
 
 Seeds ``seed … seed+K−1`` are K independent runs — own initialisation, data order,
-augmentation, masks, method state (RePr's drops and re-initialisations), optimizer state —
-whose train states are stacked on a leading axis (:func:`repr_jax.parallel.stack`). Every
-step, every evaluation batch and the method's transitions are ``jax.vmap``-ped over that
-axis, so K small networks fill an accelerator as one program compiled once.
+augmentation, masks, method state (RePr's drops and re-initialisations), optimizer state.
+Two layouts (``seeds_layout``, :func:`seeds_layout`): ``vmap`` stacks their train states on
+a leading axis (:func:`repr_jax.parallel.stack`) and ``jax.vmap``-s every step, evaluation
+batch and method transition over it, so K small networks fill an accelerator as one program
+compiled once (:class:`Population`); ``loop`` trains them one after another each epoch, each
+calling the single run's compiled step (:class:`SeedLoop`) — on a CPU, where XLA computes a
+convolution vmapped over its weights as a slow grouped convolution, that is the faster one,
+and ``auto`` (the default) picks it there.
 
 Each seed is an ordinary run directory ``<out>-seed<s>`` (the names the study scripts
 already use): its own ``config.json`` (``seed`` = s, ``seeds`` = 1), ``metrics.jsonl``,
@@ -17,9 +21,9 @@ least 2 checkpoints per seed). A seed that diverges stops alone (its ``summary.j
 so); the others go on and the population ends with :class:`~repr_jax.errors.Diverged`.
 
 Equality with K sequential runs: same initial states (built one by one, as a single run
-builds its own), same epoch permutations and step keys; the vmapped convolutions are
-batched over their weights, which XLA computes in another order, so metrics agree with the
-sequential runs' to float32 round-off, not bit for bit (``tests/test_population.py``).
+builds its own), same epoch permutations and step keys; under ``loop`` the same programs, so
+bit for bit; under ``vmap`` the convolutions are batched over their weights, which XLA
+computes in another order, so metrics agree to float32 round-off (``tests/test_population.py``).
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ from repr_jax.data import Cifar, load_cifar
 from repr_jax.teacher import attach_teacher
 from repr_jax.errors import Diverged, Interrupted, RunError
 from repr_jax.run_state import all_finite, build_model, initial_state, warm_start
-from repr_jax.epoch_loop import epoch_loop
+from repr_jax.epoch_loop import OneRun, epoch_loop
 from repr_jax.session import Session, close, finish, start
 from repr_jax.masks import live_filters
 from repr_jax.methods.base import Event
@@ -44,7 +48,7 @@ from repr_jax.parallel import batch_sharding, replicate, stack, unstack
 from repr_jax.pipeline import epoch_indices, eval_indices
 from repr_jax.run_dir import check_run_dir, read_summary
 from repr_jax.train import (epoch_means, placed_like, population_eval_step, population_step_indexed,
-                            zero_totals)
+                            train_step_indexed, zero_totals)
 
 
 def member_configs(config: RunConfig) -> list[RunConfig]:
@@ -238,10 +242,60 @@ class Population:
                 s.state = unstack(self.states, i)   # finish() exports and reports from each member's final state
 
 
+class SeedLoop:
+    """The :class:`~repr_jax.epoch_loop.OneRun` of K sessions trained one after another
+    (``seeds_layout=loop``): each member keeps its own state and calls the same compiled
+    step a single run calls (one compilation for all), so every member is bit-identical to
+    its run trained alone, and the population is never slower than its runs one by one (it
+    saves K−1 process starts, data loads and compilations)."""
+
+    def __init__(self, sessions: list[Session]):
+        self.runs = [OneRun(s) for s in sessions]
+        self.layers = self.runs[0].layers
+
+    def transition(self, hook, epoch: int) -> list:
+        return [run.transition(hook, epoch) for run in self.runs]
+
+    def member_events(self, events: list, i: int) -> list:
+        return events[i]
+
+    def steps(self) -> int:
+        return sum(run.steps() for run in self.runs)      # the progress bar counts every member's images
+
+    def train_epoch(self, epoch: int, progress) -> list[dict]:
+        return [run.train_epoch(epoch, progress)[0] for run in self.runs]
+
+    def evaluate(self) -> list[dict]:
+        return [run.evaluate()[0] for run in self.runs]
+
+    def live_counts(self) -> list[int]:
+        return [run.live_counts()[0] for run in self.runs]
+
+    def finite(self) -> list[bool]:
+        return [run.finite()[0] for run in self.runs]
+
+    def member_state(self, i: int):
+        return self.runs[i].s.state
+
+    def done(self, diverged: dict) -> None:
+        for run in self.runs:
+            run.done(diverged)
+
+
+def seeds_layout(config: RunConfig) -> str:
+    """``vmap`` or ``loop`` for ``config.seeds_layout`` (``auto``: ``loop`` on a CPU, where
+    XLA computes a convolution vmapped over its weights as a slow grouped convolution —
+    benchmarks/RESULTS.md measured a vmapped pair at 0.40× two runs — else ``vmap``)."""
+    if config.seeds_layout != "auto":
+        return config.seeds_layout
+    return "loop" if jax.default_backend() == "cpu" else "vmap"
+
+
 def train_population(sessions: list[Session]) -> dict[int, Diverged]:
-    """Every remaining epoch of every member (:func:`repr_jax.epoch_loop.epoch_loop`); returns
-    the members that diverged (by seed)."""
-    return epoch_loop(sessions, Population(sessions))
+    """Every remaining epoch of every member (:func:`repr_jax.epoch_loop.epoch_loop`), laid
+    out by :func:`seeds_layout`; returns the members that diverged (by seed)."""
+    layout = seeds_layout(sessions[0].config)
+    return epoch_loop(sessions, SeedLoop(sessions) if layout == "loop" else Population(sessions))
 
 
 def run_population(config: RunConfig, data: Cifar | None = None) -> dict:
@@ -250,7 +304,7 @@ def run_population(config: RunConfig, data: Cifar | None = None) -> dict:
     :class:`Diverged` (after the others finished) when a member diverged."""
     sessions, ended = start_population(config, data)
     try:
-        t0 = time.perf_counter()
+        t0, layout = time.perf_counter(), seeds_layout(config)
         try:
             diverged = train_population(sessions)
         except KeyboardInterrupt:
@@ -262,9 +316,11 @@ def run_population(config: RunConfig, data: Cifar | None = None) -> dict:
             if s.config.seed in diverged:
                 runs[s.config.seed] = diverged[s.config.seed].summary
                 continue
+            step = train_step_indexed if layout == "loop" else population_step_indexed
             runs[s.config.seed] = finish(s, {
-                "train_step_compilations_this_process": int(population_step_indexed._cache_size()),
-                "population": {"seeds": seeds, "trained_together": [t.config.seed for t in sessions]}})
+                "train_step_compilations_this_process": int(step._cache_size()),
+                "population": {"seeds": seeds, "trained_together": [t.config.seed for t in sessions],
+                               "layout": layout}})
     finally:
         for s in sessions:
             close(s)
@@ -278,5 +334,5 @@ def run_population(config: RunConfig, data: Cifar | None = None) -> dict:
     return summary
 
 
-__all__ = ["Population", "member_configs", "member_event", "run_population", "start_population",
-           "train_population", "vmap_transition"]
+__all__ = ["Population", "SeedLoop", "member_configs", "member_event", "run_population", "start_population",
+           "seeds_layout", "train_population", "vmap_transition"]

@@ -19,11 +19,11 @@ def test_quick_harness_writes_every_benchmark(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(out.read_text())
     assert {"cpu", "cores", "device_kind", "jax"} <= set(results["machine"])
-    assert set(results["benchmarks"]) == {"metric", "reinit", "train_step", "repr_overhead", "seeds"}
+    assert set(results["benchmarks"]) == {"metric", "reinit", "train_step", "repr_overhead", "seeds", "seeds_run"}
     for name, rows in results["benchmarks"].items():
         assert rows, name
         for row in rows:
-            assert "repr_jax" in row["impls"] or name in ("repr_overhead", "seeds")
+            assert "repr_jax" in row["impls"] or name in ("repr_overhead", "seeds", "seeds_run")
             for impl in row["impls"].values():
                 for key in ("median_s", "min_s", "max_s"):
                     assert math.isfinite(impl[key]) and impl[key] > 0, (name, impl)
@@ -37,6 +37,8 @@ def test_quick_harness_writes_every_benchmark(tmp_path):
     assert runs and all(compiles[k] == 1 for k in runs), compiles
     seeds = results["benchmarks"]["seeds"][0]
     assert seeds["seeds"] == 2 and {"vmapped", "sequential"} <= set(seeds["impls"])
+    whole = results["benchmarks"]["seeds_run"][0]
+    assert whole["seeds"] == 2 and set(whole["impls"]) == {"sequential", "population_loop", "population_vmap"}
     assert "repr_jax" in md.read_text()
 
 

@@ -1,6 +1,6 @@
-"""--seeds K: a vmapped population equals K sequential runs (to float32 round-off), resumes
-bit-identically after an interruption between two seeds' checkpoints, and lets one seed
-diverge alone."""
+"""--seeds K, in both layouts: a vmapped population equals K sequential runs to float32
+round-off, a looped one bit for bit; both resume bit-identically after an interruption
+between two seeds' checkpoints and let one seed diverge alone."""
 from __future__ import annotations
 
 import dataclasses
@@ -26,10 +26,11 @@ from conftest import interrupted_at_checkpoint, load_script
 DATA = data_mod.synthetic_cifar(160, 64)
 
 
-def _config(out, seeds=2, method="repr", train_limit=128, **settings):
+def _config(out, seeds=2, method="repr", train_limit=128, layout="auto", **settings):
     settings = settings or (dict(s1=1, s2=1, iterations=1, criterion="taylor", criterion_batches=1)
                             if method == "repr" else {})
-    return RunConfig(out=str(out), seed=3, seeds=seeds, epochs=2, batch_size=32, eval_batch_size=32,
+    return RunConfig(out=str(out), seed=3, seeds=seeds, seeds_layout=layout, epochs=2, batch_size=32,
+                     eval_batch_size=32,
                      model=ModelConfig(depth=2, width=4, batch_norm=True),
                      data=DataConfig(train_limit=train_limit),
                      optim=OptimConfig(learning_rate=0.02, schedule="constant"),
@@ -41,18 +42,38 @@ def _lines(path):
 
 
 @pytest.fixture(scope="module")
-def population(tmp_path_factory):
-    """A 2-seed RePr population (data-driven criterion: per-seed scoring batches; per-seed
-    training slices) and the same two seeds run one after the other."""
-    root = tmp_path_factory.mktemp("population")
-    summary = run(_config(root / "pop"), data=DATA)
+def sequential(tmp_path_factory):
+    """Seeds 3 and 4 run one after the other, each alone."""
+    root = tmp_path_factory.mktemp("sequential")
     for seed in (3, 4):
         run(dataclasses.replace(_config(root / f"seq-seed{seed}", seeds=1), seed=seed), data=DATA)
-    return root, summary
+    return root
+
+
+@pytest.fixture(scope="module", params=["vmap", "loop"])
+def population(request, tmp_path_factory, sequential):
+    """A 2-seed RePr population (data-driven criterion: per-seed scoring batches; per-seed
+    training slices) in one layout, beside the sequential runs (copied into its root)."""
+    import shutil
+    root = tmp_path_factory.mktemp(f"population-{request.param}")
+    summary = run(_config(root / "pop", layout=request.param), data=DATA)
+    for seed in (3, 4):
+        shutil.copytree(sequential / f"seq-seed{seed}", root / f"seq-seed{seed}")
+    return root, summary, request.param
+
+
+def test_auto_layout_loops_on_a_cpu_and_vmaps_elsewhere(monkeypatch):
+    from repr_jax import population as pop_mod
+    assert pop_mod.seeds_layout(_config("x")) == "loop"              # the tests run on a CPU
+    monkeypatch.setattr(pop_mod.jax, "default_backend", lambda: "gpu")
+    assert pop_mod.seeds_layout(_config("x")) == "vmap"
+    assert pop_mod.seeds_layout(_config("x", layout="loop")) == "loop"
+    with pytest.raises(RunError, match="seeds_layout must be one of auto, vmap, loop, got 'scan'"):
+        _config("x", layout="scan").validate()
 
 
 def test_population_equals_sequential_runs(population):
-    root, summary = population
+    root, summary, layout = population
     assert summary["seeds"] == [3, 4] and set(summary["runs"]) == {"3", "4"}
     for seed in (3, 4):
         pop, seq = root / f"pop-seed{seed}", root / f"seq-seed{seed}"
@@ -60,6 +81,9 @@ def test_population_equals_sequential_runs(population):
         assert config["seed"] == seed and config["seeds"] == 1 and config["out"] == str(pop)
         a, b = _lines(pop / "metrics.jsonl"), _lines(seq / "metrics.jsonl")
         assert len(a) == len(b) == 2
+        if layout == "loop":      # the single run's own compiled step: bit for bit
+            quantities = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "live_filters")
+            assert [[r[k] for k in quantities] for r in a] == [[r[k] for k in quantities] for r in b]
         # the first epoch is the same program up to the batched convolutions
         np.testing.assert_allclose(a[0]["train_loss"], b[0]["train_loss"], rtol=1e-5)
         for x, y in zip(a, b):     # round-off grows through training, stays far below a real change
@@ -77,10 +101,10 @@ def test_population_equals_sequential_runs(population):
 
 
 def test_population_members_are_ordinary_runs(population):
-    root, _ = population
+    root, _, layout = population
     pop_summary = json.loads((root / "pop-seed4" / "summary.json").read_text())
     assert pop_summary["status"] == "completed"
-    assert pop_summary["population"] == {"seeds": [3, 4], "trained_together": [3, 4]}
+    assert pop_summary["population"] == {"seeds": [3, 4], "trained_together": [3, 4], "layout": layout}
     assert pop_summary["train_step_compilations_this_process"] >= 1
     config, state = load_run_state(root / "pop-seed4")
     _, seq_state = load_run_state(root / "seq-seed4")
@@ -93,18 +117,18 @@ def test_interrupted_population_resumes_bit_identically(population, tmp_path):
     """A kill between seed 3's and seed 4's checkpoint of epoch 2 (the last): on --resume
     seed 3 is rewound to epoch 1 and the finished population equals the uninterrupted one
     exactly."""
-    root, _ = population
+    root, _, layout = population
     with interrupted_at_checkpoint(2, before=True, where="seed4"):   # seed 3 wrote epoch 2, seed 4 not
-        run(_config(tmp_path / "pop"), data=DATA)
+        run(_config(tmp_path / "pop", layout=layout), data=DATA)
     assert Checkpointer(tmp_path / "pop-seed3" / "checkpoints").epochs() == [1, 2]
-    run(dataclasses.replace(_config(tmp_path / "pop"), resume=True), data=DATA)
+    run(dataclasses.replace(_config(tmp_path / "pop", layout=layout), resume=True), data=DATA)
     for seed in (3, 4):
         resumed = _lines(tmp_path / f"pop-seed{seed}" / "metrics.jsonl")
         straight = _lines(root / f"pop-seed{seed}" / "metrics.jsonl")
         key = lambda rows: [(r["epoch"], r["train_loss"], r["test_loss"], r["live_filters"]) for r in rows]
         assert key(resumed) == key(straight)
     with pytest.raises(RunError, match="every seed of the population .* has already ended"):
-        run(dataclasses.replace(_config(tmp_path / "pop"), resume=True), data=DATA)
+        run(dataclasses.replace(_config(tmp_path / "pop", layout=layout), resume=True), data=DATA)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,8 +156,9 @@ class PoisonSeed(Method):
         return state.replace(params=params), [Event("poison", epoch + 1, 0, {"flag": flag})]
 
 
-def test_one_seed_diverges_alone(tmp_path):
-    config = _config(tmp_path / "pop", method="poison_seed", train_limit=None, seed=4)
+@pytest.mark.parametrize("layout", ["vmap", "loop"])
+def test_one_seed_diverges_alone(tmp_path, layout):
+    config = _config(tmp_path / "pop", method="poison_seed", train_limit=None, layout=layout, seed=4)
     with pytest.raises(Diverged, match="1 of 2 seeds diverged .*seed 4: .*epoch 1") as err:
         run(config, data=DATA)
     assert set(err.value.summary["runs"]) == {"3", "4"}
