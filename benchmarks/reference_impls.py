@@ -131,4 +131,30 @@ def torch_models():
         def forward(self, x):
             return self.head(self.blocks(self.stem(x)).mean((2, 3)))
 
-    return {"convnet": ConvNet, "resnet20": ResNet}
+    class VGG16(nn.Module):
+        """CIFAR VGG-16 as repr_jax's ``vgg16`` (paper variant): 13 conv+BN+ReLU, max-pools, 512→10."""
+        CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+        def __init__(self, classes=10):
+            super().__init__()
+            layers, cin = [], 3
+            for item in self.CFG:
+                if item == "M":
+                    layers.append(nn.MaxPool2d(2, 2))
+                else:
+                    layers += [nn.Conv2d(cin, item, 3, padding=1, bias=False), nn.BatchNorm2d(item), nn.ReLU()]
+                    cin = item
+            self.features = nn.Sequential(*layers)
+            self.head = nn.Linear(512, classes)
+            self.apply(he)
+
+        def forward(self, x):
+            return self.head(self.features(x).flatten(1))
+
+    return {"convnet": ConvNet, "resnet20": ResNet, "vgg16": VGG16}
+
+
+def torch_convs_in_order(model):
+    """The model's ``Conv2d`` modules in definition order (repr_jax's channel-graph order)."""
+    from torch import nn
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d)]

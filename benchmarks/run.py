@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -40,7 +41,7 @@ from repr_jax import versions  # noqa: E402
 from repr_jax.cli import fail  # noqa: E402
 from repr_jax.masks import init_masks  # noqa: E402
 
-BENCHMARKS = ("metric", "reinit", "train_step", "repr_overhead", "seeds", "seeds_run")
+BENCHMARKS = ("metric", "reinit", "train_step", "repr_overhead", "seeds", "seeds_run", "export")
 
 
 # --------------------------------------------------------------------------- timing helpers
@@ -389,6 +390,86 @@ def bench_seeds(name, ks, repeats, batch=128, steps=5, processes=True):
     return rows
 
 
+EXPORT_CASES = (("resnet56", "resnet56-b"), ("vgg16", "vgg16-a"), ("resnet110", "resnet110-b"))
+
+
+def _one_more_dead(state, exported, i):
+    """``state`` with one more filter dropped in the ``i``-th (cyclically) layer the export
+    shrank: a differently pruned model of the same architecture."""
+    from repr_jax.masks import drop_filters, live_filters
+    shrunk = [n for n, idx in exported.removed.items() if idx]
+    name = shrunk[i % len(shrunk)]
+    live = {n: np.asarray(v) for n, v in live_filters(state.masks, state.layers).items()}
+    alive = np.flatnonzero(live[name] > 0)
+    keep = dict(live)
+    keep[name] = live[name].copy()
+    keep[name][alive[i // len(shrunk) % len(alive)]] = 0.0
+    return drop_filters(state, state.layers, {n: jnp.asarray(v) for n, v in keep.items()})
+
+
+def bench_export(cases, repeats):
+    """Physical export of Li et al.'s pruned models: repr-jax's ``export_state`` (channel graph
+    from one traced call, slicing, the smaller module shape-checked) against Torch-Pruning's
+    DependencyGraph build + pruning of the same filters on the same architecture in PyTorch.
+    ``first_call_s``: repr-jax's first export in the process (the graph traced; caches emptied
+    first); ``repr_jax``: the same export again (graph and smaller module's shapes reused, as a
+    second export of a run would); ``repr_jax_new_structure``: each call another pruning of
+    the same model (one filter more), so the smaller module is traced anew. The parameter
+    counts of the repr-jax and Torch-Pruning exports are checked equal."""
+    from repr_jax.compress.export import export_state
+    from repr_jax.compress.structure import forget_graphs
+    from repr_jax.methods.base import MethodContext
+    from repr_jax.methods.li_l1 import LiL1, LiL1Config
+    from repr_jax.models import architecture, create_model
+    from repr_jax.state import create_train_state
+    import optax
+    torch = _torch()
+    rows = []
+    for name, preset in cases:
+        arch = architecture(name)
+        model = create_model(name)
+        method = LiL1(LiL1Config(preset=preset), MethodContext.for_model(model, architecture=arch, train_size=128,
+                                                                          batch_size=128))
+        state, _ = method.before_epoch(create_train_state(model, optax.sgd(0.1), 0, method=method), 0)
+        forget_graphs()
+        row = {"model": name, "preset": preset, "impls": {}, "ratios": {}}
+        row["impls"]["repr_jax"] = measure(lambda: export_state(state, arch), repeats, warmup=1)
+        exported = export_state(state, arch)
+        # the same model pruned another way each call: the smaller module is traced anew
+        variants = iter(_one_more_dead(state, exported, i) for i in range(repeats + 3))
+        row["impls"]["repr_jax_new_structure"] = measure(lambda: export_state(next(variants), arch), repeats, warmup=1)
+        row["params"] = {"before": exported.params_before, "after": exported.params_after}
+        if torch is not None and name in ("resnet56", "resnet110", "vgg16"):
+            import copy
+            import torch_pruning as tp
+            tmodel = ref.torch_models()["vgg16" if name == "vgg16" else "resnet20"](
+                *(() if name == "vgg16" else (int(name[len("resnet"):]),))).eval()
+            convs = ref.torch_convs_in_order(tmodel)
+            natural = lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)]  # noqa: E731
+            removed = dict(zip(sorted(exported.channels, key=natural), convs))   # conv10 after conv9
+            plan = [(removed[n], idx) for n, idx in exported.removed.items() if idx]
+            example = torch.zeros(1, 3, 32, 32)
+
+            def prune(fresh):
+                dg = tp.DependencyGraph().build_dependency(fresh, example_inputs=example)
+                by_id = dict(zip(map(id, ref.torch_convs_in_order(tmodel)), ref.torch_convs_in_order(fresh)))
+                for conv, idx in plan:
+                    dg.get_pruning_group(by_id[id(conv)], tp.prune_conv_out_channels, idxs=list(idx)).prune()
+                return fresh
+
+            copies = [copy.deepcopy(tmodel) for _ in range(repeats + 3)]
+            row["impls"]["torch_pruning"] = measure(lambda: prune(copies.pop()), repeats, warmup=1)
+            pruned = prune(copy.deepcopy(tmodel))
+            row["params"]["torch_pruning_after"] = sum(p.numel() for p in pruned.parameters())
+            row["params"]["equal"] = row["params"]["torch_pruning_after"] == exported.params_after
+            tp_s = row["impls"]["torch_pruning"]["median_s"]
+            row["ratios"]["repr_jax/torch_pruning (warm)"] = row["impls"]["repr_jax"]["median_s"] / tp_s
+            row["ratios"]["repr_jax_new_structure/torch_pruning"] = row["impls"]["repr_jax_new_structure"]["median_s"] / tp_s
+        row["ratios"]["repr_jax_first_call_s"] = row["impls"]["repr_jax"]["first_call_s"]
+        rows.append(row)
+    return rows
+
+
 def bench_seeds_run(models, k=2, repeats=3, train=2048, epochs=1):
     """Whole runs: ``--seeds k`` (each layout) against the same ``k`` seeds as ``k`` runs one
     after another, in one process on the same synthetic data (so the sequential runs share
@@ -436,7 +517,8 @@ def to_markdown(results: dict) -> str:
         impls = sorted({k for r in rows for k in r["impls"]})
         lines.append("| --- | --- |" + " --- |" * len(impls))
         for r in rows:
-            ratios = ", ".join(f"{k} = {v:.2f}×" for k, v in r["ratios"].items())
+            ratios = ", ".join(f"{k} = {v:.2f} s" if k.endswith("_s") else f"{k} = {v:.2f}×"
+                               for k, v in r["ratios"].items())
             cells = [f"{1e3 * r['impls'][i]['median_s']:.2f} ms ({1e3 * r['impls'][i]['min_s']:.2f}–"
                      f"{1e3 * r['impls'][i]['max_s']:.2f})" if i in r["impls"] else "—" for i in impls]
             label = r["model"] + (f" K={r['seeds']}" if "seeds" in r else "")
@@ -489,6 +571,9 @@ def main(argv=None) -> int:
         results["benchmarks"]["seeds_run"] = bench_seeds_run(
             ["convnet"] if quick else ["convnet", "resnet20"], k=2, repeats=1 if quick else 3,
             train=256 if quick else 2048)
+    if "export" in todo:
+        results["benchmarks"]["export"] = bench_export(EXPORT_CASES[:1] if quick else EXPORT_CASES,
+                                                       repeats=3 if quick else 10)
     kind = results["machine"]["device_kind"].lower().replace(" ", "-")
     default = Path("runs") / "benchmarks" / f"{kind}-quick.json" if quick else Path(__file__).parent / "results" / f"{kind}.json"
     path = Path(args.json or default)

@@ -164,10 +164,17 @@ class Checkpointer:
     def epochs(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    def is_legacy(self, epoch: int) -> bool:
+        """Whether checkpoint ``epoch`` predates ``method_state`` (its missing parts are then
+        taken from the template's values, so the template must be a concrete state)."""
+        saved = self.manager.item_metadata(epoch)["state"].tree
+        return "snapshot" in saved and "method_state" not in saved
+
     def restore(self, template, epoch: int | None = None) -> tuple:
-        """Restore into the structure of ``template`` (a freshly created state), each array
-        laid out as the template's is: on this process's first device, or replicated over a
-        device mesh when the template was (:func:`repr_jax.parallel.replicate`)."""
+        """Restore into the structure of ``template`` (a freshly created state, or its
+        ``jax.eval_shape`` — no values needed unless :meth:`is_legacy`), each array laid out as
+        the template's is: on this process's first device, or replicated over a device mesh
+        when the template was (:func:`repr_jax.parallel.replicate`)."""
         epoch = self.latest_epoch() if epoch is None else epoch
         if epoch is None:
             raise FileNotFoundError("no checkpoint to restore")

@@ -132,12 +132,14 @@ def restore_run(run_dir: str | Path, epoch: int | str | None = None):
     try:
         model = build_model(config, arch)
         method = build_method(config, model, arch, train_images)
-        _, _, template = initial_state(config, train_images, model, method)
+        template = _abstract_state(config, train_images, model, method)
     except (ValueError, KeyError, TypeError) as err:
         raise RunError(f"{run_dir / 'architecture.json'} and config.json do not describe a model this version "
                        f"builds ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
     ckpt = Checkpointer(run_dir / "checkpoints", keep=config.keep_checkpoints, writer=False)
     try:
+        if template is None or any(ckpt.is_legacy(e) for e in ckpt.epochs()):
+            _, _, template = initial_state(config, train_images, model, method)   # values needed
         if epoch == "finite":
             state, _, _, _ = ckpt.restore_newest(template, accept=state_is_finite)
         else:
@@ -153,6 +155,15 @@ def restore_run(run_dir: str | Path, epoch: int | str | None = None):
     finally:
         ckpt.close()
     return config, arch, method, state
+
+
+def _abstract_state(config: RunConfig, train_images: int, model, method):
+    """The fresh train state's shapes and dtypes (``jax.eval_shape``: nothing initialised or
+    compiled — a restore needs no more), or None when a method's setup cannot be traced."""
+    try:
+        return jax.eval_shape(lambda: initial_state(config, train_images, model, method)[2])
+    except jax.errors.JAXTypeError:       # host-side work on values in a method's setup
+        return None
 
 
 def load_run_state(run_dir: str | Path, epoch: int | str | None = None):

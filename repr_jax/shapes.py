@@ -44,7 +44,7 @@ def model_layers(model, input_shape=(32, 32, 3)) -> tuple:
 @functools.lru_cache(maxsize=64)
 def model_graph(model, input_shape: tuple):
     """The channel graph of ``model`` on ``input_shape`` (cached; shapes only, no arrays)."""
-    from repr_jax.compress.graph import channel_graph
+    from repr_jax.compress.structure import channel_graph
     return channel_graph(model, model_variable_shapes(model, input_shape), (1,) + input_shape)
 
 

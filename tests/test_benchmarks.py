@@ -19,7 +19,8 @@ def test_quick_harness_writes_every_benchmark(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(out.read_text())
     assert {"cpu", "cores", "device_kind", "jax"} <= set(results["machine"])
-    assert set(results["benchmarks"]) == {"metric", "reinit", "train_step", "repr_overhead", "seeds", "seeds_run"}
+    assert set(results["benchmarks"]) == {"metric", "reinit", "train_step", "repr_overhead", "seeds", "seeds_run",
+                                           "export"}
     for name, rows in results["benchmarks"].items():
         assert rows, name
         for row in rows:
@@ -37,6 +38,9 @@ def test_quick_harness_writes_every_benchmark(tmp_path):
     assert runs and all(compiles[k] == 1 for k in runs), compiles
     seeds = results["benchmarks"]["seeds"][0]
     assert seeds["seeds"] == 2 and {"vmapped", "sequential"} <= set(seeds["impls"])
+    export = results["benchmarks"]["export"][0]
+    assert export["params"]["after"] < export["params"]["before"]
+    assert export["params"].get("equal", True)          # Torch-Pruning, when installed, agrees
     whole = results["benchmarks"]["seeds_run"][0]
     assert whole["seeds"] == 2 and set(whole["impls"]) == {"sequential", "population_loop", "population_vmap"}
     assert "repr_jax" in md.read_text()

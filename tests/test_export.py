@@ -56,6 +56,9 @@ def test_exported_model_computes_the_masked_models_logits(name, kw):
     assert float(jnp.std(big)) > 1e-3                    # not a trivially constant network
     np.testing.assert_allclose(small, big, atol=1e-4 * max(1.0, float(jnp.max(jnp.abs(big)))))
     assert ex.params_after < ex.params_before and ex.flops_after < ex.flops_before
+    # the FLOPs after, counted from the big graph, are the small module's own count
+    small_graph = channel_graph(ex.module, ex.variables, (1, 32, 32, 3))
+    assert (ex.flops_after, ex.params_after) == (small_graph.flops, small_graph.params)
     tied = set() if name != "resnet20" else {l.name for l in layers if not l.name.endswith("/conv1")}
     for layer in layers:
         dead = int((np.asarray(live[layer.name]) == 0).sum())
@@ -198,3 +201,23 @@ def test_speedup_is_the_median_of_per_round_ratios_of_interleaved_timings(monkey
     assert report["inference_images_per_second_before"] == pytest.approx(10 / big)
     assert report["inference_images_per_second_after"] == pytest.approx(10 / small)
     assert report["inference_repeats"] == 5
+
+
+def test_the_graph_is_traced_once_per_structure_and_never_reads_values(monkeypatch):
+    """A second export of the same architecture reuses the traced graph (another model object
+    of the same fields, other values); another width or input shape is traced anew."""
+    from repr_jax.compress import structure
+    traced = []
+    real = structure.trace_channel_graph
+    monkeypatch.setattr(structure, "trace_channel_graph", lambda *a: traced.append(a[2]) or real(*a))
+    structure.forget_graphs()
+    _, v0 = _variables("convnet", depth=2, width=6)
+    _, v1 = _variables("convnet", seed=5, depth=2, width=6)
+    g0 = channel_graph(create_model("convnet", depth=2, width=6), v0, (1, 32, 32, 3))
+    g1 = channel_graph(create_model("convnet", depth=2, width=6), v1, (1, 32, 32, 3))
+    assert g1 is g0 and len(traced) == 1
+    small_input = create_model("convnet", depth=2, width=6)
+    channel_graph(small_input, small_input.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))), (1, 16, 16, 3))
+    _, v2 = _variables("convnet", depth=2, width=7)
+    channel_graph(create_model("convnet", depth=2, width=7), v2, (1, 32, 32, 3))
+    assert traced == [(1, 32, 32, 3), (1, 16, 16, 3), (1, 32, 32, 3)]

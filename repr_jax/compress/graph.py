@@ -413,14 +413,11 @@ def _leaf_path(key_path) -> tuple[str, ...]:
     return tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
 
 
-def channel_graph(model, variables, input_shape) -> ChannelGraph:
+def trace_channel_graph(model, variables, input_shape) -> ChannelGraph:
     """The :class:`ChannelGraph` of ``model`` with these ``variables`` (shapes only are used)
-    on inputs of ``input_shape`` (a batch of one: ``(1, H, W, C)``).
-
-    The graph is read from the eval-mode forward pass (``train=False``) at batch size 1, so
-    the multiply–adds are per example.
-    """
-    variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    on inputs of ``input_shape`` (a batch of one: ``(1, H, W, C)``), traced now: the
+    eval-mode forward pass (``train=False``) at batch size 1, so the multiply–adds are per
+    example. :func:`repr_jax.compress.structure.channel_graph` traces once per structure."""
     layers = prunable_convs(variables["params"])
     conv_names = {layer.path + ("kernel",): layer.name for layer in layers}
     x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
@@ -440,4 +437,4 @@ def channel_graph(model, variables, input_shape) -> ChannelGraph:
                         tracer.flops, params, tuple(tracer.costs))
 
 
-__all__ = ["FIXED", "ChannelGraph", "Cost", "GraphError", "Use", "channel_graph"]
+__all__ = ["FIXED", "ChannelGraph", "Cost", "GraphError", "Use", "trace_channel_graph"]
