@@ -15,8 +15,8 @@ reports its Spearman rank correlation with ``oracle``. Writes into ``--out``:
 10,000 training images, 8 epochs (S1=2, S2=1, N=2), 2 seeds. ``--scale paper`` is the
 paper's schedule (S1=20, S2=10, N=3, p=30 %, 100 epochs, full training set, 3 seeds) for
 a GPU. Re-running the same command continues: finished runs are reused, unfinished ones
-resumed from their checkpoints. ``--population`` trains each row's seeds as one vmapped
-``--seeds K`` program (same run directories; ``repr_jax.population``).
+resumed from their checkpoints. ``--population`` trains each row's seeds as one ``--seeds K``
+process (vmapped on an accelerator; same run directories; ``repr_jax.population``).
 
 Example:
   python experiments/ablation.py --data-dir ../shared/datasets/cifar10-jpeg.tar.gz --out runs/ablation
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1,
                    help="runs in parallel (processes; useful on a GPU, not on a 2-core CPU)")
     p.add_argument("--population", action="store_true",
-                   help="each row's seeds as one vmapped program (--seeds K) instead of one run per seed")
+                   help="each row's seeds as one --seeds K process (vmapped on an accelerator) instead of one run per seed")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report from the finished runs already in --out")
     p.add_argument("--quiet", action="store_true", help="no per-run lines")

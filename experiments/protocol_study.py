@@ -4,8 +4,8 @@
     python experiments/protocol_study.py --scale cpu --data-dir DATA --out DIR
 
 Each (row, seed) is one ``experiments/cifar.py`` process (rows: ``repr_jax.studies.study``), or with
-``--population`` each row's seeds are one ``--seeds K`` process (one vmapped program, same
-run directories); a run already completed is skipped and an interrupted one resumed, so the
+``--population`` each row's seeds are one ``--seeds K`` process (vmapped on an accelerator,
+one after another on a CPU; same run directories); a run already completed is skipped and an interrupted one resumed, so the
 command can be rerun until everything is done. ``--report-only`` writes ``study.json``, ``study.md`` and the
 figures from the finished runs.
 """
@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="override every row's seeds")
     p.add_argument("--jobs", type=int, default=1, help="processes in parallel")
     p.add_argument("--population", action="store_true",
-                   help="one --seeds K process per row (all its seeds vmapped together) instead of one per seed")
+                   help="one --seeds K process per row (its seeds vmapped on an accelerator, one after another on a CPU) "
+                        "instead of one per seed")
     p.add_argument("--report-only", action="store_true", help="train nothing; report the finished runs")
     return p
 
