@@ -18,7 +18,7 @@ from repr_jax._xla_flags import enable_cpu_fusion
 
 enable_cpu_fusion()  # before JAX starts its backend; REPR_JAX_NO_YNN=1 opts out
 
-from repr_jax.cli import build_parser, config_from_args, fail  # noqa: E402
+from repr_jax.cli import build_parser, config_from_args, fail, start_processes_from_args  # noqa: E402
 from repr_jax.data import DataError  # noqa: E402
 from repr_jax.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, Diverged, RunError  # noqa: E402
 
@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     args = build_parser(__doc__.split("\n\n")[0]).parse_args(argv)
     try:
         config = config_from_args(args)
+        start_processes_from_args(args)   # before anything touches JAX
         from repr_jax.experiment import run  # JAX, Orbax, Matplotlib: not needed for --help
         summary = run(config)
     except (RunError, DataError) as err:

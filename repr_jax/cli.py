@@ -120,6 +120,13 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (same settings)")
     g.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    mp = p.add_argument_group("processes (one run over several processes/hosts, data parallel; with --devices 0; "
+                              "docs/cli.md 'Seeds and devices')")
+    mp.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                    help="process 0's address, the same in every process (jax.distributed)")
+    mp.add_argument("--num-processes", type=int, default=None, metavar="N", help="processes in the run")
+    mp.add_argument("--process-id", type=int, default=None, metavar="I",
+                    help="this process's index, 0..N-1 (0 writes the run directory)")
     groups = {"": g, "optim": p.add_argument_group("optimiser (aliases of --set optim.*)"),
               "model": p.add_argument_group("model (aliases of --set model.*)"),
               "data": p.add_argument_group("data (aliases of --set data.*)"),
@@ -138,6 +145,27 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         group.add_argument(flag, dest=key, action="store_const", const="true", default=None,
                            help=f"{text} [--set {key}=true]")
     return p
+
+
+def start_processes_from_args(args: argparse.Namespace) -> None:
+    """Join the multi-process run ``--coordinator``/``--num-processes``/``--process-id`` name
+    (all three, or none: a run of one process); ``RunError`` with one line otherwise."""
+    from repr_jax.errors import RunError
+    given = [args.coordinator is not None, args.num_processes is not None, args.process_id is not None]
+    if not any(given):
+        return
+    if not all(given):
+        raise RunError("--coordinator, --num-processes and --process-id go together (a multi-process run)")
+    if args.out is None:
+        raise RunError("a multi-process run needs --out (the same in every process)")
+    host, _, port = args.coordinator.rpartition(":")
+    if not host or not port.isdigit():
+        raise RunError(f"--coordinator must be HOST:PORT, got {args.coordinator!r}")
+    if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
+        raise RunError(f"--process-id must be in 0..{args.num_processes - 1} and --num-processes >= 1, got "
+                       f"{args.process_id} of {args.num_processes}")
+    from repr_jax.parallel import start_processes
+    start_processes(args.coordinator, args.num_processes, args.process_id)
 
 
 def _saved_config(out: Path) -> bool:

@@ -152,7 +152,8 @@ def diverge(s, epoch: int, quantity: str) -> None:
                "last_finite_checkpoint": last,
                "last_finite_test_accuracy": finite[-1]["test_accuracy"] if finite else None,
                **summary_fields(s)}
-    write_json(s.out / "summary.json", summary)
+    if s.main:
+        write_json(s.out / "summary.json", summary)
     kept = f"kept the checkpoint of epoch {last}" if last else "no finite checkpoint was written"
     raise Diverged(f"the run diverged at epoch {epoch + 1}: {quantity} not finite; stopped and {kept} "
                    f"(summary.json: status diverged)", epoch + 1, quantity, summary)
@@ -177,7 +178,8 @@ def log_epoch(s, state, epoch: int, train_m: dict, test_m: dict, events: list, b
     records = [s.method.record(event) for event in events]
     s.events += records
     seed = f"seed {config.seed} " if s.population > 1 else ""
-    for line in (line for record in records for line in s.method.describe(record)):
+    main = s.main      # the other processes of a multi-process run log nothing
+    for line in (line for record in records for line in s.method.describe(record)) if main else ():
         if line.startswith("warning:"):
             print(f"warning: {seed}{line[len('warning: '):]}", file=sys.stderr, flush=True)
         elif not config.quiet:
@@ -192,16 +194,17 @@ def log_epoch(s, state, epoch: int, train_m: dict, test_m: dict, events: list, b
     if "loss_terms" in train_m:
         row["loss_terms"] = train_m["loss_terms"]
     s.metrics.append(finite_row(row))
-    write_jsonl(s.out / "metrics.jsonl", s.metrics)
-    if s.tensorboard is not None:
-        s.tensorboard.write(s.metrics[-1])
-    if s.events:
-        write_jsonl(s.out / "pruning.jsonl", s.events)
+    if main:
+        write_jsonl(s.out / "metrics.jsonl", s.metrics)
+        if s.tensorboard is not None:
+            s.tensorboard.write(s.metrics[-1])
+        if s.events:
+            write_jsonl(s.out / "pruning.jsonl", s.events)
     if bad is not None:
         diverge(s, epoch, bad)
     s.ckpt.save(epoch + 1, state, {"test_accuracy": row["test_accuracy"]},
                 {"epochs_done": epoch + 1, "wall_seconds": row["elapsed_seconds"], "events": len(s.events)})
-    if not config.quiet:
+    if main and not config.quiet:
         print(f"{seed}epoch {epoch + 1:3d} [{phase.name:4s}] train {100 * row['train_accuracy']:5.2f}% "
               f"test {100 * row['test_accuracy']:5.2f}% loss {row['train_loss']:.3f} "
               f"{row['images_per_second']:.0f} img/s live {live[0]}/{live[1]}", flush=True)

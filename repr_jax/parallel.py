@@ -13,12 +13,14 @@ sharding propagation, no ``pmap``): XLA all-reduces gradients and the BatchNorm 
 statistics over the whole batch, so N devices compute what one device computes for the same
 global batch (to float32 round-off: sums are reduced in another order).
 
-Multi-host: call ``jax.distributed.initialize()`` in every process before anything else
-touches JAX (coordinator address, process count and id from the arguments or the cluster's
-environment), then run the same command everywhere; :func:`data_mesh` spans
-``jax.devices()`` — every process's devices — and :func:`replicate` builds global arrays
-from each process's identical host copy. (Written to the JAX multi-process API, exercised
-only single-process here.)
+**Processes.** :func:`start_processes` joins a multi-process run (``jax.distributed``; CPU
+collectives over gloo) before anything else touches JAX; every process then runs the same
+command: :func:`data_mesh` spans ``jax.devices()`` — every process's devices — and
+:func:`replicate` builds global arrays from each process's identical host copy, so the step
+is one global program over all of them. Only the main process (:func:`is_main_process`)
+writes the run directory's files; checkpoints are written and read by all of them together
+(orbax), and :func:`sync_processes` is a barrier. Tested with two processes on one machine
+(``tests/test_distributed.py``).
 """
 from __future__ import annotations
 
@@ -83,4 +85,28 @@ def unstack(tree, index: int):
     return jax.tree_util.tree_map(lambda leaf: leaf[index], tree)
 
 
-__all__ = ["DATA_AXIS", "batch_sharding", "data_mesh", "replicate", "stack", "unstack"]
+def start_processes(coordinator: str, num_processes: int, process_id: int) -> None:
+    """Join a run of ``num_processes`` processes coordinated at ``coordinator``
+    (``HOST:PORT``, served by process 0): ``jax.distributed.initialize``, with CPU
+    collectives over gloo. Call it before anything else touches JAX."""
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except AttributeError:   # pragma: no cover - a jax without the option
+        pass
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the run directory (process 0; the only one alone)."""
+    return jax.process_index() == 0
+
+
+def sync_processes(name: str) -> None:
+    """Wait until every process of a multi-process run has reached ``name`` (nothing alone)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+__all__ = ["DATA_AXIS", "batch_sharding", "data_mesh", "is_main_process", "replicate", "stack", "start_processes",
+           "sync_processes", "unstack"]

@@ -33,7 +33,7 @@ from repr_jax.config import RunConfig
 from repr_jax.data import Cifar
 from repr_jax.epoch_loop import OneRun, epoch_loop, summary_fields
 from repr_jax.errors import RunError
-from repr_jax.parallel import data_mesh, replicate
+from repr_jax.parallel import data_mesh, is_main_process, replicate, sync_processes
 from repr_jax.plots import dataset_label, plot_curves, plot_pruned_per_layer
 from repr_jax.run_dir import (check_data, check_run_dir, create_run_dir, read_config, read_jsonl,
                               record_extension, write_json)
@@ -66,10 +66,14 @@ class Session:
     tensorboard: object = None   # a repr_jax.tensorboard.TensorBoardLog with tensorboard=true
     lock: RunLock | None = None  # held while the session lives (repr_jax.run_lock)
     epoch: int = 0               # the 0-based epoch being trained (for an interruption's message)
+    main: bool = True            # this process writes the run directory (repr_jax.parallel.is_main_process)
 
 
 def device_mesh(config: RunConfig):
     """The run's data-parallel mesh (None on one device); ``RunError`` if it cannot be built."""
+    if jax.process_count() > 1 and config.devices != 0:
+        raise RunError(f"a run of {jax.process_count()} processes splits every batch over all their devices: "
+                       f"pass --devices 0 (got --devices {config.devices})")
     if config.devices == 1:
         return None
     try:
@@ -96,7 +100,7 @@ def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = N
     mesh = device_mesh(config)
     model = build_model(config)  # bad names fail before any data is read
     try:   # the method against the model (criterion needs BatchNorm, min_keep, ...), no data yet
-        build_method(config, model, config.architecture(), config.data.train_limit or 50_000)
+        probe = build_method(config, model, config.architecture(), config.data.train_limit or 50_000)
     except ValueError as err:
         raise RunError(str(err)) from None
     source = config.init_from_dir()
@@ -109,13 +113,18 @@ def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = N
             check_available()
         except ImportError as err:
             raise RunError(str(err)) from None
-    lock = RunLock(config.out)
-    if config.resume and (Path(config.out) / "config.json").exists():
+    if jax.process_count() > 1 and getattr(probe, "exports_at_end", False):
+        raise RunError(f"--method {config.method.name} exports at the end, which a multi-process run does not do "
+                       "yet: train it in one process")
+    main = is_main_process()
+    lock = RunLock(config.out) if main else None   # the other processes of a run write nothing there
+    if main and config.resume and (Path(config.out) / "config.json").exists():
         lock.acquire()   # before the run's files are read: no other process changes them meanwhile
     try:
         return _start_locked(config, model, mesh, lock, data, arrays)
     except BaseException:
-        lock.release()
+        if lock is not None:
+            lock.release()
         raise
 
 
@@ -139,8 +148,14 @@ def _resume_point(out: Path, ckpt: Checkpointer, template) -> tuple:
     return state, extra, done, skipped, metrics, events
 
 
-def _start_locked(config: RunConfig, model, mesh, lock: RunLock, data: Cifar | None, arrays) -> Session:
-    resuming = check_run_dir(config)
+def _start_locked(config: RunConfig, model, mesh, lock: RunLock | None, data: Cifar | None, arrays) -> Session:
+    main = lock is not None
+    out = Path(config.out)
+    # the main process checks the directory; the others wait until it has decided, read-only
+    resuming = check_run_dir(config) if main else None
+    sync_processes("repr_jax: run directory checked")
+    if not main:
+        resuming = bool(config.resume and (out / "config.json").exists())
     data = load_run_data(config, data)
     if len(data.train_y) < config.batch_size:
         raise RunError(f"--batch-size {config.batch_size} exceeds the {len(data.train_y)} training images")
@@ -149,7 +164,6 @@ def _start_locked(config: RunConfig, model, mesh, lock: RunLock, data: Cifar | N
         _, schedule, state = initial_state(config, len(data.train_y), model, method)
     except ValueError as err:
         raise RunError(str(err)) from None
-    out = Path(config.out)
     if not (resuming and any((out / "checkpoints").glob("[0-9]*"))):
         state = warm_start(config, state)
     state = attach_teacher(config, state)
@@ -165,31 +179,35 @@ def _start_locked(config: RunConfig, model, mesh, lock: RunLock, data: Cifar | N
         finally:
             reader.close()
         # every check has passed: from here on the run directory changes
+        sync_processes("repr_jax: resume point read")      # every process has read it unchanged
         ckpt = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
-        for bad, reason in skipped:
-            print(f"warning: the checkpoint of epoch {bad} could not be restored ({reason}); "
-                  f"set aside in {out / 'damaged_checkpoints'}", file=sys.stderr)
-        ckpt.set_aside([bad for bad, _ in skipped], out / "damaged_checkpoints")
         prior_seconds = float(extra.get("wall_seconds", 0.0))
-        if not (out / "architecture.json").exists():   # written before the file existed
-            write_json(out / "architecture.json", config.architecture())
-        saved_epochs = read_config(out).epochs
-        if config.epochs > saved_epochs:     # --resume --epochs N: train the run further
-            record_extension(out, config.epochs)
-            (out / "summary.json").unlink(missing_ok=True)   # no longer complete
-            print(f"extending {out} from {saved_epochs} to {config.epochs} epochs", file=sys.stderr)
-        if start_epoch:
-            print(f"resuming from epoch {start_epoch} ({out})", file=sys.stderr)
+        if main:
+            for bad, reason in skipped:
+                print(f"warning: the checkpoint of epoch {bad} could not be restored ({reason}); "
+                      f"set aside in {out / 'damaged_checkpoints'}", file=sys.stderr)
+            ckpt.set_aside([bad for bad, _ in skipped], out / "damaged_checkpoints")
+            if not (out / "architecture.json").exists():   # written before the file existed
+                write_json(out / "architecture.json", config.architecture())
+            saved_epochs = read_config(out).epochs
+            if config.epochs > saved_epochs:     # --resume --epochs N: train the run further
+                record_extension(out, config.epochs)
+                (out / "summary.json").unlink(missing_ok=True)   # no longer complete
+                print(f"extending {out} from {saved_epochs} to {config.epochs} epochs", file=sys.stderr)
+            if start_epoch:
+                print(f"resuming from epoch {start_epoch} ({out})", file=sys.stderr)
     else:
-        create_run_dir(config, data.fingerprint, lock)
+        if main:
+            create_run_dir(config, data.fingerprint, lock)
+        sync_processes("repr_jax: run directory created")
         ckpt = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
     session = Session(config, out, data, method, schedule, state, ckpt, arrays=(), terms=(),
                       metrics=metrics, events=events, start_epoch=start_epoch, prior_seconds=prior_seconds,
-                      mesh=mesh, lock=lock)
-    if not config.quiet:   # where the run writes, before the first epoch (it may take a while)
+                      mesh=mesh, lock=lock, main=main)
+    if main and not config.quiet:   # where the run writes, before the first epoch (it may take a while)
         print(f"run directory: {out} ({config.epochs - start_epoch} epoch(s) to train; metrics.jsonl "
               "grows by a line per epoch)", flush=True)
-    if config.tensorboard:
+    if config.tensorboard and main:
         from repr_jax.tensorboard import TensorBoardLog
         session.tensorboard = TensorBoardLog(out, session.start_epoch)
     session.arrays = arrays if arrays is not None else replicate(
@@ -223,6 +241,9 @@ def finish(s: Session, extra: dict | None = None) -> dict:
     config, metrics, events = s.config, s.metrics, s.events
     if s.tensorboard is not None:
         s.tensorboard.close()
+    if not s.main:   # another process of a multi-process run: process 0 writes and reports
+        return {"status": "completed", "process": jax.process_index(), "run_directory": str(s.out),
+                "written_by": "process 0"}
     best = max(metrics, key=lambda m: m["test_accuracy"])
     if getattr(s.method, "exports_at_end", False):   # structured methods end in a smaller model
         from repr_jax.compress.export import ExportError
