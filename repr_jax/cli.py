@@ -15,7 +15,9 @@ from pathlib import Path
 
 # flag → (--set key, help). Defaults are read from the config dataclasses for --help.
 ALIASES = {
-    "--model": ("model.name", "architecture"),
+    "--model": ("model.name", "architecture: a zoo name, or your own Linen model as FILE.py:FACTORY or "
+                          "package.module:FACTORY — FACTORY(num_classes, channels=None) returns the module "
+                          "(the file is imported: only your own code; docs/cli.md)"),
     "--dataset": ("data.dataset", "cifar10 or cifar100"),
     "--data-dir": ("data.dir", "local CIFAR copy: directory or .tar.gz in any standard layout "
                                "(default: $REPR_JAX_DATA_DIR, else TFDS/official download)"),
@@ -218,6 +220,10 @@ def config_from_args(args: argparse.Namespace):
         d.setdefault("optim", {})["learning_rate"] = default_learning_rate(
             d.get("optim", {}).get("optimizer", "sgd"), d.get("model", {}).get("name", "convnet"))
     model, name = d.get("model", {}).get("name", "convnet"), d["method"]["name"]
+    if ":" in str(model):   # the user's FILE.py:FACTORY, recorded with an absolute path
+        from repr_jax.models.user import canonical
+        d["model"]["name"] = canonical(model)
+        model = model.rpartition(":")[2]
     d["out"] = args.out or d.get("out") or f"runs/{model}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     d["resume"], d["quiet"] = args.resume, args.quiet
     return RunConfig.from_dict(d)

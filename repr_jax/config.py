@@ -50,7 +50,10 @@ MAX_KEEP_CHECKPOINTS = 10_000
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    name: str = dataclasses.field(default="convnet", metadata={"help": f"architecture: {', '.join(MODELS)}"})
+    name: str = dataclasses.field(default="convnet", metadata={
+        "help": f"architecture: {', '.join(MODELS)}, or your own Linen model as FILE.py:FACTORY or "
+                "package.module:FACTORY, FACTORY(num_classes, channels=None) returning the module (the file is "
+                "imported: name only your own code)"})
     depth: int = dataclasses.field(default=3, metadata={"help": "convnet: number of conv layers n"})
     width: int = dataclasses.field(default=32, metadata={"help": "convnet: filters per layer F"})
     batch_norm: bool = dataclasses.field(default=False, metadata={"help": "convnet: BatchNorm after each conv"})
@@ -182,7 +185,9 @@ class RunConfig:
             (math.isfinite(self.ortho_loss) and self.ortho_loss >= 0,
              f"--ortho-loss must be finite and >= 0, got {self.ortho_loss}"),
             (self.protocol in ("", *PROTOCOLS), f"unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}"),
-            (self.model.name in MODELS, f"unknown model {self.model.name!r}; choose from {', '.join(MODELS)}"),
+            (self.model.name in MODELS or ":" in self.model.name,
+             f"unknown model {self.model.name!r}; choose from {', '.join(MODELS)}, or FILE.py:FACTORY / "
+             "package.module:FACTORY"),
             (1 <= self.model.depth <= MAX_DEPTH and 1 <= self.model.width <= MAX_WIDTH,
              f"--depth must be in 1..{MAX_DEPTH} and --width in 1..{MAX_WIDTH}, got {self.model.depth} and "
              f"{self.model.width}"),

@@ -6,7 +6,8 @@ transition, one training epoch, evaluation, ``after_epoch``, then per session on
 (:func:`log_epoch`) — or, when a loss, a parameter or a criterion score became non-finite,
 the session's stop (:func:`diverge`). What differs between one run and a population is only
 how those steps compute, a :class:`Trainer`: :class:`OneRun` here, the vmapped
-``Population`` and the looped ``SeedLoop`` (K OneRuns) in :mod:`repr_jax.population`. A session that diverges stops alone; the others go on.
+``Population`` and the looped ``SeedLoop`` (K OneRuns) in :mod:`repr_jax.population`. A
+session that diverges stops alone; the others go on.
 """
 from __future__ import annotations
 

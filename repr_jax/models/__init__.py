@@ -3,7 +3,8 @@
 Names: ``convnet`` (C^n(F), options ``depth``, ``width``, ``batch_norm``, ``variant`` and the
 head's ``hidden``, ``dropout``, ``dropconnect``, ``dropconnect_mode``, ``dropconnect_inference``),
 ``resnet8|20|32|56|110`` (ResNet-8: one block per stage, for quick checks), ``vgg16`` (option
-``variant``: ``paper`` or Li et al.'s ``li`` head). ``channels`` is a per-conv width spec (see
+``variant``: ``paper`` or Li et al.'s ``li`` head), and the user's own Linen model as
+``FILE.py:FACTORY`` or ``package.module:FACTORY`` (:mod:`repr_jax.models.user`). ``channels`` is a per-conv width spec (see
 :mod:`repr_jax.models.channels`): every builder makes the smaller dense model an export
 describes. An *architecture* — ``{"name", "num_classes", "options", "channels",
 "input_shape"}``, the content of a run's ``architecture.json`` — rebuilds the same module
@@ -12,6 +13,7 @@ with :func:`from_architecture`; ``input_shape`` is one example's (H, W, C) (read
 """
 from __future__ import annotations
 
+from repr_jax.models import user
 from repr_jax.models.channels import as_spec
 from repr_jax.models.convnet import HEAD_OPTIONS, ConvNet
 from repr_jax.models.dropconnect import DropConnectDense
@@ -23,8 +25,15 @@ CONVNET_OPTIONS = ("depth", "width", "batch_norm", "variant", *HEAD_OPTIONS)
 
 
 def create_model(name: str, num_classes: int = 10, channels=None, **options):
-    """Build a Flax module by name; unknown names or options raise ``ValueError``."""
+    """Build a Flax module by name — a zoo model, or the user's ``FILE.py:FACTORY`` /
+    ``package.module:FACTORY`` (:mod:`repr_jax.models.user`); unknown names or options raise
+    ``ValueError``."""
     spec = as_spec(channels)
+    if user.is_reference(name):
+        if options:
+            raise ValueError(f"model {name!r} is the user's factory: it takes no options, got "
+                             f"{', '.join(sorted(options))}")
+        return user.build(name, num_classes, dict(spec) if spec else None)
     if name == "convnet":
         unknown = sorted(set(options) - set(CONVNET_OPTIONS))
         if unknown:

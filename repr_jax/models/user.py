@@ -1,0 +1,96 @@
+"""The user's own model by reference: ``FILE.py:FACTORY`` or ``package.module:FACTORY``.
+
+``FACTORY(num_classes, channels=None)`` returns a Flax Linen module; ``channels`` is a
+per-conv width spec ``{conv name: width}`` (the names :func:`repr_jax.shapes.model_layers`
+reports, e.g. ``Conv_0``), which the exporting methods use to build the smaller model. A
+factory that takes no ``channels`` still trains and prunes; its export then yields the
+smaller parameters and the channel spec only (:attr:`takes_channels`).
+
+**Security.** A reference names Python code, which is imported and run — the same trust as
+``python FILE.py``: name only your own code (data files are never executed; a run directory
+shared with you re-imports the file its ``architecture.json`` names, so check it first).
+A file reference is recorded with its absolute path, so resume, evaluation and export find it
+from any working directory.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+
+
+def is_reference(name: str) -> bool:
+    """Whether a ``--model`` value names a factory (``…:FACTORY``) rather than a zoo model."""
+    return ":" in name
+
+
+def canonical(reference: str) -> str:
+    """``reference`` with a file path made absolute (what ``architecture.json`` records)."""
+    where, _, attr = reference.rpartition(":")
+    if where.endswith(".py"):
+        return f"{Path(where).expanduser().resolve()}:{attr}"
+    return reference
+
+
+def load_factory(reference: str):
+    """The callable a reference names; ``ValueError`` with one line when it cannot be found."""
+    where, _, attr = reference.rpartition(":")
+    if not where or not attr.isidentifier():
+        raise ValueError(f"--model {reference!r}: expected FILE.py:FACTORY or package.module:FACTORY")
+    if where.endswith(".py"):
+        path = Path(where).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"--model {reference!r}: no file {path}")
+        name = f"repr_jax_user_model_{abs(hash(str(path)))}"
+        module = sys.modules.get(name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            try:
+                spec.loader.exec_module(module)
+            except Exception as err:   # the user's file failed: say where, in one line
+                raise ValueError(f"--model {reference!r}: importing {path} failed: "
+                                 f"{type(err).__name__}: {err}") from None
+            sys.modules[name] = module
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as err:
+            raise ValueError(f"--model {reference!r}: cannot import {where}: {err}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"--model {reference!r}: {where} has no callable {attr}")
+    return factory
+
+
+def takes_channels(factory) -> bool:
+    """Whether ``factory`` accepts a ``channels`` argument (a smaller model can be rebuilt)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return "channels" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def build(reference: str, num_classes: int, channels: dict | None):
+    """The Linen module ``FACTORY(num_classes[, channels=…])`` returns; ``ValueError`` when it
+    is not one, or when a channel spec is asked of a factory that takes none."""
+    import flax.linen as nn
+    factory = load_factory(reference)
+    if channels and not takes_channels(factory):
+        raise ValueError(f"--model {reference}: the factory takes no channels, so no smaller model can be built "
+                         "(an export gives the smaller parameters and the channel spec only)")
+    try:
+        module = (factory(num_classes, channels=dict(channels) if channels else None) if takes_channels(factory)
+                  else factory(num_classes))
+    except Exception as err:
+        raise ValueError(f"--model {reference}: the factory failed: {type(err).__name__}: {err}") from None
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"--model {reference}: the factory returned {type(module).__name__}, not a flax.linen "
+                         "Module (an NNX model: use repr_jax.Pruner in your own loop)")
+    return module
+
+
+__all__ = ["build", "canonical", "is_reference", "load_factory", "takes_channels"]
