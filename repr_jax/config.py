@@ -455,10 +455,11 @@ def load_config_file(path: str | Path) -> dict:
 
 def default_learning_rate(optimizer: str, model: str) -> float:
     """1e-3 for Adam; for SGD 0.002 for C^n(F), whose 32·32·F-input dense layer diverged at
-    0.01–0.05 here, and 0.1 for the ResNets and VGG."""
+    0.01–0.05 here, 0.01 for the LeNets (Caffe's and Han et al.'s rate; LeNet-5 diverged at
+    0.1) and 0.1 for the ResNets, VGG and a user's model."""
     if optimizer == "adam":
         return 1e-3
-    return 0.002 if model == "convnet" else 0.1
+    return 0.002 if model == "convnet" else 0.01 if model in ("lenet300", "lenet5") else 0.1
 
 
 def settings_help() -> str:

@@ -221,3 +221,35 @@ def test_the_graph_is_traced_once_per_structure_and_never_reads_values(monkeypat
     _, v2 = _variables("convnet", depth=2, width=7)
     channel_graph(create_model("convnet", depth=2, width=7), v2, (1, 32, 32, 3))
     assert traced == [(1, 32, 32, 3), (1, 16, 16, 3), (1, 32, 32, 3)]
+
+
+def test_han_lenets_match_table_1_and_lenet5_exports():
+    """Han et al. (2015) Table 1: LeNet-300-100 267K and LeNet-5 431K parameters on 28×28×1;
+    LeNet-5's multiply–adds by hand; its export with dead filters computes the masked logits
+    and rebuilds with the surviving widths; LeNet-300-100's hidden widths follow a spec."""
+    from repr_jax.compress import channel_graph
+    shape = (1, 28, 28, 1)
+    counts = {}
+    for name in ("lenet300", "lenet5"):
+        model = create_model(name)
+        v = model.init(jax.random.key(0), jnp.zeros(shape))
+        counts[name] = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(v["params"]))
+    assert counts == {"lenet300": 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10,        # 266,610
+                      "lenet5": 20 * 26 + 50 * (25 * 20 + 1) + 800 * 500 + 500 + 500 * 10 + 10}   # 431,080
+    model = create_model("lenet5")
+    v = model.init(jax.random.key(1), jnp.zeros(shape))
+    assert channel_graph(model, v, shape).flops == 24 * 24 * 25 * 20 + 8 * 8 * 25 * 20 * 50 + 800 * 500 + 500 * 10
+    layers = model_layers(model, shape[1:])
+    live = _random_live(layers, seed=3)
+    masks = with_live_filters(init_masks(v["params"], layers), layers, live)
+    masked = dict(v, params=apply_masks(v["params"], masks))
+    arch = architecture("lenet5", input_shape=shape[1:])
+    ex = export(arch, masked, live)
+    x = jax.random.normal(jax.random.key(4), (4,) + shape[1:])
+    np.testing.assert_allclose(logits(ex.architecture, ex.variables, x), logits(arch, masked, x), atol=1e-4)
+    kept = {l.name: int(np.asarray(live[l.name]).sum()) for l in layers}
+    assert ex.channels == kept and ex.variables["params"]["fc1"]["kernel"].shape == (4 * 4 * kept["conv2"], 500)
+    small = create_model("lenet300", channels={"fc1": 120, "fc2": 30}).init(jax.random.key(0), jnp.zeros(shape))
+    assert small["params"]["fc2"]["kernel"].shape == (120, 30)
+    with pytest.raises(ValueError, match="channel spec names conv9, which LeNet-5 cannot resize"):
+        create_model("lenet5", channels={"conv9": 3}).init(jax.random.key(0), jnp.zeros(shape))

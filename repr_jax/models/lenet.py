@@ -1,0 +1,52 @@
+"""Han et al.'s (2015) MNIST anchors, as in their Table 1 (the Caffe reference models).
+
+* ``lenet300`` — LeNet-300-100: flatten → dense 300 → ReLU → dense 100 → ReLU → dense
+  ``num_classes``; 266,610 parameters on 28×28×1 inputs (Han et al.: "267K").
+* ``lenet5`` — LeNet-5 (Caffe's): conv1 20 5×5 VALID → 2×2 max-pool → conv2 50 5×5 VALID →
+  2×2 max-pool → flatten → dense 500 → ReLU → dense ``num_classes``; 431,080 parameters on
+  28×28×1 (Han et al.: "431K"). As in Caffe's model there is no nonlinearity after the convs.
+
+Both take any input size (the first dense layer follows the flattened size) and a channel
+spec: ``conv1``/``conv2`` (LeNet-5's filters) and ``fc1``/``fc2`` (the hidden units), so a
+model whose filters or dead hidden units were removed is rebuilt smaller. He-normal init.
+Deviation: Caffe initialises with Xavier; He-normal is this zoo's default for every model.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from repr_jax.models.channels import check_names, width
+from repr_jax.models.convnet import he_normal
+
+
+class LeNet300(nn.Module):
+    num_classes: int = 10
+    channels: tuple[tuple[str, int], ...] = ()
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        check_names(self.channels, ("fc1", "fc2"), "LeNet-300-100")
+        x = x.reshape(x.shape[0], -1)
+        for name, units in (("fc1", 300), ("fc2", 100)):
+            x = nn.relu(nn.Dense(width(self.channels, name, units), kernel_init=he_normal, name=name)(x))
+        return nn.Dense(self.num_classes, name="head")(x).astype(jnp.float32)
+
+
+class LeNet5(nn.Module):
+    num_classes: int = 10
+    channels: tuple[tuple[str, int], ...] = ()
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        check_names(self.channels, ("conv1", "conv2", "fc1"), "LeNet-5")
+        for name, filters in (("conv1", 20), ("conv2", 50)):
+            x = nn.Conv(width(self.channels, name, filters), (5, 5), padding="VALID", kernel_init=he_normal,
+                        name=name)(x)
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(width(self.channels, "fc1", 500), kernel_init=he_normal, name="fc1")(x))
+        return nn.Dense(self.num_classes, name="head")(x).astype(jnp.float32)
+
+
+__all__ = ["LeNet300", "LeNet5"]
