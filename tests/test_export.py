@@ -253,3 +253,46 @@ def test_han_lenets_match_table_1_and_lenet5_exports():
     assert small["params"]["fc2"]["kernel"].shape == (120, 30)
     with pytest.raises(ValueError, match="channel spec names conv9, which LeNet-5 cannot resize"):
         create_model("lenet5", channels={"conv9": 3}).init(jax.random.key(0), jnp.zeros(shape))
+
+
+class _Depthwise(nn.Module):
+    """conv → BN → ReLU → depthwise 3×3 → BN → ReLU → 1×1 conv → dense, widths from a spec."""
+    channels: dict | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        width = dict(self.channels or {})
+        c = width.get("Conv_0", 8)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(c, (3, 3), use_bias=False)(x)))
+        x = nn.Conv(c, (3, 3), feature_group_count=c, use_bias=False, name="dw")(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+        x = nn.Conv(width.get("Conv_1", 6), (1, 1))(x)
+        return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+def test_depthwise_channels_are_tied_to_their_input():
+    """A depthwise conv's channel i goes only when the filter feeding it and its own filter i
+    are both dead (Torch-Pruning's coupling); the export then computes the masked logits, and
+    the FLOPs after count the depthwise conv per surviving channel."""
+    model, shape = _Depthwise(), (1, 12, 12, 3)
+    v = model.init(jax.random.key(0), jnp.zeros(shape))
+    key = jax.random.key(1)
+    v = dict(v, batch_stats=jax.tree_util.tree_map(lambda x: x + 0.1 * jax.random.uniform(key, x.shape), v["batch_stats"]))
+    layers = model_layers(model, shape[1:])
+    assert {l.name for l in layers} == {"Conv_0", "dw", "Conv_1"}
+    live = {"Conv_0": np.ones(8, np.float32), "dw": np.ones(8, np.float32), "Conv_1": np.ones(6, np.float32)}
+    live["Conv_0"][[2, 5]] = 0      # 2: with its depthwise filter → removed; 5: the depthwise filter lives
+    live["dw"][[2, 6]] = 0          # 6: its input lives → kept as a zero filter
+    live["Conv_1"][0] = 0
+    live = {k: jnp.asarray(m) for k, m in live.items()}
+    masks = with_live_filters(init_masks(v["params"], layers), layers, live)
+    masked = dict(v, params=apply_masks(v["params"], masks))
+    from repr_jax.compress import export_model
+    ex = export_model(model, masked, live, shape[1:], rebuild=lambda channels: _Depthwise(channels=channels))
+    assert ex.channels == {"Conv_0": 7, "Conv_1": 5, "dw": 7} and ex.kept_dead == {"Conv_0": 1, "dw": 1}
+    assert ex.variables["params"]["dw"]["kernel"].shape == (3, 3, 1, 7)
+    x = jax.random.normal(jax.random.key(2), (4,) + shape[1:])
+    big = model.apply(masked, x, train=False)
+    np.testing.assert_allclose(ex.module.apply(ex.variables, x, train=False), big, atol=1e-4)
+    small = channel_graph(ex.module, ex.variables, shape)
+    assert ex.flops_after == small.flops == 12 * 12 * (27 * 7 + 9 * 7 + 7 * 5) + 12 * 12 * 5 * 10

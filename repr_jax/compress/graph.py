@@ -18,7 +18,8 @@ Each value of the jaxpr is tracked as one of
 A parameter expression combined elementwise with an activation records a :class:`Use` —
 that leaf's axis is indexed by the activation's channels. Convolutions record their kernel's
 input axis (indexed by the input's sources) and output axis (new sources, one per filter);
-``dot_general`` records the dense kernel's rows; ``reshape`` maps flattened features back to
+a depthwise conv ties each output channel to the sources of its input channel and to its own
+filter (:func:`_depthwise`); ``dot_general`` records the dense kernel's rows; ``reshape`` maps flattened features back to
 channels; ``add`` unions the sources of a residual sum; a channel-axis ``pad`` (the option-A
 shortcut) marks the channels it shifts as :data:`FIXED`-tied, because removing one would
 change the padding, which the model cannot express. A primitive without a rule raises
@@ -235,13 +236,18 @@ def _conv(tr: _Tracer, eqn, ins):
     dn = p["dimension_numbers"]
     out_shape = eqn.outvars[0].aval.shape
     lhs_shape = eqn.invars[0].aval.shape
-    if p["feature_group_count"] != 1 or p["batch_group_count"] != 1:
-        raise GraphError("channel graph: grouped convolutions are not supported")
+    groups = p["feature_group_count"]
+    depthwise = groups > 1 and groups == lhs_shape[-1] == out_shape[-1]
+    if (groups != 1 and not depthwise) or p["batch_group_count"] != 1:
+        raise GraphError("channel graph: grouped convolutions other than depthwise (one filter per input "
+                         "channel) are not supported")
     if dn.lhs_spec[1] != len(lhs_shape) - 1 or dn.out_spec[1] != len(out_shape) - 1:
         raise GraphError("channel graph: convolutions must be channels-last (NHWC)")
     if not isinstance(rhs, _Param) or len(rhs.refs) != 1:
         raise GraphError("channel graph: a convolution's kernel must be one parameter leaf")
     (coll, path), amap = rhs.refs[0]
+    if depthwise:
+        return _depthwise(tr, eqn, lhs, coll, path, amap[dn.rhs_spec[0]])
     in_sources = lhs.sources if isinstance(lhs, _Act) else _fixed(lhs_shape[-1])
     in_sources = _broadcast(in_sources, lhs_shape[-1])
     tr.uses.append(Use(coll, path, amap[dn.rhs_spec[1]], in_sources))
@@ -254,6 +260,22 @@ def _conv(tr: _Tracer, eqn, ins):
     tr.flops += math.prod(out_shape[1:]) * math.prod(rhs_shape) // features
     tr.costs.append(Cost(math.prod(out_shape[1:-1]) * math.prod(rhs_shape) // (features * lhs_shape[-1]),
                          in_sources, out))
+    return [_Act(out)]
+
+
+def _depthwise(tr: _Tracer, eqn, lhs, coll: str, path: tuple, out_axis: int):
+    """A depthwise conv: output channel i is input channel i filtered alone, so it is tied to
+    every source of input channel i and to the conv's own filter i (removed only when all
+    are) — Torch-Pruning's depthwise coupling. Multiply–adds: positions × taps × channels."""
+    out_shape, rhs_shape = eqn.outvars[0].aval.shape, eqn.invars[1].aval.shape
+    channels = out_shape[-1]
+    name = tr.conv_names.get(path) if coll == "params" else None
+    ins = _broadcast(lhs.sources if isinstance(lhs, _Act) else _fixed(channels), channels)
+    out = tuple(srcs | {(name, f)} if name is not None else srcs for f, srcs in enumerate(ins))
+    tr.uses.append(Use(coll, path, out_axis, out, produced_by=name))
+    taps = math.prod(rhs_shape) // channels
+    tr.flops += math.prod(out_shape[1:]) * taps
+    tr.costs.append(Cost(math.prod(out_shape[1:-1]) * taps, out, _fixed(1)))
     return [_Act(out)]
 
 
