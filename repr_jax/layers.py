@@ -62,12 +62,15 @@ def coupled_layers(params: Mapping[str, Any], graph) -> tuple[ConvLayer, ...]:
     """:func:`prunable_convs` with each conv's BatchNorm found in ``graph`` (a
     :class:`repr_jax.compress.graph.ChannelGraph` of the model): the module whose params
     ``scale`` and ``bias`` and batch stats ``mean`` and ``var`` each have an axis indexed
-    by exactly this conv's channels, channel i by filter i alone. A normalisation that mixes
-    several sources (after a residual sum) belongs to no single conv."""
+    by exactly this conv's channels, channel i by filter i alone (a depthwise conv: by exactly
+    its output's sources, filter i tied to the input channel i it filters). A normalisation
+    that mixes several sources (after a residual sum) belongs to no single conv."""
+    produced = {use.produced_by: use.sources for use in graph.uses if use.produced_by is not None}
     layers = []
     for layer in prunable_convs(params):
         one_to_one = tuple(frozenset([(layer.name, i)]) for i in range(layer.num_filters))
-        owned = {(use.collection, use.path) for use in graph.uses if use.sources == one_to_one}
+        output = produced.get(layer.name, one_to_one)
+        owned = {(use.collection, use.path) for use in graph.uses if use.sources == output}
         bn = next((path[:-1] for collection, path in sorted(owned, key=lambda cp: len(cp[1]))
                    if collection == "params" and path[-1] == "scale"
                    and {("params", path[:-1] + ("bias",)), ("batch_stats", path[:-1] + ("mean",)),

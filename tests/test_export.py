@@ -279,7 +279,8 @@ def test_depthwise_channels_are_tied_to_their_input():
     key = jax.random.key(1)
     v = dict(v, batch_stats=jax.tree_util.tree_map(lambda x: x + 0.1 * jax.random.uniform(key, x.shape), v["batch_stats"]))
     layers = model_layers(model, shape[1:])
-    assert {l.name for l in layers} == {"Conv_0", "dw", "Conv_1"}
+    assert {l.name: l.bn_path for l in layers} == {"Conv_0": ("BatchNorm_0",), "dw": ("BatchNorm_1",),
+                                                    "Conv_1": None}   # the depthwise BatchNorm is dw's
     live = {"Conv_0": np.ones(8, np.float32), "dw": np.ones(8, np.float32), "Conv_1": np.ones(6, np.float32)}
     live["Conv_0"][[2, 5]] = 0      # 2: with its depthwise filter → removed; 5: the depthwise filter lives
     live["dw"][[2, 6]] = 0          # 6: its input lives → kept as a zero filter
@@ -296,3 +297,29 @@ def test_depthwise_channels_are_tied_to_their_input():
     np.testing.assert_allclose(ex.module.apply(ex.variables, x, train=False), big, atol=1e-4)
     small = channel_graph(ex.module, ex.variables, shape)
     assert ex.flops_after == small.flops == 12 * 12 * (27 * 7 + 9 * 7 + 7 * 5) + 12 * 12 * 5 * 10
+
+
+def test_mobilenetv2_parameters_and_export_through_depthwise_ties():
+    """MobileNetV2 for 10 classes: torchvision's 2,236,682 parameters; with random dead
+    filters everywhere the export removes an expand channel only with its depthwise filter
+    and a residual stream's index only when every projection feeding it is dead, and
+    computes the masked model's logits (the depthwise BatchNorms are coupled too)."""
+    model, v = _variables("mobilenetv2")
+    assert sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(v["params"])) == 2_236_682
+    layers = model_layers(model)
+    live = _random_live(layers, seed=5, fraction=0.5)
+    masks = with_live_filters(init_masks(v["params"], layers), layers, live)
+    masked = dict(v, params=apply_masks(v["params"], masks))
+    arch = architecture("mobilenetv2")
+    ex = export(arch, masked, live)
+    x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
+    big, small = logits(arch, masked, x), logits(ex.architecture, ex.variables, x)
+    np.testing.assert_allclose(small, big, atol=1e-4 * max(1.0, float(jnp.max(jnp.abs(big)))))
+    dead = {l.name: np.asarray(live[l.name]) == 0 for l in layers}
+    for i in (1, 5, 16):                                # an expand channel goes with its depthwise filter
+        both = int(np.sum(dead[f"block{i}/expand"] & dead[f"block{i}/dw"]))
+        assert ex.channels[f"block{i}/expand"] == ex.channels[f"block{i}/dw"] == len(dead[f"block{i}/dw"]) - both
+    # the stage-2 residual stream (block1 + block2's projections) loses an index only when both are dead
+    stream = int(np.sum(dead["block1/project"] & dead["block2/project"]))
+    assert ex.channels["block1/project"] == ex.channels["block2/project"] == 24 - stream
+    assert ex.flops_after < ex.flops_before and ex.params_after < ex.params_before

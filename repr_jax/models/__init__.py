@@ -4,7 +4,8 @@ Names: ``convnet`` (C^n(F), options ``depth``, ``width``, ``batch_norm``, ``vari
 head's ``hidden``, ``dropout``, ``dropconnect``, ``dropconnect_mode``, ``dropconnect_inference``),
 ``resnet8|20|32|56|110`` (ResNet-8: one block per stage, for quick checks), ``vgg16`` (option
 ``variant``: ``paper`` or Li et al.'s ``li`` head), ``lenet300`` and ``lenet5`` (Han et al.'s
-MNIST anchors, :mod:`repr_jax.models.lenet`), and the user's own Linen model as
+MNIST anchors, :mod:`repr_jax.models.lenet`), ``mobilenetv2`` (depthwise convs,
+:mod:`repr_jax.models.mobilenet`), and the user's own Linen model as
 ``FILE.py:FACTORY`` or ``package.module:FACTORY`` (:mod:`repr_jax.models.user`). ``channels`` is a per-conv width spec (see
 :mod:`repr_jax.models.channels`): every builder makes the smaller dense model an export
 describes. An *architecture* — ``{"name", "num_classes", "options", "channels",
@@ -18,11 +19,13 @@ from repr_jax.models import user
 from repr_jax.models.channels import as_spec
 from repr_jax.models.convnet import HEAD_OPTIONS, ConvNet
 from repr_jax.models.lenet import LeNet5, LeNet300
+from repr_jax.models.mobilenet import MobileNetV2
 from repr_jax.models.dropconnect import DropConnectDense
 from repr_jax.models.resnet import CifarResNet
 from repr_jax.models.vgg import VGG, VGG_VARIANTS
 
-MODELS = ("convnet", "resnet8", "resnet20", "resnet32", "resnet56", "resnet110", "vgg16", "lenet300", "lenet5")
+MODELS = ("convnet", "resnet8", "resnet20", "resnet32", "resnet56", "resnet110", "vgg16", "lenet300", "lenet5",
+          "mobilenetv2")
 CONVNET_OPTIONS = ("depth", "width", "batch_norm", "variant", *HEAD_OPTIONS)
 
 
@@ -51,6 +54,8 @@ def create_model(name: str, num_classes: int = 10, channels=None, **options):
         return LeNet300(num_classes=num_classes, channels=spec)
     if name == "lenet5":
         return LeNet5(num_classes=num_classes, channels=spec)
+    if name == "mobilenetv2":
+        return MobileNetV2(num_classes=num_classes, channels=spec)
     if name.startswith("resnet") and name in MODELS:
         return CifarResNet(depth=int(name[len("resnet"):]), num_classes=num_classes, channels=spec)
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
@@ -76,5 +81,5 @@ def from_architecture(arch: dict):
         raise ValueError(f"not a model architecture: {err}") from None
 
 
-__all__ = ["ConvNet", "DropConnectDense", "HEAD_OPTIONS", "CifarResNet", "LeNet300", "LeNet5", "VGG", "VGG_VARIANTS", "MODELS", "architecture", "create_model",
+__all__ = ["ConvNet", "DropConnectDense", "HEAD_OPTIONS", "CifarResNet", "LeNet300", "LeNet5", "MobileNetV2", "VGG", "VGG_VARIANTS", "MODELS", "architecture", "create_model",
            "from_architecture", "input_shape_of"]
