@@ -323,3 +323,35 @@ def test_mobilenetv2_parameters_and_export_through_depthwise_ties():
     stream = int(np.sum(dead["block1/project"] & dead["block2/project"]))
     assert ex.channels["block1/project"] == ex.channels["block2/project"] == 24 - stream
     assert ex.flops_after < ex.flops_before and ex.params_after < ex.params_before
+
+
+def test_imagenet_resnets_counts_and_resnet50_exports_through_projection_shortcuts():
+    """ResNet-18/34/50 with the small-input stem: the usual CIFAR counts (11,173,962 /
+    21,282,122 / 23,520,842 for 10 classes) and torchvision's 11,689,512 for ResNet-18 on
+    224×224 with 1000 classes; ResNet-50 with random dead filters everywhere exports through
+    its bottlenecks and 1×1 projection shortcuts (tied to the stream) with the masked logits."""
+    def count(name, classes=10, size=32):
+        model = create_model(name, classes)
+        shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
+        return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes["params"]))
+    assert [count(n) for n in ("resnet18", "resnet34", "resnet50")] == [11_173_962, 21_282_122, 23_520_842]
+    assert count("resnet18", 1000, 224) == 11_689_512
+    model = create_model("resnet50")
+    v = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))()
+    key = jax.random.key(1)
+    v = dict(v, batch_stats=jax.tree_util.tree_map(lambda x: x + 0.1 * jax.random.uniform(key, x.shape),
+                                                   v["batch_stats"]))
+    layers = model_layers(model)
+    live = _random_live(layers, seed=7, fraction=0.3)
+    masks = with_live_filters(init_masks(v["params"], layers), layers, live)
+    masked = dict(v, params=apply_masks(v["params"], masks))
+    arch = architecture("resnet50")
+    ex = export(arch, masked, live)
+    x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
+    big, small = logits(arch, masked, x), logits(ex.architecture, ex.variables, x)
+    np.testing.assert_allclose(small, big, atol=1e-4 * max(1.0, float(jnp.max(jnp.abs(big)))))
+    dead = {l.name: int((np.asarray(live[l.name]) == 0).sum()) for l in layers}
+    inner = "layer3_block2/conv2"
+    assert ex.channels[inner] == 256 - dead[inner]          # an inner conv shrinks by its dead filters
+    stream = ("layer2_block0/shortcut", "layer2_block0/conv3", "layer2_block1/conv3")
+    assert len({ex.channels[n] for n in stream}) == 1        # a stream's members stay equal

@@ -5,7 +5,8 @@ head's ``hidden``, ``dropout``, ``dropconnect``, ``dropconnect_mode``, ``dropcon
 ``resnet8|20|32|56|110`` (ResNet-8: one block per stage, for quick checks), ``vgg16`` (option
 ``variant``: ``paper`` or Li et al.'s ``li`` head), ``lenet300`` and ``lenet5`` (Han et al.'s
 MNIST anchors, :mod:`repr_jax.models.lenet`), ``mobilenetv2`` (depthwise convs,
-:mod:`repr_jax.models.mobilenet`), and the user's own Linen model as
+:mod:`repr_jax.models.mobilenet`), ``resnet18|34|50`` (ImageNet-style, projection shortcuts,
+:mod:`repr_jax.models.imagenet_resnet`), and the user's own Linen model as
 ``FILE.py:FACTORY`` or ``package.module:FACTORY`` (:mod:`repr_jax.models.user`). ``channels`` is a per-conv width spec (see
 :mod:`repr_jax.models.channels`): every builder makes the smaller dense model an export
 describes. An *architecture* — ``{"name", "num_classes", "options", "channels",
@@ -18,6 +19,7 @@ from __future__ import annotations
 from repr_jax.models import user
 from repr_jax.models.channels import as_spec
 from repr_jax.models.convnet import HEAD_OPTIONS, ConvNet
+from repr_jax.models.imagenet_resnet import ImageNetResNet
 from repr_jax.models.lenet import LeNet5, LeNet300
 from repr_jax.models.mobilenet import MobileNetV2
 from repr_jax.models.dropconnect import DropConnectDense
@@ -25,7 +27,7 @@ from repr_jax.models.resnet import CifarResNet
 from repr_jax.models.vgg import VGG, VGG_VARIANTS
 
 MODELS = ("convnet", "resnet8", "resnet20", "resnet32", "resnet56", "resnet110", "vgg16", "lenet300", "lenet5",
-          "mobilenetv2")
+          "mobilenetv2", "resnet18", "resnet34", "resnet50")
 CONVNET_OPTIONS = ("depth", "width", "batch_norm", "variant", *HEAD_OPTIONS)
 
 
@@ -56,6 +58,8 @@ def create_model(name: str, num_classes: int = 10, channels=None, **options):
         return LeNet5(num_classes=num_classes, channels=spec)
     if name == "mobilenetv2":
         return MobileNetV2(num_classes=num_classes, channels=spec)
+    if name in ("resnet18", "resnet34", "resnet50"):
+        return ImageNetResNet(depth=int(name[len("resnet"):]), num_classes=num_classes, channels=spec)
     if name.startswith("resnet") and name in MODELS:
         return CifarResNet(depth=int(name[len("resnet"):]), num_classes=num_classes, channels=spec)
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
@@ -81,5 +85,5 @@ def from_architecture(arch: dict):
         raise ValueError(f"not a model architecture: {err}") from None
 
 
-__all__ = ["ConvNet", "DropConnectDense", "HEAD_OPTIONS", "CifarResNet", "LeNet300", "LeNet5", "MobileNetV2", "VGG", "VGG_VARIANTS", "MODELS", "architecture", "create_model",
+__all__ = ["ConvNet", "DropConnectDense", "HEAD_OPTIONS", "CifarResNet", "LeNet300", "LeNet5", "MobileNetV2", "ImageNetResNet", "VGG", "VGG_VARIANTS", "MODELS", "architecture", "create_model",
            "from_architecture", "input_shape_of"]
