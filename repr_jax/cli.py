@@ -220,8 +220,8 @@ def config_from_args(args: argparse.Namespace):
         d.setdefault("optim", {})["learning_rate"] = default_learning_rate(
             d.get("optim", {}).get("optimizer", "sgd"), d.get("model", {}).get("name", "convnet"))
     model, name = d.get("model", {}).get("name", "convnet"), d["method"]["name"]
-    if ":" in str(model):   # the user's FILE.py:FACTORY, recorded with an absolute path
-        from repr_jax.models.user import canonical
+    from repr_jax.models.user import canonical, is_reference
+    if is_reference(str(model)):   # the user's FILE.py:FACTORY, recorded with an absolute path
         d["model"]["name"] = canonical(model)
         model = model.rpartition(":")[2]
     d["out"] = args.out or d.get("out") or f"runs/{model}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -229,4 +229,5 @@ def config_from_args(args: argparse.Namespace):
     return RunConfig.from_dict(d)
 
 
-__all__ = ["ALIASES", "DefaultsHelpFormatter", "SWITCHES", "build_parser", "config_from_args", "fail", "one_line"]
+__all__ = ["ALIASES", "DefaultsHelpFormatter", "SWITCHES", "build_parser", "config_from_args", "fail", "one_line",
+           "start_processes_from_args"]

@@ -26,6 +26,7 @@ from repr_jax.distill import KDConfig
 from repr_jax.errors import RunError
 from repr_jax.methods.base import MethodConfig, get_method, method_config, method_names
 from repr_jax.models import CONVNET_OPTIONS, HEAD_OPTIONS, MODELS, VGG_VARIANTS, architecture
+from repr_jax.models.user import is_reference
 from repr_jax.models.convnet import VARIANTS
 from repr_jax.optim import OptimConfig
 from repr_jax.protocols import PROTOCOLS
@@ -185,7 +186,7 @@ class RunConfig:
             (math.isfinite(self.ortho_loss) and self.ortho_loss >= 0,
              f"--ortho-loss must be finite and >= 0, got {self.ortho_loss}"),
             (self.protocol in ("", *PROTOCOLS), f"unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}"),
-            (self.model.name in MODELS or ":" in self.model.name,
+            (self.model.name in MODELS or is_reference(self.model.name),
              f"unknown model {self.model.name!r}; choose from {', '.join(MODELS)}, or FILE.py:FACTORY / "
              "package.module:FACTORY"),
             (1 <= self.model.depth <= MAX_DEPTH and 1 <= self.model.width <= MAX_WIDTH,

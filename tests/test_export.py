@@ -299,6 +299,22 @@ def test_depthwise_channels_are_tied_to_their_input():
     assert ex.flops_after == small.flops == 12 * 12 * (27 * 7 + 9 * 7 + 7 * 5) + 12 * 12 * 5 * 10
 
 
+def _masked_export(name, v, seed, fraction=0.4, model=None, input_shape=(32, 32, 3)):
+    """Random dead filters in every layer of zoo model ``name`` (variables ``v``), exported;
+    asserts the export computes the masked model's logits. ``(export, live, layers)``."""
+    model = model or create_model(name)
+    layers = model_layers(model, input_shape)
+    live = _random_live(layers, seed=seed, fraction=fraction)
+    masks = with_live_filters(init_masks(v["params"], layers), layers, live)
+    masked = dict(v, params=apply_masks(v["params"], masks))
+    arch = architecture(name, input_shape=input_shape)
+    ex = export(arch, masked, live)
+    x = jax.random.normal(jax.random.key(3), (2,) + tuple(input_shape))
+    big, small = logits(arch, masked, x), logits(ex.architecture, ex.variables, x)
+    np.testing.assert_allclose(small, big, atol=1e-4 * max(1.0, float(jnp.max(jnp.abs(big)))))
+    return ex, live, layers
+
+
 def test_mobilenetv2_parameters_and_export_through_depthwise_ties():
     """MobileNetV2 for 10 classes: torchvision's 2,236,682 parameters; with random dead
     filters everywhere the export removes an expand channel only with its depthwise filter
@@ -306,15 +322,7 @@ def test_mobilenetv2_parameters_and_export_through_depthwise_ties():
     computes the masked model's logits (the depthwise BatchNorms are coupled too)."""
     model, v = _variables("mobilenetv2")
     assert sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(v["params"])) == 2_236_682
-    layers = model_layers(model)
-    live = _random_live(layers, seed=5, fraction=0.5)
-    masks = with_live_filters(init_masks(v["params"], layers), layers, live)
-    masked = dict(v, params=apply_masks(v["params"], masks))
-    arch = architecture("mobilenetv2")
-    ex = export(arch, masked, live)
-    x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
-    big, small = logits(arch, masked, x), logits(ex.architecture, ex.variables, x)
-    np.testing.assert_allclose(small, big, atol=1e-4 * max(1.0, float(jnp.max(jnp.abs(big)))))
+    ex, live, layers = _masked_export("mobilenetv2", v, seed=5, fraction=0.5, model=model)
     dead = {l.name: np.asarray(live[l.name]) == 0 for l in layers}
     for i in (1, 5, 16):                                # an expand channel goes with its depthwise filter
         both = int(np.sum(dead[f"block{i}/expand"] & dead[f"block{i}/dw"]))
@@ -341,15 +349,7 @@ def test_imagenet_resnets_counts_and_resnet50_exports_through_projection_shortcu
     key = jax.random.key(1)
     v = dict(v, batch_stats=jax.tree_util.tree_map(lambda x: x + 0.1 * jax.random.uniform(key, x.shape),
                                                    v["batch_stats"]))
-    layers = model_layers(model)
-    live = _random_live(layers, seed=7, fraction=0.3)
-    masks = with_live_filters(init_masks(v["params"], layers), layers, live)
-    masked = dict(v, params=apply_masks(v["params"], masks))
-    arch = architecture("resnet50")
-    ex = export(arch, masked, live)
-    x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
-    big, small = logits(arch, masked, x), logits(ex.architecture, ex.variables, x)
-    np.testing.assert_allclose(small, big, atol=1e-4 * max(1.0, float(jnp.max(jnp.abs(big)))))
+    ex, live, layers = _masked_export("resnet50", v, seed=7, fraction=0.3, model=model)
     dead = {l.name: int((np.asarray(live[l.name]) == 0).sum()) for l in layers}
     inner = "layer3_block2/conv2"
     assert ex.channels[inner] == 256 - dead[inner]          # an inner conv shrinks by its dead filters

@@ -1,6 +1,7 @@
 """Physical compression: the channel graph of a model (:mod:`.graph`, derived from its jaxpr;
-traced once per structure, :mod:`.structure`), the export of a pruned model as a smaller dense one (:mod:`.export`) and of any run
-directory (:mod:`.run_export`, ``experiments/export.py``)."""
+traced once per structure, :mod:`.structure`), the export of a pruned model as a smaller
+dense one (:mod:`.export`) and of any run directory (:mod:`.run_export`,
+``experiments/export.py``)."""
 from repr_jax.compress.export import (ExportError, Exported, export, export_model, export_state, load_exported,
                                       logits, max_logit_difference, removable, save_exported)
 from repr_jax.compress.graph import FIXED, ChannelGraph, GraphError, Use, trace_channel_graph

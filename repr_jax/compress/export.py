@@ -17,9 +17,9 @@ the sliced ones or :class:`ExportError` names the first leaf that differs. Witho
 ``rebuild`` the export is the smaller variables and the channel spec alone (``module`` is
 None). The FLOPs after are counted from the graph (each conv's and dense layer's kept input
 × kept output channels, :meth:`~repr_jax.compress.graph.ChannelGraph.flops_after`); the
-graph is traced once per model structure (:func:`~repr_jax.compress.graph.channel_graph`),
-and a rebuilt module is only shape-checked (one abstract ``init``). Every trace is on the example input's shape. A dead filter
-contributes exactly 0 to every consumer in the masked model (its kernel, bias and BatchNorm
+graph is traced once per model structure (:func:`~repr_jax.compress.structure.channel_graph`),
+and a rebuilt module is only shape-checked (one abstract ``init``). Every trace is on the
+example input's shape. A dead filter contributes exactly 0 to every consumer in the masked model (its kernel, bias and BatchNorm
 γ/β are 0), so the two models compute the same logits up to float32 summation order.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from repr_jax.compress.graph import FIXED, ChannelGraph
+from repr_jax.compress.graph import FIXED, ChannelGraph, index_kept
 from repr_jax.compress.structure import channel_graph, variable_shapes
 from repr_jax.layers import replace_path
 from repr_jax.models import from_architecture, input_shape_of
@@ -78,15 +78,12 @@ def removable(graph: ChannelGraph, live: dict[str, np.ndarray]) -> dict[str, np.
     removed = {name: ~(np.asarray(live[name]) > 0) if name in live else np.zeros(n, bool)
                for name, n in graph.layers.items()}
 
-    def kept(src):
-        return src == FIXED or not removed[src[0]][src[1]]
-
     changed = True
     while changed:
         changed = False
         for use in graph.uses:
             for srcs in use.sources:
-                if not srcs or any(kept(s) for s in srcs):
+                if index_kept(srcs, removed):
                     for name, ch in srcs:
                         if (name, ch) != FIXED and removed[name][ch]:
                             removed[name][ch] = False
@@ -97,8 +94,7 @@ def removable(graph: ChannelGraph, live: dict[str, np.ndarray]) -> dict[str, np.
 def _slice_variables(graph: ChannelGraph, variables: dict, removed: dict[str, np.ndarray]) -> dict:
     keep_by_leaf: dict[tuple, dict[int, np.ndarray]] = {}
     for use in graph.uses:
-        keep = np.asarray([not srcs or any(s == FIXED or not removed[s[0]][s[1]] for s in srcs)
-                           for srcs in use.sources])
+        keep = np.asarray([index_kept(srcs, removed) for srcs in use.sources])
         axes = keep_by_leaf.setdefault((use.collection,) + use.path, {})
         if use.axis in axes and not np.array_equal(axes[use.axis], keep):
             raise ExportError(f"{use.leaf} axis {use.axis} is indexed by two different channel sets")

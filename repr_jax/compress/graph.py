@@ -19,8 +19,8 @@ A parameter expression combined elementwise with an activation records a :class:
 that leaf's axis is indexed by the activation's channels. Convolutions record their kernel's
 input axis (indexed by the input's sources) and output axis (new sources, one per filter);
 a depthwise conv ties each output channel to the sources of its input channel and to its own
-filter (:func:`_depthwise`); ``dot_general`` records the dense kernel's rows; ``reshape`` maps flattened features back to
-channels; ``add`` unions the sources of a residual sum; a channel-axis ``pad`` (the option-A
+filter (:func:`_depthwise`); ``dot_general`` records the dense kernel's rows; ``reshape``
+maps flattened features back to channels; ``add`` unions the sources of a residual sum; a channel-axis ``pad`` (the option-A
 shortcut) marks the channels it shifts as :data:`FIXED`-tied, because removing one would
 change the padding, which the model cannot express. A primitive without a rule raises
 :class:`GraphError` naming it, so an unsupported model fails loudly instead of exporting
@@ -76,10 +76,15 @@ class Cost:
     out_sources: tuple[frozenset, ...]
 
 
+def index_kept(srcs: frozenset, removed: dict) -> bool:
+    """Whether an index fed by ``srcs`` survives an export that removes ``removed``
+    (``{conv: (F,) bool}``): it stays while any of its sources — a fixed one, or a filter not
+    removed — stays (the rule :func:`repr_jax.compress.export.removable` closes over)."""
+    return not srcs or any(s == FIXED or not removed[s[0]][s[1]] for s in srcs)
+
+
 def _kept(sources: tuple[frozenset, ...], removed: dict) -> int:
-    """How many of these indices survive an export that removes ``removed`` (the rule of
-    :func:`repr_jax.compress.export.removable`: an index stays while any source stays)."""
-    return sum(1 for srcs in sources if not srcs or any(s == FIXED or not removed[s[0]][s[1]] for s in srcs))
+    return sum(1 for srcs in sources if index_kept(srcs, removed))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +154,6 @@ class _Tracer:
         self.conv_names = conv_names          # kernel leaf path (in "params") → conv name
         self.uses: list[Use] = []
         self.costs: list[Cost] = []
-        self.flops = 0
 
     # -- helpers
     def record(self, param: _Param, sources: tuple[frozenset, ...], ndim: int) -> None:
@@ -257,7 +261,6 @@ def _conv(tr: _Tracer, eqn, ins):
            else _fixed(features))
     tr.uses.append(Use(coll, path, amap[dn.rhs_spec[0]], out, produced_by=name))
     rhs_shape = eqn.invars[1].aval.shape
-    tr.flops += math.prod(out_shape[1:]) * math.prod(rhs_shape) // features
     tr.costs.append(Cost(math.prod(out_shape[1:-1]) * math.prod(rhs_shape) // (features * lhs_shape[-1]),
                          in_sources, out))
     return [_Act(out)]
@@ -274,7 +277,6 @@ def _depthwise(tr: _Tracer, eqn, lhs, coll: str, path: tuple, out_axis: int):
     out = tuple(srcs | {(name, f)} if name is not None else srcs for f, srcs in enumerate(ins))
     tr.uses.append(Use(coll, path, out_axis, out, produced_by=name))
     taps = math.prod(rhs_shape) // channels
-    tr.flops += math.prod(out_shape[1:]) * taps
     tr.costs.append(Cost(math.prod(out_shape[1:-1]) * taps, out, _fixed(1)))
     return [_Act(out)]
 
@@ -289,7 +291,6 @@ def _dot_general(tr: _Tracer, eqn, ins):
         (coll, path), amap = rhs.refs[0]
         tr.uses.append(Use(coll, path, amap[rc[0]], lhs.sources))
         free = math.prod(d for i, d in enumerate(rhs_shape) if i not in rc)
-        tr.flops += math.prod(lhs_shape[1:]) * free
         tr.costs.append(Cost(math.prod(lhs_shape[1:-1]), _broadcast(lhs.sources, lhs_shape[-1]), _fixed(free)))
         return [_Act(_fixed(out_shape[-1] if out_shape else 1))]
     raise GraphError("channel graph: dot_general is supported only as activation @ parameter")
@@ -456,7 +457,8 @@ def trace_channel_graph(model, variables, input_shape) -> ChannelGraph:
     tracer.run(closed.jaxpr, inputs)
     params = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(variables["params"]))
     return ChannelGraph({l.name: l.num_filters for l in layers}, tuple(tracer.uses),
-                        tracer.flops, params, tuple(tracer.costs))
+                        sum(c.factor * len(c.in_sources) * len(c.out_sources) for c in tracer.costs), params,
+                        tuple(tracer.costs))
 
 
-__all__ = ["FIXED", "ChannelGraph", "Cost", "GraphError", "Use", "trace_channel_graph"]
+__all__ = ["FIXED", "ChannelGraph", "Cost", "GraphError", "Use", "index_kept", "trace_channel_graph"]

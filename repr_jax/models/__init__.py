@@ -85,5 +85,6 @@ def from_architecture(arch: dict):
         raise ValueError(f"not a model architecture: {err}") from None
 
 
-__all__ = ["ConvNet", "DropConnectDense", "HEAD_OPTIONS", "CifarResNet", "LeNet300", "LeNet5", "MobileNetV2", "ImageNetResNet", "VGG", "VGG_VARIANTS", "MODELS", "architecture", "create_model",
+__all__ = ["ConvNet", "DropConnectDense", "HEAD_OPTIONS", "CifarResNet", "LeNet300", "LeNet5", "MobileNetV2",
+           "ImageNetResNet", "VGG", "VGG_VARIANTS", "MODELS", "architecture", "create_model",
            "from_architecture", "input_shape_of"]

@@ -24,12 +24,9 @@ import jax.numpy as jnp
 
 from repr_jax.models.channels import check_names, width
 from repr_jax.models.convnet import he_normal
+from repr_jax.models.resnet import batch_norm
 
 DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
-
-
-def _bn(train, name):
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
 
 
 def _conv(features, size, stride, name):
@@ -47,14 +44,14 @@ class Block(nn.Module):
     def __call__(self, x, train: bool):
         y = x
         if len(self.inner) == 1:   # basic: 3×3 (stride) → 3×3
-            y = nn.relu(_bn(train, "conv1_bn")(_conv(self.inner[0], 3, self.stride, "conv1")(y)))
-            y = _bn(train, "conv2_bn")(_conv(self.out, 3, 1, "conv2")(y))
+            y = nn.relu(batch_norm(train, "conv1_bn")(_conv(self.inner[0], 3, self.stride, "conv1")(y)))
+            y = batch_norm(train, "conv2_bn")(_conv(self.out, 3, 1, "conv2")(y))
         else:                      # bottleneck: 1×1 → 3×3 (stride) → 1×1
-            y = nn.relu(_bn(train, "conv1_bn")(_conv(self.inner[0], 1, 1, "conv1")(y)))
-            y = nn.relu(_bn(train, "conv2_bn")(_conv(self.inner[1], 3, self.stride, "conv2")(y)))
-            y = _bn(train, "conv3_bn")(_conv(self.out, 1, 1, "conv3")(y))
+            y = nn.relu(batch_norm(train, "conv1_bn")(_conv(self.inner[0], 1, 1, "conv1")(y)))
+            y = nn.relu(batch_norm(train, "conv2_bn")(_conv(self.inner[1], 3, self.stride, "conv2")(y)))
+            y = batch_norm(train, "conv3_bn")(_conv(self.out, 1, 1, "conv3")(y))
         if self.project:
-            x = _bn(train, "shortcut_bn")(_conv(self.out, 1, self.stride, "shortcut")(x))
+            x = batch_norm(train, "shortcut_bn")(_conv(self.out, 1, self.stride, "shortcut")(x))
         return nn.relu(x + y)
 
 
@@ -80,7 +77,7 @@ class ImageNetResNet(nn.Module):
                     f"ResNet-{self.depth}")
         small = x.shape[1] <= 64
         stem = width(self.channels, "stem", 64)
-        x = nn.relu(_bn(train, "stem_bn")(_conv(stem, 3 if small else 7, 1 if small else 2, "stem")(x)))
+        x = nn.relu(batch_norm(train, "stem_bn")(_conv(stem, 3 if small else 7, 1 if small else 2, "stem")(x)))
         if not small:
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         for name, base, stride, project in blocks:

@@ -25,13 +25,10 @@ import jax.numpy as jnp
 
 from repr_jax.models.channels import check_names, width
 from repr_jax.models.convnet import he_normal
+from repr_jax.models.resnet import batch_norm
 
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
             (6, 320, 1, 1))
-
-
-def _bn(train, name):
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
 
 
 class InvertedResidual(nn.Module):
@@ -44,13 +41,13 @@ class InvertedResidual(nn.Module):
     def __call__(self, x, train: bool):
         h = x
         if self.hidden is not None:
-            h = nn.relu6(_bn(train, "expand_bn")(nn.Conv(self.hidden, (1, 1), use_bias=False, kernel_init=he_normal,
+            h = nn.relu6(batch_norm(train, "expand_bn")(nn.Conv(self.hidden, (1, 1), use_bias=False, kernel_init=he_normal,
                                                          name="expand")(h)))
         c = h.shape[-1]
         h = nn.Conv(c, (3, 3), (self.stride, self.stride), padding=1, feature_group_count=c, use_bias=False,
                     kernel_init=he_normal, name="dw")(h)
-        h = nn.relu6(_bn(train, "dw_bn")(h))
-        h = _bn(train, "project_bn")(nn.Conv(self.out, (1, 1), use_bias=False, kernel_init=he_normal,
+        h = nn.relu6(batch_norm(train, "dw_bn")(h))
+        h = batch_norm(train, "project_bn")(nn.Conv(self.out, (1, 1), use_bias=False, kernel_init=he_normal,
                                              name="project")(h))
         return x + h if self.residual else h
 
@@ -72,12 +69,12 @@ class MobileNetV2(nn.Module):
         check_names(self.channels, names, "MobileNetV2")
         x = nn.Conv(width(self.channels, "stem", 32), (3, 3), padding=1, use_bias=False, kernel_init=he_normal,
                     name="stem")(x)
-        x = nn.relu6(_bn(train, "stem_bn")(x))
+        x = nn.relu6(batch_norm(train, "stem_bn")(x))
         for name, t, c, stride, c_in in blocks:
             hidden = None if t == 1 else width(self.channels, f"{name}/expand", t * c_in)
             x = InvertedResidual(width(self.channels, f"{name}/project", c), stride, hidden,
                                  residual=stride == 1 and c_in == c, name=name)(x, train)
-        x = nn.relu6(_bn(train, "last_bn")(nn.Conv(width(self.channels, "last", 1280), (1, 1), use_bias=False,
+        x = nn.relu6(batch_norm(train, "last_bn")(nn.Conv(width(self.channels, "last", 1280), (1, 1), use_bias=False,
                                                    kernel_init=he_normal, name="last")(x)))
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, name="head")(x).astype(jnp.float32)

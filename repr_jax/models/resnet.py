@@ -23,7 +23,8 @@ from repr_jax.models.convnet import he_normal
 RESIDUAL_RULE = "the stem and each block's conv2 are tied to the residual stream; resize conv1 only"
 
 
-def _bn(train, name):
+def batch_norm(train: bool, name: str) -> nn.BatchNorm:
+    """The zoo's BatchNorm (momentum 0.9, batch statistics in training)."""
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
 
 
@@ -36,10 +37,10 @@ class BasicBlock(nn.Module):
     def __call__(self, x, train: bool):
         y = nn.Conv(self.inner or self.channels, (3, 3), (self.stride, self.stride), padding=1,
                     use_bias=False, kernel_init=he_normal, name="conv1")(x)
-        y = nn.relu(_bn(train, "conv1_bn")(y))
+        y = nn.relu(batch_norm(train, "conv1_bn")(y))
         y = nn.Conv(self.channels, (3, 3), padding=1, use_bias=False,
                     kernel_init=he_normal, name="conv2")(y)
-        y = _bn(train, "conv2_bn")(y)
+        y = batch_norm(train, "conv2_bn")(y)
         if self.stride != 1 or x.shape[-1] != self.channels:  # option A shortcut
             # lax.slice, as x[:, ::s, ::s] lowers on jax >= 0.9.1 (earlier jax makes it a gather,
             # which the channel graph of repr_jax.compress has no rule for)
@@ -65,7 +66,7 @@ class CifarResNet(nn.Module):
                     f"ResNet-{self.depth}", RESIDUAL_RULE)
         x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False,
                     kernel_init=he_normal, name="conv0")(x)
-        x = nn.relu(_bn(train, "conv0_bn")(x))
+        x = nn.relu(batch_norm(train, "conv0_bn")(x))
         for stage, b, name in blocks:
             stride = 2 if stage > 0 and b == 0 else 1
             inner = width(self.channels, f"{name}/conv1", self.widths[stage])
