@@ -23,7 +23,9 @@ The building blocks::
     channel_graph(model, variables), export(architecture, variables, live)  # physical compression
     csr_encode(weights_2d, index_bits), csr_decode(encoded), storage_report(params)  # Han et al. CSR
     DropConnectDense(features, keep), KDConfig, soft_kl(student, teacher, T)  # DropConnect, distillation
-    TrainState, create_train_state, create_model, load_cifar, RunConfig, run
+    TrainState, create_train_state, create_model, RunConfig, run
+    load_data(dataset, data_dir, image_size) → Dataset  # cifar10|cifar100|folder|npz|tfds:NAME
+    load_cifar, synthetic_cifar, channel_stats(images), Preprocessing(mean, std, crop_pad, flip)
     stack(states), unstack(states, i), data_mesh(devices), replicate(tree, mesh)  # seeds, devices
 
 The names are imported on first use (PEP 562), so ``import repr_jax`` and the command-line
@@ -46,7 +48,8 @@ _EXPORTS = {
     ".models.dropconnect": ("DropConnectDense",),
     ".config": ("RunConfig", "RunError"),
     ".criteria": ("CRITERIA", "drop_priority", "get_criterion", "score_filters"),
-    ".data": ("Cifar", "DataError", "load_cifar", "synthetic_cifar"),
+    ".data": ("Cifar", "DataError", "Dataset", "channel_stats", "load_cifar", "load_data", "synthetic_cifar"),
+    ".pipeline": ("Preprocessing",),
     ".layers": ("ConvLayer", "prunable_convs"),
     ".masks": ("apply_masks", "drop_filters", "init_masks", "live_filters", "masked_updates",
         "revive_filters", "with_element_mask", "with_live_filters"),

@@ -18,9 +18,13 @@ ALIASES = {
     "--model": ("model.name", "architecture: a zoo name, or your own Linen model as FILE.py:FACTORY or "
                           "package.module:FACTORY — FACTORY(num_classes, channels=None) returns the module "
                           "(the file is imported: only your own code; docs/cli.md)"),
-    "--dataset": ("data.dataset", "cifar10 or cifar100"),
-    "--data-dir": ("data.dir", "local CIFAR copy: directory or .tar.gz in any standard layout "
-                               "(default: $REPR_JAX_DATA_DIR, else TFDS/official download)"),
+    "--dataset": ("data.dataset", "cifar10, cifar100, folder (an image folder of any size and 1 or 3 channels: "
+                                  "train/<class>/<image>, test/<class>/<image>), npz (a file with x_train, y_train, "
+                                  "x_test, y_test) or tfds:NAME (prepared in --data-dir; tfds:image_folder reads a "
+                                  "folder); --set data.image_size=H,W resizes (docs/cli.md 'Data')"),
+    "--data-dir": ("data.dir", "where the data is (default: $REPR_JAX_DATA_DIR, else a TFDS/official CIFAR "
+                               "download): a CIFAR copy (directory or .tar.gz in any standard layout), an image "
+                               "folder (or tar), an .npz file, or a TFDS data directory"),
     "--epochs": ("epochs", "total training epochs"),
     "--batch-size": ("batch_size", "training batch size (the last partial batch of an epoch is dropped)"),
     "--seed": ("seed", "seed for init, shuffling, augmentation and the method's randomness"),

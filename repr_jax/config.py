@@ -22,11 +22,14 @@ import types
 import typing
 from pathlib import Path
 
+from repr_jax.data import DATASETS, NORMALIZATIONS
+from repr_jax.data_sources import parse_image_size
 from repr_jax.distill import KDConfig
 from repr_jax.errors import RunError
 from repr_jax.methods.base import MethodConfig, get_method, method_config, method_names
 from repr_jax.models import CONVNET_OPTIONS, HEAD_OPTIONS, MODELS, VGG_VARIANTS, architecture
 from repr_jax.models.user import is_reference
+from repr_jax.shapes import DEFAULT_INPUT_SHAPE
 from repr_jax.models.convnet import VARIANTS
 from repr_jax.optim import OptimConfig
 from repr_jax.protocols import PROTOCOLS
@@ -105,15 +108,34 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    dataset: str = dataclasses.field(default="cifar10", metadata={"help": "cifar10 or cifar100"})
+    dataset: str = dataclasses.field(default="cifar10", metadata={
+        "help": "cifar10, cifar100, folder (an image folder of any size at data.dir: train/<class>/<image>, "
+                "test/<class>/<image>), npz (the arrays x_train, y_train, x_test, y_test of the file data.dir) "
+                "or tfds:NAME (a TFDS dataset prepared in data.dir; tfds:image_folder reads a folder)"})
     dir: str | None = dataclasses.field(default=None, metadata={
-        "help": "local CIFAR copy: directory or .tar.gz (default: $REPR_JAX_DATA_DIR, else download)"})
+        "help": "where the data is: CIFAR directory or .tar.gz (default: $REPR_JAX_DATA_DIR, else download), "
+                "image folder (or tar), .npz file, TFDS data directory"})
+    image_size: str = dataclasses.field(default="", metadata={
+        "help": "H,W or S: resize every image to cover H x W and crop its centre, once at load (default: "
+                "the source's size, which must then be one size)"})
+    normalization: str = dataclasses.field(default="auto", metadata={
+        "help": "per-channel standardisation: auto (CIFAR's published mean/std for cifar10/cifar100, the "
+                "training split's otherwise), train (the training split's), none (x / 255 only)"})
+    crop_pad: int = dataclasses.field(default=-1, metadata={
+        "help": "zero padding of the random crop in pixels; -1: round(min(H, W) / 8), 4 on 32x32 (default -1)"})
+    flip: bool = dataclasses.field(default=True, metadata={
+        "help": "random horizontal flip when data.augment (off for digits and text)"})
+    input_shape: tuple[int, ...] | None = dataclasses.field(default=None, metadata={
+        "help": "an image's (H, W, C), recorded from the data when a run starts (a value set here must "
+                "match the data)"})
+    num_classes: int | None = dataclasses.field(default=None, metadata={
+        "help": "the class count, recorded from the data when a run starts (a value set here must match it)"})
     val_split: int = dataclasses.field(default=0, metadata={
         "help": "hold out the last N training images and evaluate on them instead of test"})
     holdout: int = dataclasses.field(default=0, metadata={
         "help": "set the last N training images aside (not trained on); data-driven criteria score on them"})
     augment: bool = dataclasses.field(default=True, metadata={
-        "help": "random crop (pad 4) + horizontal flip of training images"})
+        "help": "random crop (padding data.crop_pad) + horizontal flip (data.flip) of training images"})
     train_limit: int | None = dataclasses.field(default=None, metadata={"help": "train on a fixed random slice of N images"})
     test_limit: int | None = dataclasses.field(default=None, metadata={"help": "evaluate on a fixed random slice of N images"})
 
@@ -156,12 +178,32 @@ class RunConfig:
 
     @property
     def num_classes(self) -> int:
+        """The data's class count (``data.num_classes``; before the data has been read:
+        CIFAR's, 10 or 100)."""
+        if self.data.num_classes is not None:
+            return self.data.num_classes
         return 10 if self.data.dataset == "cifar10" else 100
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """One image's (H, W, C) (``data.input_shape``; before the data has been read: CIFAR's)."""
+        return tuple(self.data.input_shape) if self.data.input_shape else DEFAULT_INPUT_SHAPE
+
+    def with_data_shape(self, input_shape, num_classes: int) -> "RunConfig":
+        """These settings with the data's image shape and class count recorded; ``RunError``
+        when ``data.input_shape`` or ``data.num_classes`` was set to something else."""
+        input_shape = tuple(int(d) for d in input_shape)
+        for key, given, actual in (("input_shape", self.data.input_shape, input_shape),
+                                   ("num_classes", self.data.num_classes, int(num_classes))):
+            if given is not None and (tuple(given) if key == "input_shape" else given) != actual:
+                raise RunError(f"data.{key} is {given!r} but the data has {actual!r}")
+        return dataclasses.replace(self, data=dataclasses.replace(self.data, input_shape=input_shape,
+                                                                  num_classes=int(num_classes)))
 
     def architecture(self) -> dict:
         """What ``architecture.json`` records: enough to rebuild the model."""
         return architecture(self.model.name, self.num_classes, self.model.channel_spec() or None,
-                            **self.model.options())
+                            input_shape=self.input_shape, **self.model.options())
 
     def init_from_dir(self) -> str:
         """``init_from`` with ``{seed}`` replaced by this run's seed ("" for none)."""
@@ -203,7 +245,16 @@ class RunConfig:
              f"model.dropconnect_mode must be example or batch, got {self.model.dropconnect_mode!r}"),
             (self.model.dropconnect_inference in ("moment", "mean"),
              f"model.dropconnect_inference must be moment or mean, got {self.model.dropconnect_inference!r}"),
-            (self.data.dataset in ("cifar10", "cifar100"), f"unknown dataset {self.data.dataset!r}"),
+            (self.data.dataset in DATASETS or (self.data.dataset.startswith("tfds:") and len(self.data.dataset) > 5),
+             f"unknown dataset {self.data.dataset!r}; choose from {', '.join(DATASETS)} or tfds:NAME"),
+            (self.data.normalization in NORMALIZATIONS,
+             f"data.normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.data.normalization!r}"),
+            (-1 <= self.data.crop_pad <= 1024, f"data.crop_pad must be -1 (auto) or 0..1024, got {self.data.crop_pad}"),
+            (self.data.input_shape is None or (len(self.data.input_shape) == 3 and all(
+                1 <= d <= 65536 for d in self.data.input_shape)),
+             f"data.input_shape must be (H, W, C), got {self.data.input_shape!r}"),
+            (self.data.num_classes is None or 1 <= self.data.num_classes <= 1_000_000,
+             f"data.num_classes must be in 1..1000000, got {self.data.num_classes}"),
             (self.data.val_split >= 0, f"--val-split must be >= 0, got {self.data.val_split}"),
             (self.data.holdout >= 0, f"data.holdout must be >= 0, got {self.data.holdout}"),
             (self.model.variant in (VGG_VARIANTS if self.model.name == "vgg16" else VARIANTS),
@@ -226,6 +277,7 @@ class RunConfig:
             if not ok:
                 raise RunError(message)
         try:
+            parse_image_size(self.data.image_size)
             if any(w > MAX_WIDTH for w in self.model.channel_spec().values()):
                 raise ValueError(f"model.channels widths must be <= {MAX_WIDTH}, got {self.model.channels!r}")
             self.optim.validate()
@@ -423,11 +475,16 @@ def apply_overrides(config: dict, overrides, *, explicit: set | None = None) -> 
 def as_trained(run_config: dict) -> dict:
     """A run's saved settings (a ``config.json``'s ``"config"``, migrated) with the settings
     added since it was written set to what it was trained with, where that differs from
-    today's default: ``optim.adam_step_count`` is ``shared`` for Adam runs written before it
+    today's default: ``data.input_shape`` (32, 32, 3) and ``data.num_classes`` CIFAR's for
+    runs written before they were recorded, ``optim.adam_step_count`` is ``shared`` for Adam runs written before it
     existed (they used optax's one step count), ``model.dropconnect_bias`` false for
     DropConnect runs, ``channel-pruning.normalize`` false and ``slimming.fill_quota`` true for
     runs of those methods written before these existed."""
     d = json.loads(json.dumps(run_config))
+    data = d.setdefault("data", {})
+    if isinstance(data, dict) and "input_shape" not in data:   # every run before it was recorded: CIFAR's
+        data["input_shape"] = list(DEFAULT_INPUT_SHAPE)
+        data.setdefault("num_classes", 100 if data.get("dataset") == "cifar100" else 10)
     model = d.setdefault("model", {})
     if isinstance(model, dict) and model.get("dropconnect") and "dropconnect_bias" not in model:
         model["dropconnect_bias"] = False    # DropConnect kept the bias before the option existed

@@ -1,16 +1,18 @@
-"""CIFAR's file layouts, read completely or not at all.
+"""CIFAR's file layouts and image folders of any size, read completely or not at all.
 
 Layouts: the python pickle batches (``cifar-10-batches-py/``, ``cifar-100-python/``), the
 binary batches (``cifar-10-batches-bin/``, ``cifar-100-binary/``) and image folders
-(``train/<class>/*.jpg|png``, ``test/<class>/…``), in a directory or a (compressed) tar.
+(``train/<class>/*.jpg|png``, ``test/<class>/…``; any size and 1 or 3 channels for
+``data.dataset=folder``, decoded by :mod:`repr_jax.data_sources`), in a directory or a
+(compressed) tar.
 
 Integrity rules — each failure is a :class:`DataError` whose one line names the file:
   * an archive is read to its end: after the last member only zero blocks may follow (at
     least one — the end-of-archive marker), and a compressed stream is decompressed to its
     end, so gzip's CRC-32 and length trailer check every byte. (Python's ``tarfile`` takes a
     damaged header mid-archive for the end, which silently dropped most of an archive.)
-  * every batch has as many labels as images, labels lie in ``0 … classes−1``, images are
-    32×32×3, and each split has every class;
+  * every batch has as many labels as images, labels lie in ``0 … classes−1``, CIFAR's
+    images are 32×32×3, and each split has every class (a folder: the training split);
   * counts are checked wherever the source states them: the pickle ``batches.meta``'s
     ``num_cases_per_batch`` (the official files have it), and a source known by its
     SHA-256 (:data:`KNOWN_SOURCES`) or by the official archives' MD5 must give CIFAR's
@@ -22,7 +24,8 @@ Safety rules — nothing read from a data source can run code or exhaust memory:
     ``_codecs.encode``); any other global (``os.system``, ``builtins.eval``, a class) is
     refused before it is called;
   * only files a layout can use are read (:func:`wanted`); each may hold at most
-    :data:`MAX_FILE_BYTES` and all together :data:`MAX_TOTAL_BYTES` — sizes are checked
+    :data:`MAX_FILE_BYTES` and all together :data:`MAX_TOTAL_BYTES` (an image folder
+    :data:`MAX_FOLDER_BYTES`) — sizes are checked
     from the tar header or ``stat`` *before* reading, so a member that decompresses to
     gigabytes is refused without being inflated;
   * a directory is walked without following symbolic links; an unreadable entry
@@ -35,12 +38,14 @@ import hashlib
 import io
 import os
 import pickle
-import re
 import tarfile
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from repr_jax.data_sources import FOLDER_RE, IMAGE_EXTENSIONS, folder_arrays, resize_all
+from repr_jax.errors import DataError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -57,12 +62,11 @@ ARCHIVES = {
 KNOWN_SOURCES = {
     "f69c465918f15cb789eabb27413402e80cba9a96f46b1cfd65e3ae621860ade8": "cifar10",  # JPEG copy
 }
-_IMAGE_EXT = (".jpg", ".jpeg", ".png")
-_FOLDER_RE = re.compile(r"(?:^|/)(train|test)/([^/]+)/([^/]+)$")   # train|test/<class>/<file>
 _BLOCK = 512
 # The largest file of any CIFAR layout is CIFAR-100's train pickle / train.bin (≈ 154 MB).
 MAX_FILE_BYTES = 256 << 20
 MAX_TOTAL_BYTES = 1 << 30
+MAX_FOLDER_BYTES = 4 << 30   # the encoded images of an in-memory image folder (data.dataset=folder)
 MAX_DIRECTORY_ENTRIES = 1_000_000
 # The files of the batch layouts (python pickles and binary batches) and their label lists.
 LAYOUT_FILES = frozenset([*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta",
@@ -70,10 +74,6 @@ LAYOUT_FILES = frozenset([*(f"data_batch_{i}" for i in range(1, 6)), "test_batch
                           *(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin",
                           "batches.meta.txt", "train.bin", "test.bin", "fine_label_names.txt",
                           "coarse_label_names.txt"])
-
-
-class DataError(RuntimeError):
-    """The data could not be found or read; the message says what to do."""
 
 
 def _reason(err: BaseException) -> str:
@@ -112,25 +112,26 @@ def wanted(name: str) -> bool:
     """Whether a file (relative posix path) belongs to a layout: a batch file or an image of
     an image-folder tree. Nothing else in a source is read."""
     return name.rsplit("/", 1)[-1] in LAYOUT_FILES or (
-        _FOLDER_RE.search(name) is not None and name.lower().endswith(_IMAGE_EXT))
+        FOLDER_RE.search(name) is not None and name.lower().endswith(IMAGE_EXTENSIONS))
 
 
 class _Budget:
     """The size caps: one file at most :data:`MAX_FILE_BYTES`, all at most :data:`MAX_TOTAL_BYTES`."""
 
-    def __init__(self, source: Path):
+    def __init__(self, source: Path, folder: bool = False):
         self.source, self.total = source, 0
+        self.max_total = MAX_FOLDER_BYTES if folder else MAX_TOTAL_BYTES
 
     def take(self, name: str, size: int, before_reading: bool = False) -> None:
         """Count ``size`` bytes of ``name``; ``before_reading``: only check the file's size."""
         if size > MAX_FILE_BYTES:
             raise DataError(f"{self.source}: {name} holds more than {MAX_FILE_BYTES:,} bytes, more than any "
-                            "CIFAR file; refused")
+                            "CIFAR file or image; refused")
         if before_reading:
             return
         self.total += size
-        if self.total > MAX_TOTAL_BYTES:
-            raise DataError(f"{self.source}: its CIFAR files hold more than {MAX_TOTAL_BYTES:,} bytes; "
+        if self.total > self.max_total:
+            raise DataError(f"{self.source}: its data files hold more than {self.max_total:,} bytes; "
                             "refused (point --data-dir at the data set itself)")
 
 
@@ -152,11 +153,11 @@ def _walk(source: Path):
                 yield path.relative_to(source).as_posix(), path
 
 
-def read_files(source: Path) -> dict[str, bytes]:
+def read_files(source: Path, folder: bool = False) -> dict[str, bytes]:
     """The layout files (:func:`wanted`) of a directory or tar archive: relative posix path ->
-    bytes, within the size caps."""
+    bytes, within the size caps (``folder``: an image folder's, :data:`MAX_FOLDER_BYTES`)."""
     files: dict[str, bytes] = {}
-    budget = _Budget(source)
+    budget = _Budget(source, folder)
     if source.is_dir():
         for name, path in _walk(source):
             if not wanted(name):
@@ -324,59 +325,35 @@ def _binary_layout(files, dataset):
 
 
 
-def _sort_key(name: str):
-    stem = name.rsplit(".", 1)[0]
-    return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
-
-
-def _folder_layout(files, dataset):
-    from PIL import Image
-    split_files: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
-    for name in files:
-        m = _FOLDER_RE.search(name)
-        if m and name.lower().endswith(_IMAGE_EXT):
-            split_files[m.group(1)].setdefault(m.group(2), []).append(name)
-    classes = sorted(set(split_files["train"]) | set(split_files["test"]))
-    if dataset == "cifar10" and set(classes) <= set(CIFAR10_CLASSES):  # official label order
-        classes = list(CIFAR10_CLASSES)
-    out = []
-    for split in ("train", "test"):
-        images, labels = [], []
-        for label, cls in enumerate(classes):
-            for name in sorted(split_files[split].get(cls, []),
-                               key=lambda n: _sort_key(n.rsplit("/", 1)[-1])):
-                try:
-                    img = np.asarray(Image.open(io.BytesIO(files[name])).convert("RGB"))
-                except Exception as err:
-                    raise DataError(f"cannot decode image {name}: {_reason(err)}") from None
-                if img.shape != (32, 32, 3):
-                    raise DataError(f"image {name} has shape {img.shape}, expected (32, 32, 3)")
-                images.append(img)
-                labels.append(label)
-        if not images:
-            raise DataError(f"image-folder layout has no {split}/<class>/ images")
-        out += [np.stack(images), np.asarray(labels, np.int32)]
-    return (*out, tuple(classes))
-
-
-def parse(files: dict[str, bytes], dataset: str, source: Path):
-    """``(train_x, train_y, test_x, test_y, class names)`` of the layout ``files`` hold."""
+def parse(files: dict[str, bytes], dataset: str, source: Path, image_size=None):
+    """``(train_x, train_y, test_x, test_y, class names)`` of the layout ``files`` hold:
+    CIFAR's layouts for ``cifar10``/``cifar100``, an image folder of any size for ``folder``
+    (:func:`repr_jax.data_sources.folder_arrays`); resized to ``image_size`` (H, W) if given."""
+    if dataset == "folder":
+        if not any(FOLDER_RE.search(k) for k in files):
+            raise DataError(f"no image folder in {source} (expected train/<class>/<image> and "
+                            "test/<class>/<image>)")
+        return folder_arrays(files, image_size)
     if dataset == "cifar10" and _find(files, "data_batch_1"):
-        return _pickle_layout(files, dataset)
-    if dataset == "cifar10" and _find(files, "data_batch_1.bin"):
-        return _binary_layout(files, dataset)
-    if dataset == "cifar100" and _find(files, "train") and _find(files, "test"):
-        return _pickle_layout(files, dataset)
-    if dataset == "cifar100" and _find(files, "train.bin"):
-        return _binary_layout(files, dataset)
-    if any(_FOLDER_RE.search(k) for k in files):
-        return _folder_layout(files, dataset)
-    raise DataError(f"no {dataset} layout found in {source} (expected python or binary batches, "
-                    "or train/<class>/ and test/<class>/ image folders)")
+        arrays = _pickle_layout(files, dataset)
+    elif dataset == "cifar10" and _find(files, "data_batch_1.bin"):
+        arrays = _binary_layout(files, dataset)
+    elif dataset == "cifar100" and _find(files, "train") and _find(files, "test"):
+        arrays = _pickle_layout(files, dataset)
+    elif dataset == "cifar100" and _find(files, "train.bin"):
+        arrays = _binary_layout(files, dataset)
+    elif any(FOLDER_RE.search(k) for k in files):
+        return folder_arrays(files, image_size, CIFAR10_CLASSES if dataset == "cifar10" else None, (32, 32, 3))
+    else:
+        raise DataError(f"no {dataset} layout found in {source} (expected python or binary batches, "
+                        "or train/<class>/ and test/<class>/ image folders)")
+    tx, ty, vx, vy, names = arrays
+    return resize_all(tx, image_size), ty, resize_all(vx, image_size), vy, names
 
 
 def check_splits(tx, ty, vx, vy, names, dataset: str, source: Path, complete: bool) -> None:
-    """Labels in range, every class in both splits, CIFAR's counts when ``complete``."""
+    """CIFAR's checks: its class count, labels in range, every class in both splits, its
+    image counts when ``complete``."""
     classes = NUM_CLASSES[dataset]
     if len(names) != classes:
         raise DataError(f"{source}: found {len(names)} class names, {dataset} has {classes}")
@@ -395,5 +372,5 @@ def check_splits(tx, ty, vx, vy, names, dataset: str, source: Path, complete: bo
 
 
 __all__ = ["ARCHIVES", "CIFAR10_CLASSES", "CifarUnpickler", "DataError", "FULL_COUNTS", "KNOWN_SOURCES",
-           "LAYOUT_FILES", "MAX_FILE_BYTES", "MAX_TOTAL_BYTES", "NUM_CLASSES", "check_splits", "claimed_dataset",
+           "LAYOUT_FILES", "MAX_FILE_BYTES", "MAX_FOLDER_BYTES", "MAX_TOTAL_BYTES", "NUM_CLASSES", "check_splits", "claimed_dataset",
            "parse", "read_files", "UnsafePickle", "wanted"]

@@ -52,13 +52,13 @@ class OneRun:
                                      batch_size=config.batch_size, layers=s.state.layers,
                                      ortho_lambda=config.ortho_loss, method=s.method, terms=s.terms,
                                      progress=progress, augmentation=config.data.augment,
-                                     batch_sharding=self.step_sharding)
+                                     batch_sharding=self.step_sharding, preprocess=s.preprocess)
         return [metrics]
 
     def evaluate(self) -> list[dict]:
         s = self.s
         return [evaluate(s.state, s.arrays[2], s.arrays[3], s.config.eval_batch_size, method=s.method,
-                         batch_sharding=self.eval_sharding)]
+                         batch_sharding=self.eval_sharding, preprocess=s.preprocess)]
 
     def live_counts(self) -> list[int]:
         live = live_filters(self.s.state.masks, self.s.state.layers)

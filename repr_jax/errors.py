@@ -6,7 +6,7 @@ code   meaning
 0      the run completed (``summary.json`` has ``"status": "completed"``)
 1      a crash: a bug or an unexpected failure (Python's traceback)
 2      bad input: settings, data, a run directory or a disk/permission problem
-       (:class:`RunError`, :class:`repr_jax.data.DataError`); nothing is lost
+       (:class:`RunError`, :class:`DataError`); nothing is lost
 3      the run diverged: a loss, a parameter or a criterion score became NaN or
        infinite (:class:`Diverged`); ``summary.json`` has ``"status": "diverged"``
        and the last finite checkpoint is kept
@@ -23,6 +23,10 @@ EXIT_INTERRUPTED = 130   # 128 + SIGINT, as a shell reports a process ended by C
 
 class RunError(ValueError):
     """Bad settings or a run directory that cannot be used; message is one line."""
+
+
+class DataError(RuntimeError):
+    """The data could not be found or read; the message (one line) says what to do."""
 
 
 class NonFiniteError(ArithmeticError):
@@ -52,5 +56,5 @@ class Interrupted(KeyboardInterrupt):
                    + f"--out {config.out} --resume continues")
 
 
-__all__ = ["Diverged", "EXIT_BAD_INPUT", "EXIT_DIVERGED", "EXIT_INTERRUPTED", "Interrupted", "NonFiniteError",
+__all__ = ["DataError", "Diverged", "EXIT_BAD_INPUT", "EXIT_DIVERGED", "EXIT_INTERRUPTED", "Interrupted", "NonFiniteError",
            "RunError"]

@@ -25,6 +25,7 @@ def evaluate_run(run_dir, step: str = "latest", data_dir=None, batch_size: int |
 
     from repr_jax.config import RunError
     from repr_jax.experiment import load_run_data, restore_run
+    from repr_jax.run_state import preprocessing
     from repr_jax.run_dir import check_data
     from repr_jax.train import evaluate
     run_dir = Path(run_dir)
@@ -42,7 +43,8 @@ def evaluate_run(run_dir, step: str = "latest", data_dir=None, batch_size: int |
     data = load_run_data(config)
     check_data(run_dir, data.fingerprint)
     metrics = evaluate(state, jnp.asarray(data.test_x), jnp.asarray(data.test_y),
-                       batch_size or config.eval_batch_size, method=method)
+                       batch_size or config.eval_batch_size, method=method,
+                       preprocess=preprocessing(config, data))
     return {"run": str(run_dir), "epoch": int(state.step) // max(1, len(data.train_y) // config.batch_size),
             "step": int(state.step), "test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"],
             "test_images": int(len(data.test_y))}

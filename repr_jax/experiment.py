@@ -8,7 +8,7 @@ notebooks import them from here).
 from __future__ import annotations
 
 from repr_jax.config import RunConfig
-from repr_jax.data import Cifar, DataError
+from repr_jax.data import Dataset, DataError
 from repr_jax.errors import Diverged, Interrupted, RunError
 from repr_jax.run_state import (all_finite, build_method, build_model, initial_state, load_run_data,
                                 load_run_state, restore_run, state_is_finite, warm_start)
@@ -16,7 +16,7 @@ from repr_jax.epoch_loop import log_epoch
 from repr_jax.session import Session, close, device_mesh, finish, start, train_epochs
 
 
-def run(config: RunConfig, data: Cifar | None = None) -> dict:
+def run(config: RunConfig, data: Dataset | None = None) -> dict:
     """Train as configured; returns the summary dict (also written to ``summary.json``) —
     with ``config.seeds > 1``, :func:`repr_jax.population.run_population`'s summary of every
     seed's run.

@@ -18,13 +18,13 @@ def _check_batch(config, data_dir, batch: int):
     """Normalised test images of the run (or N(0, 1) images if its data cannot be read)."""
     import dataclasses
 
-    from repr_jax.run_state import load_run_data
-    from repr_jax.pipeline import normalize
+    from repr_jax.run_state import load_run_data, preprocessing
     if data_dir is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, dir=str(data_dir)))
     try:
         data = load_run_data(config)
-        return normalize(jnp.asarray(data.test_x[:batch])), f"{min(batch, len(data.test_y))} test images"
+        images = preprocessing(config, data)(jnp.asarray(data.test_x[:batch]))
+        return images, f"{min(batch, len(data.test_y))} test images"
     except (DataError, OSError):
         from repr_jax.models import input_shape_of
         shape = (batch,) + input_shape_of(config.architecture())
@@ -67,9 +67,8 @@ def export_run(run_dir, out, *, step: str = "latest", data_dir=None, batch: int 
 def export_session(session, batch: int = 64) -> dict:
     """At the end of a run whose method exports (structured methods): ``<run>/export/`` from
     the final state, the logit check on the run's first ``batch`` test images."""
-    from repr_jax.pipeline import normalize
     s = session
-    images = normalize(jnp.asarray(s.data.test_x[:batch]))
+    images = s.preprocess(jnp.asarray(s.data.test_x[:batch]))
     out = s.out / "export"
     if out.exists():   # a resumed run that had exported before being killed: export again
         import shutil

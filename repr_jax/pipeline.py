@@ -1,11 +1,14 @@
 """Device-resident input pipeline: shuffling, batching and augmentation as pure JAX.
 
 The whole uint8 data set lives on the accelerator; an epoch is a permutation of indices
-(keyed by the run's PRNG) reshaped to ``(steps, batch)``. Augmentation — zero-pad 4 and
-random 32×32 crop, random horizontal flip (He et al. 2016) — and normalisation run inside
-the jitted train step, so the training loop does no per-image Python work.
+(keyed by the run's PRNG) reshaped to ``(steps, batch)``. Augmentation — zero padding and a
+random crop of the image's size, random horizontal flip (He et al. 2016: pad 4 on 32×32) —
+and normalisation run inside the jitted train step (:class:`Preprocessing`, a static,
+hashable value of the step), so the training loop does no per-image Python work.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -18,17 +21,47 @@ CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
 
 
 def normalize(images: jax.Array) -> jax.Array:
-    """uint8 (…, 32, 32, 3) → float32, per-channel standardised."""
+    """uint8 (…, H, W, 3) → float32, standardised with CIFAR's per-channel statistics."""
     return (images.astype(jnp.float32) / 255.0 - CIFAR_MEAN) / CIFAR_STD
 
 
-def augment(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
-    """Random crop after zero padding by ``pad`` and random horizontal flip, per image."""
+def crop_padding(height: int, width: int) -> int:
+    """The zero padding of the random crop, proportional to the image: ``round(min(H, W) / 8)``
+    — He et al.'s 4 pixels on CIFAR's 32×32, 8 on 64×64, 4 on 28×28, 1 on 8×8."""
+    return max(1, round(min(height, width) / 8))
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """What a train step does to a uint8 ``(B, H, W, C)`` batch: a random crop after zero
+    padding by ``crop_pad`` (0: none), a random horizontal flip (``flip``), then
+    ``(x / 255 − mean) / std`` per channel. Frozen and hashable: a static argument of the
+    jitted step. The default is CIFAR's (pad 4, flip, its published mean and std)."""
+    mean: tuple[float, ...] = tuple(float(m) for m in CIFAR_MEAN)
+    std: tuple[float, ...] = tuple(float(s) for s in CIFAR_STD)
+    crop_pad: int = 4
+    flip: bool = True
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        """Normalise (evaluation, and after :meth:`augment` in training)."""
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+    def augment(self, key: jax.Array, images: jax.Array) -> jax.Array:
+        """The random crop and flip of every image (uint8 in, uint8 out)."""
+        if not self.crop_pad and not self.flip:
+            return images
+        return augment(key, images, pad=self.crop_pad, flip=self.flip)
+
+
+def augment(key: jax.Array, images: jax.Array, pad: int = 4, flip: bool = True) -> jax.Array:
+    """Random crop after zero padding by ``pad`` and (``flip``) random horizontal flip, per
+    image. The random draws do not depend on ``pad`` or ``flip``."""
     n, h, w, _ = images.shape
     k_crop, k_flip = jax.random.split(key)
     padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     offsets = jax.random.randint(k_crop, (n, 2), 0, 2 * pad + 1)
-    flips = jax.random.bernoulli(k_flip, 0.5, (n,))
+    flips = jax.random.bernoulli(k_flip, 0.5, (n,)) & flip
 
     def one(img, off, flip):
         crop = jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))

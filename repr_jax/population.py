@@ -36,10 +36,10 @@ import jax
 import jax.numpy as jnp
 
 from repr_jax.config import RunConfig
-from repr_jax.data import Cifar, load_cifar
+from repr_jax.data import Dataset
 from repr_jax.teacher import attach_teacher
 from repr_jax.errors import Diverged, Interrupted, RunError
-from repr_jax.run_state import all_finite, build_model, initial_state, warm_start
+from repr_jax.run_state import all_finite, build_model, initial_state, load_source, warm_start
 from repr_jax.epoch_loop import OneRun, epoch_loop
 from repr_jax.session import Session, close, finish, start
 from repr_jax.masks import live_filters
@@ -105,7 +105,7 @@ def _rewind(s: Session, epoch: int) -> None:
     s.events = [e for e in s.events if e["epoch"] <= epoch]
 
 
-def start_population(config: RunConfig, data: Cifar | None = None) -> tuple[list[Session], dict]:
+def start_population(config: RunConfig, data: Dataset | None = None) -> tuple[list[Session], dict]:
     """Check every member's settings and directory, then start (or resume) them; returns the
     sessions still to train and the summaries of members that had already ended."""
     config.validate()
@@ -122,7 +122,7 @@ def start_population(config: RunConfig, data: Cifar | None = None) -> tuple[list
     for c in todo:   # every directory checked before anything is written
         check_run_dir(c)
     if data is None:
-        data = load_cifar(config.data.dataset, config.data.dir)   # DataError: one line
+        data = load_source(config)   # DataError: one line
     sessions: list[Session] = []
     shared = config.data.train_limit is None and config.data.test_limit is None
     try:
@@ -154,7 +154,8 @@ def _population_epoch(states, arrays, keys, s0: Session, *, data_axis, layers, p
     for i in range(idx.shape[0]):
         states, totals = population_step_indexed(
             states, totals, images, labels, idx[i], keys, layers=layers, ortho_lambda=config.ortho_loss,
-            method=s0.method, augmentation=config.data.augment, batch_sharding=sharding, data_axis=data_axis)
+            method=s0.method, augmentation=config.data.augment, batch_sharding=sharding, data_axis=data_axis,
+            preprocess=s0.preprocess)
         if progress is not None:
             progress.update(s0.config.batch_size)
     jax.block_until_ready(states)
@@ -169,7 +170,7 @@ def _population_eval(states, arrays, s0: Session, *, data_axis, sharding, member
     totals = placed_like(jax.tree_util.tree_map(lambda z: jnp.zeros((members,)), zero_totals()), states)
     for i in range(idx.shape[0]):
         totals = population_eval_step(states, totals, images, labels, idx[i], w[i], method=s0.method,
-                                      batch_sharding=sharding, data_axis=data_axis)
+                                      batch_sharding=sharding, data_axis=data_axis, preprocess=s0.preprocess)
     return [{"loss": float(totals["loss"][k]) / float(totals["count"][k]),
              "accuracy": float(totals["correct"][k]) / float(totals["count"][k])} for k in range(members)]
 
@@ -298,7 +299,7 @@ def train_population(sessions: list[Session]) -> dict[int, Diverged]:
     return epoch_loop(sessions, SeedLoop(sessions) if layout == "loop" else Population(sessions))
 
 
-def run_population(config: RunConfig, data: Cifar | None = None) -> dict:
+def run_population(config: RunConfig, data: Dataset | None = None) -> dict:
     """Train seeds ``config.seed … config.seed + config.seeds − 1`` together; every member's
     ``summary.json`` is written. Returns ``{"seeds", "runs": {seed: summary}, …}``; raises
     :class:`Diverged` (after the others finished) when a member diverged."""

@@ -127,13 +127,26 @@ def read_architecture(run_dir: Path, config: RunConfig | None = None) -> dict:
     return (config or read_config(run_dir)).architecture()
 
 
-def _differing(old: RunConfig, new: RunConfig) -> list[str]:
+_FROM_DATA = ("data.input_shape", "data.num_classes")   # recorded from the data when a run starts
+
+
+def _semantics(old: RunConfig, new: RunConfig) -> tuple[dict, dict]:
+    """Both settings' :meth:`RunConfig.semantic`; what ``new`` has not yet read from its data
+    (``None``) is taken as ``old``'s (the data's fingerprint is compared once it is read)."""
     a, b = old.semantic(), new.semantic()
+    for key in _FROM_DATA:
+        if b.get(key) is None:
+            b[key] = a.get(key)
+    return a, b
+
+
+def _differing(old: RunConfig, new: RunConfig) -> list[str]:
+    a, b = _semantics(old, new)
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 def _difference(old: RunConfig, new: RunConfig) -> str:
-    a, b = old.semantic(), new.semantic()
+    a, b = _semantics(old, new)
     return ", ".join(f"{k}: saved {a.get(k)!r}, given {b.get(k)!r}" for k in _differing(old, new))
 
 

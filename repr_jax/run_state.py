@@ -5,8 +5,9 @@ export, the sensitivity analysis and a distillation teacher share.
 :func:`build_model` and :func:`build_method` (the run's :class:`~repr_jax.methods.base.Method`,
 given what it may know of the run), :func:`initial_state` (the train state and learning-rate
 schedule), :func:`warm_start` (``init_from``), :func:`load_run_data` (the data with the run's
-splits and slices), :func:`restore_run` / :func:`load_run_state` (any kept checkpoint of a
-run directory), :func:`state_is_finite`.
+splits and slices; :func:`load_source` the source alone), :func:`preprocessing` (its
+augmentation and normalisation), :func:`restore_run` / :func:`load_run_state` (any kept
+checkpoint of a run directory), :func:`state_is_finite`.
 """
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ import jax.numpy as jnp
 
 from repr_jax.checkpoint import Checkpointer
 from repr_jax.config import RunConfig
-from repr_jax.data import Cifar, load_cifar
+from repr_jax.data import Dataset, load_data
+from repr_jax.data_sources import parse_image_size
 from repr_jax.errors import RunError
 from repr_jax.methods.base import MethodContext, create_method
 from repr_jax.models import from_architecture, input_shape_of
 from repr_jax.optim import learning_rate_schedule, make_optimizer, phased_schedule
-from repr_jax.pipeline import normalize
+from repr_jax.pipeline import Preprocessing, crop_padding
 from repr_jax.run_dir import read_architecture, read_config, read_jsonl, read_summary
 from repr_jax.state import create_train_state
 
@@ -37,10 +39,10 @@ def build_model(config: RunConfig, architecture: dict | None = None):
 
 
 def build_method(config: RunConfig, model, architecture: dict, train_images: int,
-                 data: Cifar | None = None):
+                 data: Dataset | None = None):
     """The run's method, given what it may know about the run (data only when training):
-    the model traced on the architecture's input shape, scoring images preprocessed as the
-    train step preprocesses its batches (:func:`repr_jax.pipeline.normalize`)."""
+    the model traced on the architecture's input shape, scoring images normalised as the
+    train step normalises its batches (:func:`preprocessing`)."""
     context = MethodContext.for_model(
         model, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
         train_images=None if data is None else data.train_x,
@@ -48,8 +50,30 @@ def build_method(config: RunConfig, model, architecture: dict, train_images: int
         heldout_images=None if data is None else data.held_x,
         heldout_labels=None if data is None else data.held_y,
         architecture=architecture, train_size=train_images, input_shape=input_shape_of(architecture),
-        preprocess=normalize)
+        preprocess=preprocessing(config, data))
     return create_method(config.method, context)
+
+
+def preprocessing(config: RunConfig, data: Dataset | None = None) -> Preprocessing:
+    """The run's augmentation and normalisation (:class:`repr_jax.pipeline.Preprocessing`):
+    ``data.normalization`` ``auto`` standardises with CIFAR's published statistics for
+    cifar10/cifar100 (what every earlier run used) and with the training split's otherwise,
+    ``train`` always with the training split's (:meth:`repr_jax.data.Dataset.stats`), ``none``
+    divides by 255 only; the crop padding is ``data.crop_pad`` or, when -1, proportional to
+    the image (:func:`repr_jax.pipeline.crop_padding`). Without ``data``: from the recorded
+    input shape, CIFAR's statistics (enough to trace the model)."""
+    h, w, c = data.image_shape if data is not None else config.input_shape
+    norm = config.data.normalization
+    cifar = config.data.dataset in ("cifar10", "cifar100") and c == 3
+    if norm == "none":
+        mean, std = (0.0,) * c, (1.0,) * c
+    elif data is None or (norm == "auto" and cifar):
+        base = Preprocessing()
+        mean, std = (base.mean, base.std) if c == 3 else ((0.5,) * c, (0.25,) * c)
+    else:
+        mean, std = data.stats()
+    pad = crop_padding(h, w) if config.data.crop_pad < 0 else config.data.crop_pad
+    return Preprocessing(tuple(mean), tuple(std), pad, config.data.flip)
 
 
 def initial_state(config: RunConfig, train_images: int, model=None, method=None):
@@ -89,12 +113,18 @@ def warm_start(config: RunConfig, state):
     return state.replace(params=copy(params), batch_stats=copy(src.batch_stats))
 
 
-def load_run_data(config: RunConfig, data: Cifar | None = None) -> Cifar:
+def load_source(config: RunConfig) -> Dataset:
+    """The run's data source (``data.dataset``, ``data.dir``, ``data.image_size``), whole and
+    checked (:func:`repr_jax.data.load_data`; ``DataError``: one line)."""
+    return load_data(config.data.dataset, config.data.dir, parse_image_size(config.data.image_size))
+
+
+def load_run_data(config: RunConfig, data: Dataset | None = None) -> Dataset:
     """The run's data: loaded (or ``data``), validation split and fixed-seed slices applied
-    (after the source's checks); its ``fingerprint`` is the source's."""
+    (after the source's checks); its ``fingerprint`` and statistics are the source's."""
     if data is None:
-        data = load_cifar(config.data.dataset, config.data.dir)  # DataError propagates: one line
-    data = dataclasses.replace(data, fingerprint=data.source_fingerprint())
+        data = load_source(config)
+    data = dataclasses.replace(data, fingerprint=data.source_fingerprint()).with_stats()
     if config.data.val_split:
         if config.data.val_split >= len(data.train_y):
             raise RunError(f"--val-split {config.data.val_split} leaves no training image of {len(data.train_y)}")
@@ -172,5 +202,6 @@ def load_run_state(run_dir: str | Path, epoch: int | str | None = None):
     return config, state
 
 
-__all__ = ["all_finite", "build_method", "build_model", "initial_state", "load_run_data", "load_run_state",
+__all__ = ["all_finite", "build_method", "build_model", "initial_state", "load_run_data", "load_run_state", "load_source",
+           "preprocessing",
            "restore_run", "state_is_finite", "warm_start"]

@@ -30,7 +30,7 @@ import numpy as np
 
 from repr_jax.checkpoint import Checkpointer
 from repr_jax.config import RunConfig
-from repr_jax.data import Cifar
+from repr_jax.data import Dataset
 from repr_jax.epoch_loop import OneRun, epoch_loop, summary_fields
 from repr_jax.errors import RunError
 from repr_jax.parallel import data_mesh, is_main_process, replicate, sync_processes
@@ -39,7 +39,7 @@ from repr_jax.run_dir import (check_data, check_run_dir, create_run_dir, read_co
                               record_extension, write_json)
 from repr_jax.run_lock import RunLock
 from repr_jax.run_state import (build_method, build_model, initial_state, load_run_data,
-                                warm_start)
+                                preprocessing, warm_start)
 from repr_jax.teacher import attach_teacher, check_teacher
 from repr_jax.train import loss_term_names
 
@@ -49,7 +49,7 @@ class Session:
     """A run in progress: its settings, data on device, method, state and logs so far."""
     config: RunConfig
     out: Path
-    data: Cifar
+    data: Dataset
     method: object
     schedule: object
     state: object
@@ -67,6 +67,7 @@ class Session:
     lock: RunLock | None = None  # held while the session lives (repr_jax.run_lock)
     epoch: int = 0               # the 0-based epoch being trained (for an interruption's message)
     main: bool = True            # this process writes the run directory (repr_jax.parallel.is_main_process)
+    preprocess: object = None    # the batches' repr_jax.pipeline.Preprocessing (run_state.preprocessing)
 
 
 def device_mesh(config: RunConfig):
@@ -85,7 +86,7 @@ def device_mesh(config: RunConfig):
     return None if mesh.size == 1 else mesh
 
 
-def start(config: RunConfig, data: Cifar | None = None, arrays: tuple | None = None) -> Session:
+def start(config: RunConfig, data: Dataset | None = None, arrays: tuple | None = None) -> Session:
     """Check settings and the run directory, load data, build method and state, create or
     resume the run directory (nothing is written before every check has passed).
 
@@ -148,7 +149,7 @@ def _resume_point(out: Path, ckpt: Checkpointer, template) -> tuple:
     return state, extra, done, skipped, metrics, events
 
 
-def _start_locked(config: RunConfig, model, mesh, lock: RunLock | None, data: Cifar | None, arrays) -> Session:
+def _start_locked(config: RunConfig, model, mesh, lock: RunLock | None, data: Dataset | None, arrays) -> Session:
     main = lock is not None
     out = Path(config.out)
     # the main process checks the directory; the others wait until it has decided, read-only
@@ -157,6 +158,12 @@ def _start_locked(config: RunConfig, model, mesh, lock: RunLock | None, data: Ci
     if not main:
         resuming = bool(config.resume and (out / "config.json").exists())
     data = load_run_data(config, data)
+    # the data's image shape and class count, recorded in config.json; the model is built for them
+    try:
+        config = config.with_data_shape(data.image_shape, data.num_classes)
+    except RunError as err:
+        raise RunError(f"{err} ({data.source})") from None
+    model = build_model(config)
     if len(data.train_y) < config.batch_size:
         raise RunError(f"--batch-size {config.batch_size} exceeds the {len(data.train_y)} training images")
     try:
@@ -203,7 +210,7 @@ def _start_locked(config: RunConfig, model, mesh, lock: RunLock | None, data: Ci
         ckpt = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
     session = Session(config, out, data, method, schedule, state, ckpt, arrays=(), terms=(),
                       metrics=metrics, events=events, start_epoch=start_epoch, prior_seconds=prior_seconds,
-                      mesh=mesh, lock=lock, main=main)
+                      mesh=mesh, lock=lock, main=main, preprocess=preprocessing(config, data))
     if main and not config.quiet:   # where the run writes, before the first epoch (it may take a while)
         print(f"run directory: {out} ({config.epochs - start_epoch} epoch(s) to train; metrics.jsonl "
               "grows by a line per epoch)", flush=True)
@@ -215,7 +222,7 @@ def _start_locked(config: RunConfig, model, mesh, lock: RunLock | None, data: Ci
     session.inputs = replicate(jax.tree_util.tree_map(jnp.asarray, method.run_inputs()), mesh)
     session.terms = loss_term_names(session.state, *session.arrays[:2], batch_size=config.batch_size,
                                     layers=session.state.layers, ortho_lambda=config.ortho_loss,
-                                    method=method)
+                                    method=method, preprocess=session.preprocess)
     return session
 
 

@@ -9,17 +9,21 @@ import functools
 import jax
 import numpy as np
 
+# CIFAR's (H, W, C): the one image shape assumed where neither the data nor the caller names one
+# (a model traced without an example, a run directory written before the shape was recorded)
+DEFAULT_INPUT_SHAPE = (32, 32, 3)
+
 
 def example_shape(input_shape=None, example_input=None) -> tuple[int, ...]:
     """One example's shape (H, W, C) from an example batch (its first axis dropped) or a
-    given shape; (32, 32, 3) when neither is given."""
+    given shape; :data:`DEFAULT_INPUT_SHAPE` when neither is given."""
     if example_input is not None:
         shape = tuple(int(d) for d in np.shape(example_input)[1:])
     elif input_shape is not None:
         shape = tuple(int(d) for d in input_shape)
         shape = shape[1:] if len(shape) == 4 else shape
     else:
-        shape = (32, 32, 3)
+        shape = DEFAULT_INPUT_SHAPE
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"an example input must be (batch, H, W, C); got one example of shape {shape}")
     return shape
@@ -33,7 +37,7 @@ def model_variable_shapes(model, input_shape: tuple) -> dict:
                                              train=False))
 
 
-def model_layers(model, input_shape=(32, 32, 3)) -> tuple:
+def model_layers(model, input_shape=DEFAULT_INPUT_SHAPE) -> tuple:
     """The prunable convs of ``model`` with their BatchNorms coupled through its channel
     graph (:func:`repr_jax.layers.coupled_layers`), traced on one example's ``input_shape``."""
     from repr_jax.layers import coupled_layers

@@ -25,7 +25,7 @@ from repr_jax.distill import kd_term
 from repr_jax.layers import ConvLayer, intercept_outputs, response_site
 from repr_jax.methods.base import Method, StepInputs
 from repr_jax.ortho import orthogonality_penalty
-from repr_jax.pipeline import augment, epoch_indices, eval_indices, normalize
+from repr_jax.pipeline import Preprocessing, epoch_indices, eval_indices
 from repr_jax.state import TrainState
 
 RNG_STREAMS = ("dropout", "dropconnect")
@@ -97,13 +97,17 @@ def update_masks(state, method):
         state.masks, frozen, state.params)
 
 
+_CIFAR = Preprocessing()
+
+
 def train_step(state: TrainState, images, labels, key, *, layers: tuple[ConvLayer, ...],
-               ortho_lambda: float = 0.0, method=None, augmentation: bool = True):
-    """One optimizer step on a uint8 batch (augmented unless ``augmentation`` is False, and
-    normalised here)."""
+               ortho_lambda: float = 0.0, method=None, augmentation: bool = True,
+               preprocess: Preprocessing = _CIFAR):
+    """One optimizer step on a uint8 batch: augmented by ``preprocess`` unless
+    ``augmentation`` is False, and normalised by it (default: CIFAR's)."""
     if method is not None:
         state = method.step_hook(state, jax.random.fold_in(key, _HOOK_STREAM))
-    x = normalize(augment(key, images) if augmentation else images)
+    x = preprocess(preprocess.augment(key, images) if augmentation else images)
     model_key = jax.random.fold_in(key, _MODEL_STREAM)
     rngs = {name: jax.random.fold_in(model_key, i) for i, name in enumerate(RNG_STREAMS)}
 
@@ -148,20 +152,21 @@ def _constrain(x, sharding):
 
 
 def _indexed_step(state: TrainState, totals, images, labels, batch_index, key, *, layers, ortho_lambda,
-                  method, augmentation, batch_sharding):
+                  method, augmentation, batch_sharding, preprocess):
     images, labels = _constrain(images[batch_index], batch_sharding), _constrain(labels[batch_index], batch_sharding)
     state, m = train_step(state, images, labels, jax.random.fold_in(key, state.step), layers=layers,
-                          ortho_lambda=ortho_lambda, method=method, augmentation=augmentation)
+                          ortho_lambda=ortho_lambda, method=method, augmentation=augmentation,
+                          preprocess=preprocess)
     return state, jax.tree_util.tree_map(jnp.add, totals, m)
 
 
-_STEP_STATIC = ("layers", "ortho_lambda", "method", "augmentation", "batch_sharding")
+_STEP_STATIC = ("layers", "ortho_lambda", "method", "augmentation", "batch_sharding", "preprocess")
 
 
 @functools.partial(jax.jit, static_argnames=_STEP_STATIC, donate_argnums=(0, 1))
 def train_step_indexed(state: TrainState, totals, images, labels, batch_index, key, *,
                        layers: tuple[ConvLayer, ...], ortho_lambda: float = 0.0, method=None,
-                       augmentation: bool = True, batch_sharding=None):
+                       augmentation: bool = True, batch_sharding=None, preprocess: Preprocessing = _CIFAR):
     """Gather the batch on device, step, and add its metrics to the running ``totals``.
 
     Called once per step from the host with no synchronisation in between: dispatch is
@@ -173,72 +178,76 @@ def train_step_indexed(state: TrainState, totals, images, labels, batch_index, k
     """
     return _indexed_step(state, totals, images, labels, batch_index, key, layers=layers,
                          ortho_lambda=ortho_lambda, method=method, augmentation=augmentation,
-                         batch_sharding=batch_sharding)
+                         batch_sharding=batch_sharding, preprocess=preprocess)
 
 
 @functools.partial(jax.jit, static_argnames=_STEP_STATIC + ("data_axis",), donate_argnums=(0, 1))
 def population_step_indexed(states: TrainState, totals, images, labels, batch_index, keys, *,
                             layers: tuple[ConvLayer, ...], ortho_lambda: float = 0.0, method=None,
-                            augmentation: bool = True, batch_sharding=None, data_axis=None):
+                            augmentation: bool = True, batch_sharding=None, data_axis=None,
+                            preprocess: Preprocessing = _CIFAR):
     """:func:`train_step_indexed` of K runs at once, vmapped over axis 0 of ``states``,
     ``totals``, ``batch_index`` (K, B) and ``keys`` (K,); ``images``/``labels`` are shared
     (``data_axis=None``) or per run (``data_axis=0``)."""
     step = functools.partial(_indexed_step, layers=layers, ortho_lambda=ortho_lambda, method=method,
-                             augmentation=augmentation, batch_sharding=batch_sharding)
+                             augmentation=augmentation, batch_sharding=batch_sharding, preprocess=preprocess)
     return jax.vmap(step, in_axes=(0, 0, data_axis, data_axis, 0, 0))(
         states, totals, images, labels, batch_index, keys)
 
 
 def loss_term_names(state: TrainState, images, labels, *, batch_size: int, layers,
-                    ortho_lambda: float = 0.0, method=None) -> tuple[str, ...]:
+                    ortho_lambda: float = 0.0, method=None, preprocess: Preprocessing = _CIFAR) -> tuple[str, ...]:
     """Names of the loss terms the step reports (traced once, nothing is computed)."""
     no_method_terms = method is None or type(method).loss_terms is Method.loss_terms
     if not ortho_lambda and state.distill is None and no_method_terms:
         return ()
     out = jax.eval_shape(functools.partial(train_step, layers=layers, ortho_lambda=ortho_lambda,
-                                           method=method),
+                                           method=method, preprocess=preprocess),
                          state, images[:batch_size], labels[:batch_size], jax.random.key(0))
     return tuple(sorted(k[len("term/"):] for k in out[1] if k.startswith("term/")))
 
 
-def _eval_batch(state: TrainState, totals, images, labels, batch_index, weights, *, method, batch_sharding):
+def _eval_batch(state: TrainState, totals, images, labels, batch_index, weights, *, method, batch_sharding,
+                preprocess):
     x = _constrain(images[batch_index], batch_sharding)
-    logits, _ = forward(state, state.params, normalize(x), train=False, method=method)
+    logits, _ = forward(state, state.params, preprocess(x), train=False, method=method)
     y = _constrain(labels[batch_index], batch_sharding)
     m = {"loss": jnp.sum(cross_entropy(logits, y) * weights),
          "correct": jnp.sum((jnp.argmax(logits, -1) == y) * weights), "count": jnp.sum(weights)}
     return jax.tree_util.tree_map(jnp.add, totals, m)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "batch_sharding"), donate_argnums=(1,))
+@functools.partial(jax.jit, static_argnames=("method", "batch_sharding", "preprocess"), donate_argnums=(1,))
 def eval_step(state: TrainState, totals, images, labels, batch_index, weights, *, method=None,
-              batch_sharding=None):
+              batch_sharding=None, preprocess: Preprocessing = _CIFAR):
     """Add one padded batch's loss / correct / count (eval-mode network) to ``totals``."""
     return _eval_batch(state, totals, images, labels, batch_index, weights, method=method,
-                       batch_sharding=batch_sharding)
+                       batch_sharding=batch_sharding, preprocess=preprocess)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "batch_sharding", "data_axis"), donate_argnums=(1,))
+@functools.partial(jax.jit, static_argnames=("method", "batch_sharding", "data_axis", "preprocess"),
+                   donate_argnums=(1,))
 def population_eval_step(states: TrainState, totals, images, labels, batch_index, weights, *, method=None,
-                         batch_sharding=None, data_axis=None):
+                         batch_sharding=None, data_axis=None, preprocess: Preprocessing = _CIFAR):
     """:func:`eval_step` of K runs (vmapped like :func:`population_step_indexed`)."""
-    step = functools.partial(_eval_batch, method=method, batch_sharding=batch_sharding)
+    step = functools.partial(_eval_batch, method=method, batch_sharding=batch_sharding, preprocess=preprocess)
     return jax.vmap(step, in_axes=(0, 0, data_axis, data_axis, None, None))(
         states, totals, images, labels, batch_index, weights)
 
 
 def run_epoch(state: TrainState, images, labels, key, *, batch_size: int, layers,
               ortho_lambda: float = 0.0, method=None, terms=None, progress=None, log_every: int = 20,
-              augmentation: bool = True, batch_sharding=None):
+              augmentation: bool = True, batch_sharding=None, preprocess: Preprocessing = _CIFAR):
     """Train one epoch; returns ``(state, {"loss", "accuracy", "images_per_second", …})``.
 
     ``terms``: the loss-term names (:func:`loss_term_names`; looked up when None). Their
     epoch means are returned under ``"loss_terms"``. ``batch_sharding``: see
-    :func:`train_step_indexed`.
+    :func:`train_step_indexed`. ``preprocess``: the batches' augmentation and normalisation
+    (:class:`repr_jax.pipeline.Preprocessing`; default CIFAR's).
     """
     if terms is None:
         terms = loss_term_names(state, images, labels, batch_size=batch_size, layers=layers,
-                                ortho_lambda=ortho_lambda, method=method)
+                                ortho_lambda=ortho_lambda, method=method, preprocess=preprocess)
     idx = epoch_indices(key, images.shape[0], batch_size)
     state = placed_like(state, state)      # hooks may have written host values into it
     totals = zero_totals(terms, like=state)
@@ -246,7 +255,8 @@ def run_epoch(state: TrainState, images, labels, key, *, batch_size: int, layers
     for i in range(idx.shape[0]):
         state, totals = train_step_indexed(state, totals, images, labels, idx[i], key,
                                            layers=layers, ortho_lambda=ortho_lambda, method=method,
-                                           augmentation=augmentation, batch_sharding=batch_sharding)
+                                           augmentation=augmentation, batch_sharding=batch_sharding,
+                                           preprocess=preprocess)
         if progress is not None:
             progress.update(batch_size)
             if (i + 1) % log_every == 0 or i + 1 == idx.shape[0]:
@@ -268,13 +278,14 @@ def epoch_means(totals, terms, seconds: float) -> dict:
 
 
 def evaluate(state: TrainState, images, labels, batch_size: int = 500, method=None,
-             batch_sharding=None) -> dict:
-    """Test loss and accuracy over every example (padded last batch is weighted out)."""
+             batch_sharding=None, preprocess: Preprocessing = _CIFAR) -> dict:
+    """Test loss and accuracy over every example (padded last batch is weighted out),
+    normalised by ``preprocess``."""
     idx, w = eval_indices(images.shape[0], min(batch_size, images.shape[0]))
     state = placed_like(state, state)
     totals = zero_totals(like=state)
     for i in range(idx.shape[0]):
         totals = eval_step(state, totals, images, labels, idx[i], w[i], method=method,
-                           batch_sharding=batch_sharding)
+                           batch_sharding=batch_sharding, preprocess=preprocess)
     count = float(totals["count"])
     return {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count}

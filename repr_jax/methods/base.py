@@ -55,7 +55,7 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import jax
 import numpy as np
 
-from repr_jax.shapes import example_shape, model_graph, model_layers, model_variable_shapes
+from repr_jax.shapes import DEFAULT_INPUT_SHAPE, example_shape, model_graph, model_layers, model_variable_shapes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +108,7 @@ class MethodContext:
     steps_per_epoch: int
     batch_size: int
     seed: int
-    input_shape: tuple = (32, 32, 3)
+    input_shape: tuple = DEFAULT_INPUT_SHAPE
     preprocess: Callable | None = None
     graph_error: str = ""            # why the channel graph could not be traced ("" when it was)
     train_images: np.ndarray | None = None   # raw (N, H, W, C), for data-driven scores

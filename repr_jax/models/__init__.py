@@ -17,6 +17,7 @@ with :func:`from_architecture`; ``input_shape`` is one example's (H, W, C) (read
 from __future__ import annotations
 
 from repr_jax.models import user
+from repr_jax.shapes import DEFAULT_INPUT_SHAPE
 from repr_jax.models.channels import as_spec
 from repr_jax.models.convnet import HEAD_OPTIONS, ConvNet
 from repr_jax.models.imagenet_resnet import ImageNetResNet
@@ -65,7 +66,8 @@ def create_model(name: str, num_classes: int = 10, channels=None, **options):
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
-def architecture(name: str, num_classes: int = 10, channels=None, input_shape=(32, 32, 3), **options) -> dict:
+def architecture(name: str, num_classes: int = 10, channels=None, input_shape=DEFAULT_INPUT_SHAPE,
+                 **options) -> dict:
     """The JSON-shaped description :func:`from_architecture` rebuilds."""
     return {"name": name, "num_classes": int(num_classes), "options": dict(options),
             "channels": dict(as_spec(channels)), "input_shape": [int(d) for d in input_shape]}
@@ -73,7 +75,7 @@ def architecture(name: str, num_classes: int = 10, channels=None, input_shape=(3
 
 def input_shape_of(arch: dict) -> tuple[int, int, int]:
     """One example's (H, W, C) an architecture was built for (CIFAR's when not recorded)."""
-    return tuple(int(d) for d in arch.get("input_shape") or (32, 32, 3))
+    return tuple(int(d) for d in arch.get("input_shape") or DEFAULT_INPUT_SHAPE)
 
 
 def from_architecture(arch: dict):

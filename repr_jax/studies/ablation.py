@@ -72,12 +72,12 @@ def correlation_with_oracle(run_dir, data, batches: int) -> dict:
     run_dir = Path(run_dir)
     if not (run_dir / "summary.json").exists():
         return {"skipped": f"no finished run in {run_dir}"}
-    from repr_jax.pipeline import normalize
+    from repr_jax.run_state import preprocessing
     config, state = load_run_state(run_dir)
     subset = load_run_data(config, data)
     x, y = scoring_batches(subset.train_x, subset.train_y, batches, config.batch_size,
                            seed=config.seed + 1)
-    x, y = normalize(jnp.asarray(x)), jnp.asarray(y)     # criteria take model-ready inputs
+    x, y = preprocessing(config, subset)(jnp.asarray(x)), jnp.asarray(y)   # criteria take model-ready inputs
     layers = state.layers
     names = [n for n, c in CRITERIA.items()
              if not c.needs_batch_norm or all(l.bn_path is not None for l in layers)]

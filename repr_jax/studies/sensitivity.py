@@ -27,17 +27,21 @@ RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 SPLITS = ("auto", "heldout", "test")
 
 
-def sweep(state, layers, eligible, test_x, test_y, *, ratios=RATIOS, batch: int = 500, method=None) -> dict:
+def sweep(state, layers, eligible, test_x, test_y, *, ratios=RATIOS, batch: int = 500, method=None,
+          preprocess=None) -> dict:
     """``{layer: [accuracy at each ratio]}`` with each layer pruned alone (L1, no retraining),
-    plus ``"unpruned"``: the accuracy of ``state`` as it is."""
+    plus ``"unpruned"``: the accuracy of ``state`` as it is (uint8 images normalised by
+    ``preprocess``, a :class:`repr_jax.pipeline.Preprocessing`; default CIFAR's)."""
     from repr_jax.masks import drop_filters, live_filters
     from repr_jax.methods.li_l1 import l1_scores
     from repr_jax.methods.structured import keep_highest
     from repr_jax.layers import get_path
+    from repr_jax.pipeline import Preprocessing
     from repr_jax.train import evaluate
+    preprocess = preprocess or Preprocessing()
 
     def accuracy(s):
-        return float(evaluate(s, test_x, test_y, batch, method=method)["accuracy"])
+        return float(evaluate(s, test_x, test_y, batch, method=method, preprocess=preprocess)["accuracy"])
 
     live = live_filters(state.masks, layers)
     curves = {"unpruned": accuracy(state)}
@@ -79,6 +83,7 @@ def analyse(run_dir, out, *, step: str = "latest", data_dir=None, max_drop: floa
     from repr_jax.experiment import load_run_data, restore_run
     from repr_jax.methods.structured import model_graph, removable_layers
     from repr_jax.run_dir import check_data, read_config
+    from repr_jax.run_state import preprocessing
 
     config = read_config(run_dir)
     if data_dir is not None:
@@ -99,7 +104,8 @@ def analyse(run_dir, out, *, step: str = "latest", data_dir=None, max_drop: floa
     layers = state.layers
     eligible = {l.name for l in layers} if all_layers else set(removable_layers(model_graph(method.context)))
     curves = sweep(state, layers, eligible, jnp.asarray(images), jnp.asarray(labels),
-                   ratios=ratios, batch=config.eval_batch_size, method=method)
+                   ratios=ratios, batch=config.eval_batch_size, method=method,
+                   preprocess=preprocessing(config, data))
     picked = pick_ratios(curves, ratios, max_drop)
     report = {"run": str(run_dir), "step": step, "split": split, "images": int(len(labels)),
               "test_images": int(len(data.test_y)), "ratios": list(ratios),
