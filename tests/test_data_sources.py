@@ -271,3 +271,11 @@ def test_bad_data_settings_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "r").exists()
+    small = _covering(40, 10, 3, (8, 8, 1))              # a model that cannot take the data's size: one line
+    np.savez(tmp_path / "d8.npz", x_train=small.train_x, y_train=small.train_y, x_test=small.test_x,
+             y_test=small.test_y)
+    assert cli.main(["--dataset", "npz", "--data-dir", str(tmp_path / "d8.npz"), "--model", "lenet5",
+                     "--batch-size", "8", "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: LeNet-5 needs images of at least 16x16 (two 5x5 VALID convs, two 2x2 pools), got 8x8"
+    assert not (tmp_path / "r").exists()

@@ -40,6 +40,9 @@ class LeNet5(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         check_names(self.channels, ("conv1", "conv2", "fc1"), "LeNet-5")
+        if min(x.shape[1:3]) < 16:   # 5x5 VALID, 2x2 pool, 5x5 VALID, 2x2 pool leave nothing below 16
+            raise ValueError(f"LeNet-5 needs images of at least 16x16 (two 5x5 VALID convs, two 2x2 pools), "
+                             f"got {x.shape[1]}x{x.shape[2]}")
         for name, filters in (("conv1", 20), ("conv2", 50)):
             x = nn.Conv(width(self.channels, name, filters), (5, 5), padding="VALID", kernel_init=he_normal,
                         name=name)(x)
