@@ -253,7 +253,7 @@ def test_runs_on_a_folder_record_its_shape_resume_evaluate_and_export(gray28, rg
     assert (out / "config.json").read_text() == before
     # a 64x64 RGB folder trains a structured method and exports with the masked logits
     run64 = tmp_path / "rgb"
-    assert cli.main(["--dataset", "folder", "--data-dir", str(other), "--model", "convnet", "--set",
+    assert cli.main(["--dataset", "folder", "--data-dir", str(other), "--model", "convnet", "--width", "8", "--set",
                      "model.batch_norm=true", "--method", "li-l1", "--set", "li-l1.fraction=0.5", "--set",
                      "li-l1.prune_epoch=1", "--epochs", "2", "--batch-size", "16", "--quiet", "--out", str(run64)]) == 0
     export = json.loads((run64 / "summary.json").read_text())["export"]
