@@ -44,7 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from repr_jax.data_formats import (ARCHIVES, CIFAR10_CLASSES, NUM_CLASSES, DataError, check_splits, claimed_dataset, parse, read_files)
+from repr_jax.data_formats import (ARCHIVES, CIFAR10_CLASSES, NUM_CLASSES, DataError, check_splits,
+                                   claimed_dataset, parse, read_files)
 from repr_jax.data_sources import check_arrays, read_npz, read_tfds, resize_all
 
 DATASETS = ("cifar10", "cifar100", "folder", "npz")   # and tfds:NAME
@@ -392,6 +393,6 @@ def load_data(dataset: str = "cifar10", data_dir: str | os.PathLike | None = Non
 Cifar = Dataset   # the name before other sources existed
 
 
-__all__ = ["ARCHIVES", "CIFAR10_CLASSES", "DATASETS", "NORMALIZATIONS", "NUM_CLASSES", "Cifar", "DataError", "Dataset", "cache_dir",
-           "channel_stats", "download_archive", "fingerprint", "load_cifar", "load_data", "resized", "source_digest",
+__all__ = ["ARCHIVES", "CIFAR10_CLASSES", "DATASETS", "NORMALIZATIONS", "NUM_CLASSES", "Cifar", "DataError", "Dataset",
+           "cache_dir", "channel_stats", "download_archive", "fingerprint", "load_cifar", "load_data", "resized", "source_digest",
            "synthetic_cifar"]

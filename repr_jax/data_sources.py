@@ -144,8 +144,7 @@ def folder_arrays(files: dict[str, bytes], image_size=None, class_order: tuple[s
                     raise
                 except Exception as err:
                     raise DataError(f"cannot decode image {name}: {_reason(err)}") from None
-                if expect_shape is not None and (array.shape if array.ndim == 3 else array.shape + (1,)) != expect_shape \
-                        and image_size is None:
+                if expect_shape is not None and image_size is None and array.shape[:2] != tuple(expect_shape[:2]):
                     raise DataError(f"image {name} has shape {array.shape}, expected {tuple(expect_shape)}")
                 images.append(array)
                 labels.append(label)

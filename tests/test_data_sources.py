@@ -279,3 +279,17 @@ def test_bad_data_settings_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "error: LeNet-5 needs images of at least 16x16 (two 5x5 VALID convs, two 2x2 pools), got 8x8"
     assert not (tmp_path / "r").exists()
+
+
+def test_a_grayscale_image_in_a_cifar_folder_is_read_as_rgb(tmp_path):
+    """CIFAR's folder layout converts every image to RGB, as before other sources existed."""
+    data = _covering(12, 12, 10, (32, 32, 3))
+    import dataclasses
+    from repr_jax.data import CIFAR10_CLASSES
+    root = write_folder(tmp_path / "c", dataclasses.replace(data, class_names=CIFAR10_CLASSES))
+    gray = np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)
+    Image.fromarray(gray).save(root / "train" / "cat" / "0.png")       # the first image of class 3 (cat)
+    loaded = load_data("cifar10", root, use_cache=False)
+    assert loaded.image_shape == (32, 32, 3)
+    first_cat = int(np.flatnonzero(loaded.train_y == 3)[0])
+    np.testing.assert_array_equal(loaded.train_x[first_cat], np.repeat(gray[..., None], 3, -1))
