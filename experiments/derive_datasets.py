@@ -39,8 +39,7 @@ def grayscale(images: np.ndarray) -> np.ndarray:
 
 
 def resize(images: np.ndarray, size: int) -> np.ndarray:
-    out = np.stack([cover_and_crop(img[..., 0] if img.shape[-1] == 1 else img, (size, size)) for img in images])
-    return out[..., None] if out.ndim == 3 else out
+    return np.stack([cover_and_crop(img, (size, size)) for img in images])
 
 
 def digits(seed: int = 0, test_fraction: float = 0.2):

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from repr_jax.data_sources import FOLDER_RE, IMAGE_EXTENSIONS, folder_arrays, resize_all
+from repr_jax.data_sources import FOLDER_RE, IMAGE_EXTENSIONS, checked_labels, folder_arrays, resize_all
 from repr_jax.errors import DataError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -244,16 +244,7 @@ def _batch(blob: bytes, name: str, label_key: str):
         raise DataError(f"CIFAR pickle {name}: unreadable arrays ({_reason(err)})") from None
     if rows.ndim != 2 or rows.shape[1] != 3072:
         raise DataError(f"CIFAR pickle {name}: 'data' has shape {rows.shape}, expected (N, 3072)")
-    return _rows_to_images(rows), _labels(labels, len(rows), name)
-
-
-def _labels(labels: np.ndarray, count: int, name: str) -> np.ndarray:
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{name}: labels must be a list of integers, got shape {labels.shape} "
-                        f"of {labels.dtype}")
-    if len(labels) != count:
-        raise DataError(f"{name}: {count} images but {len(labels)} labels")
-    return labels.astype(np.int32)
+    return _rows_to_images(rows), checked_labels(labels, len(rows), name)
 
 
 def _rows_to_images(rows: np.ndarray) -> np.ndarray:

@@ -67,7 +67,7 @@ def to_array(img, name: str) -> np.ndarray:
 
 
 def cover_and_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize ``image`` (uint8 ``(h, w)`` or ``(h, w, C)``) so that it covers ``size`` = (H, W),
+    """Resize ``image`` (uint8 ``(h, w)``, ``(h, w, 1)`` or ``(h, w, 3)``) so that it covers ``size`` = (H, W),
     keeping its aspect ratio (bilinear; PIL antialiases when shrinking), then crop the centre."""
     from PIL import Image
     h, w = image.shape[:2]
@@ -76,13 +76,12 @@ def cover_and_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return image
     scale = max(target_h / h, target_w / w)
     new_h, new_w = max(target_h, round(h * scale)), max(target_w, round(w * scale))
-    channels = image.shape[2:]
-    planes = image[..., None] if not channels else image
-    resized = np.stack([np.asarray(Image.fromarray(planes[..., c]).resize((new_w, new_h), Image.BILINEAR))
-                        for c in range(planes.shape[-1])], axis=-1)
+    one_channel = image.ndim == 3 and image.shape[-1] == 1
+    pil = Image.fromarray(image[..., 0] if one_channel else image)                 # L or RGB
+    resized = np.asarray(pil.resize((new_w, new_h), Image.BILINEAR))
     top, left = (new_h - target_h) // 2, (new_w - target_w) // 2
     out = resized[top:top + target_h, left:left + target_w]
-    return out if channels else out[..., 0]
+    return out[..., None] if one_channel else out
 
 
 def resize_all(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
@@ -189,7 +188,8 @@ def read_npz(path: Path):
             raise DataError(f"{path}: {key} is {x.dtype} of shape {x.shape}; expected uint8 (N, H, W) or "
                             "(N, H, W, C) with C = 1 or 3")
     tx, vx = (x[..., None] if x.ndim == 3 else x for x in (tx, vx))
-    ty, vy = (_labels(y, len(x), f"{path}: {key}") for y, x, key in ((ty, tx, "y_train"), (vy, vx, "y_test")))
+    ty, vy = (checked_labels(y, len(x), f"{path}: {key}")
+              for y, x, key in ((ty, tx, "y_train"), (vy, vx, "y_test")))
     if names is not None:
         if names.ndim != 1 or names.dtype.kind != "U":
             raise DataError(f"{path}: class_names must be a 1-D array of strings, got {names.dtype} {names.shape}")
@@ -199,9 +199,12 @@ def read_npz(path: Path):
     return tx, ty, vx, vy, names
 
 
-def _labels(labels: np.ndarray, count: int, name: str) -> np.ndarray:
+def checked_labels(labels: np.ndarray, count: int, name: str) -> np.ndarray:
+    """``labels`` as int32 if they are a 1-D integer array of ``count`` entries; else a
+    one-line :class:`DataError` naming ``name``."""
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{name}: labels must be a 1-D array of integers, got {labels.dtype} {labels.shape}")
+        raise DataError(f"{name}: labels must be a list of integers, got shape {labels.shape} "
+                        f"of {labels.dtype}")
     if len(labels) != count:
         raise DataError(f"{name}: {count} images but {len(labels)} labels")
     return labels.astype(np.int32)
@@ -269,6 +272,6 @@ def check_arrays(tx, ty, vx, vy, names, source) -> None:
                         f"{', '.join(map(str, missing[:5].tolist()))}{' …' if missing.size > 5 else ''}")
 
 
-__all__ = ["FOLDER_RE", "IMAGE_EXTENSIONS", "MAX_NPZ_BYTES", "NPZ_KEYS", "check_arrays", "cover_and_crop",
-           "folder_arrays", "parse_image_size", "read_npz", "read_tfds", "resize_all", "stack_images",
-           "to_array"]
+__all__ = ["FOLDER_RE", "IMAGE_EXTENSIONS", "MAX_NPZ_BYTES", "NPZ_KEYS", "check_arrays", "checked_labels",
+           "cover_and_crop", "folder_arrays", "parse_image_size", "read_npz", "read_tfds", "resize_all",
+           "stack_images", "to_array"]
