@@ -165,6 +165,42 @@ def test_li_table_1_models_export_to_the_papers_sizes(preset, model, options, be
     assert 100 * (1 - e.flops_after / e.flops_before) == pytest.approx(flops_cut, abs=0.05)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("preset,params_cut,flops_cut,conv1_keep", [
+    ("resnet34-a", 7.6, 15.5, (44, 89, 179, 512)), ("resnet34-b", 10.8, 24.2, (32, 51, 153, 512))])
+def test_li_resnet34_presets_give_table_1s_imagenet_reductions(preset, params_cut, flops_cut, conv1_keep):
+    """Li et al. 2017 Table 1, ResNet-34-pruned-A/B on ImageNet (224×224, 1000 classes): the
+    paper's totals (2.16e7 parameters, 3.64e9 FLOPs) leave out the three 1×1 projection
+    shortcuts, so the reductions are compared on totals without them (a numpy count here)."""
+    import optax
+    from repr_jax.compress.export import export_state
+    from repr_jax.masks import live_filters
+    from repr_jax.methods import MethodContext
+    from repr_jax.methods.li_l1 import LiL1, LiL1Config
+    from repr_jax.models import architecture, create_model
+    from repr_jax.state import create_train_state
+    shape = (224, 224, 3)
+    model, arch = create_model("resnet34", 1000), architecture("resnet34", 1000, input_shape=shape)
+    ctx = MethodContext.for_model(model, architecture=arch, train_size=64, batch_size=32, input_shape=shape)
+    method = LiL1(LiL1Config(preset=preset), ctx)
+    new, _ = method.before_epoch(create_train_state(model, optax.sgd(0.1), 0, input_shape=shape, method=method), 0)
+    live = {k: int(np.sum(v)) for k, v in live_filters(new.masks, new.layers).items()}
+    skipped = ("layer1_block0", "layer2_block0", "layer2_block3", "layer3_block0", "layer3_block5")
+    for name in skipped:
+        assert live[f"{name}/conv1"] == 64 * 2 ** (int(name[5]) - 1), name
+    for stage, keep in zip((1, 2, 3, 4), conv1_keep):   # ⌊F(1 − p)⌋ in the stage's pruned blocks
+        assert live[f"layer{stage}_block1/conv1"] == keep
+    assert sum(v < 64 * 2 ** (int(k[5]) - 1) for k, v in live.items() if k.endswith("conv1")) == 8
+    e = export_state(new, arch)
+    assert (e.params_before, e.flops_before) == (21_797_672, 3_663_761_408)   # torchvision's count
+    projections = [(56 // 2 ** s) ** 2 * c * 2 * c for c, s in ((64, 1), (128, 2), (256, 3))]
+    short_params = sum(c * 2 * c + 2 * 2 * c for c in (64, 128, 256))          # 1×1 kernel + BN
+    p0, f0 = e.params_before - short_params, e.flops_before - sum(projections)
+    assert (round(p0, -5), round(f0, -7)) == (21_600_000, 3_640_000_000)
+    assert 100 * (e.params_before - e.params_after) / p0 == pytest.approx(params_cut, abs=0.05)
+    assert 100 * (e.flops_before - e.flops_after) / f0 == pytest.approx(flops_cut, abs=0.05)
+
+
 def test_vgg16_heads():
     from repr_jax.models import create_model
     count = lambda m: sum(x.size for x in jax.tree_util.tree_leaves(  # noqa: E731

@@ -16,11 +16,21 @@ settings (Table 1, §4.1–4.2; layer numbers are the paper's 1-based conv indic
 * ``resnet110-a``: 50 % of the first conv of stage-1 blocks, skipping layer 36 (§4.2: "prune
   50 % of the filters in the first stage, skipping layer 36");
 * ``resnet110-b``: 50 % / 40 % / 30 % in stages 1 / 2 / 3, skipping 36, 38, 74.
+* ``resnet34-a`` / ``resnet34-b`` (ImageNet ResNet-34, §4.4, Table 1): 30 / 30 / 30 / 0 % and
+  50 / 60 / 40 / 0 % of the first conv of the blocks of stages 1–4, skipping the sensitive
+  layers 2, 8, 14, 16, 26, 28, 30, 32 (their 3×3 convs numbered 1-based, the stem first, as in
+  their Fig. 7; the first and last block of each stage). The per-stage ratios are not printed
+  in the paper; they are those of the pruned models Liu et al. 2019 ("Rethinking the Value of
+  Network Pruning") rebuilt, and they give the paper's reductions (below).
 
 Their Table 1 — parameter and FLOP reductions of VGG-16-A (with Li's own head,
 ``model.variant=li``: 14,987,722 → 5,397,034 parameters), ResNet-56-A/B and ResNet-110-A/B
 (1,727,962 → 1,688,522 / 1,168,424 parameters, −15.9 % / −38.7 % FLOPs) — is checked
-exactly in ``tests/test_structured.py`` and ``tests/test_fidelity.py``.
+exactly in ``tests/test_structured.py`` and ``tests/test_fidelity.py``; so are ResNet-34-A/B's
+(−7.6 % / −10.8 % parameters, −15.5 % / −24.2 % FLOPs at 224×224, 1000 classes) when the
+three 1×1 projection shortcuts are left out of the totals as the paper's counts do (its 2.16e7
+parameters and 3.64e9 FLOPs are ours, 21,797,672 and 3.664e9, less the shortcuts; with them
+counted the reductions read −7.55 / −10.68 % and −15.38 / −24.06 %).
 
 Deviations from the paper: none known in the scoring, the ratios or the presets. The
 retraining schedule is the run's (``StructuredConfig``), not their 40 epochs at lr 0.001.
@@ -61,12 +71,31 @@ def _resnet_preset(depth: int, stage_ratios, skip_layers) -> tuple[str, str]:
     return ratios, ",".join(_resnet_conv1(depth, k) for k in skip_layers)
 
 
+def _resnet34_conv1(paper_layer: int) -> str:
+    """Li et al.'s ResNet-34 layer number (3×3 convs, 1 = stem, block k holds 2 + 2k and
+    3 + 2k) of a block's first conv, as our ``resnet34`` layer name."""
+    k, odd = divmod(paper_layer - 2, 2)
+    if odd or not 0 <= k < 16:
+        raise ValueError(f"layer {paper_layer} is not the first conv of a ResNet-34 block")
+    for stage, n in enumerate((3, 4, 6, 3)):
+        if k < n:
+            return f"layer{stage + 1}_block{k}/conv1"
+        k -= n
+
+
+def _resnet34_preset(stage_ratios) -> tuple[str, str]:
+    ratios = ",".join(f"layer{s + 1}_block*/conv1={r}" for s, r in enumerate(stage_ratios))
+    return ratios, ",".join(_resnet34_conv1(k) for k in (2, 8, 14, 16, 26, 28, 30, 32))
+
+
 PRESETS = {   # name → (model, ratios, skip)
     "vgg16-a": ("vgg16", "conv0=0.5,conv7=0.5,conv8=0.5,conv9=0.5,conv10=0.5,conv11=0.5,conv12=0.5", ""),
     "resnet56-a": ("resnet56", *_resnet_preset(56, (0.1, 0.1, 0.1), (16, 20, 38, 54))),
     "resnet56-b": ("resnet56", *_resnet_preset(56, (0.6, 0.3, 0.1), (16, 18, 20, 34, 38, 54))),
     "resnet110-a": ("resnet110", *_resnet_preset(110, (0.5, 0.0, 0.0), (36,))),
     "resnet110-b": ("resnet110", *_resnet_preset(110, (0.5, 0.4, 0.3), (36, 38, 74))),
+    "resnet34-a": ("resnet34", *_resnet34_preset((0.3, 0.3, 0.3, 0.0))),
+    "resnet34-b": ("resnet34", *_resnet34_preset((0.5, 0.6, 0.4, 0.0))),
 }
 
 
