@@ -37,8 +37,8 @@ class ConvLayer:
 
 
 def prunable_convs(params: Mapping[str, Any], batch_dims: int = 0) -> tuple[ConvLayer, ...]:
-    """Every conv in definition order (the first conv first), without BatchNorm (see
-    :func:`coupled_layers`). ``batch_dims``: leading axes every leaf carries (1 for a
+    """Every conv in the order of the params' names (Flax sorts them: ``conv10`` before
+    ``conv2``), without BatchNorm; :func:`coupled_layers` gives the forward pass's order. ``batch_dims``: leading axes every leaf carries (1 for a
     population of seeds stacked on axis 0); shapes exclude them."""
     found: list[ConvLayer] = []
 
@@ -64,7 +64,8 @@ def coupled_layers(params: Mapping[str, Any], graph) -> tuple[ConvLayer, ...]:
     ``scale`` and ``bias`` and batch stats ``mean`` and ``var`` each have an axis indexed
     by exactly this conv's channels, channel i by filter i alone (a depthwise conv: by exactly
     its output's sources, filter i tied to the input channel i it filters). A normalisation
-    that mixes several sources (after a residual sum) belongs to no single conv."""
+    that mixes several sources (after a residual sum) belongs to no single conv. In the order
+    of ``graph.layers`` — the forward pass's, the first conv first."""
     produced = {use.produced_by: use.sources for use in graph.uses if use.produced_by is not None}
     layers = []
     for layer in prunable_convs(params):
@@ -76,7 +77,8 @@ def coupled_layers(params: Mapping[str, Any], graph) -> tuple[ConvLayer, ...]:
                    and {("params", path[:-1] + ("bias",)), ("batch_stats", path[:-1] + ("mean",)),
                         ("batch_stats", path[:-1] + ("var",))} <= owned), None)
         layers.append(dataclasses.replace(layer, bn_path=bn))
-    return tuple(layers)
+    rank = {name: i for i, name in enumerate(graph.layers)}
+    return tuple(sorted(layers, key=lambda l: rank.get(l.name, len(rank))))
 
 
 def get_path(tree: Mapping[str, Any], path: tuple[str, ...]):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax.linen as nn
 import optax
 import pytest
 
@@ -105,6 +106,102 @@ def test_li_presets_reproduce_the_papers_reductions(preset, model, params_cut, f
     e = export_state(new, architecture(model))
     assert 100 * (1 - e.params_after / e.params_before) == pytest.approx(params_cut, abs=params_tol)
     assert 100 * (1 - e.flops_after / e.flops_before) == pytest.approx(flops_cut, abs=0.15)
+
+
+def test_layers_follow_the_forward_pass_and_greedy_sees_the_layer_before():
+    """Flax sorts parameter names (``conv10`` before ``conv2``, a ResNet-18's ``stem`` last):
+    the layers must come in the forward pass's order, or Li et al.'s greedy strategy scores
+    conv10 before conv9 is pruned (and RePr's ``exclude_first`` spares the wrong conv)."""
+    method, state = _setup(LiL1, LiL1Config(fraction=0.5, strategy="greedy"), model="vgg16")
+    assert [l.name for l in state.layers] == [f"conv{i}" for i in range(13)]
+    assert list(method.graph.layers) == [f"conv{i}" for i in range(13)]
+    _, (event,) = method.before_epoch(state, 0)
+    alive9 = np.asarray(event.arrays["live_after"]["conv9"]) > 0
+    assert 0 < alive9.sum() < len(alive9)
+    k10 = np.abs(np.asarray(state.params["conv10"]["kernel"]))
+    np.testing.assert_allclose(event.arrays["scores"]["conv10"], k10[:, :, alive9].sum(axis=(0, 1, 2)), rtol=1e-5)
+    assert MethodContext.for_model(create_model("resnet18")).layers[0].name == "stem"
+
+
+class _TinyResidual(nn.Module):
+    """stem → block (identity shortcut) → block (1×1 projection shortcut, stride 2) → head."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        def unit(x, features, name, stride=1, size=3):
+            conv = nn.Conv(features, (size, size), (stride, stride), use_bias=False, name=name)
+            return nn.BatchNorm(use_running_average=not train, name=f"{name}_bn")(conv(x))
+        x = nn.relu(unit(x, 8, "stem"))
+        x = nn.relu(x + unit(nn.relu(unit(x, 6, "a1")), 8, "a2"))
+        y = unit(nn.relu(unit(x, 6, "b1", stride=2)), 12, "b2")
+        x = nn.relu(unit(x, 12, "bs", stride=2, size=1) + y)
+        return nn.Dense(3, name="head")(jnp.mean(x, axis=(1, 2)))
+
+
+def test_coupled_groups_are_the_removable_streams():
+    from repr_jax.methods.structured import coupled_groups
+    graph = lambda m, shape=(8, 8, 3): MethodContext.for_model(m, input_shape=shape).graph()   # noqa: E731
+    assert coupled_groups(graph(_TinyResidual())) == (("stem", "a2"), ("b2", "bs"))
+    assert coupled_groups(graph(create_model("resnet20"))) == ()   # option-A padding: tied to fixed channels
+    small = create_model("mobilenetv2", channels={})
+    groups = coupled_groups(graph(small, (32, 32, 3)))
+    assert ("block1/expand", "block1/dw") in groups and ("block0/dw",) not in groups
+    assert ("block3/project", "block4/project", "block5/project") in groups   # a stage's stream
+
+
+def test_li_prune_groups_sum_l1_over_members_numpy_reference():
+    """Each group keeps the ⌊C/2⌋ channels with the largest Σ over its members of Σ|K|, the
+    same channels in every member; the other layers are Li et al.'s per-layer rule."""
+    model = _TinyResidual()
+    ctx = MethodContext.for_model(model, input_shape=(8, 8, 3), train_size=64, batch_size=32)
+    state = create_train_state(model, optax.sgd(0.1), 3, input_shape=(8, 8, 3),
+                               method=LiL1(LiL1Config(fraction=0.5), ctx))
+    plain = LiL1(LiL1Config(fraction=0.5), ctx)
+    assert set(plain.eligible) == {"a1", "b1"}
+    method = LiL1(LiL1Config(fraction=0.5, prune_groups=True), ctx)
+    assert set(method.eligible) == {"stem", "a1", "a2", "b1", "b2", "bs"}
+    new, _ = method.before_epoch(state, 0)
+    live = {k: np.asarray(v) > 0 for k, v in live_filters(new.masks, new.layers).items()}
+    l1 = {l.name: np.abs(np.asarray(state.params[l.name]["kernel"])).sum(axis=(0, 1, 2)) for l in state.layers}
+
+    def top(scores, keep):
+        want = np.zeros(len(scores), bool)
+        want[np.argsort(-scores, kind="stable")[:keep]] = True
+        return want
+    for group in (("stem", "a2"), ("b2", "bs")):
+        want = top(sum(l1[n] for n in group), len(l1[group[0]]) // 2)
+        for name in group:
+            np.testing.assert_array_equal(live[name], want, err_msg=name)
+    for name in ("a1", "b1"):
+        np.testing.assert_array_equal(live[name], top(l1[name], 3))
+    with pytest.raises(ValueError, match="exclude each other"):
+        LiL1Config(prune_groups=True, prune_tied=True).validate()
+    with pytest.raises(ValueError, match="coupled group stem, a2 different ratios"):
+        LiL1(LiL1Config(prune_groups=True, ratios="stem=0.25"), ctx)
+    with pytest.raises(ValueError, match="no coupled group"):
+        LiL1(LiL1Config(prune_groups=True), MethodContext.for_model(create_model("resnet20")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["resnet18", "mobilenetv2"])
+def test_li_prune_groups_exports_smaller_with_equal_logits(model):
+    """Groups pruned → the export removes them (no dead filter kept), is smaller than Li et
+    al.'s rule alone, and its logits equal the masked model's."""
+    from repr_jax.compress.export import max_logit_difference
+    from repr_jax.masks import apply_masks
+    arch, m = architecture(model), create_model(model)
+    ctx = MethodContext.for_model(m, architecture=arch, train_size=64, batch_size=32)
+    sizes = {}
+    for groups in (False, True):
+        method = LiL1(LiL1Config(fraction=0.5, prune_groups=groups), ctx)
+        new, _ = method.before_epoch(create_train_state(m, optax.sgd(0.1), 0, method=method), 0)
+        e = export_state(new, arch)
+        assert not e.kept_dead
+        sizes[groups] = e.params_after
+    masked = {"params": apply_masks(new.params, new.masks), "batch_stats": new.batch_stats}
+    images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    assert max_logit_difference(arch, masked, e, images) < 1e-4
+    assert sizes[True] < 0.6 * sizes[False]
 
 
 def test_slimming_threshold_is_global_and_penalty_is_l1_of_gammas():

@@ -89,7 +89,8 @@ def _kept(sources: tuple[frozenset, ...], removed: dict) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class ChannelGraph:
-    """Prunable convs (name → output channels, definition order), every channel-indexed leaf
+    """Prunable convs (name → output channels, in the forward pass's order: ``conv2`` before
+    ``conv10``, a ResNet's stem first), every channel-indexed leaf
     axis, multiply–adds per example (convs + dense layers; per layer in ``costs``) and the
     parameter count."""
     layers: dict[str, int]
@@ -456,7 +457,10 @@ def trace_channel_graph(model, variables, input_shape) -> ChannelGraph:
     tracer = _Tracer(conv_names)
     tracer.run(closed.jaxpr, inputs)
     params = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(variables["params"]))
-    return ChannelGraph({l.name: l.num_filters for l in layers}, tuple(tracer.uses),
+    traced = list(dict.fromkeys(u.produced_by for u in tracer.uses if u.produced_by is not None))
+    rank = {name: i for i, name in enumerate(traced)}   # the forward pass's order, not the names'
+    ordered = sorted(layers, key=lambda l: rank.get(l.name, len(rank)))
+    return ChannelGraph({l.name: l.num_filters for l in ordered}, tuple(tracer.uses),
                         sum(c.factor * len(c.in_sources) * len(c.out_sources) for c in tracer.costs), params,
                         tuple(tracer.costs))
 

@@ -36,7 +36,15 @@ Deviations from the paper: none known in the scoring, the ratios or the presets.
 retraining schedule is the run's (``StructuredConfig``), not their 40 epochs at lr 0.001.
 
 For ResNets only the first conv of each block is pruned (derived from the channel graph,
-:mod:`.structured`). ``rounds > 1`` prunes the ratio in equal steps with retraining between
+:mod:`.structured`) — their rule. ``prune_groups=true`` also prunes every coupled group the
+export can shrink (:func:`.structured.coupled_groups`: a residual stream with projection, not zero-padded,
+shortcuts — ImageNet-style ResNets, MobileNetV2 — and a depthwise conv with the conv feeding
+it) Torch-Pruning's way (Fang et al. 2023): channel c goes from every member at once, scored
+by the sum of the members' L1 norms (unnormalised: a larger kernel weighs more), keeping
+⌊C(1 − p)⌋ with p the members' common ratio. Groups are decided before the other layers, on
+every input channel (so ``greedy`` applies to the layers outside the groups). This is an
+extension, not the paper's (its ResNet-34-pruned-C pruned the blocks' second layers with the
+projection shortcut's selection for the second layers, §3.4). ``rounds > 1`` prunes the ratio in equal steps with retraining between
 them (iterative prune–retrain, §3.5); ``rounds = 1`` is their one-shot prune then retrain.
 Sensitivity analysis (§3.2, Fig. 2b) is :mod:`repr_jax.studies.sensitivity`.
 """
@@ -51,7 +59,7 @@ from repr_jax.masks import live_filters
 from repr_jax.methods.base import register
 from repr_jax.methods.structured import (StructuredConfig, StructuredMethod, check_fraction, input_live,
                                          input_sources, keep_counts, keep_highest, match_layers,
-                                         parse_ratios)
+                                         parse_ratios, coupled_groups)
 
 STRATEGIES = ("independent", "greedy")
 
@@ -119,12 +127,17 @@ class LiL1Config(StructuredConfig):
     preset: str = dataclasses.field(default="", metadata={
         "help": f"the paper's setting: {', '.join(PRESETS)} (overrides fraction/ratios/skip)"})
     strategy: str = dataclasses.field(default="independent", metadata={"help": "independent or greedy (§3.3)"})
+    prune_groups: bool = dataclasses.field(default=False, metadata={
+        "help": "also prune coupled groups (a residual stream's writers, a depthwise conv and its input conv) as one, by summed L1"})
 
     def validate(self, run=None) -> None:
         super().validate(run)
         check_fraction("li-l1.fraction", self.fraction)
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown li-l1.strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
+        if self.prune_groups and self.prune_tied:
+            raise ValueError("li-l1.prune_groups and li-l1.prune_tied exclude each other (a group is removed "
+                             "from every member; prune_tied masks members one by one)")
         if self.preset and self.preset not in PRESETS:
             raise ValueError(f"unknown li-l1.preset {self.preset!r}; choose from {', '.join(PRESETS)}")
         if self.preset and run is not None and run.model.name != PRESETS[self.preset][0]:
@@ -141,6 +154,13 @@ class LiL1(StructuredMethod):
 
     def __init__(self, config: LiL1Config, context):
         super().__init__(config, context)
+        self.groups = coupled_groups(self.graph) if config.prune_groups else ()
+        if config.prune_groups:
+            if not self.groups:
+                raise ValueError("li-l1.prune_groups: this model has no coupled group the export can shrink "
+                                 "(a zero-padded shortcut ties the CIFAR ResNets' streams to fixed channels)")
+            grouped = {n for g in self.groups for n in g}
+            self.eligible = tuple(l.name for l in context.layers if l.name in grouped or l.name in self.eligible)
         if config.preset:
             _, ratios, skip = PRESETS[config.preset]
             default = 0.0
@@ -149,6 +169,10 @@ class LiL1(StructuredMethod):
         self.ratios = parse_ratios(ratios, self.eligible, default, "li-l1.ratios")
         for name in match_layers(skip, self.eligible, "li-l1.skip"):
             self.ratios[name] = 0.0
+        for group in self.groups:
+            if len({self.ratios[n] for n in group}) > 1:
+                raise ValueError(f"li-l1.ratios give the coupled group {', '.join(group)} different ratios "
+                                 f"({', '.join(str(self.ratios[n]) for n in group)}); give its members one")
         self.sources = {l.name: input_sources(self.graph, l) for l in context.layers}
         rank = {name: i for i, name in enumerate(self.graph.layers)}   # the forward pass's order
         self.order = tuple(sorted(range(len(context.layers)), key=lambda i: rank[context.layers[i].name]))
@@ -161,7 +185,17 @@ class LiL1(StructuredMethod):
         live = dict(live_filters(state.masks, state.layers))
         scores = {}
         layers = state.layers
-        for layer in (layers[i] for i in self.order):   # greedy sees earlier layers' prunes
+        by_name = {l.name: l for l in layers}
+        for group in self.groups:   # one decision for every member: Σ of their L1 norms
+            for name in group:
+                scores[name] = l1_scores(get_path(state.params, by_name[name].path + ("kernel",)))
+            alive = live[group[0]]
+            for name in group[1:]:
+                alive = jnp.minimum(alive, live[name])
+            kept = keep_highest(sum(scores[n] for n in group), alive, keep[group[0]])
+            live.update({name: kept for name in group})
+        grouped = {n for g in self.groups for n in g}
+        for layer in (layers[i] for i in self.order if layers[i].name not in grouped):   # greedy sees earlier prunes
             kernel = get_path(state.params, layer.path + ("kernel",))
             alive = input_live(self.sources[layer.name], live) if cfg.strategy == "greedy" else None
             scores[layer.name] = l1_scores(kernel, alive)

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from repr_jax.compress.graph import FIXED as FIXED_SOURCE
 from repr_jax.masks import drop_filters, live_filters
 from repr_jax.methods.base import Event, Method, MethodConfig, Phase
 
@@ -134,20 +135,53 @@ def removable_layers(graph) -> tuple[str, ...]:
     return tuple(out)
 
 
+def coupled_groups(graph) -> tuple[tuple[str, ...], ...]:
+    """The coupled groups of the graph (Torch-Pruning's groups, Fang et al. 2023): convs whose
+    channel c meets in one index — the writers of a residual stream (stem or projection
+    shortcut and every block's last conv, summed), a depthwise conv and the conv feeding it
+    (filter c filters channel c) — which the export removes when channel c is dead in every
+    member. Groups with a fixed member (the image, a zero-padded option-A shortcut) cannot
+    lose channels and are left out. Members in the model's definition order."""
+    parent = {name: name for name in graph.layers}
+
+    def root(name):
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for use in graph.uses:
+        for srcs in use.sources:
+            names = sorted({src[0] for src in srcs if src != FIXED_SOURCE})
+            for other in names[1:]:
+                parent[root(other)] = root(names[0])
+    members: dict[str, list[str]] = {}
+    for name in graph.layers:
+        members.setdefault(root(name), []).append(name)
+    from repr_jax.compress.export import removable
+    out = []
+    for group in (tuple(g) for g in members.values() if len(g) > 1):
+        live = {name: np.ones(n) for name, n in graph.layers.items()}
+        live.update({name: np.zeros(graph.layers[name]) for name in group})
+        gone = removable(graph, live)
+        if len({graph.layers[n] for n in group}) == 1 and all(gone[n].all() for n in group):
+            out.append(group)
+    return tuple(out)
+
+
 def input_sources(graph, layer) -> tuple:
     """For ``layer``'s kernel input axis: ``(fixed, ((producer, in_idx, out_idx), …))`` —
     ``fixed`` marks input channels fed by something never pruned (the image, a residual
     stream with a fixed source); producer filter ``out_idx[k]`` feeds input ``in_idx[k]``."""
-    from repr_jax.compress.graph import FIXED
     use = next((u for u in graph.uses if u.collection == "params"
                 and u.path == layer.path + ("kernel",) and u.axis == 2), None)
     if use is None:
         return np.ones(layer.shape[2], bool), ()
-    fixed = np.array([FIXED in srcs or not srcs for srcs in use.sources])
+    fixed = np.array([FIXED_SOURCE in srcs or not srcs for srcs in use.sources])
     pairs: dict[str, list] = {}
     for i, srcs in enumerate(use.sources):
         for src in srcs:
-            if src != FIXED:
+            if src != FIXED_SOURCE:
                 pairs.setdefault(src[0], []).append((i, src[1]))
     return fixed, tuple((p, np.array([a for a, _ in v]), np.array([b for _, b in v])) for p, v in pairs.items())
 
@@ -285,4 +319,4 @@ class StructuredMethod(Method):
 
 __all__ = ["PRUNE_STREAM", "RESTARTS", "StructuredConfig", "StructuredMethod", "check_fraction", "input_live",
            "input_sources", "keep_counts", "keep_highest", "match_layers", "model_graph",
-           "parse_ratios", "removable_layers"]
+           "parse_ratios", "removable_layers", "coupled_groups"]
