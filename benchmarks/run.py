@@ -9,8 +9,10 @@ Benchmarks: ``metric`` (RePr metric + global ranking over every prunable conv),
 run of the same length, and compilations across it), ``seeds`` (train-step throughput of K
 seeds of C³(32): one vmapped population vs K runs one after another vs K processes at once),
 ``seeds_run`` (whole runs: ``--seeds 2`` in each layout vs 2 runs one after another, C³(32)
-and ResNet-20). Every time is the median (with min
-and max) over repeats after warm-up, synchronised with ``block_until_ready`` (JAX) or
+and ResNet-20), ``export`` (physical export of Li et al.'s pruned models vs Torch-Pruning),
+``streaming`` (a 64×64 JPEG folder streamed from disk vs the same images on the device:
+``--stream-npz`` names real images, e.g. ``.data/derived/cifar10-64.npz``). Every time is
+the median (with min and max) over repeats after warm-up, synchronised with ``block_until_ready`` (JAX) or
 ``torch.cuda.synchronize`` (PyTorch on a GPU); compile time is reported separately.
 PyTorch is optional (``pip install -e ".[bench]"``): without it its columns are skipped
 and the JSON says so.
@@ -34,6 +36,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import reference_impls as ref  # noqa: E402  (benchmarks/ is the script's directory)
+from streaming_bench import bench_streaming  # noqa: E402
 from repr_jax import create_model, reinit_layers  # noqa: E402
 from repr_jax.ranking import rank_by_orthogonality  # noqa: E402
 from repr_jax.layers import get_path, prunable_convs  # noqa: E402
@@ -41,7 +44,7 @@ from repr_jax import versions  # noqa: E402
 from repr_jax.cli import fail  # noqa: E402
 from repr_jax.masks import init_masks  # noqa: E402
 
-BENCHMARKS = ("metric", "reinit", "train_step", "repr_overhead", "seeds", "seeds_run", "export")
+BENCHMARKS = ("metric", "reinit", "train_step", "repr_overhead", "seeds", "seeds_run", "export", "streaming")
 
 
 # --------------------------------------------------------------------------- timing helpers
@@ -539,6 +542,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write results here (default: benchmarks/results/<machine>.json)")
     p.add_argument("--markdown", default=None, help="also write a markdown table here")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per figure")
+    p.add_argument("--stream-npz", default=None,
+                   help="streaming: real 64x64x3 images from this .npz's x_train (default: synthetic images)")
     args = p.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         return fail(ValueError("--repeats must be >= 1"))
@@ -574,6 +579,11 @@ def main(argv=None) -> int:
     if "export" in todo:
         results["benchmarks"]["export"] = bench_export(EXPORT_CASES[:1] if quick else EXPORT_CASES,
                                                        repeats=3 if quick else 10)
+    if "streaming" in todo:
+        results["benchmarks"]["streaming"] = bench_streaming(
+            measure, ["convnet"] if quick else ["convnet", "resnet20"], repeats=3 if quick else 5,
+            npz=args.stream_npz, images=512 if quick else 4096, batch=32 if quick else 128,
+            batches=4 if quick else 8)
     kind = results["machine"]["device_kind"].lower().replace(" ", "-")
     default = Path("runs") / "benchmarks" / f"{kind}-quick.json" if quick else Path(__file__).parent / "results" / f"{kind}.json"
     path = Path(args.json or default)

@@ -26,6 +26,8 @@ The building blocks::
     TrainState, create_train_state, create_model, RunConfig, run
     load_data(dataset, data_dir, image_size) → Dataset  # cifar10|cifar100|folder|npz|tfds:NAME
     load_cifar, synthetic_cifar, channel_stats(images), Preprocessing(mean, std, crop_pad, flip)
+    FolderStream(index_folder(root, split), batch), prefetch_to_device, sample_stats  # larger than memory
+    run_epoch(state, images, labels, key, ...), run_epoch_batches(state, batches, key, ...), evaluate(_batches)
     stack(states), unstack(states, i), data_mesh(devices), replicate(tree, mesh)  # seeds, devices
 
 The names are imported on first use (PEP 562), so ``import repr_jax`` and the command-line
@@ -66,7 +68,8 @@ _EXPORTS = {
     ".ranking": ("rank_by_orthogonality", "select_drops"),
     ".reinit": ("orthogonal_reinit", "reinit_layers"),
     ".state": ("TrainState", "create_train_state"),
-    ".train": ("evaluate", "run_epoch"),
+    ".streaming": ("FolderStream", "index_folder", "prefetch_to_device", "sample_stats"),
+    ".train": ("evaluate", "evaluate_batches", "run_epoch", "run_epoch_batches"),
 }
 _ORIGIN = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_ORIGIN)

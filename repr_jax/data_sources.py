@@ -110,7 +110,8 @@ def stack_images(images: list[np.ndarray], names: list[str], image_size) -> np.n
     return np.stack(images)
 
 
-def _image_sort_key(name: str):
+def image_sort_key(name: str):
+    """Sort key of an image path: numeric file stems in numeric order, then the rest by name."""
     stem = name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
     return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
 
@@ -135,7 +136,7 @@ def folder_arrays(files: dict[str, bytes], image_size=None, class_order: tuple[s
     for split in ("train", evaluation):
         images, labels, names = [], [], []
         for label, cls in enumerate(classes):
-            for name in sorted(split_files[split].get(cls, []), key=_image_sort_key):
+            for name in sorted(split_files[split].get(cls, []), key=image_sort_key):
                 try:
                     with Image.open(io.BytesIO(files[name])) as img:
                         array = to_array(img, name)

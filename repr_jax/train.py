@@ -1,4 +1,5 @@
-"""Pure, jitted training and evaluation on a device-resident data set.
+"""Pure, jitted training and evaluation on a device-resident data set (or on batches the
+caller streams in: :func:`run_epoch_batches`, :func:`evaluate_batches`).
 
 An epoch is a shuffled ``(steps, batch)`` index array over the device-resident data; each
 step gathers its batch on device, so the host only dispatches (asynchronously) and reads
@@ -19,6 +20,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from repr_jax.distill import kd_term
@@ -265,6 +267,65 @@ def run_epoch(state: TrainState, images, labels, key, *, batch_size: int, layers
                                      acc=f"{float(totals['correct']) / count:.3f}")
     jax.block_until_ready(state)
     return state, epoch_means(totals, terms, time.perf_counter() - start)
+
+
+@functools.partial(jax.jit, static_argnames=_STEP_STATIC, donate_argnums=(0, 1))
+def train_step_batch(state: TrainState, totals, images, labels, key, *, layers: tuple[ConvLayer, ...],
+                     ortho_lambda: float = 0.0, method=None, augmentation: bool = True, batch_sharding=None,
+                     preprocess: Preprocessing = _CIFAR):
+    """:func:`train_step_indexed` on a batch the caller brings (a streamed one): step with
+    the key ``fold_in(key, state.step)`` and add the metrics to ``totals``."""
+    every = jnp.arange(images.shape[0])
+    return _indexed_step(state, totals, images, labels, every, key, layers=layers, ortho_lambda=ortho_lambda,
+                         method=method, augmentation=augmentation, batch_sharding=batch_sharding,
+                         preprocess=preprocess)
+
+
+def run_epoch_batches(state: TrainState, batches, key, *, layers, ortho_lambda: float = 0.0, method=None,
+                      terms=(), progress=None, log_every: int = 20, augmentation: bool = True,
+                      batch_sharding=None, preprocess: Preprocessing = _CIFAR):
+    """:func:`run_epoch` over batches from an iterable of uint8 ``(images, labels)`` of one
+    batch size (e.g. :class:`repr_jax.streaming.FolderStream` through
+    :func:`repr_jax.streaming.prefetch_to_device`); the host waits only for the reader.
+    ``terms``: the loss-term names (:func:`loss_term_names`) the method reports."""
+    state = placed_like(state, state)
+    totals = zero_totals(terms, like=state)
+    start = time.perf_counter()
+    for i, (images, labels) in enumerate(batches):
+        state, totals = train_step_batch(state, totals, images, labels, key, layers=layers,
+                                         ortho_lambda=ortho_lambda, method=method, augmentation=augmentation,
+                                         batch_sharding=batch_sharding, preprocess=preprocess)
+        if progress is not None:
+            progress.update(images.shape[0])
+            if (i + 1) % log_every == 0:
+                count = float(totals["count"])
+                progress.set_postfix(loss=f"{float(totals['loss']) / count:.3f}",
+                                     acc=f"{float(totals['correct']) / count:.3f}")
+    jax.block_until_ready(state)
+    if float(totals["count"]) == 0:
+        raise ValueError("run_epoch_batches: the batches were empty")
+    return state, epoch_means(totals, terms, time.perf_counter() - start)
+
+
+def evaluate_batches(state: TrainState, batches, batch_size: int, method=None, batch_sharding=None,
+                     preprocess: Preprocessing = _CIFAR) -> dict:
+    """:func:`evaluate` over an iterable of uint8 ``(images, labels)`` batches of at most
+    ``batch_size`` (a short one is padded and weighted out: one compiled shape)."""
+    state = placed_like(state, state)
+    totals = zero_totals(like=state)
+    every = jnp.arange(batch_size)
+    for images, labels in batches:
+        n = images.shape[0]
+        weights = (np.arange(batch_size) < n).astype(np.float32)
+        if n < batch_size:
+            images = np.concatenate([np.asarray(images), np.repeat(np.asarray(images)[-1:], batch_size - n, 0)])
+            labels = np.concatenate([np.asarray(labels), np.repeat(np.asarray(labels)[-1:], batch_size - n)])
+        totals = eval_step(state, totals, images, labels, every, weights, method=method,
+                           batch_sharding=batch_sharding, preprocess=preprocess)
+    count = float(totals["count"])
+    if count == 0:
+        raise ValueError("evaluate_batches: the batches were empty")
+    return {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count}
 
 
 def epoch_means(totals, terms, seconds: float) -> dict:

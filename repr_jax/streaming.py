@@ -1,0 +1,212 @@
+"""Image folders too large for memory, streamed from disk by a bounded, prefetching reader.
+
+The in-memory path (:func:`repr_jax.data.load_data`) decodes a data set once and keeps it on
+the device. An ImageNet-sized folder does not fit, so here the images stay on disk:
+
+* :func:`index_folder` lists ``<root>/<split>/<class>/<image>`` (PNG, JPEG, BMP, WebP) without
+  opening an image; class names are the sorted folder names of the training split and the
+  evaluation split together, images in the in-memory reader's order (so the labels and, read
+  in order, the arrays are :func:`repr_jax.data.load_data`'s).
+* :class:`FolderStream` yields uint8 ``(B, H, W, C)`` batches and int32 labels for one epoch:
+  a permutation drawn from ``(seed, epoch)`` (the same order wherever it runs), decoded by
+  ``workers`` threads (PIL releases the GIL while it decodes and resizes), one batch per
+  task, with at most ``prefetch`` batches decoded ahead of the consumer — memory is bounded
+  by ``(prefetch + 1) · B · H · W · C`` bytes whatever the folder's size. Images are resized
+  to ``image_size`` (cover + centre crop, :func:`repr_jax.data_sources.cover_and_crop`) or
+  must all have the first image's size (one-line error naming the file otherwise).
+* :func:`prefetch_to_device` keeps ``size`` batches already transferred to the device, so the
+  next step's input is there when the step before it ends.
+* :func:`sample_stats` estimates the per-channel mean and std from a fixed sample (the
+  in-memory path uses every pixel; a stream cannot afford a pass over the data).
+
+Train with :func:`repr_jax.train.run_epoch_batches` and evaluate with
+:func:`repr_jax.train.evaluate_batches`; ``benchmarks/run.py --only streaming`` measures the
+reader against the in-memory path. A ``.tar`` must be extracted first (a tar has no index:
+random access would re-read it).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from repr_jax.data import channel_stats
+from repr_jax.data_sources import IMAGE_EXTENSIONS, cover_and_crop, image_sort_key, to_array
+from repr_jax.errors import DataError
+
+SPLITS = ("train", "test", "val")
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderIndex:
+    """The images of one split: paths relative to ``root``, their labels, the class names."""
+    root: Path
+    split: str
+    files: tuple[str, ...]
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def _classes(root: Path, split: str) -> dict[str, list[str]]:
+    out = {}
+    base = root / split
+    if not base.is_dir():
+        return out
+    for cls in sorted(p.name for p in base.iterdir() if p.is_dir()):
+        names = [f"{split}/{cls}/{f.name}" for f in (base / cls).iterdir()
+                 if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS)]
+        if names:
+            out[cls] = sorted(names, key=image_sort_key)
+    return out
+
+
+def index_folder(root, split: str = "train") -> FolderIndex:
+    """The ``split`` (``train``, ``test`` or ``val``; ``test`` falls back to ``val``) of the
+    image folder ``root``; no image is opened."""
+    root = Path(root)
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a directory (a streamed folder must be extracted)")
+    train = _classes(root, "train")
+    evaluation = "test" if _classes(root, "test") else "val"
+    held_out = _classes(root, evaluation)
+    if split == "test":
+        split = evaluation
+    found = train if split == "train" else held_out
+    if not found:
+        raise DataError(f"{root}: no {split}/<class>/<image> files ({', '.join(IMAGE_EXTENSIONS)})")
+    classes = tuple(sorted(set(train) | set(held_out)))
+    files, labels = [], []
+    for label, cls in enumerate(classes):
+        files += found.get(cls, [])
+        labels += [label] * len(found.get(cls, []))
+    return FolderIndex(root, split, tuple(files), np.asarray(labels, np.int32), classes)
+
+
+def decode(path: Path, name: str, image_size, channels: int, shape: tuple[int, int] | None) -> np.ndarray:
+    """One image as uint8 ``(H, W, channels)``: resized to ``image_size`` if given, else
+    checked to be ``shape`` (H, W)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("L")) if channels == 1 and img.mode not in ("L", "1", "LA") \
+                else to_array(img, name)
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"cannot decode image {name}: {(str(err).splitlines() or [''])[0]}") from None
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.shape[-1] != channels:
+        array = np.repeat(array, channels, axis=-1)
+    if image_size is not None:
+        return cover_and_crop(array, image_size)
+    if shape is not None and array.shape[:2] != tuple(shape):
+        raise DataError(f"image {name} is {array.shape[0]}x{array.shape[1]} pixels, the folder's first "
+                        f"{shape[0]}x{shape[1]}; stream with image_size=(H, W) to resize them all")
+    return array
+
+
+class FolderStream:
+    """Batches of one split of an image folder, decoded from disk while the device trains.
+
+    ``shuffle`` (default True): each epoch a permutation from ``(seed, epoch)`` and, unless
+    ``drop_last=False``, no partial last batch (a fixed step shape); without shuffling the
+    images come in index order and the last batch may be short (evaluation).
+    ``channels``: 1 or 3 (default: the first image's — grayscale stays one channel).
+    """
+
+    def __init__(self, index: FolderIndex, batch_size: int, *, image_size=None, channels: int | None = None,
+                 shuffle: bool = True, drop_last: bool | None = None, seed: int = 0,
+                 workers: int | None = None, prefetch: int = 4):
+        if batch_size < 1 or prefetch < 1 or (workers is not None and workers < 1):
+            raise ValueError(f"batch_size, prefetch and workers must be >= 1, got {batch_size}, {prefetch}, {workers}")
+        if channels not in (None, 1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        self.index, self.batch_size, self.shuffle, self.seed = index, int(batch_size), shuffle, int(seed)
+        self.drop_last = shuffle if drop_last is None else drop_last
+        self.workers = workers or min(8, os.cpu_count() or 1)
+        self.prefetch = int(prefetch)
+        self.image_size = tuple(image_size) if image_size is not None else None
+        if channels is None:
+            from PIL import Image
+            with Image.open(index.root / index.files[0]) as img:
+                channels = 1 if img.mode in ("L", "1", "LA") else 3
+        self.channels = channels
+        first = decode(index.root / index.files[0], index.files[0], self.image_size, channels, None)
+        self.shape = (*first.shape[:2], channels)   # one example's (H, W, C)
+        if len(self) < 1:
+            raise DataError(f"{index.root}/{index.split}: {len(index)} images, fewer than one batch of {batch_size}")
+
+    def __len__(self) -> int:
+        n = len(self.index)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The example order of ``epoch`` (a permutation from ``(seed, epoch)`` when shuffling)."""
+        n = len(self.index)
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, int(epoch)]).permutation(n)
+
+    def load(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """The images and labels at ``indices``, decoded now (in the calling thread)."""
+        ix = self.index
+        images = np.stack([decode(ix.root / ix.files[i], ix.files[i], self.image_size, self.channels,
+                                  self.shape[:2]) for i in indices])
+        return images, ix.labels[np.asarray(indices)]
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """This epoch's batches, at most ``prefetch`` decoded ahead of the one being consumed."""
+        order, b = self.order(epoch), self.batch_size
+        batches = iter([order[i:i + b] for i in range(0, len(self) * b, b)])
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="repr_jax-stream")
+        pending = collections.deque()
+        try:
+            for idx in batches:
+                pending.append(pool.submit(self.load, idx))
+                if len(pending) >= self.prefetch:
+                    break
+            while pending:
+                ready = pending.popleft().result()
+                nxt = next(batches, None)
+                if nxt is not None:
+                    pending.append(pool.submit(self.load, nxt))
+                yield ready
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def prefetch_to_device(batches, size: int = 2, sharding=None):
+    """``batches`` put on the device ``size`` ahead (``jax.device_put``, asynchronous), so a
+    step's input is already transferred when the step before it finishes."""
+    import jax
+    queue = collections.deque()
+    for batch in batches:
+        queue.append(jax.device_put(batch, sharding) if sharding is not None else jax.device_put(batch))
+        if len(queue) >= size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+def sample_stats(stream: FolderStream, images: int = 10_000, seed: int = 0):
+    """Per-channel mean and std (0–1 scale) of ``images`` training images drawn without
+    replacement by ``seed`` (all of them when fewer): :func:`repr_jax.data.channel_stats` of a
+    sample, decoded as the stream decodes."""
+    n = len(stream.index)
+    pick = np.sort(np.random.default_rng(seed).permutation(n)[:min(images, n)])
+    chunks = [stream.load(pick[i:i + 512])[0] for i in range(0, len(pick), 512)]
+    return channel_stats(np.concatenate(chunks))
+
+
+__all__ = ["FolderIndex", "FolderStream", "decode", "index_folder", "prefetch_to_device", "sample_stats"]

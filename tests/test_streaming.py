@@ -1,0 +1,122 @@
+"""The streaming reader (repr_jax.streaming) against the in-memory folder reader: the same
+labels and arrays, numpy's permutation per (seed, epoch), a bounded read-ahead, one-line
+errors; an epoch trained on streamed batches is the in-memory epoch step for step."""
+from __future__ import annotations
+
+import threading
+
+import jax
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+
+from test_data_sources import _covering, write_folder
+from repr_jax.data import DataError, channel_stats, load_data
+from repr_jax.models import create_model
+from repr_jax.pipeline import Preprocessing, epoch_indices
+from repr_jax.state import create_train_state
+from repr_jax.streaming import FolderStream, index_folder, prefetch_to_device, sample_stats
+from repr_jax.train import evaluate, evaluate_batches, run_epoch, run_epoch_batches
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    data = _covering(70, 23, 3, (12, 12, 1), seed=4)
+    return write_folder(tmp_path_factory.mktemp("stream"), data)
+
+
+def test_in_order_the_stream_is_the_in_memory_folder(folder):
+    memory = load_data("folder", folder, use_cache=False)
+    train, test = index_folder(folder, "train"), index_folder(folder, "test")
+    assert train.class_names == test.class_names == memory.class_names
+    for index, x, y in ((train, memory.train_x, memory.train_y), (test, memory.test_x, memory.test_y)):
+        stream = FolderStream(index, 16, shuffle=False, workers=2, prefetch=2)
+        batches = list(stream.epoch())
+        assert [len(b[1]) for b in batches] == [16] * (len(y) // 16) + ([len(y) % 16] if len(y) % 16 else [])
+        np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x)
+        np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), y)
+        assert stream.shape == x.shape[1:] == (12, 12, 1)
+
+
+def test_shuffled_epochs_are_numpy_permutations_without_a_partial_batch(folder):
+    index = index_folder(folder)
+    stream = FolderStream(index, 16, seed=7, workers=2)
+    assert len(stream) == 70 // 16
+    images = {e: list(stream.epoch(e)) for e in (0, 1)}
+    for e, batches in images.items():
+        want = np.random.default_rng([7, e]).permutation(70)[:64]
+        np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), index.labels[want])
+        np.testing.assert_array_equal(batches[1][0], stream.load(want[16:32])[0])
+    assert not np.array_equal(images[0][0][0], images[1][0][0])
+    again = list(stream.epoch(1))
+    np.testing.assert_array_equal(again[2][0], images[1][2][0])
+
+
+def test_the_read_ahead_is_bounded(folder):
+    started, lock = [0], threading.Lock()
+
+    class Counting(FolderStream):
+        def load(self, indices):
+            with lock:
+                started[0] += 1
+            return super().load(indices)
+
+    stream = Counting(index_folder(folder), 4, shuffle=False, workers=3, prefetch=3)
+    started[0] = 0
+    for k, _ in enumerate(stream.epoch(), start=1):
+        with lock:
+            assert started[0] <= k + 3, (k, started[0])
+    assert started[0] == len(stream)
+    early = stream.epoch()
+    next(early)
+    early.close()                 # leaving early stops the readers without error
+
+
+def test_streamed_epoch_equals_the_in_memory_epoch(folder):
+    memory = load_data("folder", folder, use_cache=False)
+    model = create_model("convnet", 3, depth=2, width=8)
+    state = create_train_state(model, optax.sgd(0.05, momentum=0.9), 0, input_shape=(12, 12, 1))
+    layers, key = state.layers, jax.random.key(3)
+    prep = Preprocessing((0.5,), (0.25,), 2, True)
+    a, ma = run_epoch(state, memory.train_x, memory.train_y, key, batch_size=16, layers=layers, preprocess=prep)
+    idx = np.asarray(epoch_indices(key, len(memory.train_y), 16))
+    batches = prefetch_to_device((memory.train_x[i], memory.train_y[i]) for i in idx)
+    state = create_train_state(model, optax.sgd(0.05, momentum=0.9), 0, input_shape=(12, 12, 1))
+    b, mb = run_epoch_batches(state, batches, key, layers=layers, preprocess=prep)
+    jax.tree_util.tree_map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a.params, b.params)
+    assert ma["accuracy"] == mb["accuracy"] and ma["loss"] == pytest.approx(mb["loss"], rel=1e-5)
+    test = FolderStream(index_folder(folder, "test"), 10, shuffle=False)
+    streamed = evaluate_batches(b, test.epoch(), 10, preprocess=prep)
+    whole = evaluate(b, memory.test_x, memory.test_y, 10, preprocess=prep)
+    assert streamed["accuracy"] == whole["accuracy"] and streamed["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+
+
+def test_sample_stats_and_resizing(folder, tmp_path):
+    memory = load_data("folder", folder, use_cache=False)
+    stream = FolderStream(index_folder(folder), 8)
+    np.testing.assert_allclose(sample_stats(stream, images=10_000), channel_stats(memory.train_x), rtol=1e-9)
+    big = FolderStream(index_folder(folder), 8, image_size=(20, 24), channels=3)
+    x, _ = big.load([0, 1])
+    assert x.shape == (2, 20, 24, 3) and big.shape == (20, 24, 3)
+
+
+def test_bad_folders_are_one_line(folder, tmp_path):
+    with pytest.raises(DataError, match="not a directory"):
+        index_folder(tmp_path / "missing")
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match="no train/<class>/<image> files"):
+        index_folder(tmp_path)
+    for i in range(3):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "train" / "a" / f"{i}.png")
+    Image.fromarray(np.zeros((9, 8), np.uint8)).save(tmp_path / "train" / "a" / "3.png")
+    (tmp_path / "train" / "a" / "4.png").write_bytes(b"not a png")
+    stream = FolderStream(index_folder(tmp_path), 2, shuffle=False)
+    with pytest.raises(DataError, match=r"image train/a/3.png is 9x8 pixels, the folder's first 8x8"):
+        stream.load([3])
+    with pytest.raises(DataError, match=r"cannot decode image train/a/4.png"):
+        list(FolderStream(index_folder(tmp_path), 5, shuffle=False, image_size=(8, 8)).epoch())
+    with pytest.raises(DataError, match="fewer than one batch"):
+        FolderStream(index_folder(tmp_path), 6)
+    with pytest.raises(ValueError, match="channels must be 1 or 3"):
+        FolderStream(index_folder(tmp_path), 2, channels=2)
