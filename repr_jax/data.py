@@ -84,6 +84,10 @@ def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, .
 class Dataset:
     """A classification data set: images uint8 (N, H, W, C), C = 1 or 3, labels int32 (N,).
 
+    ``stream``: when the training split is read from disk every epoch
+    (:func:`repr_jax.streaming.load_streamed_folder`), ``train_x``/``train_y`` hold a fixed
+    sample of it (scoring images for data-driven methods) and :attr:`train_count` its size.
+
     ``fingerprint`` identifies the *source* arrays (before any validation split or slice,
     which the run's settings record); empty when the arrays were built in memory —
     :meth:`source_fingerprint` then computes it. ``channel_mean``/``channel_std``: the
@@ -101,6 +105,16 @@ class Dataset:
     held_y: np.ndarray | None = None
     channel_mean: tuple = ()
     channel_std: tuple = ()
+    stream: object = None   # a repr_jax.streaming.FolderStream of the training split (train_x/y: a sample)
+
+    @property
+    def train_count(self) -> int:
+        """Training images per epoch: the streamed split's, or ``len(train_y)``."""
+        return len(self.stream.index) if self.stream is not None else len(self.train_y)
+
+    def _refuse_streamed(self, what: str) -> None:
+        if self.stream is not None:
+            raise DataError(f"{what} slices the training split in memory; a streamed split cannot be sliced")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -127,6 +141,7 @@ class Dataset:
 
     def split_validation(self, size: int) -> "Dataset":
         """Hold out the last ``size`` training images as the evaluation set (45k/5k)."""
+        self._refuse_streamed("a validation split")
         if not 0 < size < len(self.train_y):
             raise DataError(f"validation size {size} must be in 1..{len(self.train_y) - 1}")
         return dataclasses.replace(
@@ -138,6 +153,7 @@ class Dataset:
         """Set the last ``size`` training images aside (``held_x/held_y``): not trained on,
         not evaluated each epoch — data-driven criteria and the oracle score on them (the
         official RePr code's 45k/5k split)."""
+        self._refuse_streamed("a held-out split")
         if not 0 < size < len(self.train_y):
             raise DataError(f"held-out size {size} must be in 1..{len(self.train_y) - 1}")
         return dataclasses.replace(
@@ -148,6 +164,8 @@ class Dataset:
     def subset(self, train: int | None = None, test: int | None = None,
                seed: int = 0) -> "Dataset":
         """A fixed-seed random slice (class-mixed even when the source is class-sorted)."""
+        if train is not None:
+            self._refuse_streamed("a training slice")
         rng = np.random.default_rng(seed)
 
         def pick(x, y, n):

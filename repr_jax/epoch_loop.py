@@ -23,7 +23,8 @@ from repr_jax.masks import live_filters
 from repr_jax.parallel import batch_sharding
 from repr_jax.run_dir import finite_row, write_json, write_jsonl
 from repr_jax.run_state import state_is_finite
-from repr_jax.train import evaluate, run_epoch, train_step_indexed
+from repr_jax.streaming import prefetch_to_device
+from repr_jax.train import evaluate, run_epoch, run_epoch_batches, train_step_indexed
 
 
 class OneRun:
@@ -44,10 +45,17 @@ class OneRun:
         return events
 
     def steps(self) -> int:
-        return len(self.s.arrays[1]) // self.s.config.batch_size
+        return self.s.data.train_count // self.s.config.batch_size
 
     def train_epoch(self, epoch: int, progress) -> list[dict]:
         s, config = self.s, self.s.config
+        if s.data.stream is not None:   # read from disk while the steps run (repr_jax.streaming)
+            batches = prefetch_to_device(s.data.stream.epoch(epoch), sharding=self.step_sharding)
+            s.state, metrics = run_epoch_batches(
+                s.state, batches, jax.random.fold_in(self.root, epoch), layers=s.state.layers,
+                ortho_lambda=config.ortho_loss, method=s.method, terms=s.terms, progress=progress,
+                augmentation=config.data.augment, batch_sharding=self.step_sharding, preprocess=s.preprocess)
+            return [metrics]
         s.state, metrics = run_epoch(s.state, s.arrays[0], s.arrays[1], jax.random.fold_in(self.root, epoch),
                                      batch_size=config.batch_size, layers=s.state.layers,
                                      ortho_lambda=config.ortho_loss, method=s.method, terms=s.terms,
@@ -215,7 +223,7 @@ def summary_fields(s) -> dict:
     config, metrics, events = s.config, s.metrics, s.events
     return {
         "method": config.method.name, "model": config.model.name, "dataset": config.data.dataset,
-        "data_source": s.data.source, "train_images": int(len(s.data.train_y)),
+        "data_source": s.data.source, "train_images": int(s.data.train_count),
         "test_images": int(len(s.data.test_y)), "epochs": config.epochs,
         "wall_seconds": metrics[-1]["elapsed_seconds"] if metrics else 0.0,
         "train_step_compilations_this_process": int(train_step_indexed._cache_size()),

@@ -45,7 +45,7 @@ def evaluate_run(run_dir, step: str = "latest", data_dir=None, batch_size: int |
     metrics = evaluate(state, jnp.asarray(data.test_x), jnp.asarray(data.test_y),
                        batch_size or config.eval_batch_size, method=method,
                        preprocess=preprocessing(config, data))
-    return {"run": str(run_dir), "epoch": int(state.step) // max(1, len(data.train_y) // config.batch_size),
+    return {"run": str(run_dir), "epoch": int(state.step) // max(1, data.train_count // config.batch_size),
             "step": int(state.step), "test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"],
             "test_images": int(len(data.test_y))}
 

@@ -89,7 +89,7 @@ def member_event(event: Event, index: int) -> Event:
 def _rewind(s: Session, epoch: int) -> None:
     """Put a member back to the end of ``epoch`` (0: a fresh state)."""
     if epoch == 0:
-        _, _, state = initial_state(s.config, len(s.data.train_y), build_model(s.config), s.method)
+        _, _, state = initial_state(s.config, s.data.train_count, build_model(s.config), s.method)
         state = attach_teacher(s.config, warm_start(s.config, state))
         s.state, s.prior_seconds = replicate(state, s.mesh), 0.0
     else:

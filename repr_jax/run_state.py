@@ -21,13 +21,14 @@ from repr_jax.checkpoint import Checkpointer
 from repr_jax.config import RunConfig
 from repr_jax.data import Dataset, load_data
 from repr_jax.data_sources import parse_image_size
-from repr_jax.errors import RunError
+from repr_jax.errors import DataError, RunError
 from repr_jax.methods.base import MethodContext, create_method
 from repr_jax.models import from_architecture, input_shape_of
 from repr_jax.optim import learning_rate_schedule, make_optimizer, phased_schedule
 from repr_jax.pipeline import Preprocessing, crop_padding
 from repr_jax.run_dir import read_architecture, read_config, read_jsonl, read_summary
 from repr_jax.state import create_train_state
+from repr_jax.streaming import load_streamed_folder
 
 
 def build_model(config: RunConfig, architecture: dict | None = None):
@@ -115,7 +116,14 @@ def warm_start(config: RunConfig, state):
 
 def load_source(config: RunConfig) -> Dataset:
     """The run's data source (``data.dataset``, ``data.dir``, ``data.image_size``), whole and
-    checked (:func:`repr_jax.data.load_data`; ``DataError``: one line)."""
+    checked (:func:`repr_jax.data.load_data`; ``DataError``: one line) — or, with
+    ``data.stream``, its training split streamed (:func:`repr_jax.streaming.load_streamed_folder`)."""
+    if config.data.stream:   # the training split stays on disk (repr_jax.streaming)
+        if not config.data.dir:
+            raise DataError("data.stream=true reads --data-dir: an extracted folder of train/<class>/<image>")
+        return load_streamed_folder(config.data.dir, config.batch_size, seed=config.seed,
+                                    image_size=parse_image_size(config.data.image_size),
+                                    workers=config.data.stream_workers or None)
     return load_data(config.data.dataset, config.data.dir, parse_image_size(config.data.image_size))
 
 

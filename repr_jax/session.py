@@ -164,11 +164,11 @@ def _start_locked(config: RunConfig, model, mesh, lock: RunLock | None, data: Da
     except RunError as err:
         raise RunError(f"{err} ({data.source})") from None
     model = build_model(config)
-    if len(data.train_y) < config.batch_size:
-        raise RunError(f"--batch-size {config.batch_size} exceeds the {len(data.train_y)} training images")
+    if data.train_count < config.batch_size:
+        raise RunError(f"--batch-size {config.batch_size} exceeds the {data.train_count} training images")
     try:
-        method = build_method(config, model, config.architecture(), len(data.train_y), data)
-        _, schedule, state = initial_state(config, len(data.train_y), model, method)
+        method = build_method(config, model, config.architecture(), data.train_count, data)
+        _, schedule, state = initial_state(config, data.train_count, model, method)
     except ValueError as err:
         raise RunError(str(err)) from None
     if not (resuming and any((out / "checkpoints").glob("[0-9]*"))):

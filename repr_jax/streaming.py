@@ -18,6 +18,10 @@ the device. An ImageNet-sized folder does not fit, so here the images stay on di
   next step's input is there when the step before it ends.
 * :func:`sample_stats` estimates the per-channel mean and std from a fixed sample (the
   in-memory path uses every pixel; a stream cannot afford a pass over the data).
+* :func:`load_streamed_folder` is the run's data with ``data.stream=true``: a
+  :class:`repr_jax.data.Dataset` whose ``stream`` is the training split, with a fixed sample
+  in memory for data-driven methods and the test split decoded; its fingerprint is
+  :func:`index_fingerprint` (names, labels and file sizes, not every byte).
 
 Train with :func:`repr_jax.train.run_epoch_batches` and evaluate with
 :func:`repr_jax.train.evaluate_batches`; ``benchmarks/run.py --only streaming`` measures the
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,7 +40,7 @@ from typing import Iterator
 
 import numpy as np
 
-from repr_jax.data import channel_stats
+from repr_jax.data import Dataset, channel_stats
 from repr_jax.data_sources import IMAGE_EXTENSIONS, cover_and_crop, image_sort_key, to_array
 from repr_jax.errors import DataError
 
@@ -199,14 +204,52 @@ def prefetch_to_device(batches, size: int = 2, sharding=None):
         yield queue.popleft()
 
 
-def sample_stats(stream: FolderStream, images: int = 10_000, seed: int = 0):
-    """Per-channel mean and std (0–1 scale) of ``images`` training images drawn without
-    replacement by ``seed`` (all of them when fewer): :func:`repr_jax.data.channel_stats` of a
-    sample, decoded as the stream decodes."""
+def sample(stream: FolderStream, images: int = 10_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``images`` training images and labels drawn without replacement by ``seed`` (all of
+    them when fewer), in index order, decoded as the stream decodes."""
     n = len(stream.index)
     pick = np.sort(np.random.default_rng(seed).permutation(n)[:min(images, n)])
-    chunks = [stream.load(pick[i:i + 512])[0] for i in range(0, len(pick), 512)]
-    return channel_stats(np.concatenate(chunks))
+    parts = [stream.load(pick[i:i + 512]) for i in range(0, len(pick), 512)]
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
 
 
-__all__ = ["FolderIndex", "FolderStream", "decode", "index_folder", "prefetch_to_device", "sample_stats"]
+def sample_stats(stream: FolderStream, images: int = 10_000, seed: int = 0):
+    """Per-channel mean and std (0–1 scale) of a :func:`sample` of ``images`` training images
+    (:func:`repr_jax.data.channel_stats`)."""
+    return channel_stats(sample(stream, images, seed)[0])
+
+
+def index_fingerprint(*indexes: FolderIndex) -> str:
+    """SHA-256 of the splits' file names, labels and byte sizes — what a resume compares
+    (hashing every byte of a folder larger than memory would read it all)."""
+    digest = hashlib.sha256()
+    for ix in indexes:
+        digest.update(f"{ix.split}|{','.join(ix.class_names)}\n".encode())
+        for name, label in zip(ix.files, ix.labels):
+            digest.update(f"{name}|{int(label)}|{(ix.root / name).stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+def load_streamed_folder(root, batch_size: int, *, image_size=None, seed: int = 0, workers: int | None = None,
+                         sample_size: int = 10_000) -> Dataset:
+    """A :class:`repr_jax.data.Dataset` whose training split streams from ``root`` (its
+    ``stream``, batches of ``batch_size``, epochs shuffled by ``seed``): ``train_x``/``train_y``
+    hold a fixed sample of ``sample_size`` training images (scoring images; its statistics are
+    the data set's), the test split (``val/`` without ``test/``) is decoded into memory."""
+    train_index, test_index = index_folder(root, "train"), index_folder(root, "test")
+    stream = FolderStream(train_index, batch_size, image_size=image_size, seed=seed, workers=workers)
+    sample_x, sample_y = sample(stream, sample_size)
+    test = FolderStream(test_index, 512, image_size=image_size, channels=stream.channels, shuffle=False,
+                        workers=workers)
+    if test.shape != stream.shape:
+        raise DataError(f"{root}: train images are {stream.shape}, {test_index.split} images {test.shape} "
+                        "(height, width, channels); set data.image_size=H,W to resize both")
+    parts = list(test.epoch())
+    mean, std = channel_stats(sample_x)
+    return Dataset(sample_x, sample_y, np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]),
+                   train_index.class_names, f"{root} (training split streamed)",
+                   index_fingerprint(train_index, test_index), channel_mean=mean, channel_std=std, stream=stream)
+
+
+__all__ = ["FolderIndex", "FolderStream", "decode", "index_fingerprint", "index_folder", "load_streamed_folder",
+           "prefetch_to_device", "sample", "sample_stats"]

@@ -120,3 +120,32 @@ def test_bad_folders_are_one_line(folder, tmp_path):
         FolderStream(index_folder(tmp_path), 6)
     with pytest.raises(ValueError, match="channels must be 1 or 3"):
         FolderStream(index_folder(tmp_path), 2, channels=2)
+
+
+def test_a_streamed_run_trains_resumes_bit_identically_and_refuses_bad_settings(folder, tmp_path, capsys):
+    import json
+    from conftest import interrupted_at_checkpoint, load_script
+    cli = load_script("experiments/cifar.py")
+    base = ["--dataset", "folder", "--data-dir", str(folder), "--model", "convnet", "--width", "8",
+            "--batch-size", "16", "--quiet", "--set", "data.stream=true", "--set", "data.stream_workers=2"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert cli.main([*base, "--epochs", "2", "--out", str(whole)]) == 0
+    with interrupted_at_checkpoint(1):          # killed after epoch 1's checkpoint
+        cli.main([*base, "--epochs", "2", "--out", str(split)])
+    assert cli.main([*base, "--epochs", "2", "--out", str(split), "--resume"]) == 0
+    rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (whole, split)]
+    assert len(rows[0]) == len(rows[1]) == 2
+    for a, b in zip(*rows):
+        assert (a["train_loss"], a["test_accuracy"], a["test_loss"]) == (b["train_loss"], b["test_accuracy"], b["test_loss"])
+    summary = json.loads((whole / "summary.json").read_text())
+    assert summary["train_images"] == 70 and "streamed" in summary["data_source"]
+    saved = json.loads((whole / "config.json").read_text())["config"]["data"]
+    assert saved["stream"] is True and saved["input_shape"] == [12, 12, 1]
+    capsys.readouterr()
+    for extra, message in ((["--train-limit", "32"], "data.stream=true cannot take"),
+                           (["--seeds", "2"], "one seed per run"),
+                           (["--set", "data.dataset=npz"], "reads an image folder")):
+        assert cli.main([*base, *extra, "--epochs", "1", "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "bad").exists()
