@@ -46,10 +46,11 @@ def model_layers(model, input_shape=DEFAULT_INPUT_SHAPE) -> tuple:
 
 
 @functools.lru_cache(maxsize=64)
-def model_graph(model, input_shape: tuple):
-    """The channel graph of ``model`` on ``input_shape`` (cached; shapes only, no arrays)."""
+def model_graph(model, input_shape: tuple, dense_units: bool = False):
+    """The channel graph of ``model`` on ``input_shape`` (cached; shapes only, no arrays);
+    ``dense_units``: dense layers' units tracked as sources too (Han et al.'s dead neurons)."""
     from repr_jax.compress.structure import channel_graph
-    return channel_graph(model, model_variable_shapes(model, input_shape), (1,) + input_shape)
+    return channel_graph(model, model_variable_shapes(model, input_shape), (1,) + input_shape, dense_units)
 
 
 __all__ = ["example_shape", "model_graph", "model_layers", "model_variable_shapes"]

@@ -20,11 +20,11 @@ def test_quick_harness_writes_every_benchmark(tmp_path):
     results = json.loads(out.read_text())
     assert {"cpu", "cores", "device_kind", "jax"} <= set(results["machine"])
     assert set(results["benchmarks"]) == {"metric", "reinit", "train_step", "repr_overhead", "seeds", "seeds_run",
-                                           "export"}
+                                           "export", "streaming"}
     for name, rows in results["benchmarks"].items():
         assert rows, name
         for row in rows:
-            assert "repr_jax" in row["impls"] or name in ("repr_overhead", "seeds", "seeds_run")
+            assert "repr_jax" in row["impls"] or name in ("repr_overhead", "seeds", "seeds_run", "streaming")
             for impl in row["impls"].values():
                 for key in ("median_s", "min_s", "max_s"):
                     assert math.isfinite(impl[key]) and impl[key] > 0, (name, impl)
@@ -43,6 +43,8 @@ def test_quick_harness_writes_every_benchmark(tmp_path):
     assert export["params"].get("equal", True)          # Torch-Pruning, when installed, agrees
     whole = results["benchmarks"]["seeds_run"][0]
     assert whole["seeds"] == 2 and set(whole["impls"]) == {"sequential", "population_loop", "population_vmap"}
+    stream = results["benchmarks"]["streaming"][0]
+    assert set(stream["impls"]) == {"reader", "in_memory", "streamed"} and stream["ratios"]["streamed/in_memory"] > 0
     assert "repr_jax" in md.read_text()
 
 

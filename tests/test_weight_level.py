@@ -144,6 +144,38 @@ def test_han_prunes_every_kernel_and_removes_dead_filters():
     assert record["layers"]["conv0"]["dead_filters"] == 2 and record["quality"] == 0.5
 
 
+def test_han_removes_dead_hidden_units_of_lenet300_exactly():
+    """LeNet-300-100 (dense units as graph sources): fc1 unit 5 with no input connections and
+    fc2 unit 7 with no output connections die; their kernel columns and the rows reading them
+    are cut, and the masked network's logits are those of a numpy MLP without the two units."""
+    model = create_model("lenet300", 10)
+    ctx = MethodContext.for_model(model, input_shape=(8, 8, 1), train_size=64, batch_size=32)
+    method = Han(HanConfig(quality=(0.3,), retrain_epochs=1), ctx)
+    assert [n for _, n in method.units] == ["fc1", "fc2"]
+    state = create_train_state(model, make_optimizer(OptimConfig(optimizer="sgd"), 0.05), 0,
+                               input_shape=(8, 8, 1), method=method)
+    params = replace_path(state.params, ("fc1", "kernel"), lambda k: k.at[:, 5].set(1e-8))
+    params = replace_path(params, ("head", "kernel"), lambda k: k.at[7, :].set(1e-8))
+    state, events = method.before_epoch(state.replace(params=params), 0)
+    masks = {n: np.asarray(get_path(state.masks, (n, "kernel"))) for n in ("fc1", "fc2", "head")}
+    assert not masks["fc1"][:, 5].any() and not masks["fc2"][5, :].any()      # fc1/5: its rows in fc2 cut
+    assert not masks["fc2"][:, 7].any() and not masks["head"][7, :].any()     # fc2/7: its column cut
+    record = method.record(events[0])
+    assert record["layers"]["fc1"]["dead_units"] >= 1 and record["layers"]["fc2"]["dead_units"] >= 1
+    w = {n: np.asarray(get_path(params, (n, "kernel"))) * masks[n] for n in masks}
+    b = {n: np.asarray(get_path(params, (n, "bias"))) for n in masks}
+    x = np.random.default_rng(0).normal(size=(4, 64)).astype(np.float32)
+    keep1 = masks["fc1"].any(axis=0) & masks["fc2"].any(axis=1)
+    keep2 = masks["fc2"].any(axis=0) & masks["head"].any(axis=1)
+    assert not keep1[5] and not keep2[7]
+    h1 = np.maximum(x @ w["fc1"][:, keep1] + b["fc1"][keep1], 0)
+    h2 = np.maximum(h1 @ w["fc2"][keep1][:, keep2] + b["fc2"][keep2], 0)
+    small = h2 @ w["head"][keep2] + b["head"]
+    from repr_jax.masks import apply_masks
+    full = model.apply({"params": apply_masks(params, state.masks)}, x.reshape(4, 8, 8, 1))
+    np.testing.assert_allclose(np.asarray(full), small, rtol=1e-4, atol=1e-4)
+
+
 def test_han_alternate_freezes_the_kind_not_just_pruned():
     method, state = _setup(Han, HanConfig(quality=(0.5, 0.7), retrain_epochs=1, alternate=True))
     state, _ = method.before_epoch(state, 0)          # iteration 0 prunes conv: dense frozen

@@ -41,7 +41,7 @@ try:   # jax >= 0.4.36 moved the jaxpr types here
 except ImportError:   # pragma: no cover
     from jax.core import Literal
 
-from repr_jax.layers import prunable_convs
+from repr_jax.layers import get_path, prunable_convs
 
 FIXED = ("<fixed>", -1)
 Source = tuple[str, int]
@@ -151,8 +151,9 @@ def _broadcast(sources: tuple[frozenset, ...], n: int) -> tuple[frozenset, ...]:
 class _Tracer:
     """Walks a jaxpr, keeping the abstract values and collecting uses and multiply–adds."""
 
-    def __init__(self, conv_names: dict[tuple[str, ...], str]):
+    def __init__(self, conv_names: dict[tuple[str, ...], str], dense_names=None):
         self.conv_names = conv_names          # kernel leaf path (in "params") → conv name
+        self.dense_names = dense_names or {}  # the same for dense layers whose units are tracked
         self.uses: list[Use] = []
         self.costs: list[Cost] = []
 
@@ -292,8 +293,15 @@ def _dot_general(tr: _Tracer, eqn, ins):
         (coll, path), amap = rhs.refs[0]
         tr.uses.append(Use(coll, path, amap[rc[0]], lhs.sources))
         free = math.prod(d for i, d in enumerate(rhs_shape) if i not in rc)
-        tr.costs.append(Cost(math.prod(lhs_shape[1:-1]), _broadcast(lhs.sources, lhs_shape[-1]), _fixed(free)))
-        return [_Act(_fixed(out_shape[-1] if out_shape else 1))]
+        name = tr.dense_names.get(path) if coll == "params" and len(rhs_shape) == 2 else None
+        if name is not None and out_shape:   # a dense layer's units as sources (dense_units=True)
+            out = tuple(frozenset([(name, f)]) for f in range(out_shape[-1]))
+            tr.uses.append(Use(coll, path, amap[1 - rc[0]], out, produced_by=name))
+        else:
+            out = _fixed(out_shape[-1] if out_shape else 1)
+        tr.costs.append(Cost(math.prod(lhs_shape[1:-1]), _broadcast(lhs.sources, lhs_shape[-1]),
+                             out if name is not None else _fixed(free)))
+        return [_Act(out)]
     raise GraphError("channel graph: dot_general is supported only as activation @ parameter")
 
 
@@ -437,13 +445,23 @@ def _leaf_path(key_path) -> tuple[str, ...]:
     return tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
 
 
-def trace_channel_graph(model, variables, input_shape) -> ChannelGraph:
+def trace_channel_graph(model, variables, input_shape, dense_units: bool = False) -> ChannelGraph:
     """The :class:`ChannelGraph` of ``model`` with these ``variables`` (shapes only are used)
     on inputs of ``input_shape`` (a batch of one: ``(1, H, W, C)``), traced now: the
     eval-mode forward pass (``train=False``) at batch size 1, so the multiply–adds are per
-    example. :func:`repr_jax.compress.structure.channel_graph` traces once per structure."""
+    example. :func:`repr_jax.compress.structure.channel_graph` traces once per structure.
+    ``dense_units``: dense layers' output units are sources too (in ``layers``, named by
+    their path, e.g. ``fc1``) — Han et al.'s dead neurons of an MLP; the default keeps them
+    :data:`FIXED`, as the filter-pruning methods and the export expect."""
     layers = prunable_convs(variables["params"])
     conv_names = {layer.path + ("kernel",): layer.name for layer in layers}
+    dense = {}
+    if dense_units:
+        flat = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+        for key_path, leaf in flat:
+            path = _leaf_path(key_path)
+            if path[-1] == "kernel" and np.ndim(leaf) == 2:
+                dense[path] = "/".join(path[:-1])
     x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
     closed = jax.make_jaxpr(lambda v, inp: model.apply(v, inp, train=False))(variables, x)
     flat, _ = jax.tree_util.tree_flatten_with_path((variables, x))
@@ -454,13 +472,15 @@ def trace_channel_graph(model, variables, input_shape) -> ChannelGraph:
             inputs.append(_Act(_fixed(input_shape[-1])))
         else:                          # ("0", collection, *leaf path)
             inputs.append(_Param((((path[1], path[2:]), tuple(range(np.ndim(leaf)))),)))
-    tracer = _Tracer(conv_names)
+    tracer = _Tracer(conv_names, dense)
     tracer.run(closed.jaxpr, inputs)
     params = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(variables["params"]))
     traced = list(dict.fromkeys(u.produced_by for u in tracer.uses if u.produced_by is not None))
     rank = {name: i for i, name in enumerate(traced)}   # the forward pass's order, not the names'
-    ordered = sorted(layers, key=lambda l: rank.get(l.name, len(rank)))
-    return ChannelGraph({l.name: l.num_filters for l in ordered}, tuple(tracer.uses),
+    sizes = {l.name: l.num_filters for l in layers}
+    sizes.update({name: int(np.shape(get_path(variables["params"], path))[1]) for path, name in dense.items()})
+    ordered = sorted(sizes, key=lambda n: rank.get(n, len(rank)))
+    return ChannelGraph({n: sizes[n] for n in ordered}, tuple(tracer.uses),
                         sum(c.factor * len(c.in_sources) * len(c.out_sources) for c in tracer.costs), params,
                         tuple(tracer.costs))
 

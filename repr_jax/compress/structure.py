@@ -34,18 +34,20 @@ def _remember(cache: dict, key, value, size: int):
     return value
 
 
-def channel_graph(model, variables, input_shape) -> ChannelGraph:
+def channel_graph(model, variables, input_shape, dense_units: bool = False) -> ChannelGraph:
     """The channel graph of ``model`` with variables of these shapes on inputs of
     ``input_shape`` (a batch of one: ``(1, H, W, C)``; multiply–adds are per example) —
-    :func:`~repr_jax.compress.graph.trace_channel_graph`, traced once per structure."""
+    :func:`~repr_jax.compress.graph.trace_channel_graph` (``dense_units``: dense layers'
+    units as sources too), traced once per structure."""
     variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
     shapes = jax.tree_util.tree_map(lambda x: (tuple(np.shape(x)), str(getattr(x, "dtype", ""))), variables)
     key = (_module_key(model), jax.tree_util.tree_structure(variables),
-           tuple(jax.tree_util.tree_leaves(shapes)), tuple(input_shape))
+           tuple(jax.tree_util.tree_leaves(shapes)), tuple(input_shape), bool(dense_units))
     hit = _graphs.get(key)
     if hit is not None and (key[0][0] == "linen" or hit[0] is model):
         return hit[1]
-    return _remember(_graphs, key, (model, trace_channel_graph(model, variables, input_shape)), CACHE_SIZE)[1]
+    graph = trace_channel_graph(model, variables, input_shape, dense_units)
+    return _remember(_graphs, key, (model, graph), CACHE_SIZE)[1]
 
 
 def variable_shapes(model, input_shape):

@@ -12,10 +12,11 @@ A prune keeps connection w of a kernel while ``|w| ≥ q · std(W)`` (``std`` of
 kernel as it stands), conv and dense layers alike (``kinds``). With ``alternate`` the
 iterations prune conv and dense kernels in turn and the retraining that follows freezes the
 kind not just pruned (§4: "pruning the FC and CONV layers alternately"; the frozen layers'
-updates are masked, :meth:`Method.update_mask`). ``remove_dead`` (§3.4) then drops filters left
-with no input connections (all their kernel weights pruned) and filters with no output
-connections (every kernel that reads them has pruned all weights on them), and cuts the
-weights that read dropped filters. Regularisation (§3.1): L2 is the optimizer's
+updates are masked, :meth:`Method.update_mask`). ``remove_dead`` (§3.4) then drops filters and
+hidden dense units left with no input connections (all their kernel weights pruned) and those
+with no output connections (every kernel that reads them has pruned all weights on them), and
+cuts the weights that read dropped ones — found along the channel graph traced with dense
+units as sources (a LeNet-300-100's 300 + 100 hidden neurons as a conv's filters). Regularisation (§3.1): L2 is the optimizer's
 ``optim.weight_decay``; ``l1 = λ > 0`` adds ``λ Σ|w|`` over the pruned kernels (set
 ``optim.weight_decay=0`` to train with L1 only — their finding: L1 is better right after
 pruning, L2 after retraining). Han et al.'s dropout rule ``D_r = D_o·sqrt(C_ir/C_io)`` is not
@@ -43,7 +44,7 @@ import numpy as np
 from repr_jax.layers import get_path, replace_path
 from repr_jax.masks import filter_live, live_filters, with_live_filters, with_masks
 from repr_jax.methods.base import Event, Method, MethodConfig, Phase, register
-from repr_jax.methods.structured import model_graph
+from repr_jax.shapes import model_graph as shapes_graph
 from repr_jax.methods.weights import (KINDS, channel_links, cut_dead_inputs, density_record,
                                       magnitude_threshold_mask, model_kernels, output_alive,
                                       write_storage_report)
@@ -102,7 +103,12 @@ class Han(Method):
         config.validate()
         super().__init__(config, context)
         self.paths = model_kernels(context, config.kinds, "han")
-        self.links = channel_links(model_graph(context)) if config.remove_dead else ()
+        # dense layers' units are graph sources here, so dead hidden units (an MLP's) are found too
+        graph = shapes_graph(context.model, tuple(context.input_shape), dense_units=True) if config.remove_dead else None
+        self.links = channel_links(graph) if graph is not None else ()
+        read = {p for _, _, _, pairs, _ in self.links for p, _, _ in pairs}
+        self.units = tuple((path, "/".join(path[:-1])) for path, kind in self.paths
+                           if kind == "dense" and "/".join(path[:-1]) in read)   # hidden dense layers
         self.prune_steps = tuple(e * context.steps_per_epoch for e in config.prune_epochs())
         self._prune_jit = jax.jit(self._prune, static_argnums=(1,))
 
@@ -161,17 +167,23 @@ class Han(Method):
                 get_path(state.params, path), get_path(masks, path), q)
             masks = replace_path(masks, path, lambda _, n=new: n)
         dead = {}
+        dead_units = {}
         if self.config.remove_dead:
             live = {l.name: filter_live(get_path(masks, l.path + ("kernel",))) for l in layers}  # no input
+            units_before = {n: filter_live(get_path(state.masks, p)) for p, n in self.units}
+            live.update({n: filter_live(get_path(masks, p)) for p, n in self.units})
             alive_out = output_alive(masks, self.links, live)                                   # no output
             live = {n: live[n] * alive_out[n] for n in live}
             masks = with_live_filters(masks, layers, live)
+            for path, name in self.units:   # a dead unit's kernel column (its bias no longer reaches anything)
+                masks = replace_path(masks, path, lambda m, v=live[name]: m * v[None, :].astype(m.dtype))
             masks = cut_dead_inputs(masks, self.links, live)
-            dead = {n: jnp.sum((live_before[n] > 0) & (live[n] <= 0)) for n in live}
+            dead = {l.name: jnp.sum((live_before[l.name] > 0) & (live[l.name] <= 0)) for l in layers}
+            dead_units = {n: jnp.sum((units_before[n] > 0) & (live[n] <= 0)) for n in units_before}
         state = with_masks(state, masks)
         return state, {"density_before": before,
                        "density_after": density_record(masks, self.paths), "threshold": thresholds,
-                       "dead_filters": dead}
+                       "dead_filters": dead, "dead_units": dead_units}
 
     def before_epoch(self, state, epoch: int, inputs=None):
         starts = self.config.prune_epochs()
@@ -189,6 +201,8 @@ class Han(Method):
                   for name in sizes}
         for name, n in a["dead_filters"].items():
             layers.setdefault(name, {})["dead_filters"] = n
+        for name, n in a.get("dead_units", {}).items():
+            layers.setdefault(name, {})["dead_units"] = n
         return {"event": event.kind, "epoch": event.epoch, "round": event.round, "method": self.name,
                 "quality": self.config.quality[event.round - 1], "pruned_kind": self.pruned_kind(event.round - 1), "layers": layers}
 
