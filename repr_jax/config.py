@@ -70,9 +70,11 @@ class ModelConfig:
                 "architecture from scratch); convs not named keep their width"})
     hidden: int = dataclasses.field(default=0, metadata={
         "help": "convnet: a fully connected ReLU layer of this many units before the head (0: none)"})
-    dropout: float = dataclasses.field(default=0.0, metadata={"help": "convnet: Dropout rate on the hidden layer"})
+    dropout: float = dataclasses.field(default=0.0, metadata={
+        "help": "convnet: Dropout rate on the hidden layer; lenet300: on both hidden layers"})
     dropconnect: float = dataclasses.field(default=0.0, metadata={
-        "help": "convnet: DropConnect rate (1 - keep probability) on the hidden layer, or on the head without one"})
+        "help": "convnet: DropConnect rate (1 - keep probability) on the hidden layer, or on the head without "
+                "one; lenet300: on both hidden layers"})
     dropconnect_mode: str = dataclasses.field(default="example", metadata={
         "help": "convnet: DropConnect mask per example (the paper's) or per batch"})
     dropconnect_inference: str = dataclasses.field(default="moment", metadata={
@@ -99,6 +101,9 @@ class ModelConfig:
         architectures read the same)."""
         if self.name == "vgg16":
             return {} if self.variant == "paper" else {"variant": self.variant}
+        if self.name == "lenet300":   # Wan et al.'s regularisers on its hidden layers
+            return {k: getattr(self, k) for k in HEAD_OPTIONS if k != "hidden" and getattr(self, k) != HEAD_OPTIONS[k]
+                    and (k != "dropconnect_bias" or self.dropconnect)}
         if self.name != "convnet":
             return {}
         return {k: getattr(self, k) for k in CONVNET_OPTIONS
@@ -239,13 +244,17 @@ class RunConfig:
             (1 <= self.model.depth <= MAX_DEPTH and 1 <= self.model.width <= MAX_WIDTH,
              f"--depth must be in 1..{MAX_DEPTH} and --width in 1..{MAX_WIDTH}, got {self.model.depth} and "
              f"{self.model.width}"),
-            (self.model.name == "convnet" or all(getattr(self.model, k) == v for k, v in HEAD_OPTIONS.items()
-                                                 if k != "dropconnect_bias"),
-             f"model.{'/'.join(HEAD_OPTIONS)} are options of the convnet head, not of {self.model.name}"),
+            (self.model.name in ("convnet", "lenet300") or all(getattr(self.model, k) == v for k, v in
+                                                               HEAD_OPTIONS.items() if k != "dropconnect_bias"),
+             f"model.{'/'.join(HEAD_OPTIONS)} are options of the convnet head (and lenet300's hidden layers), "
+             f"not of {self.model.name}"),
             (0 <= self.model.hidden <= MAX_WIDTH and 0 <= self.model.dropout < 1 and 0 <= self.model.dropconnect < 1,
              f"model.hidden must be in 0..{MAX_WIDTH} and model.dropout, model.dropconnect in [0, 1), got "
              f"{self.model.hidden}, {self.model.dropout}, {self.model.dropconnect}"),
-            (not self.model.dropout or self.model.hidden > 0, "model.dropout needs a hidden layer (model.hidden > 0)"),
+            (not self.model.dropout or self.model.hidden > 0 or self.model.name == "lenet300",
+             "model.dropout needs a hidden layer (model.hidden > 0)"),
+            (self.model.name != "lenet300" or not self.model.hidden,
+             "model.hidden is convnet's (lenet300 has its two hidden layers)"),
             (self.model.dropconnect_mode in ("example", "batch"),
              f"model.dropconnect_mode must be example or batch, got {self.model.dropconnect_mode!r}"),
             (self.model.dropconnect_inference in ("moment", "mean"),

@@ -335,3 +335,22 @@ def test_kd_gradient_does_not_reach_the_teacher():
     d = Distiller(lambda variables, x, train: variables["w"] * t, 4.0, 0.5)
     g = jax.grad(lambda w: kd_term(d, {"w": w}, None, jnp.zeros((4, 10)), 0.0))(jnp.float32(2.0))
     assert float(g) == 0.0
+
+
+def test_lenet300_takes_wan_et_al_regularisers_and_other_models_refuse_them():
+    from repr_jax.config import RunConfig, RunError, apply_overrides
+    plain, dropped = create_model("lenet300", 10), create_model("lenet300", 10, dropout=0.5)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 1)), jnp.float32)
+    v = plain.init(jax.random.key(0), x)
+    np.testing.assert_array_equal(np.asarray(dropped.apply(v, x)), np.asarray(plain.apply(v, x)))   # eval: identity
+    train = [np.asarray(dropped.apply(v, x, train=True, rngs={"dropout": jax.random.key(k)})) for k in (1, 2)]
+    assert not np.allclose(train[0], train[1])
+    dc = create_model("lenet300", 10, dropconnect=0.5)
+    assert jax.tree_util.tree_map(jnp.shape, dc.init({"params": jax.random.key(0)}, x)) == \
+        jax.tree_util.tree_map(jnp.shape, v)                                            # prunable like the plain one
+    config = RunConfig.from_dict(apply_overrides({"out": "x"}, ["model.name=lenet300", "model.dropconnect=0.5"]))
+    assert config.model.options() == {"dropconnect": 0.5, "dropconnect_bias": True}
+    for sets, message in ((["model.name=resnet20", "model.dropout=0.5"], "options of the convnet head"),
+                          (["model.name=lenet300", "model.hidden=64"], "model.hidden is convnet's")):
+        with pytest.raises(RunError, match=message):
+            RunConfig.from_dict(apply_overrides({"out": "x"}, sets)).validate()

@@ -51,10 +51,10 @@ def create_model(name: str, num_classes: int = 10, channels=None, **options):
         if options.get("variant", "paper") not in VGG_VARIANTS:
             raise ValueError(f"unknown vgg16 variant {options['variant']!r}; choose from {', '.join(VGG_VARIANTS)}")
         return VGG(num_classes=num_classes, channels=spec, **options)
+    if name == "lenet300" and set(options) <= set(HEAD_OPTIONS) - {"hidden"}:
+        return LeNet300(num_classes=num_classes, channels=spec, **options)
     if options:
         raise ValueError(f"model {name!r} takes no options, got {', '.join(sorted(options))}")
-    if name == "lenet300":
-        return LeNet300(num_classes=num_classes, channels=spec)
     if name == "lenet5":
         return LeNet5(num_classes=num_classes, channels=spec)
     if name == "mobilenetv2":
