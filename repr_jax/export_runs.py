@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from repr_jax.compress.run_export import export_and_report
 from repr_jax.config import RunError
 from repr_jax.data import DataError
+from repr_jax.models import input_shape_of
 
 
 def _check_batch(config, data_dir, batch: int):
@@ -61,12 +62,20 @@ def export_run(run_dir, out, *, step: str = "latest", data_dir=None, batch: int 
     images, source = _check_batch(config, data_dir, batch)
     return export_and_report(state, arch, method, images, out, {
         "run": str(run_dir), "epoch": int(epoch), "method": config.method.name,
-        "model": config.model.name, "logit_check_batch": source})
+        "model": config.model.name, "logit_check_batch": source}, speed_batch=speed_batch(input_shape_of(arch)))
+
+
+def speed_batch(image_shape) -> int:
+    """The inference-timing batch for images of ``image_shape``: 256 at CIFAR's 32×32, the
+    same pixel count otherwise (64 at 64×64, 5 at 224×224; at least 4)."""
+    h, w = image_shape[:2]
+    return max(4, round(256 * 32 * 32 / (h * w)))
 
 
 def export_session(session, batch: int = 64) -> dict:
     """At the end of a run whose method exports (structured methods): ``<run>/export/`` from
-    the final state, the logit check on the run's first ``batch`` test images."""
+    the final state, the logit check on the run's first ``batch`` test images, inference timed
+    on :func:`speed_batch` images."""
     s = session
     images = s.preprocess(jnp.asarray(s.data.test_x[:batch]))
     out = s.out / "export"
@@ -76,7 +85,8 @@ def export_session(session, batch: int = 64) -> dict:
     arch = json.loads((s.out / "architecture.json").read_text())
     return export_and_report(s.state, arch, s.method, images, out, {
         "run": str(s.out), "epoch": int(s.config.epochs), "method": s.config.method.name,
-        "model": s.config.model.name, "logit_check_batch": f"{min(batch, len(s.data.test_y))} test images"})
+        "model": s.config.model.name, "logit_check_batch": f"{min(batch, len(s.data.test_y))} test images"},
+        speed_batch=speed_batch(s.data.image_shape))
 
 
-__all__ = ["export_run", "export_session"]
+__all__ = ["export_run", "export_session", "speed_batch"]

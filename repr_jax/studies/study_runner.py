@@ -8,7 +8,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-CIFAR = Path(__file__).resolve().parent.parent / "experiments" / "cifar.py"
+CIFAR = Path(__file__).resolve().parents[2] / "experiments" / "cifar.py"
 
 
 def completed_summary(run_dir: Path) -> dict | None:
