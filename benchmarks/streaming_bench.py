@@ -41,7 +41,8 @@ def source_images(npz: str | None, count: int, seed: int = 0):
     ``experiments/derive_datasets.py``'s CIFAR-10 at 64×64) or synthetic ones."""
     if npz:
         with np.load(npz, allow_pickle=False) as f:
-            return np.asarray(f["x_train"][:count]), np.asarray(f["y_train"][:count]), f"{Path(npz).name} (first {count})"
+            x, y = np.asarray(f["x_train"][:count]), np.asarray(f["y_train"][:count])
+            return x, y, f"{Path(npz).name} (first {count})"
     from repr_jax.data import synthetic_cifar
     data = synthetic_cifar(count, 10, seed=seed, image_shape=(64, 64, 3))
     return data.train_x, data.train_y, f"synthetic ({count})"

@@ -286,7 +286,8 @@ class RunConfig:
              "data.stream=true cannot take --val-split, data.holdout or --train-limit (they slice the training "
              "split in memory)"),
             (not self.data.stream or self.seeds == 1, "data.stream=true trains one seed per run (--seeds 1)"),
-            (0 <= self.data.stream_workers <= 256, f"data.stream_workers must be in 0..256, got {self.data.stream_workers}"),
+            (0 <= self.data.stream_workers <= 256,
+             f"data.stream_workers must be in 0..256, got {self.data.stream_workers}"),
             (math.isfinite(self.optim.learning_rate) and self.optim.learning_rate > 0,
              f"--lr must be finite and > 0, got {self.optim.learning_rate}"),
             (math.isfinite(self.optim.momentum) and 0 <= self.optim.momentum < 1,

@@ -38,8 +38,9 @@ class ConvLayer:
 
 def prunable_convs(params: Mapping[str, Any], batch_dims: int = 0) -> tuple[ConvLayer, ...]:
     """Every conv in the order of the params' names (Flax sorts them: ``conv10`` before
-    ``conv2``), without BatchNorm; :func:`coupled_layers` gives the forward pass's order. ``batch_dims``: leading axes every leaf carries (1 for a
-    population of seeds stacked on axis 0); shapes exclude them."""
+    ``conv2``), without BatchNorm; :func:`coupled_layers` gives the forward pass's order.
+    ``batch_dims``: leading axes every leaf carries (1 for a population of seeds stacked on
+    axis 0); shapes exclude them."""
     found: list[ConvLayer] = []
 
     def walk(node, path):

@@ -37,15 +37,16 @@ retraining schedule is the run's (``StructuredConfig``), not their 40 epochs at 
 
 For ResNets only the first conv of each block is pruned (derived from the channel graph,
 :mod:`.structured`) — their rule. ``prune_groups=true`` also prunes every coupled group the
-export can shrink (:func:`.structured.coupled_groups`: a residual stream with projection, not zero-padded,
-shortcuts — ImageNet-style ResNets, MobileNetV2 — and a depthwise conv with the conv feeding
-it) Torch-Pruning's way (Fang et al. 2023): channel c goes from every member at once, scored
-by the sum of the members' L1 norms (unnormalised: a larger kernel weighs more), keeping
-⌊C(1 − p)⌋ with p the members' common ratio. Groups are decided before the other layers, on
-every input channel (so ``greedy`` applies to the layers outside the groups). This is an
-extension, not the paper's (its ResNet-34-pruned-C pruned the blocks' second layers with the
-projection shortcut's selection for the second layers, §3.4). ``rounds > 1`` prunes the ratio in equal steps with retraining between
-them (iterative prune–retrain, §3.5); ``rounds = 1`` is their one-shot prune then retrain.
+export can shrink (:func:`.structured.coupled_groups`: a residual stream with projection, not
+zero-padded, shortcuts — ImageNet-style ResNets, MobileNetV2 — and a depthwise conv with the
+conv feeding it) Torch-Pruning's way (Fang et al. 2023): channel c goes from every member at
+once, scored by the sum of the members' L1 norms (unnormalised: a larger kernel weighs more),
+keeping ⌊C(1 − p)⌋ with p the members' common ratio. Groups are decided before the other
+layers, on every input channel (so ``greedy`` applies to the layers outside the groups). This
+is an extension, not the paper's: its ResNet-34-pruned-C pruned the blocks' second layers
+with the selection of the projection shortcut (§3.4). ``rounds > 1`` prunes the ratio in
+equal steps with retraining between them (iterative prune–retrain, §3.5); ``rounds = 1`` is
+their one-shot prune then retrain.
 Sensitivity analysis (§3.2, Fig. 2b) is :mod:`repr_jax.studies.sensitivity`.
 """
 from __future__ import annotations
@@ -57,9 +58,9 @@ import jax.numpy as jnp
 from repr_jax.layers import get_path
 from repr_jax.masks import live_filters
 from repr_jax.methods.base import register
-from repr_jax.methods.structured import (StructuredConfig, StructuredMethod, check_fraction, input_live,
-                                         input_sources, keep_counts, keep_highest, match_layers,
-                                         parse_ratios, coupled_groups)
+from repr_jax.methods.structured import (StructuredConfig, StructuredMethod, check_fraction, coupled_groups,
+                                         input_live, input_sources, keep_counts, keep_highest, match_layers,
+                                         parse_ratios)
 
 STRATEGIES = ("independent", "greedy")
 
@@ -128,7 +129,8 @@ class LiL1Config(StructuredConfig):
         "help": f"the paper's setting: {', '.join(PRESETS)} (overrides fraction/ratios/skip)"})
     strategy: str = dataclasses.field(default="independent", metadata={"help": "independent or greedy (§3.3)"})
     prune_groups: bool = dataclasses.field(default=False, metadata={
-        "help": "also prune coupled groups (a residual stream's writers, a depthwise conv and its input conv) as one, by summed L1"})
+        "help": "also prune coupled groups (a residual stream's writers, a depthwise conv and its input conv) "
+                "as one, by summed L1"})
 
     def validate(self, run=None) -> None:
         super().validate(run)

@@ -16,8 +16,8 @@ updates are masked, :meth:`Method.update_mask`). ``remove_dead`` (§3.4) then dr
 hidden dense units left with no input connections (all their kernel weights pruned) and those
 with no output connections (every kernel that reads them has pruned all weights on them), and
 cuts the weights that read dropped ones — found along the channel graph traced with dense
-units as sources (a LeNet-300-100's 300 + 100 hidden neurons as a conv's filters). Regularisation (§3.1): L2 is the optimizer's
-``optim.weight_decay``; ``l1 = λ > 0`` adds ``λ Σ|w|`` over the pruned kernels (set
+units as sources (a LeNet-300-100's 300 + 100 hidden neurons as a conv's filters).
+Regularisation (§3.1): L2 is the optimizer's ``optim.weight_decay``; ``l1 = λ > 0`` adds ``λ Σ|w|`` over the pruned kernels (set
 ``optim.weight_decay=0`` to train with L1 only — their finding: L1 is better right after
 pruning, L2 after retraining). Han et al.'s dropout rule ``D_r = D_o·sqrt(C_ir/C_io)`` is not
 applied: none of this package's models has dropout.

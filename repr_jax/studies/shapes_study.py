@@ -130,12 +130,14 @@ def _han(out: Path, model: str, seeds) -> dict | None:
         for line in (run / "pruning.jsonl").read_text().splitlines():
             for name, v in json.loads(line)["layers"].items():
                 if "dead_units" in v or "dead_filters" in v:
-                    dead.setdefault(name, [0] * len(runs))[runs.index(run)] += v.get("dead_units", v.get("dead_filters", 0))
+                    count = v.get("dead_units", v.get("dead_filters", 0))
+                    dead.setdefault(name, [0] * len(runs))[runs.index(run)] += count
     base = [r for s in seeds if (r := completed_summary(out / f"han-{model}-base-seed{s}"))]
     return {"kept": {n: _stats(v) for n, v in layers.items()},
             "compression": _stats([t["param_ratio"] for t in totals]),
             "byte_ratio": _stats([t["byte_ratio"] for t in totals]),
-            "csr_bytes": _stats([t["csr_bytes"] for t in totals]), "dense_bytes": _stats([t["dense_bytes"] for t in totals]),
+            "csr_bytes": _stats([t["csr_bytes"] for t in totals]),
+            "dense_bytes": _stats([t["dense_bytes"] for t in totals]),
             "dead": {n: _stats(v) for n, v in dead.items()},
             "base": _accuracy(base), "pruned": _accuracy([completed_summary(r) for r in runs])}
 
@@ -179,7 +181,8 @@ def markdown(report: dict, header: str) -> str:
                   "", "| layer | weights kept (%) | Han et al. Table 1 (MNIST) | dead filters / units removed |",
                   "| --- | --- | --- | --- |"]
         for name, kept in h["kept"].items():
-            lines.append(f"| {name} | {_pm(kept, '', 1)} | {paper.get(name, '–')} | {_pm(h['dead'].get(name), '', 1)} |")
+            dead = _pm(h["dead"].get(name), "", 1)
+            lines.append(f"| {name} | {_pm(kept, '', 1)} | {paper.get(name, '–')} | {dead} |")
         lines += ["", f"Compression (weights): {_pm(h['compression'], '×')} vs the paper's {ratio}×; CSR "
                   f"{_pm(h['csr_bytes'], ' bytes', 0)} vs {_pm(h['dense_bytes'], ' bytes', 0)} dense "
                   f"({_pm(h['byte_ratio'], '×')})."]
