@@ -15,7 +15,7 @@ def test_shapes_study_arguments_are_valid_runs(tmp_path):
     scale = SCALES["cpu"]
     data = {"gray28": "G.npz", "rgb64": "R.npz", "digits": "D.npz"}
     first, second = stages(scale, tmp_path, data)
-    assert len(first) == 2 * (3 + 2 + 4 + 3) and len(second) == 2 * 2
+    assert len(first) == 2 * (3 + 2 + 4) + 2 and len(second) == 2 * 2
     parser = build_parser("")
     configs = {c.out.split("/")[-1]: c for c in (config_from_args(parser.parse_args(b())) for b in first + second)}
     for c in configs.values():
@@ -26,5 +26,6 @@ def test_shapes_study_arguments_are_valid_runs(tmp_path):
     assert configs["drop-digits-none-seed0"].data.flip is False
     groups = configs["mobilenetv2-li-l1-groups-seed0"]
     assert groups.method.prune_groups and groups.data.dir == "R.npz" and groups.data.train_limit == 128
+    assert "mobilenetv2-slimming-seed1" not in configs and "resnet18-slimming-seed1" in configs
     empty = {"seeds": [0], "han": {}, "drop": {}, "structured": {}, "structured_data": {}, "anchors": ["a"]}
     assert markdown(empty, "# t").startswith("# t")
