@@ -168,7 +168,8 @@ def collect(out: Path, scale: Scale) -> dict:
             if exports:
                 entry.update({k: _stats([e[k] for e in exports]) for k in ("params_before", "params_after",
                                                                             "flops_before", "flops_after")})
-                entry["speedup"] = _stats([e.get("speedup") for e in exports])
+                entry["speedup"] = _stats([e.get("inference_speedup") for e in exports])
+                entry["logit_difference"] = max(e["max_abs_logit_difference"] for e in exports)
             structured.setdefault(model, []).append(entry)
     return {"seeds": list(seeds), "han": {m: _han(out, m, seeds) for m in HAN_TABLE_1}, "drop": drop,
             "structured": structured, "structured_data": {m: dict(zip(("train", "test", "epochs"), v))
@@ -200,16 +201,16 @@ def markdown(report: dict, header: str) -> str:
         d = report["structured_data"][model]
         lines += ["", f"## {model} on rgb64 (CIFAR-10 at 64×64; {d['train']} training / {d['test']} test images, "
                   f"{d['epochs']} epochs: a CPU-scale slice)", "",
-                  "| row | final accuracy | parameters | FLOPs (multiply–adds) | measured speed-up |",
-                  "| --- | --- | --- | --- | --- |"]
+                  "| row | final accuracy | parameters | FLOPs (multiply–adds) | measured speed-up | max \\|Δ logit\\| |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for r in rows:
             if "params_after" in r:
                 size = (f"{r['params_before']['mean'] / 1e6:.2f} M → {r['params_after']['mean'] / 1e6:.2f} M",
                         f"{r['flops_before']['mean'] / 1e6:.0f} M → {r['flops_after']['mean'] / 1e6:.0f} M",
-                        _pm(r["speedup"], "×"))
+                        _pm(r["speedup"], "×"), f"{r['logit_difference']:.1e}")
             else:
-                size = ("unpruned", "unpruned", "–")
-            lines.append(f"| {r['row']} | {_pm(r['final'])} | {size[0]} | {size[1]} | {size[2]} |")
+                size = ("unpruned", "unpruned", "–", "–")
+            lines.append(f"| {r['row']} | {_pm(r['final'])} | {' | '.join(size)} |")
     lines += ["", "Anchors (the papers' full-length runs):", ""] + [f"- {a}" for a in report["anchors"]]
     return "\n".join(lines) + "\n"
 
