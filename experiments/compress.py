@@ -20,7 +20,7 @@ from pathlib import Path
 
 from repr_jax.cli import DefaultsHelpFormatter, fail
 from repr_jax.studies.compress_study import SCALES, collect, markdown, stages
-from repr_jax.studies.study_runner import code_version, report_header, run_stages
+from repr_jax.studies.study_runner import add_study_arguments, code_version, report_header, run_stages
 from repr_jax.versions import machine
 
 
@@ -31,11 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu: ResNet-20, 10k training / 2k test images, E=3 + F=2 epochs, seeds 0 1; "
                         "gpu-resnet56 / gpu-vgg16: full CIFAR-10, E=160 + F=40, the papers' settings")
     p.add_argument("--data-dir", default=None, help="local CIFAR-10 copy (directory or .tar.gz)")
-    p.add_argument("--out", default=None, help="study directory (default: runs/compress-<scale>)")
     p.add_argument("--methods", nargs="+", default=None, help="only these methods")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="override the scale's seeds")
-    p.add_argument("--jobs", type=int, default=1, help="processes in parallel")
-    p.add_argument("--report-only", action="store_true", help="only rebuild the report")
+    add_study_arguments(p, "compress")
     return p
 
 

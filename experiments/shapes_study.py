@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 
 from repr_jax.cli import DefaultsHelpFormatter, fail
 from repr_jax.studies.shapes_study import SCALES, collect, markdown, stages
-from repr_jax.studies.study_runner import code_version, report_header, run_stages
-from repr_jax.versions import machine
+from repr_jax.studies.study_runner import add_study_arguments, run_stages, write_report
 
 FILES = {"gray28": "cifar10-gray28.npz", "rgb64": "cifar10-64.npz", "digits": "digits.npz"}
 
@@ -32,10 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu: seeds 0 1, few epochs, 64x64 models on a slice; gpu: seeds 0 1 2, full length")
     p.add_argument("--derived", default=".data/derived",
                    help="folder of experiments/derive_datasets.py's outputs (" + ", ".join(FILES.values()) + ")")
-    p.add_argument("--out", default=None, help="study directory (default: runs/shapes-<scale>)")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="override the scale's seeds")
-    p.add_argument("--jobs", type=int, default=1, help="processes in parallel")
-    p.add_argument("--report-only", action="store_true", help="only rebuild the report")
+    add_study_arguments(p, "shapes")
     return p
 
 
@@ -55,14 +50,8 @@ def main(argv=None) -> int:
     started = time.time()
     if not args.report_only:
         run_stages(stages(scale, out, data), args.jobs, out / "runs.log")
-    report = collect(out, scale)
-    m = machine()
-    report.update(scale=args.scale, machine=m, code_version=code_version(), study_minutes=(time.time() - started) / 60)
-    (out / "shapes.json").write_text(json.dumps(report, indent=2) + "\n")
-    header = report_header(f"Any data, any model — real data of other shapes, scale {args.scale}", m,
-                           report["code_version"], "Rows and settings: `repr_jax/studies/shapes_study.py`.")
-    (out / "shapes.md").write_text(markdown(report, header))
-    print((out / "shapes.md").read_text())
+    write_report(out, "shapes", collect(out, scale), args.scale, started,
+                 "Any data, any model — real data of other shapes", "repr_jax/studies/shapes_study.py", markdown)
     return 0
 
 

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 
 from repr_jax.cli import DefaultsHelpFormatter, fail
-from repr_jax.studies.study_runner import code_version, report_header, run_stages
-from repr_jax.versions import machine
+from repr_jax.studies.study_runner import add_study_arguments, run_stages, write_report
 from repr_jax.studies.weight_study import SCALES, collect, markdown, stages
 
 
@@ -31,10 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu: 10k training / 2k test images, a few epochs, seeds 0 1; gpu: full CIFAR-10, "
                         "full-length schedules, seeds 0 1 2")
     p.add_argument("--data-dir", default=None, help="local CIFAR-10 copy (directory or .tar.gz)")
-    p.add_argument("--out", default=None, help="study directory (default: runs/weight-level-<scale>)")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="override the scale's seeds")
-    p.add_argument("--jobs", type=int, default=1, help="processes in parallel")
-    p.add_argument("--report-only", action="store_true", help="only rebuild the report")
+    add_study_arguments(p, "weight-level")
     return p
 
 
@@ -50,15 +45,8 @@ def main(argv=None) -> int:
     started = time.time()
     if not args.report_only:
         run_stages(stages(scale, out, args.data_dir), args.jobs, out / "runs.log")
-    report = collect(out, scale)
-    m = machine()
-    report.update(scale=args.scale, machine=m, code_version=code_version(),
-                  study_minutes=(time.time() - started) / 60)
-    (out / "weight_level.json").write_text(json.dumps(report, indent=2) + "\n")
-    header = report_header(f"Weight-level methods — CIFAR-10 (JPEG copy), scale {args.scale}", m,
-                           report["code_version"], "Rows and settings: `repr_jax/studies/weight_study.py`.")
-    (out / "weight_level.md").write_text(markdown(report, header))
-    print((out / "weight_level.md").read_text())
+    write_report(out, "weight_level", collect(out, scale), args.scale, started,
+                 "Weight-level methods — CIFAR-10 (JPEG copy)", "repr_jax/studies/weight_study.py", markdown)
     return 0
 
 

@@ -65,4 +65,27 @@ def report_header(title: str, machine: dict, commit: str, extra: str = "") -> st
             f"on {machine['jax_backend']}; code {commit}.{' ' + extra if extra else ''}")
 
 
-__all__ = ["CIFAR", "code_version", "completed", "completed_summary", "report_header", "run_cli", "run_stages"]
+def add_study_arguments(parser, name: str) -> None:
+    """The options every study driver shares: ``--out`` (default ``runs/<name>-<scale>``),
+    ``--seeds``, ``--jobs``, ``--report-only``."""
+    parser.add_argument("--out", default=None, help=f"study directory (default: runs/{name}-<scale>)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="override the scale's seeds")
+    parser.add_argument("--jobs", type=int, default=1, help="processes in parallel")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the report")
+
+
+def write_report(out: Path, stem: str, report: dict, scale: str, started: float, title: str, rows: str,
+                 markdown) -> None:
+    """``out/<stem>.json`` (``report`` with the scale, machine, code version and study minutes)
+    and ``out/<stem>.md`` (``markdown(report, header)``, printed too)."""
+    import time
+    from repr_jax.versions import machine
+    m = machine()
+    report.update(scale=scale, machine=m, code_version=code_version(), study_minutes=(time.time() - started) / 60)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    header = report_header(f"{title}, scale {scale}", m, report["code_version"], f"Rows and settings: `{rows}`.")
+    (out / f"{stem}.md").write_text(markdown(report, header))
+    print((out / f"{stem}.md").read_text())
+
+
+__all__ = ["CIFAR", "add_study_arguments", "write_report", "code_version", "completed", "completed_summary", "report_header", "run_cli", "run_stages"]
