@@ -28,9 +28,11 @@ CIFAR = Path(__file__).resolve().parent / "cifar.py"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--scale", choices=("cpu", "gpu"), default="cpu",
+    p.add_argument("--scale", choices=("cpu", "gpu", "regime"), default="cpu",
                    help="gpu: every row of the reproduction issue at the protocols' full length; "
-                        "cpu: 10k training images, official protocol shortened to 12 epochs, 5 rows × 3 seeds")
+                        "cpu: 10k training images, official protocol shortened to 12 epochs, 5 rows × 3 seeds; "
+                        "regime: all of CIFAR-10 under --protocol reimpl (Standard, RePr with outgoing weights "
+                        "kept / zeroed), the calibration of the paper preset's model, the calibrated paper regime")
     p.add_argument("--data-dir", default=None, help="local CIFAR-10 copy (directory or .tar.gz)")
     p.add_argument("--out", default=None, help="study directory (default: runs/protocol-study-<scale>)")
     p.add_argument("--rows", nargs="+", default=None, metavar="GROUP-ROW",

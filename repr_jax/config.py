@@ -125,7 +125,8 @@ class DataConfig:
                 "the source's size, which must then be one size)"})
     normalization: str = dataclasses.field(default="auto", metadata={
         "help": "per-channel standardisation: auto (CIFAR's published mean/std for cifar10/cifar100, the "
-                "training split's otherwise), train (the training split's), none (x / 255 only)"})
+                "training split's otherwise), train (the training split's), none (x / 255 only), pytorch-cifar "
+                "(CIFAR's mean, std 0.2023/0.1994/0.2010: kuangliu/pytorch-cifar, siahuat0727/RePr)"})
     crop_pad: int = dataclasses.field(default=-1, metadata={
         "help": "zero padding of the random crop in pixels; -1: round(min(H, W) / 8), 4 on 32x32 (default -1)"})
     flip: bool = dataclasses.field(default=True, metadata={

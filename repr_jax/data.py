@@ -49,7 +49,7 @@ from repr_jax.data_formats import (ARCHIVES, CIFAR10_CLASSES, NUM_CLASSES, DataE
 from repr_jax.data_sources import check_arrays, read_npz, read_tfds, resize_all
 
 DATASETS = ("cifar10", "cifar100", "folder", "npz")   # and tfds:NAME
-NORMALIZATIONS = ("auto", "train", "none")            # data.normalization (repr_jax.run_state.preprocessing)
+NORMALIZATIONS = ("auto", "train", "none", "pytorch-cifar")            # data.normalization (repr_jax.run_state.preprocessing)
 
 _CACHE_VERSION = 3   # 2: archives read to the end, labels and counts checked; 3: keyed by content
 

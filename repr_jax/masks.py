@@ -58,12 +58,17 @@ def _set_filters(old, live):
     return jnp.where(live > 0, jnp.where(was_live, old, 1.0), 0.0).astype(old.dtype)
 
 
-def with_live_filters(masks, layers: tuple[ConvLayer, ...], live: dict[str, jax.Array]):
-    """Write per-layer ``(F,)`` live filters onto kernel, bias and BatchNorm scale/bias masks."""
+def with_live_filters(masks, layers: tuple[ConvLayer, ...], live: dict[str, jax.Array],
+                      kernel_only: bool = False):
+    """Write per-layer ``(F,)`` live filters onto kernel, bias and BatchNorm scale/bias masks
+    (onto the kernel masks alone with ``kernel_only``: a dropped filter's bias and BatchNorm
+    parameters then keep training, as in the PyTorch reimplementation siahuat0727/RePr)."""
     for layer in layers:
         if layer.name in live:
             value = jnp.asarray(live[layer.name], jnp.float32)
             for _, path in channel_leaves(layer):
+                if kernel_only and path != layer.path + ("kernel",):
+                    continue
                 masks = replace_path(masks, path, lambda old, v=value: _set_filters(old, v))
     return masks
 
@@ -134,9 +139,10 @@ def with_masks(state, masks):
                          opt_state=scale_moments(state.tx, state.opt_state, masks))
 
 
-def drop_filters(state, layers: tuple[ConvLayer, ...], live: dict[str, jax.Array]):
-    """Install new per-layer live filters: zero the dropped parameters and their optimizer moments."""
-    return with_masks(state, with_live_filters(state.masks, layers, live))
+def drop_filters(state, layers: tuple[ConvLayer, ...], live: dict[str, jax.Array], kernel_only: bool = False):
+    """Install new per-layer live filters: zero the dropped parameters (kernels alone with
+    ``kernel_only``, see :func:`with_live_filters`) and their optimizer moments."""
+    return with_masks(state, with_live_filters(state.masks, layers, live, kernel_only))
 
 
 def revive_filters(state, layers: tuple[ConvLayer, ...], revived: dict[str, jax.Array],

@@ -18,6 +18,10 @@ import numpy as np
 # entry point can set XLA flags (see repr_jax._xla_flags).
 CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
+# The standardisation of kuangliu/pytorch-cifar, copied by many PyTorch CIFAR codes (the RePr
+# reimplementation siahuat0727/RePr among them): the same mean, a std (0.2023, 0.1994, 0.2010)
+# that is not CIFAR-10's per-pixel std (above) — data.normalization=pytorch-cifar.
+PYTORCH_CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
 def normalize(images: jax.Array) -> jax.Array:

@@ -3,12 +3,17 @@
 ``--protocol paper`` follows the paper (Prakash et al. 2019) and the first author's thesis
 (iamaaditya/Thesis, ``chapters/repr.tex``); ``--protocol official`` follows the official
 code (iamaaditya/repr-ortho at its stored snapshot: ``train.py``, ``model.py``,
-``ranking.py``, ``ortho.py``). Each entry is ``(setting key, value, source)``; the source
-says where the value comes from, or that the paper is silent and which value we chose.
+``ranking.py``, ``ortho.py``); ``--protocol reimpl`` follows the public PyTorch
+reimplementation that reports a gain, siahuat0727/RePr at 88a976f (2019-05-21: ``main.py``,
+``models/vanilla.py``, ``utils.py``, and its README's run "without data augmentation,
+learning rate = 0.003": Standard 64.86 → RePr 69.05 %, best epoch). Each entry is
+``(setting key, value, source)``; the source says where the value comes from, or that the
+code is silent and which value we chose.
 
 A preset is applied before ``--method``, the named flags and ``--set``, so anything can be
-changed on top of it; RePr's entries apply only when the method is ``repr``. The name is
-recorded as ``protocol`` in ``config.json`` (with every resulting setting).
+changed on top of it; RePr's entries (``repr.*``, and ``repr:KEY`` — a run setting that
+differs for RePr runs, e.g. ``repr:epochs``) apply only when the method is ``repr``. The
+name is recorded as ``protocol`` in ``config.json`` (with every resulting setting).
 """
 from __future__ import annotations
 
@@ -84,6 +89,45 @@ PROTOCOLS: dict[str, tuple[tuple[str, object, str], ...]] = {
         ("repr.rounding", "floor", "ranking.py: int(len(sorted_vars) * p / 100)"),
         ("repr.outgoing_scale", 1.0, "train.py: outgoing weights untouched"),
     ),
+    "reimpl": (
+        ("model.name", "convnet", "main.py: model = Vanilla()"),
+        ("model.depth", 3, "models/vanilla.py: conv1, conv2, conv3"),
+        ("model.width", 32, "models/vanilla.py: nn.Conv2d(…, 32, kernel_size=3, padding=1)"),
+        ("model.variant", "vanilla", "models/vanilla.py (since 800f8e1, 2019-03-16): 3×3 convs with bias, "
+                                     "no pooling, fc1 32·32·32 → 10; PyTorch's default init U(±1/√fan_in)"),
+        ("model.batch_norm", False, "models/vanilla.py: no BatchNorm"),
+        ("data.holdout", 0, "main.py: CIFAR10(train=True), all 50,000 training images"),
+        ("data.augment", False, "README: 'Without data augmentation' (main.py's RandomCrop/Flip removed)"),
+        ("data.normalization", "pytorch-cifar", "main.py: Normalize((0.4914, 0.4822, 0.4465), "
+                                                "(0.2023, 0.1994, 0.2010))"),
+        ("optim.optimizer", "sgd", "main.py: torch.optim.SGD(model.parameters(), args.lr)"),
+        ("optim.learning_rate", 0.003, "README: 'learning rate = 0.003' (the run without augmentation)"),
+        ("optim.momentum", 0.0, "main.py: SGD without momentum"),
+        ("optim.nesterov", False, "main.py: plain SGD"),
+        ("optim.weight_decay", 0.0, "main.py: no weight decay"),
+        ("optim.schedule", "constant", "main.py: no scheduler"),
+        ("optim.warmup_epochs", 0, "main.py: none"),
+        ("batch_size", 128, "main.py: DataLoader(trainset, batch_size=128, shuffle=True) — its last partial "
+                            "batch of 80 is trained on, ours is dropped"),
+        ("epochs", 100, "README: Standard `python main.py` (--epochs 100)"),
+        ("repr:epochs", 110, "README: `python main.py --repr --S1 20 --S2 10 --epoch 110`"),
+        ("repr.s1", 20, "README: --S1 20"),
+        ("repr.s2", 10, "README: --S2 10"),
+        ("repr.iterations", 3, "main.py: drops at epochs range(S1, 110, S1+S2) = 20, 50, 80"),
+        ("repr.drop_fraction", 0.3, "main.py: --prune_ratio 0.3"),
+        ("repr.per_layer", False, "main.py: one np.percentile threshold over all the network's filters"),
+        ("repr.exclude_first", False, "main.py: every conv weight is ranked"),
+        ("repr.min_keep", 0, "main.py: no per-layer floor"),
+        ("repr.criterion", "ortho", "main.py: P = |normalize(W) normalize(W)ᵀ − I|, P.sum(dim=1) / F — Eq. 3"),
+        ("repr.rounding", "nearest", "main.py: filters above the 70th percentile (linear): 29 of 96, "
+                                     "= floor(0.3·96 + 0.5)"),
+        ("repr.drop_mode", "kernel", "main.py: W[mask] = 0 and W.grad[mask] = 0 in S2; biases keep training"),
+        ("repr.reinit", "reimpl", "main.py: null space of [dropped; W] (utils.qr_null), rows clamped to "
+                                  "±1/√fan_in, U(±1/√fan_in) when it runs out; bias kept"),
+        ("repr.outgoing", "keep", "main.py without --zero_init: W[:, mask].uniform_() acts on an "
+                                  "advanced-indexing copy, so the next layer's weights are kept"),
+        ("repr.criterion_batches", 4, "not used: ortho needs no data"),
+    ),
 }
 
 
@@ -94,8 +138,9 @@ def protocol_overrides(name: str, method: str) -> list[str]:
         raise ValueError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}")
     out = []
     for key, value, _ in PROTOCOLS[name]:
-        if key.startswith("repr.") and method != "repr":
+        if key.startswith(("repr.", "repr:")) and method != "repr":
             continue
+        key = key.removeprefix("repr:")
         out.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
     return out
 
@@ -103,7 +148,8 @@ def protocol_overrides(name: str, method: str) -> list[str]:
 def protocol_table(name: str) -> str:
     """Markdown table (setting, value, source) of a protocol, for the README."""
     rows = ["| setting | value | source |", "| --- | --- | --- |"]
-    rows += [f"| `{k}` | `{v}` | {src} |" for k, v, src in PROTOCOLS[name]]
+    rows += [f"| `{k.removeprefix('repr:')}`{' (RePr runs)' if k.startswith('repr:') else ''} | `{v}` | {src} |"
+             for k, v, src in PROTOCOLS[name]]
     return "\n".join(rows)
 
 

@@ -24,6 +24,15 @@ O_f among the rows of C — are kept as constraints, so the new filters are stil
 to the rows that crowd the space most and mutually orthogonal. If n_drop > D, the first D
 new filters are orthonormal and the rest are normalised random vectors. The rule
 is deterministic given the key; outputs are always finite.
+
+``style="reimpl"`` follows the public PyTorch reimplementation siahuat0727/RePr
+(``main.py: reinitialize``, ``utils.py: qr_null``) instead: every row of C is a constraint
+(no budget), each new filter is a *unit* null-space vector with every weight clamped to
+±1/√D (PyTorch's default conv bound), and where the null space runs out — the first conv's
+27 weights under 32 filters, always — the remaining dropped filters (in index order) are
+drawn U(±1/√D). One deviation: the reimplementation takes the trailing columns of scipy's
+pivoted full QR as its null-space basis, we take random orthonormal vectors of the same
+null space (a basis of it is arbitrary either way).
 """
 from __future__ import annotations
 
@@ -37,6 +46,7 @@ from repr_jax.layers import ConvLayer, replace_path, shape_groups, stack_leaves
 from repr_jax.ortho import filter_rows, normalize_rows
 
 _TINY = 1e-12
+STYLES = ("paper", "reimpl")
 
 
 def _mean_norm(rows, weights):
@@ -107,7 +117,7 @@ def _orthonormalize(vectors, use, basis=None, tol: float = 1e-5, block: int = 64
 
 
 def orthogonal_reinit(key: jax.Array, kernel: jax.Array, keep: jax.Array,
-                      saved_kernel: jax.Array) -> jax.Array:
+                      saved_kernel: jax.Array, style: str = "paper") -> jax.Array:
     """Kernel with each ``keep == False`` filter replaced by a new null-space filter.
 
     Args:
@@ -116,9 +126,13 @@ def orthogonal_reinit(key: jax.Array, kernel: jax.Array, keep: jax.Array,
       keep: ``(F,)`` bool/0-1, True for filters kept unchanged.
       saved_kernel: the kernel when the filters were dropped; its dropped rows are
         constraints too, so no filter comes back as (a multiple of) its old self.
+      style: ``paper`` (scaled to the kept filters' mean norm, budgeted fallback) or
+        ``reimpl`` (unit vectors clamped to ±1/√D, uniform fallback): module docstring.
 
     Returns the new kernel, same shape and dtype; kept filters are bit-identical.
     """
+    if style not in STYLES:
+        raise ValueError(f"unknown re-initialisation style {style!r}; choose from {', '.join(STYLES)}")
     chex.assert_equal_shape([kernel, saved_kernel])
     chex.assert_shape(keep, (kernel.shape[-1],))
     f, d = kernel.shape[-1], kernel.size // kernel.shape[-1]
@@ -130,7 +144,7 @@ def orthogonal_reinit(key: jax.Array, kernel: jax.Array, keep: jax.Array,
     constraints = jnp.where(keep[:, None], w, s)                         # (F, D)
 
     # Constraint budget: all F rows if there is room, else the most-overlapping D − n_drop.
-    budget = jnp.clip(d - n_drop, 0, f)
+    budget = jnp.clip(d - n_drop, 0, f) if style == "paper" else f
     c_hat = normalize_rows(constraints)
     overlap = jnp.sum(jnp.abs(c_hat @ c_hat.T - jnp.eye(f)), axis=-1)
     by_overlap = jnp.argsort(-overlap, stable=True)
@@ -140,33 +154,38 @@ def orthogonal_reinit(key: jax.Array, kernel: jax.Array, keep: jax.Array,
     # One random vector per dropped filter, orthonormalised against span(C) and each other.
     g = jax.random.normal(key, (d, f), jnp.float32)
     q_new, ok = _orthonormalize(g, drop, basis=q_c)
-    fallback = normalize_rows(g.T).T                                     # only if n_drop > room
-    directions = jnp.where(ok[None, :], q_new, fallback).T               # (F, D)
-
-    scale = _mean_norm(w, keep.astype(jnp.float32))
-    scale = jnp.where(scale > _TINY, scale, _mean_norm(s, drop.astype(jnp.float32)))
-    scale = jnp.where(scale > _TINY, scale, jnp.sqrt(2.0))
-    rows = jnp.where(keep[:, None], w, directions * scale)
+    if style == "reimpl":
+        bound = 1.0 / jnp.sqrt(jnp.float32(d))
+        uniform = jax.random.uniform(jax.random.fold_in(key, 1), (f, d), jnp.float32, -bound, bound)
+        new_rows = jnp.where(ok[:, None], jnp.clip(q_new.T, -bound, bound), uniform)
+    else:
+        fallback = normalize_rows(g.T).T                                 # only if n_drop > room
+        directions = jnp.where(ok[None, :], q_new, fallback).T           # (F, D)
+        scale = _mean_norm(w, keep.astype(jnp.float32))
+        scale = jnp.where(scale > _TINY, scale, _mean_norm(s, drop.astype(jnp.float32)))
+        scale = jnp.where(scale > _TINY, scale, jnp.sqrt(2.0))
+        new_rows = directions * scale
+    rows = jnp.where(keep[:, None], w, new_rows)
     rows = jnp.where(jnp.isfinite(rows), rows, 0.0)
     out = rows.T.reshape(kernel.shape).astype(kernel.dtype)
     return jnp.where(keep, kernel, out)
 
 
-@functools.partial(jax.jit, static_argnames="layers")
+@functools.partial(jax.jit, static_argnames=("layers", "style"))
 def reinit_layers(key: jax.Array, params, saved_params, keep: dict[str, jax.Array],
-                  layers: tuple[ConvLayer, ...]):
+                  layers: tuple[ConvLayer, ...], style: str = "paper"):
     """Params with the dropped filters of every layer re-initialised (kernels only).
 
     One jitted program: same-shaped layers are stacked and processed by one ``vmap`` of
-    :func:`orthogonal_reinit` per shape group. ``keep[name]`` is the live mask at
-    re-initialisation time; the key of group g's i-th layer is
+    :func:`orthogonal_reinit` (its ``style``) per shape group. ``keep[name]`` is the live
+    mask at re-initialisation time; the key of group g's i-th layer is
     ``split(fold_in(key, g), len(group))[i]``.
     """
     for g, group in enumerate(shape_groups(layers).values()):
         keys = jax.random.split(jax.random.fold_in(key, g), len(group))
         keeps = jnp.stack([keep[l.name] for l in group])
-        new = jax.vmap(orthogonal_reinit)(keys, stack_leaves(params, group), keeps,
-                                          stack_leaves(saved_params, group))
+        new = jax.vmap(functools.partial(orthogonal_reinit, style=style))(
+            keys, stack_leaves(params, group), keeps, stack_leaves(saved_params, group))
         for i, layer in enumerate(group):
             params = replace_path(params, layer.path + ("kernel",), lambda _, v=new[i]: v)
     return params

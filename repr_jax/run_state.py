@@ -25,7 +25,7 @@ from repr_jax.errors import DataError, RunError
 from repr_jax.methods.base import MethodContext, create_method
 from repr_jax.models import from_architecture, input_shape_of
 from repr_jax.optim import learning_rate_schedule, make_optimizer, phased_schedule
-from repr_jax.pipeline import Preprocessing, crop_padding
+from repr_jax.pipeline import PYTORCH_CIFAR_STD, Preprocessing, crop_padding
 from repr_jax.run_dir import read_architecture, read_config, read_jsonl, read_summary
 from repr_jax.state import create_train_state
 from repr_jax.streaming import load_streamed_folder
@@ -60,7 +60,8 @@ def preprocessing(config: RunConfig, data: Dataset | None = None) -> Preprocessi
     ``data.normalization`` ``auto`` standardises with CIFAR's published statistics for
     cifar10/cifar100 (what every earlier run used) and with the training split's otherwise,
     ``train`` always with the training split's (:meth:`repr_jax.data.Dataset.stats`), ``none``
-    divides by 255 only; the crop padding is ``data.crop_pad`` or, when -1, proportional to
+    divides by 255 only, ``pytorch-cifar`` uses kuangliu/pytorch-cifar's constants
+    (:data:`repr_jax.pipeline.PYTORCH_CIFAR_STD`); the crop padding is ``data.crop_pad`` or, when -1, proportional to
     the image (:func:`repr_jax.pipeline.crop_padding`). Without ``data``: from the recorded
     input shape, CIFAR's statistics (enough to trace the model)."""
     h, w, c = data.image_shape if data is not None else config.input_shape
@@ -68,6 +69,10 @@ def preprocessing(config: RunConfig, data: Dataset | None = None) -> Preprocessi
     cifar = config.data.dataset in ("cifar10", "cifar100") and c == 3
     if norm == "none":
         mean, std = (0.0,) * c, (1.0,) * c
+    elif norm == "pytorch-cifar":
+        if c != 3:
+            raise ValueError(f"data.normalization=pytorch-cifar needs 3-channel images, got {c}")
+        mean, std = Preprocessing().mean, PYTORCH_CIFAR_STD
     elif data is None or (norm == "auto" and cifar):
         base = Preprocessing()
         mean, std = (base.mean, base.std) if c == 3 else ((0.5,) * c, (0.25,) * c)

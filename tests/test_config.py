@@ -48,7 +48,8 @@ def test_old_flags_and_set_give_the_same_run(tmp_path, tiny_cifar_dir):
     assert saved["method"] == {"name": "repr", "s1": 1, "s2": 1, "iterations": 1, "drop_fraction": 0.25,
                                "per_layer": True, "exclude_first": False, "min_keep": 1, "criterion": "ortho",
                                "reinit": "orthogonal", "criterion_batches": 4, "drop_mode": "zero",
-                               "gain": 1.0, "rounding": "nearest", "outgoing_scale": 1.0}
+                               "gain": 1.0, "rounding": "nearest", "outgoing_scale": 1.0,
+                               "outgoing": "keep", "probe_batches": 8}
     assert "repr" not in saved and saved["optim"]["step_epochs"] == [1]
 
 

@@ -43,10 +43,20 @@ def test_every_preset_setting_reaches_the_config(name):
     config.validate()
     saved = _flat(config.to_dict())
     assert saved["protocol"] == name
-    for key, value, source in PROTOCOLS[name]:
+    expected = {}
+    for key, value, source in PROTOCOLS[name]:   # a later "repr:KEY" entry wins for a RePr run
         assert source
-        expected = list(value) if isinstance(value, tuple) else value
-        assert saved[key] == expected, key
+        expected[key.removeprefix("repr:")] = list(value) if isinstance(value, tuple) else value
+    for key, value in expected.items():
+        assert saved[key] == value, key
+
+
+def test_reimpl_trains_standard_100_and_repr_110_epochs_as_its_readme_does():
+    std, rep = _config("--protocol", "reimpl"), _config("--protocol", "reimpl", "--method", "repr")
+    assert std.epochs == 100 and rep.epochs == 110
+    assert rep.method.drop_mode == "kernel" and rep.method.reinit == "reimpl" and rep.method.outgoing == "keep"
+    assert not any(o.startswith(("repr.", "repr:")) for o in protocol_overrides("reimpl", "standard"))
+    assert "epochs=110" in protocol_overrides("reimpl", "repr")
 
 
 def test_standard_under_a_protocol_gets_the_same_run_without_repr_settings():

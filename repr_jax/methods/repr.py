@@ -4,16 +4,20 @@ Repeat N times: train the full network S1 epochs → rank filters by a criterion
 inter-filter orthogonality O_f, Eq. 3; any of :mod:`repr_jax.criteria`) and drop the worst
 p → train the sub-network S2 epochs → re-initialise the dropped filters (default in the
 null space of the kept filters and of their own saved values, §5 "Reinitialization"; or
-from the model's initialiser; or the official code's QR of the current kernel,
+the PyTorch reimplementation siahuat0727/RePr's clamped unit null-space rows, ``reimpl``;
+or from the model's initialiser; or the official code's QR of the current kernel,
 :mod:`repr_jax.official`; or left at zero) with their BatchNorm and optimizer moments
 reset; then train the full network to the last epoch.
 
 How a filter is dropped (``drop_mode``): ``zero`` (ours) zeroes its parameters and keeps
 them at 0; ``freeze`` (the official code's) multiplies its output channel by 0 and freezes
-its parameters at their values, which the official re-initialisation then starts from.
-``outgoing_scale`` multiplies the revived filters' outgoing weights (the next layer's input
-slices, found by the channel graph of :mod:`repr_jax.compress.graph`) at re-initialisation:
-0 silences a new filter until its consumers learn to use it.
+its parameters at their values, which the official re-initialisation then starts from;
+``kernel`` (siahuat0727/RePr's) zeroes and freezes the kernel alone — its bias (and
+BatchNorm) keep training, so the filter outputs the constant ReLU(b) — and the bias is kept
+at re-initialisation. What happens to the weights that read a revived filter (``outgoing``:
+keep, zero — the network's function unchanged by the re-introduction —, redraw) is
+:mod:`repr_jax.methods.reintroduce`; so is the probe, the accuracy and loss on a fixed
+sample right before and after every drop and re-introduction (``probe_batches``).
 
 Both transitions are pure jitted functions of the train state returning event arrays; the
 dropped filters' kernels at drop time live in ``method_state["snapshot"]`` (checkpointed),
@@ -52,14 +56,19 @@ from repr_jax.criteria import (check_applicable, drop_priority, get_criterion, r
 from repr_jax.layers import get_path, replace_path
 from repr_jax.masks import drop_filters, live_filters, revive_filters, with_live_filters
 from repr_jax.methods.base import Event, Method, MethodConfig, Phase, register
+from repr_jax.methods.reintroduce import OUTGOING, outgoing_map, probe_metrics, scale_outgoing, set_outgoing
 from repr_jax.methods.repr_records import describe_record, drop_record, reinit_diagnostics, reinit_record
 from repr_jax.official import official_reinit_layers
 from repr_jax.ranking import ROUNDINGS, select_drops
 from repr_jax.reinit import reinit_layers
 
-REINITS = ("orthogonal", "random", "zero", "official")
-DROP_MODES = ("zero", "freeze")
+REINITS = ("orthogonal", "reimpl", "random", "zero", "official")
+DROP_MODES = ("zero", "freeze", "kernel")
 _DROP_STREAM, _REINIT_STREAM = 2_000_000, 1_000_000   # key = fold_in(run key, stream + round)
+_PROBE_SEED = 2   # the probe sample: seed + 2 (the criterion's sample: seed + 1)
+# Both readings of the orthogonality metric (the paper's Eq. 3, the official code's): at every
+# drop, what the one not ranking would have dropped per layer is recorded beside the drop.
+SHADOW_CRITERIA = ("ortho", "ortho_official")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,16 +83,24 @@ class ReprConfig(MethodConfig):
     min_keep: int = dataclasses.field(default=1, metadata={"help": "live filters every layer keeps"})
     criterion: str = dataclasses.field(default="ortho", metadata={"help": "ranking criterion (repr_jax.criteria)"})
     reinit: str = dataclasses.field(default="orthogonal", metadata={
-        "help": "orthogonal (null space, the paper's), random (the layer's initialiser) or zero"})
+        "help": "orthogonal (null space, the paper's), reimpl (unit null-space rows clamped to "
+                "±1/sqrt(fan_in), siahuat0727/RePr's), random (the layer's initialiser), zero or official"})
     criterion_batches: int = dataclasses.field(default=4, metadata={
         "help": "batches of training images (held-out ones with data.holdout) a data-driven criterion scores on"})
     drop_mode: str = dataclasses.field(default="zero", metadata={
-        "help": "zero (dropped parameters set to 0) or freeze (output masked, parameters frozen: the official code)"})
+        "help": "zero (dropped parameters set to 0), freeze (output masked, parameters frozen: the official "
+                "code) or kernel (kernel zeroed and frozen, bias trains and is kept: siahuat0727/RePr)"})
     gain: float = dataclasses.field(default=1.0, metadata={"help": "reinit=official: scale of the QR columns"})
     rounding: str = dataclasses.field(default="nearest", metadata={
         "help": "filters dropped: nearest (floor(p·n + 0.5)) or floor (int(p·n), the official code)"})
     outgoing_scale: float = dataclasses.field(default=1.0, metadata={
-        "help": "at re-init, multiply the revived filters' outgoing weights by this (0: zero them)"})
+        "help": "outgoing=keep: multiply the revived filters' outgoing weights by this at re-init"})
+    outgoing: str = dataclasses.field(default="keep", metadata={
+        "help": "at re-init, the next layer's weights that read a revived filter: keep, zero (the network's "
+                "function unchanged by the re-introduction) or redraw (the model's initialiser)"})
+    probe_batches: int = dataclasses.field(default=8, metadata={
+        "help": "batches of a fixed sample (held-out images with data.holdout) scored right before and after "
+                "every drop and re-init: loss and accuracy in pruning.jsonl and the log (0: off)"})
 
     def validate(self, run=None) -> None:
         get_criterion(self.criterion)  # ValueError listing the valid names
@@ -97,6 +114,13 @@ class ReprConfig(MethodConfig):
             raise ValueError(f"repr.gain must be finite and > 0, got {self.gain}")
         if not (math.isfinite(self.outgoing_scale) and self.outgoing_scale >= 0):
             raise ValueError(f"repr.outgoing_scale must be finite and >= 0, got {self.outgoing_scale}")
+        if self.outgoing not in OUTGOING:
+            raise ValueError(f"unknown repr.outgoing {self.outgoing!r}; choose from {', '.join(OUTGOING)}")
+        if self.outgoing != "keep" and self.outgoing_scale != 1.0:
+            raise ValueError(f"repr.outgoing_scale applies to repr.outgoing=keep only, got outgoing="
+                             f"{self.outgoing} with outgoing_scale={self.outgoing_scale}")
+        if self.probe_batches < 0:
+            raise ValueError(f"repr.probe_batches must be >= 0, got {self.probe_batches}")
         if self.criterion_batches < 1:
             raise ValueError(f"criterion batches must be >= 1, got {self.criterion_batches}")
         if self.s1 < 1 or self.s2 < 1 or self.iterations < 0:
@@ -162,41 +186,6 @@ def conv_kernels(params, layers):
     return tree
 
 
-def outgoing_map(context) -> tuple:
-    """``((layer, params path, axis, owner), …)``: for every kernel that consumes a prunable
-    conv's channels (the next conv's input axis, the dense head's flattened rows), ``owner[i]``
-    is the filter of ``layer`` that index ``i`` of ``axis`` reads, or −1 (another source, or
-    a residual sum of several). From the model's channel graph (host side, once)."""
-    import numpy as np
-
-    graph = context.graph()
-    out = []
-    for layer in context.layers:
-        for use in graph.consumers(layer.name):
-            if use.collection != "params" or use.path[-1] != "kernel":
-                continue
-            owner = np.array([next(iter(src))[1] if len(src) == 1 and next(iter(src))[0] == layer.name
-                              else -1 for src in use.sources], np.int32)
-            if (owner >= 0).any():
-                out.append((layer.name, use.path, use.axis, owner))
-    return tuple(out)
-
-
-def scale_outgoing(params, outgoing: tuple, revived: dict, scale: float):
-    """``params`` with the outgoing weights of revived filters (``revived[layer][f] > 0``)
-    multiplied by ``scale``; ``outgoing`` from :func:`outgoing_map`. Pure."""
-    for name, path, axis, owner in outgoing:
-        hit = jnp.where(owner >= 0, jnp.asarray(revived[name])[jnp.maximum(owner, 0)] > 0, False)
-        factor = jnp.where(hit, scale, 1.0)
-
-        def apply(w, factor=factor, axis=axis):
-            shape = [1] * w.ndim
-            shape[axis] = -1
-            return w * jnp.reshape(factor, shape).astype(w.dtype)
-        params = replace_path(params, path, apply)
-    return params
-
-
 @register
 class RePr(Method):
     """RePr: rank by ``config.criterion``, drop, train the sub-network, re-initialise."""
@@ -213,14 +202,19 @@ class RePr(Method):
         if eligible and all(layer.num_filters <= config.min_keep for layer in eligible):
             raise ValueError(f"--repr-min-keep {config.min_keep} leaves nothing to drop: no prunable "
                              f"layer has more than {max(l.num_filters for l in eligible)} filters")
-        self.score_data = (None, None)
+        self.score_data, self.probe_data = (None, None), None
         images, labels = context.scoring_data()
         if self.criterion.needs_data and images is not None:
             x, y = scoring_batches(images, labels, config.criterion_batches, context.batch_size,
                                    seed=context.seed + 1)
             self.score_data = (context.model_inputs(x), jnp.asarray(y))
-        self.outgoing = outgoing_map(context) if config.outgoing_scale != 1.0 else ()
-        if config.reinit == "random":
+        probe = 0 if images is None else min(config.probe_batches, len(labels) // context.batch_size)
+        if probe:
+            x, y = scoring_batches(images, labels, probe, context.batch_size, seed=context.seed + _PROBE_SEED)
+            self.probe_data = (context.model_inputs(x), jnp.asarray(y))
+        changes_outgoing = config.outgoing != "keep" or config.outgoing_scale != 1.0
+        self.outgoing = outgoing_map(context) if changes_outgoing else ()
+        if config.reinit == "random" or config.outgoing == "redraw":
             zeros = context.example_input()
             self._init_params = lambda key: context.model.init(key, zeros, train=False)["params"]
         self._drop_jit = jax.jit(self._drop)
@@ -241,35 +235,49 @@ class RePr(Method):
         return Phase(p.name, p.round)
 
     # ------------------------------------------------------------------ transitions
-    def _drop(self, state, round_, images, labels):
+    def _probe(self, state, probe):
+        return None if probe is None else probe_metrics(state, self, *probe)
+
+    def _drop(self, state, round_, images, labels, probe=None):
         cfg, layers = self.config, state.layers
+        before = self._probe(state, probe)
         live = live_filters(state.masks, layers)
         exclude = (layers[0].name,) if cfg.exclude_first else ()
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), _DROP_STREAM + round_)
         scores = score_filters(cfg.criterion, state, layers, key=key, images=images, labels=labels)
-        new_live = select_drops(drop_priority(cfg.criterion, scores), live, cfg.drop_fraction,
+        def select(criterion, criterion_scores):
+            return select_drops(drop_priority(criterion, criterion_scores), live, cfg.drop_fraction,
                                 per_layer=cfg.per_layer, exclude=exclude, min_keep=cfg.min_keep,
                                 rounding=cfg.rounding)
+        new_live = select(cfg.criterion, scores)
+        shadow = {name: select(name, score_filters(name, state, layers, key=key))
+                  for name in SHADOW_CRITERIA if name != cfg.criterion}
         snapshot = conv_kernels(state.params, layers)
-        if cfg.drop_mode == "zero":
-            state = drop_filters(state, layers, new_live)
+        if cfg.drop_mode in ("zero", "kernel"):
+            state = drop_filters(state, layers, new_live, kernel_only=cfg.drop_mode == "kernel")
             method_state = {**state.method_state, "snapshot": snapshot}
         else:   # freeze: parameters stay, their updates are masked, their outputs gated to 0
             state = state.replace(masks=with_live_filters(state.masks, layers, new_live))
             method_state = {**state.method_state, "snapshot": snapshot, "gates": dict(new_live)}
         state = state.replace(method_state=method_state)
-        return state, {"live_before": live, "live_after": new_live, "scores": scores}
+        arrays = {"live_before": live, "live_after": new_live, "scores": scores, "shadow": shadow}
+        if probe is not None:
+            arrays |= {"probe_before": before, "probe_after": self._probe(state, probe)}
+        return state, arrays
 
-    def _reinit(self, state, round_):
-        layers = state.layers
+    def _reinit(self, state, round_, probe=None):
+        cfg, layers = self.config, state.layers
+        before = self._probe(state, probe)
         live = live_filters(state.masks, layers)
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), _REINIT_STREAM + round_)
         snapshot = state.method_state["snapshot"]
-        if self.config.reinit == "orthogonal":
-            new_params = reinit_layers(key, state.params, snapshot, live, layers)
-        elif self.config.reinit == "random":   # a fresh draw of the model's own initialiser
-            new_params = self._init_params(key)
-        elif self.config.reinit == "official":  # QR of the layer's kernel, dropped filters at their drop-time values
+        fresh = self._init_params(key) if cfg.reinit == "random" or cfg.outgoing == "redraw" else None
+        if cfg.reinit in ("orthogonal", "reimpl"):
+            new_params = reinit_layers(key, state.params, snapshot, live, layers,
+                                       style="paper" if cfg.reinit == "orthogonal" else "reimpl")
+        elif cfg.reinit == "random":   # a fresh draw of the model's own initialiser
+            new_params = fresh
+        elif cfg.reinit == "official":  # QR of the layer's kernel, dropped filters at their drop-time values
             dropped = {name: m <= 0 for name, m in live.items()}
             with_saved = state.params
             for layer in layers:
@@ -281,36 +289,48 @@ class RePr(Method):
             # Without BatchNorm a zero filter feeding a ReLU never does: ReLU'(0) = 0.
             new_params = state.params
         revived = {name: 1.0 - m for name, m in live.items()}
-        freeze = self.config.drop_mode == "freeze"
-        state = revive_filters(state, layers, revived, new_params, reset_bias=not freeze)
+        freeze = cfg.drop_mode == "freeze"
+        state = revive_filters(state, layers, revived, new_params, reset_bias=cfg.drop_mode == "zero")
         if freeze:
             state = state.replace(method_state={**state.method_state, "gates": jax.tree_util.tree_map(
                 jnp.ones_like, state.method_state["gates"])})
         if self.outgoing:
-            state = state.replace(params=scale_outgoing(state.params, self.outgoing, revived,
-                                                        self.config.outgoing_scale))
-        return state, {"keep": live, **reinit_diagnostics(state.params, snapshot, live, layers)}
+            state = state.replace(params=set_outgoing(state.params, self.outgoing, revived, cfg.outgoing,
+                                                      scale=cfg.outgoing_scale, fresh_params=fresh))
+        arrays = {"keep": live, **reinit_diagnostics(state.params, snapshot, live, layers)}
+        if probe is not None:
+            arrays |= {"probe_before": before, "probe_after": self._probe(state, probe)}
+        return state, arrays
 
     def run_inputs(self):
-        """The fixed scoring batches of a data-driven criterion (``(None, None)`` otherwise)."""
-        return self.score_data
+        """``{"score": (images, labels), "probe": (images, labels) or None}``: the fixed
+        scoring batches of a data-driven criterion (``(None, None)`` otherwise) and the probe
+        sample (``probe_batches``; None when off or without data)."""
+        return {"score": self.score_data, "probe": self.probe_data}
+
+    def _inputs(self, inputs):
+        inputs = self.run_inputs() if inputs is None else inputs
+        if isinstance(inputs, tuple):   # (images, labels), as before the probe existed
+            return inputs, None
+        return inputs["score"], inputs["probe"]
 
     def before_epoch(self, state, epoch: int, inputs=None):
         phase = self.schedule.phase(epoch)
         if not phase.drop:
             return state, []
-        images, labels = self.run_inputs() if inputs is None else inputs
+        (images, labels), probe = self._inputs(inputs)
         if self.criterion.needs_data and images is None:
             raise ValueError(f"criterion {self.config.criterion!r} needs training images "
                              "(MethodContext.train_images)")
-        new_state, arrays = self._drop_jit(state, phase.round, images, labels)
+        new_state, arrays = self._drop_jit(state, phase.round, images, labels, probe)
         return new_state, [Event("drop", epoch + 1, phase.round, arrays)]
 
     def after_epoch(self, state, epoch: int, inputs=None):
         phase = self.schedule.phase(epoch)
         if not phase.reinit:
             return state, []
-        state, arrays = self._reinit_jit(state, phase.round)
+        _, probe = self._inputs(inputs)
+        state, arrays = self._reinit_jit(state, phase.round, probe)
         return state, [Event("reinit", epoch + 1, phase.round, arrays)]
 
     def check_event(self, event: Event) -> None:
@@ -321,11 +341,11 @@ class RePr(Method):
     def record(self, event: Event) -> dict:
         if event.kind == "drop":
             return drop_record(event, self.context.layers, self.criterion)
-        return reinit_record(event, self.context.layers, self.config.reinit)
+        return reinit_record(event, self.context.layers, self.config.reinit, self.config.outgoing)
 
     def describe(self, record: dict) -> list[str]:
         return describe_record(record, "per-layer" if self.config.per_layer else "global")
 
 
 __all__ = ["DROP_MODES", "REINITS", "RePr", "ReprConfig", "ReprPhase", "ReprSchedule", "conv_kernels",
-           "outgoing_map", "scale_outgoing"]
+           "outgoing_map", "scale_outgoing"]   # the last two live in repr_jax.methods.reintroduce

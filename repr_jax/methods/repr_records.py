@@ -2,10 +2,15 @@
 and the host-side formatting of drop / re-initialisation events into JSON.
 
 A drop line holds, per layer, the live/dropped counts, the dropped indices and the raw score
-statistics of the live and of the dropped filters, plus the criterion and which end of its
+statistics of the live and of the dropped filters, what the other reading of the
+orthogonality metric would have dropped (``dropped_by``: ``ortho`` — Eq. 3 — or
+``ortho_official``, same fraction and ranking), plus the criterion and which end of its
 score is dropped first. A re-initialisation line holds, per layer, the revived count,
 whether the null space had room for them (F + revived ≤ fan-in) and the max |cos| of the
-new filters to the kept ones, to their own saved values and among themselves.
+new filters to the kept ones, to their own saved values and among themselves, and what
+happened to the weights that read them (``outgoing``). Both carry, when RePr probes, the
+eval-mode loss and accuracy on a fixed sample right before and right after the event
+(``probe``: ``{"before": {"loss", "accuracy"}, "after": …}``).
 Epochs are 1-based like ``metrics.jsonl``: a drop belongs to the first sub-network epoch,
 a re-initialisation to the last one (it follows that epoch).
 """
@@ -34,6 +39,21 @@ def reinit_diagnostics(params, snapshot, keep, layers) -> dict:
     return out
 
 
+def _probe(arrays) -> dict:
+    if "probe_before" not in arrays:
+        return {}
+    return {"probe": {when: {k: float(v) for k, v in arrays[f"probe_{when}"].items()}
+                      for when in ("before", "after")}}
+
+
+def _probe_text(record: dict) -> str:
+    if "probe" not in record:
+        return ""
+    b, a = record["probe"]["before"], record["probe"]["after"]
+    return (f"; probe accuracy {100 * b['accuracy']:.2f} → {100 * a['accuracy']:.2f} %, "
+            f"loss {b['loss']:.4f} → {a['loss']:.4f}")
+
+
 def _stats(x: np.ndarray) -> dict:
     if x.size == 0:
         return {}
@@ -49,17 +69,21 @@ def drop_record(event, layers, criterion) -> dict:
         after = np.asarray(arrays["live_after"][layer.name]) > 0
         scores = np.asarray(arrays["scores"][layer.name])
         dropped = np.flatnonzero(before & ~after)
+        shadow = {name: int((before & ~(np.asarray(live[layer.name]) > 0)).sum())
+                  for name, live in arrays.get("shadow", {}).items()}
         rows.append({"layer": layer.name, "filters": layer.num_filters,
                      "live_before": int(before.sum()), "dropped": int(dropped.size),
                      "live_after": int(after.sum()), "dropped_indices": dropped.tolist(),
-                     "score_live": _stats(scores[before]), "score_dropped": _stats(scores[dropped])})
+                     "score_live": _stats(scores[before]), "score_dropped": _stats(scores[dropped]),
+                     **({"dropped_by": shadow} if shadow else {})})
     return {"event": "drop", "epoch": event.epoch, "round": event.round, "criterion": criterion.name,
             "drop_first": criterion.drop_first, "live_before": sum(r["live_before"] for r in rows),
-            "dropped": sum(r["dropped"] for r in rows), "layers": rows}
+            "dropped": sum(r["dropped"] for r in rows), "layers": rows, **_probe(arrays)}
 
 
-def reinit_record(event, layers, mode: str) -> dict:
-    """One re-initialisation line (``mode``: orthogonal, random or zero)."""
+def reinit_record(event, layers, mode: str, outgoing: str = "keep") -> dict:
+    """One re-initialisation line (``mode``: the re-initialisation; ``outgoing``: what
+    happened to the weights that read the revived filters)."""
     arrays = event.arrays
     rows = []
     for layer in layers:
@@ -73,7 +97,7 @@ def reinit_record(event, layers, mode: str) -> dict:
                      "max_abs_cos_to_own_saved": float(arrays["cos_saved"][layer.name]),
                      "max_abs_cos_among_new": float(arrays["cos_new"][layer.name])})
     return {"event": "reinit", "epoch": event.epoch, "round": event.round, "reinit": mode,
-            "revived": sum(r["revived"] for r in rows), "layers": rows}
+            "outgoing": outgoing, "revived": sum(r["revived"] for r in rows), "layers": rows, **_probe(arrays)}
 
 
 def describe_record(record: dict, ranking: str) -> list[str]:
@@ -83,7 +107,8 @@ def describe_record(record: dict, ranking: str) -> list[str]:
     if record["event"] == "drop":
         counts = ", ".join(f"{r['layer']} {r['dropped']}/{r['filters']}" for r in rows)
         lines = [f"drop round {record['round'] + 1} (before epoch {record['epoch']}, {ranking} ranking by "
-                 f"{record['criterion']}): {record['dropped']} of {record['live_before']} live filters — {counts}"]
+                 f"{record['criterion']}): {record['dropped']} of {record['live_before']} live filters — {counts}"
+                 f"{_probe_text(record)}"]
         for r in rows:
             if r["live_after"] < r["filters"] / 2:
                 lines.append(f"warning: drop round {record['round'] + 1} leaves {r['layer']} with {r['live_after']} "
@@ -95,8 +120,9 @@ def describe_record(record: dict, ranking: str) -> list[str]:
     space = ("the null space had room in every layer" if not short else
              "the null space was too small in " + ", ".join(short) + " (documented fallback)")
     counts = ", ".join(f"{r['layer']} {r['revived']}" for r in revived) or "none"
-    return [f"re-init round {record['round'] + 1} (after epoch {record['epoch']}, {record['reinit']}): "
-            f"{record['revived']} filters — {counts}; {space}"]
+    outgoing = record.get("outgoing", "keep")
+    return [f"re-init round {record['round'] + 1} (after epoch {record['epoch']}, {record['reinit']}, outgoing "
+            f"weights {outgoing}): {record['revived']} filters — {counts}; {space}{_probe_text(record)}"]
 
 
 __all__ = ["describe_record", "drop_record", "reinit_diagnostics", "reinit_record"]

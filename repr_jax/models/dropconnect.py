@@ -55,6 +55,7 @@ class DropConnectDense(nn.Module):
     samples: int = 1000
     sample_seed: int = 0
     kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros
     drop_bias: bool = True                  # the paper's: the bias is a connection like any other
 
     @nn.compact
@@ -64,7 +65,7 @@ class DropConnectDense(nn.Module):
         if self.inference not in INFERENCE:
             raise ValueError(f"unknown DropConnect inference {self.inference!r}; choose from {', '.join(INFERENCE)}")
         kernel = self.param("kernel", self.kernel_init, (v.shape[-1], self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
         if self.keep == 1.0:
             return self.activation(v @ kernel + bias)
         if train:

@@ -6,7 +6,10 @@ A row is a group (the protocol it runs under), a name and the command-line argum
 ``experiments/cifar.py`` on top of the group's base arguments; every (row, seed) is one run
 directory ``<group>-<row>-seed<k>`` under ``<out>/runs/``. :func:`study_rows` lists the rows
 of a scale: ``gpu`` is the full study of the reproduction issue, ``cpu`` its CPU-scale
-version (10k training images, official protocol shortened).
+version (10k training images, official protocol shortened), ``regime`` the study of RePr in
+the regimes where it is claimed to work (all of CIFAR-10): the PyTorch reimplementation's
+protocol (``--protocol reimpl``), the calibration of the paper preset's model (Standard on
+every pooled C³ variant) and the calibrated paper regime.
 """
 from __future__ import annotations
 
@@ -21,8 +24,11 @@ from repr_jax.report import fmt, stats, welch
 from repr_jax.run_dir import read_jsonl, read_summary
 
 # The paper's / thesis's test accuracies (%): C³(32) ranking table, ResNet-20 (error 8.4 → 6.9).
+# siahuat0727/RePr's README, without augmentation, lr 0.003: best-epoch test accuracy.
 PAPER_NUMBERS = {"paper": PAPER_TABLE, "official": {"standard": 72.1, "repr-official": 76.4},
-                 "cpu-official": {}, "earlier": {}, "resnet20": {"standard": 91.6, "ortho": 93.1}}
+                 "cpu-official": {}, "earlier": {}, "resnet20": {"standard": 91.6, "ortho": 93.1},
+                 "reimpl": {"standard": 64.86, "ortho": 69.05}, "calibration": {},
+                 "paper-cal": {"standard": 72.1, "ortho": 76.4}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +54,25 @@ GROUP_BASE = {
                  "--step-epochs", "75", "112", "--weight-decay", "1e-4", "--set", "data.holdout=5000"),
     "cpu-official": ("--protocol", "official", "--train-limit", "10000", "--test-limit", "5000",
                      "--epochs", "12"),
+    "reimpl": ("--protocol", "reimpl"),
+    "calibration": ("--protocol", "paper"),
+    "paper-cal": ("--protocol", "paper"),
 }
+CALIBRATED = ("official", "pool2", "vanilla", "vanilla_pool")   # C³ variants calibrated (Standard)
 CPU_REPR = ("--set", "repr.s1=3", "--set", "repr.s2=2", "--set", "repr.iterations=2")
 
 
 def study_rows(scale: str) -> list[StudyRow]:
-    """The rows of the ``gpu`` (full) or ``cpu`` study."""
+    """The rows of the ``gpu`` (full), ``cpu`` or ``regime`` study."""
+    if scale == "regime":
+        s3, zero = (0, 1, 2), ("--set", "repr.outgoing=zero")
+        return [StudyRow("reimpl", "standard", (), s3),
+                StudyRow("reimpl", "ortho", REPR, s3, "its code without --zero_init: outgoing weights kept"),
+                StudyRow("reimpl", "ortho-zero", REPR + zero, s3, "--zero_init: outgoing weights zeroed"),
+                *[StudyRow("calibration", v, ("--set", f"model.variant={v}"), (0,), "Standard, paper optimiser")
+                  for v in CALIBRATED],
+                StudyRow("paper-cal", "standard", (), s3),
+                StudyRow("paper-cal", "ortho", REPR, s3)]
     if scale == "cpu":
         s3 = (0, 1, 2)
         repr_ = REPR + CPU_REPR
@@ -66,7 +85,7 @@ def study_rows(scale: str) -> list[StudyRow]:
                          "Taylor on the 5k held-out images"),
                 StudyRow("cpu-official", "repr-random", repr_ + ("--set", "repr.criterion=random"), s3)]
     if scale != "gpu":
-        raise ValueError(f"unknown scale {scale!r}; choose cpu or gpu")
+        raise ValueError(f"unknown scale {scale!r}; choose cpu, gpu or regime")
     s3, s5 = (0, 1, 2), (0, 1, 2, 3, 4)
     crit = lambda c: REPR + ("--set", f"repr.criterion={c}")
     rows = [StudyRow("paper", "standard", (), s5), StudyRow("paper", "ortho", REPR, s5)]
