@@ -58,7 +58,7 @@ GROUP_BASE = {
     "calibration": ("--protocol", "paper"),
     "paper-cal": ("--protocol", "paper"),
 }
-CALIBRATED = ("official", "pool2", "vanilla", "vanilla_pool")   # C³ variants calibrated (Standard)
+CALIBRATED = ("official", "pool2", "vanilla_pool", "vanilla")   # C³ variants calibrated (Standard)
 CPU_REPR = ("--set", "repr.s1=3", "--set", "repr.s2=2", "--set", "repr.iterations=2")
 
 
