@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from repr_jax.cli import DefaultsHelpFormatter, fail
+from repr_jax.studies.regime import write_regime_sections
 from repr_jax.studies.study import collect, population_arguments, run_arguments, study_rows, write_report
 from repr_jax.versions import machine
 
@@ -43,7 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one --seeds K process per row (its seeds vmapped on an accelerator, one after another on a CPU) "
                         "instead of one per seed")
     p.add_argument("--report-only", action="store_true", help="train nothing; report the finished runs")
+    p.add_argument("--calibration-extra", nargs="+", default=(), metavar="RUN",
+                   help="regime scale: finished Standard runs of another study (e.g. the paper variant's) added "
+                        "to the calibration table, one line per C³ variant")
     return p
+
+
+def calibration_lines(runs) -> list[tuple[str, list, str]]:
+    """``(variant, [curve per run], source)`` of finished runs, grouped by C³ variant."""
+    from repr_jax.run_dir import read_config, read_jsonl, read_summary
+    by: dict[str, tuple[list, list]] = {}
+    for run in map(Path, runs):
+        if read_summary(run).get("status") != "completed":
+            continue
+        variant = read_config(run).model.variant
+        curves, names = by.setdefault(variant, ([], []))
+        curves.append(read_jsonl(run / "metrics.jsonl"))
+        names.append(f"{run.parent.parent.name}/{run.name}")
+    return [(v, curves, ", ".join(names)) for v, (curves, names) in by.items()]
 
 
 def main(argv=None) -> int:
@@ -96,7 +114,10 @@ def main(argv=None) -> int:
               f"{m.get('jax')} on {m['jax_backend']} ({', '.join(m['devices'])}). Rows, arguments and "
               f"protocols: `repr_jax/studies/study.py`, `repr_jax/protocols.py`. Welch's t-test of each row's final "
               f"test accuracy against Standard of the same group (scipy.stats.ttest_ind, equal_var=False).")
-    write_report(collect(out, rows), out, header)
+    report = collect(out, rows)
+    write_report(report, out, header)
+    if args.scale == "regime":
+        write_regime_sections(report, out, calibration_lines(args.calibration_extra))
     print(f"report: {out / 'study.md'}")
     return 0
 

@@ -129,7 +129,7 @@ def collect(out: Path, rows: list[StudyRow]) -> dict:
     """Per row: the finished seeds' final/best test accuracy (%), their metrics and drops."""
     report = {"rows": []}
     for row in rows:
-        finals, bests, curves, drops, missing = [], [], [], [], []
+        finals, bests, curves, drops, events, missing = [], [], [], [], [], []
         for seed in row.seeds:
             run = out / "runs" / row.run_name(seed)
             summary = read_summary(run)
@@ -139,10 +139,11 @@ def collect(out: Path, rows: list[StudyRow]) -> dict:
             finals.append(100 * summary["final_test_accuracy"])
             bests.append(100 * summary["best_test_accuracy"])
             curves.append(read_jsonl(run / "metrics.jsonl"))
-            drops.append([e for e in read_jsonl(run / "pruning.jsonl") if e["event"] == "drop"])
+            events.append(read_jsonl(run / "pruning.jsonl"))
+            drops.append([e for e in events[-1] if e["event"] == "drop"])
         report["rows"].append({"group": row.group, "row": row.name, "note": row.note, "args": list(row.args),
                                "final": stats(finals), "best": stats(bests), "missing_seeds": missing,
-                               "_curves": curves, "_drops": drops})
+                               "_curves": curves, "_drops": drops, "_events": events})
     for r in report["rows"]:
         base = next((b for b in report["rows"] if b["group"] == r["group"] and b["row"] == "standard"), None)
         if base is not None and r is not base and r["final"]["n"] and base["final"]["n"]:
@@ -176,7 +177,7 @@ def plot_study(report: dict, out: Path) -> list[str]:
             continue
         fig = Figure(figsize=(11, 4))
         axes = fig.subplots(1, 2, sharey=True)
-        shown = [r for r in rows if r["row"] == "standard"] + [r for r in rows if r["row"] != "standard"][:1]
+        shown = [r for r in rows if r["row"] == "standard"] + [r for r in rows if r["row"] != "standard"][:3]
         for r in shown:
             n = min(len(c) for c in r["_curves"])
             epochs = np.arange(1, n + 1)
@@ -184,11 +185,16 @@ def plot_study(report: dict, out: Path) -> list[str]:
                 v = 100 * np.array([[m[key] for m in c[:n]] for c in r["_curves"]])
                 line, = ax.plot(epochs, v.mean(0), label=f"{r['row']} (n={len(v)})")
                 ax.fill_between(epochs, v.min(0), v.max(0), color=line.get_color(), alpha=0.2)
-            if r["row"] != "standard":
+            if r is next((x for x in shown if x["row"] != "standard"), None):
                 for ax in axes:
                     for i, m in enumerate(r["_curves"][0][:n]):
                         if m.get("phase") == "sub":
                             ax.axvspan(i + 0.5, i + 1.5, color="grey", alpha=0.12, lw=0)
+        if group in ("paper", "paper-cal", "calibration"):
+            from repr_jax.studies.regime import FIG1
+            for ax, key in zip(axes, ("train_accuracy", "test_accuracy")):
+                pts = [(e, 100 * a) for k, e, a in FIG1 if k == key]
+                ax.plot(*zip(*pts), "k*", ms=9, label="Fig. 1 (paper, Standard)")
         for ax, title in zip(axes, ("train", "test")):
             ax.set_title(f"{group}: {title} accuracy (sub-network epochs shaded)")
             ax.set_xlabel("epoch")
