@@ -51,6 +51,9 @@ PROTOCOLS: dict[str, tuple[tuple[str, object, str], ...]] = {
         ("repr.drop_mode", "zero", "Alg. 1: dropped filters are removed from the network"),
         ("repr.rounding", "floor", "official ranking.py: cutoff = int(len · p / 100)"),
         ("repr.outgoing_scale", 1.0, "not mentioned: outgoing weights untouched"),
+        ("repr.outgoing", "zero", "not mentioned; Fig. 1 and the thesis (point [E] above [C]) show the accuracy "
+                                  "continuous at a re-introduction, which only zeroed outgoing weights give "
+                                  "(siahuat0727/RePr --zero_init; kept weights: a 10-21 point drop in our runs)"),
         ("repr.criterion_batches", 39, "the 5K held-out images (39 × 128 = 4992) for data-driven criteria"),
     ),
     "official": (
@@ -88,6 +91,7 @@ PROTOCOLS: dict[str, tuple[tuple[str, object, str], ...]] = {
         ("repr.drop_mode", "freeze", "model.py/ranking.py: output * yeta (0/1 mask); weights kept"),
         ("repr.rounding", "floor", "ranking.py: int(len(sorted_vars) * p / 100)"),
         ("repr.outgoing_scale", 1.0, "train.py: outgoing weights untouched"),
+        ("repr.outgoing", "keep", "train.py: outgoing weights untouched"),
     ),
     "reimpl": (
         ("model.name", "convnet", "main.py: model = Vanilla()"),

@@ -129,12 +129,12 @@ def test_study_rows_cover_the_issue_and_give_valid_commands(tmp_path):
     gpu = study_rows("gpu")
     names = {(r.group, r.name) for r in gpu}
     for row in ("standard", "ortho", "ortho_official", "ortho-per-layer", "ortho-exclude-first", "weights",
-                "taylor", "oracle", "random", "ortho-random-reinit", "ortho-zero-reinit", "ortho-outgoing-zero"):
+                "taylor", "oracle", "random", "ortho-random-reinit", "ortho-zero-reinit", "ortho-outgoing-keep"):
         assert ("paper", row) in names
     assert {("official", "standard"), ("official", "repr-official"), ("earlier", "standard"),
             ("earlier", "ortho-per-layer"), ("resnet20", "standard"), ("resnet20", "ortho")} <= names
     assert all(len(r.seeds) >= (5 if r.group == "paper" and r.name in ("standard", "ortho") else 3) for r in gpu)
-    for row in gpu + study_rows("cpu"):
+    for row in gpu + study_rows("cpu") + study_rows("regime"):
         args = run_arguments(row, 0, tmp_path, "DATA")
         config = config_from_args(build_parser("t").parse_args(args))
         config.validate()

@@ -97,7 +97,7 @@ def study_rows(scale: str) -> list[StudyRow]:
         ("random", crit("random")),
         ("ortho-random-reinit", REPR + ("--repr-reinit", "random")),
         ("ortho-zero-reinit", REPR + ("--repr-reinit", "zero")),
-        ("ortho-outgoing-zero", REPR + ("--set", "repr.outgoing_scale=0")))]
+        ("ortho-outgoing-keep", REPR + ("--set", "repr.outgoing=keep")))]
     rows += [StudyRow("official", "standard", (), s3), StudyRow("official", "repr-official", REPR, s3)]
     rows += [StudyRow("earlier", "standard", (), s3),
              StudyRow("earlier", "ortho-per-layer", REPR + ("--repr-per-layer",), s3)]
