@@ -3,10 +3,10 @@
 same module shrunk in place.
 
 The model is a small NNX CNN for 48×48 RGB images — not one of repr-jax's, with the
-attribute names anyone picks (``conv1``, ``bn1``, …). repr-jax sees it through
-``rj.adapt`` (a Linen-style ``init``/``apply`` on its ``nnx.Param`` and ``nnx.BatchStat``
-states), finds each conv's BatchNorm from the model's own computation (not from names),
-and at the end shrinks the module itself: its convolutions, BatchNorms and head lose the
+attribute names anyone picks (``conv1``, ``bn1``, …), trained in NNX's own idiom: the
+module, an ``nnx.Optimizer`` and ``rj.nnx.Pruner`` go into an ``nnx.jit`` step and are
+updated in place. repr-jax finds each conv's BatchNorm from the model's own computation
+(not from names), and at the end shrinks the module itself: its convolutions, BatchNorms and head lose the
 pruned channels (NNX modules are mutable, as PyTorch's are for Torch-Pruning). The data
 are CIFAR-10 images resized to 48×48 (``--data-dir`` a CIFAR-10 copy) or, without one, a
 synthetic 10-class set of the same shape.
@@ -71,37 +71,35 @@ def data(data_dir: str | None, train: int, test: int):
     return x_train, np.asarray(labels[0], np.int32), x_test, np.asarray(labels[1], np.int32)
 
 
-def train(pr, tx, variables, opt_state, ps, x, y, epochs: int, batch: int, seed: int):
-    """The hand-written loop, on the Linen-style variables of the adapted NNX module."""
-    @jax.jit
-    def step(variables, opt_state, ps, xb, yb, key):
-        ps = pr.before_step(variables, ps, key)
+def train(pr, model, optimizer, x, y, epochs: int, batch: int, seed: int):
+    """NNX's own loop: the module, an nnx.Optimizer and the pruner, updated in place by an
+    nnx.jit step; the method's transitions between epochs."""
+    @nnx.jit
+    def step(model, optimizer, pr, xb, yb, key):
+        pr.before_step(model, key)
 
-        def loss_fn(params):
-            logits, stats = pr.forward({**variables, "params": params}, ps, xb, train=True)
-            terms = pr.loss_terms(params, variables, ps, xb, yb, logits, key)   # slimming: λΣ|γ|
+        def loss_fn(model):
+            logits = pr.forward(model, xb)
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-            return ce + sum(terms.values()), stats
+            return ce + pr.loss_terms(model, xb, yb, logits, key)   # slimming: λΣ|γ|
 
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
-        updates, opt_state = tx.update(grads, opt_state, variables["params"], masks=pr.update_masks(variables, ps))
-        params = optax.apply_updates(variables["params"], updates)
-        return {"params": params, "batch_stats": stats}, opt_state, pr.after_step(ps), loss
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads, masks=pr.update_masks(model))   # pruned filters stay 0
+        pr.after_step()
+        return loss
 
     rng = np.random.default_rng(seed)
     for epoch in range(epochs):
-        variables, opt_state, ps, events = pr.before_epoch(epoch, variables, opt_state, ps)
-        for line in pr.describe(events):
+        for line in pr.before_epoch(epoch, model, optimizer):
             print("  " + line)
+        model.train()
         order = rng.permutation(len(y))
         for i in range(len(y) // batch):
             idx = order[i * batch:(i + 1) * batch]
-            variables, opt_state, ps, loss = step(variables, opt_state, ps, x[idx], y[idx], jax.random.key(i))
-        variables, opt_state, ps, events = pr.after_epoch(epoch, variables, opt_state, ps)
-        for line in pr.describe(events):
+            loss = step(model, optimizer, pr, x[idx], y[idx], jax.random.key(i))
+        for line in pr.after_epoch(epoch, model, optimizer):
             print("  " + line)
         print(f"  epoch {epoch + 1}: loss {float(loss):.3f}")
-    return variables, opt_state, ps
 
 
 def accuracy(logits, y) -> float:
@@ -121,29 +119,26 @@ def main(argv=None) -> int:
     # 1. RePr, 2 rounds, 30 % of the filters dropped by global O_f ranking
     print("RePr")
     s1 = max(1, args.epochs // 6)
-    pr = rj.Pruner("repr", model, x[:1], epochs=args.epochs, steps_per_epoch=steps, batch_size=batch,
-                   s1=s1, s2=s1, iterations=2, drop_fraction=0.3)
-    variables = pr.variables()                 # the module's nnx.Param / nnx.BatchStat as dicts
-    tx = pr.wrap(optax.sgd(0.05, momentum=0.9))
-    opt_state, ps = tx.init(variables["params"]), pr.init(variables["params"])
-    variables, _, ps = train(pr, tx, variables, opt_state, ps, x, y, args.epochs, batch, seed=1)
-    print(f"RePr: test accuracy {accuracy(pr.forward(variables, ps, xt, train=False), yt):.3f}")
+    pr = rj.nnx.Pruner("repr", model, x[:1], epochs=args.epochs, steps_per_epoch=steps, batch_size=batch,
+                       s1=s1, s2=s1, iterations=2, drop_fraction=0.3)
+    optimizer = nnx.Optimizer(model, pr.wrap(optax.sgd(0.05, momentum=0.9)), wrt=nnx.Param)
+    train(pr, model, optimizer, x, y, args.epochs, batch, seed=1)
+    model.eval()
+    print(f"RePr: test accuracy {accuracy(model(xt), yt):.3f}")
 
     # 2. Network Slimming (Liu et al. 2017): λΣ|γ| for 2 epochs, prune the smallest |γ|
-    #    network-wide (here 40 %), fine-tune 2 epochs
+    #    network-wide (here 40 %), fine-tune 2 epochs — on the same module, a new optimizer
     print("slimming")
-    slim = rj.Pruner("slimming", model, x[:1], epochs=4, steps_per_epoch=steps, batch_size=batch,
-                     l1=1e-4, fraction=0.4, prune_epoch=2)
-    tx = slim.wrap(optax.sgd(0.02, momentum=0.9))
-    opt_state, ps = tx.init(variables["params"]), slim.init(variables["params"])
-    variables, _, ps = train(slim, tx, variables, opt_state, ps, x, y, 4, batch, seed=2)
-    masked = slim.forward(slim.masked_variables(variables, ps), ps, xt, train=False)
+    slim = rj.nnx.Pruner("slimming", model, x[:1], epochs=4, steps_per_epoch=steps, batch_size=batch,
+                         l1=1e-4, fraction=0.4, prune_epoch=2)
+    optimizer = nnx.Optimizer(model, slim.wrap(optax.sgd(0.02, momentum=0.9)), wrt=nnx.Param)
+    train(slim, model, optimizer, x, y, 4, batch, seed=2)
+    model.eval()
+    masked = model(xt)                       # the pruned channels are exact zeros in the module
     print(f"slimming: test accuracy {accuracy(masked, yt):.3f}")
 
     # 3. export, and shrink the NNX module itself to it
-    exported = slim.export(variables, ps)
-    rj.shrink_nnx(model, exported)
-    model.eval()
+    exported = slim.shrink(model)
     shrunk = model(xt)
     print(f"shrunk: {exported.params_before:,} → {exported.params_after:,} parameters, "
           f"{exported.flops_before:,} → {exported.flops_after:,} multiply–adds, channels {exported.channels}; "

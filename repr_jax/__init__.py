@@ -5,6 +5,8 @@ Public API — in your own training loop, on your own Flax model (Linen or NNX):
     Pruner(method, model, example_input, epochs=, steps_per_epoch=, **settings)  # any method
       .wrap(optax_tx) .init(params) .before_epoch(...) .forward(...) .loss_terms(...)
       .update_masks(...) .after_step(ps) .after_epoch(...) .export(variables, ps, rebuild=)
+    Pruner(..., logits=0)                            # a model returning (logits, features): which is the logits
+    nnx.Pruner(method, nnx_module, example_input, ...)  # NNX's own loop: nnx.Optimizer, nnx.jit, in place
     shrink_nnx(module, exported), adapt(nnx_module), model_layers(model, input_shape)
     distillation_loss(student_logits, teacher_logits, labels, T, alpha)
 
@@ -72,10 +74,17 @@ _EXPORTS = {
     ".train": ("evaluate", "evaluate_batches", "run_epoch", "run_epoch_batches"),
 }
 _ORIGIN = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_ORIGIN)
+__all__ = sorted([*_ORIGIN, "nnx"])
+
+
+_SUBMODULES = ("nnx",)   # rj.nnx.Pruner: every method in NNX's own loop
 
 
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+        globals()[name] = value
+        return value
     module = _ORIGIN.get(name)
     if module is None:
         raise AttributeError(f"module 'repr_jax' has no attribute {name!r}")

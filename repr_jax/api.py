@@ -91,17 +91,23 @@ class Pruner:
       scoring_data: ``(images, labels)`` a data-driven criterion scores on (training images;
         ``heldout_data`` takes precedence when given), passed through ``preprocess``.
       preprocess: raw images → model inputs for the scoring data (default: as they are).
+      logits: which part of the model's output is the logits, when it returns more than one
+        array — an index (``0`` for ``(logits, features)``), a dict key, or a callable
+        ``output → logits`` (:mod:`repr_jax.models.outputs`); default: the output itself, or
+        its ``"logits"`` entry. Every path (criteria, losses, export checks) reads that part.
       **settings: the method's config fields (``s1=…``, ``drop_fraction=…``, ``preset=…``).
     """
 
     def __init__(self, method: str | MethodConfig, model, example_input, *, epochs: int = 1,
                  steps_per_epoch: int = 1, batch_size: int = 128, seed: int = 0,
                  scoring_data: tuple | None = None, heldout_data: tuple | None = None,
-                 preprocess: Callable | None = None, **settings):
+                 preprocess: Callable | None = None, logits=None, **settings):
+        from repr_jax.models.outputs import with_logits
+        from repr_jax.shapes import example_shape
         config = method if isinstance(method, MethodConfig) else method_config(method, **settings)
         if isinstance(method, MethodConfig) and settings:
             raise ValueError("pass settings in the method config or as keywords, not both")
-        self.model = adapt(model)
+        self.model = with_logits(adapt(model), example_shape(None, example_input), logits)
         train = scoring_data if scoring_data is not None else (None, None)
         held = heldout_data if heldout_data is not None else (None, None)
         self.context = MethodContext.for_model(
@@ -249,23 +255,56 @@ class Pruner:
 
     def export(self, variables: dict, ps: PruneState, rebuild: Callable | None = None):
         """The smaller dense model (:class:`repr_jax.compress.export.Exported`): its variables
-        and channel spec always; its module when ``rebuild(channels)`` (your factory taking
-        ``{conv name: width}``) is given. For an NNX model see :func:`shrink_nnx`."""
+        and channel spec always; its module when ``rebuild`` is given — your module class or
+        factory, called with ``channels={conv name: width}`` as a keyword (positionally when it
+        takes no parameter of that name). Each of the export's warnings (nothing removed,
+        dead filters an unsupported operation keeps) is issued as a ``UserWarning``. For an
+        NNX model see :func:`shrink_nnx`."""
+        import warnings
         from repr_jax.compress.export import export_model
-        return export_model(self.model, self.masked_variables(variables, ps), self.live(ps),
-                            self.context.input_shape, rebuild=rebuild)
+        out = export_model(self.model, self.masked_variables(variables, ps), self.live(ps),
+                           self.context.input_shape, rebuild=None if rebuild is None else _by_channels(rebuild))
+        for line in out.warnings():
+            warnings.warn(line, UserWarning, stacklevel=2)
+        return out
+
+
+def _by_channels(rebuild: Callable) -> Callable:
+    """``channels → module`` from a class or factory taking ``channels`` (keyword if it names
+    such a parameter or takes ``**kwargs``, else the first positional argument)."""
+    import inspect
+    try:
+        params = inspect.signature(rebuild).parameters
+    except (TypeError, ValueError):
+        return rebuild
+    if "channels" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return lambda channels: rebuild(channels=channels)
+    return rebuild
 
 
 def shrink_nnx(module, exported) -> None:
     """Shrink an NNX ``module`` in place to an export of it (Torch-Pruning style): every
     parameter and batch statistic takes its exported, smaller value, and each layer's
-    feature counts (``in_features``, ``out_features``, ``num_features``) follow."""
+    feature counts follow — ``in_features`` / ``out_features`` of convs and linears,
+    ``num_features`` of BatchNorms, and a depthwise conv's ``feature_group_count`` (one group
+    per input channel, its channel multiplier kept); other grouped convs are never shrunk
+    by an export (:mod:`repr_jax.compress.graph`) and keep their groups."""
     from flax import nnx
     from repr_jax.models.nnx_adapter import NNXModel
-    NNXModel(module).write_back(exported.variables)
     shape = lambda variable: jnp.shape(variable.get_value() if hasattr(variable, "get_value") else variable.value)  # noqa: E731
+    convs = [sub for _, sub in nnx.iter_graph(module) if isinstance(sub, nnx.Conv) and getattr(sub, "kernel", None) is not None]
+    before = {id(c): (c.in_features, c.out_features, getattr(c, "feature_group_count", 1)) for c in convs}
+    NNXModel(module).write_back(exported.variables)
     for _, sub in nnx.iter_graph(module):
-        if isinstance(sub, (nnx.Conv, nnx.Linear)) and getattr(sub, "kernel", None) is not None:
+        if isinstance(sub, nnx.Conv) and id(sub) in before:
+            in0, out0, groups = before[id(sub)]
+            kernel = shape(sub.kernel)
+            sub.out_features = int(kernel[-1])
+            if groups == 1:
+                sub.in_features = int(kernel[-2])
+            elif in0 == groups:               # depthwise: out = groups · multiplier
+                sub.feature_group_count = sub.in_features = int(kernel[-1]) // (out0 // groups)
+        elif isinstance(sub, nnx.Linear) and getattr(sub, "kernel", None) is not None:
             sub.in_features, sub.out_features = int(shape(sub.kernel)[-2]), int(shape(sub.kernel)[-1])
         if isinstance(sub, nnx.BatchNorm):
             sub.num_features = int(shape(sub.mean)[-1])

@@ -63,8 +63,10 @@ class ModelConfig:
     batch_norm: bool = dataclasses.field(default=False, metadata={"help": "convnet: BatchNorm after each conv"})
     variant: str = dataclasses.field(default="paper", metadata={
         "help": "convnet: paper (3x3 convs), official (the official code: 5x5 conv+bias, 3x3/2 SAME max-pool, "
-                "truncated-normal 0.04 init) or pool2 (5x5, 2x2 max-pool, He init); vgg16: paper (one 512->10 "
-                "dense head) or li (Li et al. 2017: 512->512 dense + BatchNorm + ReLU -> 10)"})
+                "truncated-normal 0.04 init), pool2 (5x5, 2x2 max-pool, He init), vanilla (siahuat0727/RePr's: "
+                "the paper graph with biases, PyTorch's default init) or vanilla_pool (its first commit: 2x2 "
+                "max-pool after each conv); vgg16: paper (one 512->10 dense head) or li (Li et al. 2017: "
+                "512->512 dense + BatchNorm + ReLU -> 10)"})
     channels: str = dataclasses.field(default="", metadata={
         "help": "per-conv widths NAME=WIDTH,… (e.g. an export's architecture.json channels: train a pruned "
                 "architecture from scratch); convs not named keep their width"})
@@ -81,6 +83,9 @@ class ModelConfig:
         "help": "convnet: DropConnect at test time: moment (Gaussian moment matching, 1000 samples) or mean"})
     dropconnect_bias: bool = dataclasses.field(default=True, metadata={
         "help": "convnet: DropConnect drops the bias too (Wan et al. §2.2; false: the bias is always kept)"})
+    logits: str = dataclasses.field(default="", metadata={
+        "help": "your own model (FILE.py:FACTORY) returning more than logits: the tuple index (0) or dict key "
+                "of the logits (default: the output itself, or its 'logits' entry)"})
 
     def channel_spec(self) -> dict[str, int]:
         """``model.channels`` parsed: ``{conv name: width}`` (``ValueError`` naming a bad entry)."""
@@ -99,6 +104,8 @@ class ModelConfig:
         """The builder options this model takes (C^n(F)'s; VGG-16's ``variant`` when it is not the
         default; head options only when they differ from the plain head, so older
         architectures read the same)."""
+        if ":" in self.name:   # the user's factory (repr_jax.models.user): only which output is the logits
+            return {"logits": self.logits} if self.logits else {}
         if self.name == "vgg16":
             return {} if self.variant == "paper" else {"variant": self.variant}
         if self.name == "lenet300":   # Wan et al.'s regularisers on its hidden layers
@@ -256,6 +263,8 @@ class RunConfig:
              "model.dropout needs a hidden layer (model.hidden > 0)"),
             (self.model.name != "lenet300" or not self.model.hidden,
              "model.hidden is convnet's (lenet300 has its two hidden layers)"),
+            (not self.model.logits or is_reference(self.model.name),
+             f"model.logits applies to your own model (--model FILE.py:FACTORY), not {self.model.name}"),
             (self.model.dropconnect_mode in ("example", "batch"),
              f"model.dropconnect_mode must be example or batch, got {self.model.dropconnect_mode!r}"),
             (self.model.dropconnect_inference in ("moment", "mean"),

@@ -145,7 +145,8 @@ def folder_arrays(files: dict[str, bytes], image_size=None, class_order: tuple[s
                 except Exception as err:
                     raise DataError(f"cannot decode image {name}: {_reason(err)}") from None
                 if expect_shape is not None and image_size is None and array.shape[:2] != tuple(expect_shape[:2]):
-                    raise DataError(f"image {name} has shape {array.shape}, expected {tuple(expect_shape)}")
+                    raise DataError(f"image {name} has shape {array.shape}, expected CIFAR's {tuple(expect_shape)} "
+                                    "(an image folder of any size and channels: --dataset folder)")
                 images.append(array)
                 labels.append(label)
                 names.append(name)

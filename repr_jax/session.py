@@ -32,6 +32,7 @@ from repr_jax.checkpoint import Checkpointer
 from repr_jax.config import RunConfig
 from repr_jax.data import Dataset
 from repr_jax.epoch_loop import OneRun, epoch_loop, summary_fields
+from repr_jax.models.user import channels_warning, is_reference
 from repr_jax.errors import RunError
 from repr_jax.parallel import data_mesh, is_main_process, replicate, sync_processes
 from repr_jax.plots import dataset_label, plot_curves, plot_pruned_per_layer
@@ -171,6 +172,10 @@ def _start_locked(config: RunConfig, model, mesh, lock: RunLock | None, data: Da
         _, schedule, state = initial_state(config, data.train_count, model, method)
     except ValueError as err:
         raise RunError(str(err)) from None
+    if main and not resuming and getattr(method, "exports_at_end", False) and is_reference(config.model.name):
+        line = channels_warning(config.model.name, config.num_classes, data.image_shape, method.context.layers)
+        if line:   # said now, not after the last epoch
+            print(f"warning: {line}", file=sys.stderr, flush=True)
     if not (resuming and any((out / "checkpoints").glob("[0-9]*"))):
         state = warm_start(config, state)
     state = attach_teacher(config, state)
@@ -260,8 +265,12 @@ def finish(s: Session, extra: dict | None = None) -> dict:
             extra = {**(extra or {}), "export": {k: report[k] for k in (
                 "params_before", "params_after", "flops_before", "flops_after", "params_ratio",
                 "flops_ratio", "inference_speedup", "max_abs_logit_difference", "channels")}}
+            for line in report.get("warnings", []):
+                print(f"warning: {line}", file=sys.stderr, flush=True)
         except ExportError as err:
             extra = {**(extra or {}), "export_error": str(err)}
+            print(f"warning: the run completed, its export failed: {err} (summary.json: export_error)",
+                  file=sys.stderr, flush=True)
     extra = {**(extra or {}), **s.method.final_report(s.state, s.out)}
     summary = {
         "status": "completed", **summary_fields(s),

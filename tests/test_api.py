@@ -227,9 +227,9 @@ def test_the_examples_run_as_a_user_runs_them(script):
     assert re.search(r"test accuracy 0\.\d+", proc.stdout)
 
 
-def test_a_model_the_graph_cannot_trace_trains_plainly_and_refuses_pruning():
-    """Grouped convolutions have no channel-graph rule: standard training still builds, a
-    pruning method says why it cannot prune, in one line."""
+def test_a_model_with_an_op_the_graph_cannot_rebuild_still_prunes_with_every_masking_method():
+    """A grouped convolution has no export rule (other than keeping it whole): standard
+    training and RePr build, and the graph names the layer that an export keeps."""
     class Grouped(nn.Module):
         @nn.compact
         def __call__(self, x, train=False):
@@ -239,8 +239,9 @@ def test_a_model_the_graph_cannot_trace_trains_plainly_and_refuses_pruning():
 
     x, _ = _data(8)
     assert rj.Pruner("standard", Grouped(), x[:1]).layers
-    with pytest.raises(ValueError, match="repr cannot prune this model: channel graph: grouped convolutions"):
-        rj.Pruner("repr", Grouped(), x[:1], s1=1, s2=1, iterations=1)
+    pr = rj.Pruner("repr", Grouped(), x[:1], s1=1, s2=1, iterations=1, per_layer=True)
+    assert [l.name for l in pr.layers] == ["Conv_0", "Conv_1"]
+    assert [b.where for b in rj.model_graph(pr.model, (8, 8, 3)).barriers] == ["Conv_1"]
 
 
 @pytest.mark.parametrize("streams", ["default", "dropout"])

@@ -144,21 +144,58 @@ def test_vgg16_and_convnet_flops_from_the_formula():
     assert channel_graph(model, v, (1, 32, 32, 3)).flops == 32 * 32 * 32 * 27 + 2 * 32 * 32 * 32 * 288 + 32 * 32 * 32 * 10
 
 
-def test_unsupported_operations_fail_loudly():
+def test_operations_without_a_rule_are_barriers_an_export_keeps_and_names():
+    """An op the graph cannot follow (cumsum over channels, a grouped conv) is a barrier:
+    the graph still traces (masking methods work), an export keeps the channels entering
+    it, names the primitive and the user's module path, and computes the same logits."""
+    class Mixer(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return jnp.cumsum(x, axis=-1)
+
+    class Cumulative(nn.Module):
+        widths: tuple = (4, 4)
+
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = nn.relu(nn.Conv(self.widths[0], (3, 3), name="conv")(x))
+            x = nn.relu(nn.Conv(self.widths[1], (3, 3), name="free")(x))   # 0, 1 enter the cumsum, 2, 3 do not
+            features = jnp.concatenate([Mixer(name="mixer")(x[..., :2]), x[..., 2:]], axis=-1).mean(axis=(1, 2))
+            return nn.Dense(3, name="head")(features)
+
     class Grouped(nn.Module):
         @nn.compact
         def __call__(self, x, train=False):
-            return nn.Conv(6, (3, 3), feature_group_count=3)(x).mean(axis=(1, 2))
+            x = nn.Conv(6, (3, 3), name="stem")(x)
+            return nn.Conv(6, (3, 3), feature_group_count=3, name="grouped")(x).mean(axis=(1, 2))
 
-    class Cumulative(nn.Module):
-        @nn.compact
-        def __call__(self, x, train=False):
-            return jnp.cumsum(nn.Conv(4, (3, 3), name="conv")(x), axis=-1).mean(axis=(1, 2))
+    module = Cumulative()
+    v = module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    graph = channel_graph(module, v, (1, 8, 8, 3))
+    assert [(b.op, b.where) for b in graph.barriers] == [("cumsum", "mixer")]
+    live = {"conv": jnp.array([1.0, 0, 1, 0]), "free": jnp.array([0.0, 1, 1, 0])}
+    masks = with_live_filters(init_masks(v["params"], model_layers(module, (8, 8, 3))), model_layers(module, (8, 8, 3)), live)
+    masked = {"params": apply_masks(v["params"], masks)}
+    from repr_jax.compress.export import export_model
+    out = export_model(module, masked, live, (8, 8, 3),
+                       rebuild=lambda ch: Cumulative((ch.get("conv", 4), ch.get("free", 4))))
+    assert out.removed["conv"] == [1, 3]          # conv's channels only reach conv "free"
+    assert out.removed["free"] == [3]             # free's channel 0 enters the cumsum: kept
+    assert out.kept_dead == {"free": 1}
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    assert out.module.widths == (2, 3)
+    np.testing.assert_allclose(out.module.apply(out.variables, x), module.apply(masked, x), atol=1e-5)
+    assert "cumsum in mixer" in out.blocked["free"][0]
+    assert any("kept 1 dead filters of free" in w and "cumsum in mixer" in w for w in out.warnings())
 
-    for module, message in ((Grouped(), "grouped convolutions"), (Cumulative(), "no rule for primitive 'cumsum'")):
-        v = module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-        with pytest.raises(GraphError, match=message):
-            channel_graph(module, v, (1, 32, 32, 3))
+    grouped = Grouped()
+    vg = grouped.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    g = channel_graph(grouped, vg, (1, 8, 8, 3))
+    assert len(g.barriers) == 1 and g.barriers[0].where == "grouped"
+    assert "feature_group_count=3" in g.barriers[0].reason
+    nothing = export_model(grouped, vg, {"stem": jnp.array([0.0, 1, 1, 1, 1, 1]), "grouped": jnp.ones(6)}, (8, 8, 3))
+    assert nothing.removed == {"stem": [], "grouped": []}
+    assert nothing.warnings()[0].startswith("export removed nothing")
 
 
 def test_export_refuses_an_empty_layer():

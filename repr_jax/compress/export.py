@@ -46,7 +46,10 @@ class Exported:
     model), module (None without a ``rebuild``), variables, and what changed. ``channels``:
     width per conv — the channel spec a factory takes; ``removed``: removed filter indices
     per conv; ``kept_dead``: dead filters kept because they are tied to a live or fixed
-    channel. ``flops_after``: multiply–adds per example after, from the channel graph."""
+    channel; ``blocked``: for a conv with dead filters kept because an operation the channel
+    graph cannot see through reads them (a :class:`~repr_jax.compress.graph.Barrier`), what
+    and where that operation is. ``flops_after``: multiply–adds per example after, from the
+    channel graph."""
     architecture: dict
     variables: dict
     channels: dict[str, int]
@@ -57,6 +60,19 @@ class Exported:
     flops_before: int
     flops_after: int
     module: object = None
+    blocked: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    def warnings(self) -> list[str]:
+        """One line per thing a user should know: nothing removed, dead filters a barrier kept."""
+        lines = []
+        if not any(self.removed.values()):
+            kept = sum(self.kept_dead.values())
+            lines.append("export removed nothing: " + (f"all {kept} dead filters are tied to live, fixed or "
+                                                       "pinned channels" if kept else "no filter is dead"))
+        for name, why in self.blocked.items():
+            lines.append(f"export kept {self.kept_dead.get(name, 0)} dead filters of {name}: they feed "
+                         f"{'; '.join(why)}, which the channel graph cannot rebuild smaller")
+        return lines
 
     def report(self) -> dict:
         """``export.json``'s counts (logit difference added by the caller)."""
@@ -66,7 +82,8 @@ class Exported:
                 "flops_ratio": self.flops_before / max(self.flops_after, 1),
                 "channels": self.channels,
                 "removed_filters": {k: len(v) for k, v in self.removed.items()},
-                "kept_dead_filters": self.kept_dead}
+                "kept_dead_filters": self.kept_dead,
+                **({"kept_by_unsupported_ops": self.blocked} if self.blocked else {})}
 
 
 def removable(graph: ChannelGraph, live: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -81,7 +98,7 @@ def removable(graph: ChannelGraph, live: dict[str, np.ndarray]) -> dict[str, np.
     changed = True
     while changed:
         changed = False
-        for use in graph.uses:
+        for use in (*graph.uses, *graph.pins):
             for srcs in use.sources:
                 if index_kept(srcs, removed):
                     for name, ch in srcs:
@@ -159,12 +176,18 @@ def export_model(model, variables: dict, live: dict[str, jax.Array], input_shape
                 raise ExportError(f"exported leaf {key} has shape {got.get(key)}, the rebuilt model "
                                   f"expects {want.get(key)}")
     dead = {name: int((np.asarray(live[name]) <= 0).sum()) if name in live else 0 for name in graph.layers}
+    blocked = {}
+    for name in graph.layers:
+        kept = set(np.flatnonzero(~removed[name] & ~(np.asarray(live.get(name, 1)) > 0)).tolist())
+        barriers = graph.pinned_by(name, kept) if kept else []
+        if barriers:
+            blocked[name] = [b.describe() for b in barriers]
     return Exported(
         architecture=small_arch, variables=small_vars, channels=widths,
         removed={n: np.flatnonzero(r).tolist() for n, r in removed.items()},
         kept_dead={n: dead[n] - int(removed[n].sum()) for n in graph.layers if dead[n] - int(removed[n].sum())},
         params_before=graph.params, params_after=params_after,
-        flops_before=graph.flops, flops_after=flops_after, module=small_model)
+        flops_before=graph.flops, flops_after=flops_after, module=small_model, blocked=blocked)
 
 
 def export(architecture: dict, variables: dict, live: dict[str, jax.Array], input_shape=None) -> Exported:

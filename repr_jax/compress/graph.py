@@ -22,14 +22,22 @@ a depthwise conv ties each output channel to the sources of its input channel an
 filter (:func:`_depthwise`); ``dot_general`` records the dense kernel's rows; ``reshape``
 maps flattened features back to channels; ``add`` unions the sources of a residual sum; a channel-axis ``pad`` (the option-A
 shortcut) marks the channels it shifts as :data:`FIXED`-tied, because removing one would
-change the padding, which the model cannot express. A primitive without a rule raises
-:class:`GraphError` naming it, so an unsupported model fails loudly instead of exporting
-something wrong. Multiply–adds of convs and dense layers are counted on the way.
+change the padding, which the model cannot express (the rules per primitive:
+:mod:`repr_jax.compress.graph_rules`; the values: :mod:`repr_jax.compress.graph_values`).
+
+An equation the graph cannot follow — a primitive without a rule, or a rule that refuses
+its use — is a :class:`Barrier` (Torch-Pruning's unsupported ops): every channel entering
+it is pinned (an export keeps it) and its outputs are :data:`FIXED`. So every method that
+only masks (RePr, Han, DSD, DropConnect, JST's search) works on any model, and an export
+removes what it can and names the barrier — the primitive and the user's module path,
+recovered by tracing under ``jax.named_scope`` of each module (Linen's
+``nn.intercept_methods``; NNX through :func:`repr_jax.models.nnx_adapter.module_scopes`) —
+that kept the rest. Multiply–adds of convs and dense layers are counted on the way.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import math
 from typing import Any
 
 import jax
@@ -41,39 +49,10 @@ try:   # jax >= 0.4.36 moved the jaxpr types here
 except ImportError:   # pragma: no cover
     from jax.core import Literal
 
+from repr_jax.compress.graph_rules import ELEMENTWISE, RULES
+from repr_jax.compress.graph_values import (FIXED, Act, Barrier, Cost, GraphError, Param, Pin, Source, Use,
+                                            broadcast, fixed, pinned)
 from repr_jax.layers import get_path, prunable_convs
-
-FIXED = ("<fixed>", -1)
-Source = tuple[str, int]
-
-
-class GraphError(ValueError):
-    """The model uses an operation the channel graph has no rule for."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Use:
-    """Leaf ``collection/path`` has its axis ``axis`` indexed by channels: index i is fed by
-    ``sources[i]``. ``produced_by`` names the conv when this is its kernel's output axis."""
-    collection: str
-    path: tuple[str, ...]
-    axis: int
-    sources: tuple[frozenset, ...]
-    produced_by: str | None = None
-
-    @property
-    def leaf(self) -> str:
-        return "/".join((self.collection,) + self.path)
-
-
-@dataclasses.dataclass(frozen=True)
-class Cost:
-    """One conv or dense layer's multiply–adds per example: ``factor · |in| · |out|``, where
-    ``in_sources`` / ``out_sources`` are the sources of its input and output channels
-    (``factor``: output positions × kernel taps for a conv, positions for a dense layer)."""
-    factor: int
-    in_sources: tuple[frozenset, ...]
-    out_sources: tuple[frozenset, ...]
 
 
 def index_kept(srcs: frozenset, removed: dict) -> bool:
@@ -98,6 +77,14 @@ class ChannelGraph:
     flops: int
     params: int
     costs: tuple[Cost, ...] = ()
+    barriers: tuple[Barrier, ...] = ()
+    pins: tuple[Pin, ...] = ()
+
+    def pinned_by(self, name: str, channels=None) -> list[Barrier]:
+        """The barriers that keep channels of conv ``name`` (any, or those in ``channels``)."""
+        hit = {p.barrier for p in self.pins for srcs in p.sources for s in srcs
+               if s[0] == name and (channels is None or s[1] in channels)}
+        return [self.barriers[i] for i in sorted(hit)]
 
     def flops_after(self, removed: dict) -> int:
         """Multiply–adds per example once ``removed`` (``{conv: (F,) bool}``) filters are
@@ -114,38 +101,13 @@ class ChannelGraph:
         """Channels that share an index with another source (a residual sum or a padded
         shortcut): they can be removed only together with every source they are tied to."""
         out: dict[str, set[int]] = {}
-        for use in self.uses:
+        for use in (*self.uses, *self.pins):
             for srcs in use.sources:
                 if len(srcs) > 1:
                     for name, ch in srcs:
                         if (name, ch) != FIXED:
                             out.setdefault(name, set()).add(ch)
         return out
-
-
-# ----------------------------------------------------------------------------- abstract values
-@dataclasses.dataclass(frozen=True)
-class _Act:
-    sources: tuple[frozenset, ...]      # one set per index of the last axis (1 for scalars)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Param:
-    refs: tuple[tuple[tuple[str, tuple[str, ...]], tuple[int | None, ...]], ...]  # (leaf, axis map)
-
-
-def _fixed(n: int) -> tuple[frozenset, ...]:
-    return tuple(frozenset([FIXED]) for _ in range(max(n, 1)))
-
-
-def _union_all(sources) -> frozenset:
-    return frozenset().union(*sources) if sources else frozenset([FIXED])
-
-
-def _broadcast(sources: tuple[frozenset, ...], n: int) -> tuple[frozenset, ...]:
-    if len(sources) == n:
-        return sources
-    return (_union_all(sources),) * max(n, 1)
 
 
 class _Tracer:
@@ -156,9 +118,47 @@ class _Tracer:
         self.dense_names = dense_names or {}  # the same for dense layers whose units are tracked
         self.uses: list[Use] = []
         self.costs: list[Cost] = []
+        self.barriers: list[Barrier] = []
+        self.pins: list[Pin] = []
+        self.opaque: set[tuple[str, tuple[str, ...]]] = set()   # leaves a barrier reads
+        self.scope: tuple[str, ...] = ()      # the name stack of the call being traced into
+        self.root = ""                        # the model's class name (the name stack's first entry)
+
+    def where(self, eqn) -> str:
+        """The module path of ``eqn`` (its name stack; Linen's starts with the root class)."""
+        stack = str(getattr(getattr(eqn, "source_info", None), "name_stack", "") or "")
+        parts = "/".join(part for part in (*self.scope, stack) if part).split("/")
+        if parts and parts[0] == self.root:
+            parts = parts[1:]
+        return "/".join(p for p in parts if p)
+
+    def keep(self, eqn, reason: str, sources=()) -> int:
+        """Record a barrier (``eqn``, ``reason``) and pin ``sources``; returns its index."""
+        barrier = Barrier(eqn.primitive.name, self.where(eqn), reason)
+        if barrier not in self.barriers:
+            self.barriers.append(barrier)
+        index = self.barriers.index(barrier)
+        if sources:
+            self.pins.append(Pin(index, pinned(tuple(sources))))
+        return index
+
+    def barrier(self, eqn, ins, reason: str):
+        """An equation the graph cannot follow: its activations' channels pinned, the parameter
+        leaves it reads opaque (kept whole), its outputs :data:`FIXED`."""
+        index = self.keep(eqn, reason)
+        for x in ins:
+            if isinstance(x, Act):
+                self.pins.append(Pin(index, pinned(x.sources)))
+            elif isinstance(x, Param):
+                self.opaque.update((leaf, index) for leaf, _ in x.refs)
+        outs = []
+        for var in eqn.outvars:
+            shape = getattr(var.aval, "shape", ())
+            outs.append(Act(fixed(shape[-1] if shape else 1)) if any(isinstance(x, Act) for x in ins) else None)
+        return outs
 
     # -- helpers
-    def record(self, param: _Param, sources: tuple[frozenset, ...], ndim: int) -> None:
+    def record(self, param: Param, sources: tuple[frozenset, ...], ndim: int) -> None:
         for (coll, path), amap in param.refs:
             if len(amap) != ndim:
                 raise GraphError(f"{coll}/{'/'.join(path)} is combined with an activation of another rank")
@@ -169,18 +169,18 @@ class _Tracer:
                 self.uses.append(Use(coll, path, amap[-1], tuple(sources)))
 
     def elementwise(self, ins, out_aval):
-        acts = [x for x in ins if isinstance(x, _Act)]
-        params = [x for x in ins if isinstance(x, _Param)]
+        acts = [x for x in ins if isinstance(x, Act)]
+        params = [x for x in ins if isinstance(x, Param)]
         ndim = len(out_aval.shape)
         n = out_aval.shape[-1] if ndim else 1
         if acts:
             sources = tuple(frozenset().union(*parts) for parts in
-                            zip(*[_broadcast(a.sources, n) for a in acts]))
+                            zip(*[broadcast(a.sources, n) for a in acts]))
             for p in params:
                 self.record(p, sources, ndim)
-            return _Act(sources)
+            return Act(sources)
         if params:   # e.g. kernel * kernel: one leaf, referenced once
-            return _Param(tuple(dict.fromkeys(ref for p in params for ref in p.refs)))
+            return Param(tuple(dict.fromkeys(ref for p in params for ref in p.refs)))
         return None
 
     # -- the interpreter
@@ -196,7 +196,10 @@ class _Tracer:
             env[var] = value
         for eqn in jaxpr.eqns:
             ins = [read(v) for v in eqn.invars]
-            outs = self.eqn(eqn, ins)
+            try:
+                outs = self.eqn(eqn, ins)
+            except GraphError as err:
+                outs = self.barrier(eqn, ins, str(err))
             for var, value in zip(eqn.outvars, outs):
                 env[var] = value
         return [read(v) for v in jaxpr.outvars]
@@ -207,16 +210,30 @@ class _Tracer:
         sub = _sub_jaxpr(eqn)
         if sub is not None:
             inner = sub.jaxpr if hasattr(sub, "jaxpr") else sub
-            return self.run(inner, ins[len(ins) - len(inner.invars):])
+            outer, stack = self.scope, str(getattr(getattr(eqn, "source_info", None), "name_stack", "") or "")
+            self.scope = outer + ((stack,) if stack else ())
+            try:
+                return self.run(inner, ins[len(ins) - len(inner.invars):])
+            finally:
+                self.scope = outer
         if all(x is None for x in ins):
             return [None] * len(outs)
-        rule = _RULES.get(name)
+        moved = [x for x, v in zip(ins, eqn.invars) if isinstance(x, Act) and x.axis is not None]
+        rule = RULES.get(name)
+        if moved and name not in _FOLLOWS_MOVED_AXIS:
+            if name not in ELEMENTWISE or any(x.axis != moved[0].axis for x in moved) \
+                    or len(outs[0].aval.shape) != len(eqn.invars[0].aval.shape):
+                raise GraphError("channels off the last axis meet an operation that needs them last")
+            size = eqn.invars[0].aval.shape[moved[0].axis]
+            if any(isinstance(x, Param) for x in ins) or any(len(x.sources) != size for x in moved):
+                raise GraphError("channels off the last axis meet a parameter or a broadcast")
+            return [Act(tuple(frozenset().union(*parts) for parts in zip(*[x.sources for x in moved])),
+                        moved[0].axis)]
         if rule is not None:
             return rule(self, eqn, ins)
-        if name in _ELEMENTWISE:
+        if name in ELEMENTWISE:
             return [self.elementwise(ins, outs[0].aval)]
-        raise GraphError(f"channel graph: no rule for primitive {name!r}; this model cannot be "
-                         "exported (add a rule in repr_jax/compress/graph.py)")
+        raise GraphError(f"no rule for primitive {name!r} (repr_jax/compress/graph_rules.py)")
 
 
 def _sub_jaxpr(eqn):
@@ -227,217 +244,7 @@ def _sub_jaxpr(eqn):
     return None
 
 
-_ELEMENTWISE = {
-    "add", "add_any", "sub", "mul", "div", "max", "min", "pow", "rem", "atan2", "nextafter",
-    "neg", "exp", "exp2", "log", "log1p", "expm1", "rsqrt", "sqrt", "cbrt", "abs", "sign",
-    "tanh", "logistic", "erf", "sin", "cos", "floor", "ceil", "round", "is_finite", "not",
-    "and", "or", "xor", "convert_element_type", "integer_pow", "square", "stop_gradient",
-    "copy", "copy_p", "reduce_precision", "select_n", "clamp", "gt", "ge", "lt", "le", "eq", "ne",
-}
-
-
-def _conv(tr: _Tracer, eqn, ins):
-    lhs, rhs = ins
-    p = eqn.params
-    dn = p["dimension_numbers"]
-    out_shape = eqn.outvars[0].aval.shape
-    lhs_shape = eqn.invars[0].aval.shape
-    groups = p["feature_group_count"]
-    depthwise = groups > 1 and groups == lhs_shape[-1] == out_shape[-1]
-    if (groups != 1 and not depthwise) or p["batch_group_count"] != 1:
-        raise GraphError("channel graph: grouped convolutions other than depthwise (one filter per input "
-                         "channel) are not supported")
-    if dn.lhs_spec[1] != len(lhs_shape) - 1 or dn.out_spec[1] != len(out_shape) - 1:
-        raise GraphError("channel graph: convolutions must be channels-last (NHWC)")
-    if not isinstance(rhs, _Param) or len(rhs.refs) != 1:
-        raise GraphError("channel graph: a convolution's kernel must be one parameter leaf")
-    (coll, path), amap = rhs.refs[0]
-    if depthwise:
-        return _depthwise(tr, eqn, lhs, coll, path, amap[dn.rhs_spec[0]])
-    in_sources = lhs.sources if isinstance(lhs, _Act) else _fixed(lhs_shape[-1])
-    in_sources = _broadcast(in_sources, lhs_shape[-1])
-    tr.uses.append(Use(coll, path, amap[dn.rhs_spec[1]], in_sources))
-    features = out_shape[-1]
-    name = tr.conv_names.get(path) if coll == "params" else None
-    out = (tuple(frozenset([(name, f)]) for f in range(features)) if name is not None
-           else _fixed(features))
-    tr.uses.append(Use(coll, path, amap[dn.rhs_spec[0]], out, produced_by=name))
-    rhs_shape = eqn.invars[1].aval.shape
-    tr.costs.append(Cost(math.prod(out_shape[1:-1]) * math.prod(rhs_shape) // (features * lhs_shape[-1]),
-                         in_sources, out))
-    return [_Act(out)]
-
-
-def _depthwise(tr: _Tracer, eqn, lhs, coll: str, path: tuple, out_axis: int):
-    """A depthwise conv: output channel i is input channel i filtered alone, so it is tied to
-    every source of input channel i and to the conv's own filter i (removed only when all
-    are) — Torch-Pruning's depthwise coupling. Multiply–adds: positions × taps × channels."""
-    out_shape, rhs_shape = eqn.outvars[0].aval.shape, eqn.invars[1].aval.shape
-    channels = out_shape[-1]
-    name = tr.conv_names.get(path) if coll == "params" else None
-    ins = _broadcast(lhs.sources if isinstance(lhs, _Act) else _fixed(channels), channels)
-    out = tuple(srcs | {(name, f)} if name is not None else srcs for f, srcs in enumerate(ins))
-    tr.uses.append(Use(coll, path, out_axis, out, produced_by=name))
-    taps = math.prod(rhs_shape) // channels
-    tr.costs.append(Cost(math.prod(out_shape[1:-1]) * taps, out, _fixed(1)))
-    return [_Act(out)]
-
-
-def _dot_general(tr: _Tracer, eqn, ins):
-    lhs, rhs = ins
-    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
-    lhs_shape, rhs_shape = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
-    out_shape = eqn.outvars[0].aval.shape
-    if isinstance(lhs, _Act) and isinstance(rhs, _Param) and not lb and len(rc) == 1 \
-            and tuple(lc) == (len(lhs_shape) - 1,) and len(rhs.refs) == 1:
-        (coll, path), amap = rhs.refs[0]
-        tr.uses.append(Use(coll, path, amap[rc[0]], lhs.sources))
-        free = math.prod(d for i, d in enumerate(rhs_shape) if i not in rc)
-        name = tr.dense_names.get(path) if coll == "params" and len(rhs_shape) == 2 else None
-        if name is not None and out_shape:   # a dense layer's units as sources (dense_units=True)
-            out = tuple(frozenset([(name, f)]) for f in range(out_shape[-1]))
-            tr.uses.append(Use(coll, path, amap[1 - rc[0]], out, produced_by=name))
-        else:
-            out = _fixed(out_shape[-1] if out_shape else 1)
-        tr.costs.append(Cost(math.prod(lhs_shape[1:-1]), _broadcast(lhs.sources, lhs_shape[-1]),
-                             out if name is not None else _fixed(free)))
-        return [_Act(out)]
-    raise GraphError("channel graph: dot_general is supported only as activation @ parameter")
-
-
-def _reshape(tr: _Tracer, eqn, ins):
-    (x,) = ins[:1]
-    in_shape = eqn.invars[0].aval.shape
-    new = eqn.outvars[0].aval.shape
-    if isinstance(x, _Param):
-        kept_in = [(i, d) for i, d in enumerate(in_shape) if d != 1]
-        kept_out = [i for i, d in enumerate(new) if d != 1]
-        if [d for _, d in kept_in] != [new[i] for i in kept_out]:
-            raise GraphError("channel graph: a parameter is reshaped beyond adding unit axes")
-        refs = []
-        for leaf, amap in x.refs:
-            m = [None] * len(new)
-            for (i, _), o in zip(kept_in, kept_out):
-                m[o] = amap[i]
-            refs.append((leaf, tuple(m)))
-        return [_Param(tuple(refs))]
-    if not in_shape:
-        return [_Act(_broadcast(x.sources, new[-1] if new else 1))]
-    # Which input channels land at each index of the new last axis (flatten: j % C).
-    channel = np.broadcast_to(np.arange(in_shape[-1]), in_shape).reshape(new if new else (1,))
-    last = channel.reshape(-1, new[-1] if new else 1)
-    sources = tuple(_union_all([x.sources[c] for c in np.unique(last[:, j])])
-                    for j in range(last.shape[1]))
-    return [_Act(sources)]
-
-
-def _broadcast_in_dim(tr: _Tracer, eqn, ins):
-    x = ins[0]
-    in_shape = eqn.invars[0].aval.shape
-    shape = eqn.params["shape"]
-    dims = eqn.params["broadcast_dimensions"]
-    if isinstance(x, _Param):
-        refs = []
-        for leaf, amap in x.refs:
-            m = [None] * len(shape)
-            for i, d in enumerate(dims):
-                if in_shape[i] == shape[d]:
-                    m[d] = amap[i]
-            refs.append((leaf, tuple(m)))
-        return [_Param(tuple(refs))]
-    n = shape[-1] if shape else 1
-    if in_shape and dims[-1] == len(shape) - 1 and in_shape[-1] == n:
-        return [x]
-    return [_Act(_broadcast(x.sources, n))]
-
-
-def _reduce(tr: _Tracer, eqn, ins):
-    x = ins[0]
-    axes = tuple(eqn.params["axes"])
-    in_shape = eqn.invars[0].aval.shape
-    out_shape = eqn.outvars[0].aval.shape
-    if isinstance(x, _Param):
-        refs = tuple((leaf, tuple(a for i, a in enumerate(amap) if i not in axes)) for leaf, amap in x.refs)
-        if any(amap[i] is not None for _, amap in x.refs for i in axes):
-            raise GraphError("channel graph: a parameter is reduced along a channel axis")
-        return [_Param(refs)]
-    if len(in_shape) - 1 in axes:
-        return [_Act(_broadcast((_union_all(x.sources),), out_shape[-1] if out_shape else 1))]
-    return [x]
-
-
-def _window(tr: _Tracer, eqn, ins):
-    x = ins[0]
-    p = eqn.params
-    if isinstance(x, _Act) and (p["window_dimensions"][-1] != 1 or p["window_strides"][-1] != 1):
-        return [_Act(_broadcast((_union_all(x.sources),), eqn.outvars[0].aval.shape[-1]))]
-    return [x]
-
-
-def _pad(tr: _Tracer, eqn, ins):
-    x = ins[0]
-    lo, hi, interior = eqn.params["padding_config"][-1]
-    if not isinstance(x, _Act) or (lo, hi, interior) == (0, 0, 0):
-        return [x]
-    if interior or lo < 0 or hi < 0:
-        raise GraphError("channel graph: only zero-padding of the channel axis is supported")
-    shifted = tuple(s | {FIXED} for s in x.sources)     # see the module docstring
-    pad = lambda n: (frozenset([FIXED]),) * int(n)
-    return [_Act(pad(lo) + shifted + pad(hi))]
-
-
-def _slice(tr: _Tracer, eqn, ins):
-    x = ins[0]
-    if not isinstance(x, _Act):
-        if isinstance(x, _Param):
-            raise GraphError("channel graph: slicing a parameter is not supported")
-        return [x]
-    p = eqn.params
-    stride = (p["strides"] or (1,) * len(p["start_indices"]))[-1]
-    return [_Act(x.sources[p["start_indices"][-1]:p["limit_indices"][-1]:stride])]
-
-
-def _concatenate(tr: _Tracer, eqn, ins):
-    dim = eqn.params["dimension"]
-    shapes = [v.aval.shape for v in eqn.invars]
-    if any(isinstance(x, _Param) for x in ins):
-        raise GraphError("channel graph: concatenating parameters is not supported")
-    if dim == len(shapes[0]) - 1:
-        parts = [x.sources if isinstance(x, _Act) else _fixed(s[-1]) for x, s in zip(ins, shapes)]
-        return [_Act(tuple(s for part in parts for s in part))]
-    return [tr.elementwise(ins, eqn.outvars[0].aval)]
-
-
-def _transpose(tr: _Tracer, eqn, ins):
-    x = ins[0]
-    perm = eqn.params["permutation"]
-    if isinstance(x, _Param):
-        return [_Param(tuple((leaf, tuple(amap[i] for i in perm)) for leaf, amap in x.refs))]
-    if perm[-1] != len(perm) - 1:
-        return [_Act((_union_all(x.sources),) * eqn.outvars[0].aval.shape[-1])]
-    return [x]
-
-
-def _squeeze(tr: _Tracer, eqn, ins):
-    x = ins[0]
-    dims = tuple(eqn.params["dimensions"])
-    in_shape = eqn.invars[0].aval.shape
-    if isinstance(x, _Param):
-        return [_Param(tuple((leaf, tuple(a for i, a in enumerate(amap) if i not in dims))
-                             for leaf, amap in x.refs))]
-    if len(in_shape) - 1 in dims:
-        out = eqn.outvars[0].aval.shape
-        return [_Act(_broadcast(x.sources, out[-1] if out else 1))]
-    return [x]
-
-
-_RULES = {
-    "conv_general_dilated": _conv, "dot_general": _dot_general, "reshape": _reshape,
-    "broadcast_in_dim": _broadcast_in_dim, "reduce_sum": _reduce, "reduce_max": _reduce,
-    "reduce_min": _reduce, "argmax": _reduce, "argmin": _reduce, "reduce_window_max": _window,
-    "reduce_window_sum": _window, "reduce_window_min": _window, "pad": _pad, "slice": _slice,
-    "concatenate": _concatenate, "transpose": _transpose, "squeeze": _squeeze,
-}
+_FOLLOWS_MOVED_AXIS = ("transpose", "dot_general", "gather", "rev")
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -463,16 +270,18 @@ def trace_channel_graph(model, variables, input_shape, dense_units: bool = False
             if path[-1] == "kernel" and np.ndim(leaf) == 2:
                 dense[path] = "/".join(path[:-1])
     x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
-    closed = jax.make_jaxpr(lambda v, inp: model.apply(v, inp, train=False))(variables, x)
+    with module_scopes(model):
+        closed = jax.make_jaxpr(lambda v, inp: model.apply(v, inp, train=False))(variables, x)
     flat, _ = jax.tree_util.tree_flatten_with_path((variables, x))
     inputs = []
     for key_path, leaf in flat:
         path = _leaf_path(key_path)
         if path[0] == "1":             # the image
-            inputs.append(_Act(_fixed(input_shape[-1])))
+            inputs.append(Act(fixed(input_shape[-1])))
         else:                          # ("0", collection, *leaf path)
-            inputs.append(_Param((((path[1], path[2:]), tuple(range(np.ndim(leaf)))),)))
+            inputs.append(Param((((path[1], path[2:]), tuple(range(np.ndim(leaf)))),)))
     tracer = _Tracer(conv_names, dense)
+    tracer.root = type(model).__name__
     tracer.run(closed.jaxpr, inputs)
     params = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(variables["params"]))
     traced = list(dict.fromkeys(u.produced_by for u in tracer.uses if u.produced_by is not None))
@@ -480,9 +289,26 @@ def trace_channel_graph(model, variables, input_shape, dense_units: bool = False
     sizes = {l.name: l.num_filters for l in layers}
     sizes.update({name: int(np.shape(get_path(variables["params"], path))[1]) for path, name in dense.items()})
     ordered = sorted(sizes, key=lambda n: rank.get(n, len(rank)))
+    opaque = dict(tracer.opaque)   # a leaf a barrier reads: every channel indexing it is kept
+    pins = tracer.pins + [Pin(opaque[(u.collection, u.path)], pinned(u.sources)) for u in tracer.uses
+                          if (u.collection, u.path) in opaque]
     return ChannelGraph({n: sizes[n] for n in ordered}, tuple(tracer.uses),
                         sum(c.factor * len(c.in_sources) * len(c.out_sources) for c in tracer.costs), params,
-                        tuple(tracer.costs))
+                        tuple(tracer.costs), tuple(tracer.barriers), tuple(pins))
 
 
-__all__ = ["FIXED", "ChannelGraph", "Cost", "GraphError", "Use", "index_kept", "trace_channel_graph"]
+@contextlib.contextmanager
+def module_scopes(model):
+    """Trace ``model`` so that every equation's name stack is the user's module path
+    (``Decoder_0/Conv_2``): Flax Linen names its module calls itself (``flax_profile``, on by
+    default); an NNX adapter wraps each submodule's call in ``jax.named_scope`` for the trace
+    (its ``named_scopes()``)."""
+    if hasattr(model, "named_scopes"):
+        with model.named_scopes():
+            yield
+        return
+    yield
+
+
+__all__ = ["FIXED", "Barrier", "ChannelGraph", "Cost", "GraphError", "Pin", "Source", "Use", "index_kept",
+           "module_scopes", "trace_channel_graph"]

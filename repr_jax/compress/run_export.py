@@ -81,7 +81,8 @@ def export_and_report(state, architecture: dict, method, images, out, info: dict
     report = {**info, **exported.report(),
               "max_abs_logit_difference": float(jnp.max(jnp.abs(big - small))),
               **speed, "inference_batch": speed_batch,
-              "inference_device": str(jax.devices()[0].device_kind)}
+              "inference_device": str(jax.devices()[0].device_kind),
+              **({"warnings": exported.warnings()} if exported.warnings() else {})}
     save_exported(exported, out, report)
     return report
 

@@ -186,6 +186,22 @@ def conv_kernels(params, layers):
     return tree
 
 
+def warn_low_dimensional(layers) -> None:
+    """A ``UserWarning`` per conv whose filters have fewer weights than it has filters (a first
+    conv on RGB, a depthwise conv): Eq. 3 compares them in a low-dimensional space, where they
+    overlap more, so a global ranking drops most of them first — and their re-initialised
+    filters cannot all be orthogonal (:mod:`repr_jax.reinit`'s fallback)."""
+    import warnings
+    for layer in layers:
+        if layer.fan_in < layer.num_filters:
+            warnings.warn(
+                f"repr: {layer.name} has {layer.fan_in} weights per filter for {layer.num_filters} filters: "
+                "a global ranking tends to drop most of its filters first (28-29 of C3's 32 first-conv filters) "
+                "and their re-initialisation cannot keep them all orthogonal (the fallback in docs/methods.md); "
+                "repr.per_layer=true ranks within layers, repr.exclude_first=true spares the first conv",
+                UserWarning, stacklevel=3)
+
+
 @register
 class RePr(Method):
     """RePr: rank by ``config.criterion``, drop, train the sub-network, re-initialise."""
@@ -202,6 +218,8 @@ class RePr(Method):
         if eligible and all(layer.num_filters <= config.min_keep for layer in eligible):
             raise ValueError(f"--repr-min-keep {config.min_keep} leaves nothing to drop: no prunable "
                              f"layer has more than {max(l.num_filters for l in eligible)} filters")
+        if not config.per_layer and config.drop_fraction > 0:
+            warn_low_dimensional(eligible)
         self.score_data, self.probe_data = (None, None), None
         images, labels = context.scoring_data()
         if self.criterion.needs_data and images is not None:

@@ -38,8 +38,8 @@ def create_model(name: str, num_classes: int = 10, channels=None, **options):
     ``ValueError``."""
     spec = as_spec(channels)
     if user.is_reference(name):
-        if options:
-            raise ValueError(f"model {name!r} is the user's factory: it takes no options, got "
+        if set(options) - {"logits"}:
+            raise ValueError(f"model {name!r} is the user's factory: it takes no options but logits, got "
                              f"{', '.join(sorted(options))}")
         return user.build(name, num_classes, dict(spec) if spec else None)
     if name == "convnet":
@@ -79,12 +79,21 @@ def input_shape_of(arch: dict) -> tuple[int, int, int]:
 
 
 def from_architecture(arch: dict):
-    """The Flax module an ``architecture.json`` describes."""
+    """The Flax module an ``architecture.json`` describes; the user's factory's module with
+    its output checked (:func:`repr_jax.models.outputs.with_logits`: the logits selected
+    when it returns more, one line when they cannot be read)."""
     try:
-        return create_model(arch["name"], arch.get("num_classes", 10), arch.get("channels") or None,
-                            **arch.get("options", {}))
+        module = create_model(arch["name"], arch.get("num_classes", 10), arch.get("channels") or None,
+                              **arch.get("options", {}))
     except (KeyError, TypeError) as err:
         raise ValueError(f"not a model architecture: {err}") from None
+    if user.is_reference(arch["name"]):
+        from repr_jax.models.outputs import with_logits
+        try:
+            module = with_logits(module, input_shape_of(arch), arch.get("options", {}).get("logits") or None)
+        except ValueError as err:
+            raise ValueError(f"--model {arch['name']}: {err}") from None
+    return module
 
 
 __all__ = ["ConvNet", "DropConnectDense", "HEAD_OPTIONS", "CifarResNet", "LeNet300", "LeNet5", "MobileNetV2",

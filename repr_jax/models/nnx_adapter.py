@@ -17,12 +17,16 @@ so it traces under ``jit``, ``grad`` and ``vmap`` like a Linen ``apply``.
 * Output interception (:func:`repr_jax.layers.intercept_outputs`: scoring probes and a
   method's channel gates) works by replacing the intercepted submodules of the merged copy
   for the call.
+* :meth:`NNXModel.named_scopes`: while it is active, every submodule's call runs under
+  ``jax.named_scope(its attribute name)``, so a traced equation's name stack is the user's
+  module path (the channel graph names the module of an operation it cannot follow).
 * :meth:`NNXModel.write_back` puts trained or exported variables into the user's module
   (in place; shapes may shrink — NNX modules are mutable, so an export shrinks the module
   itself, :func:`repr_jax.api.shrink_nnx`).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import jax
@@ -89,6 +93,16 @@ class NNXModel:
             raise TypeError(f"adapt() takes a flax.nnx.Module, got {type(module).__name__}")
         self.module = module
         self.graphdef, self._params, self._stats, self._rest = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
+        self._scopes = False
+
+    @contextlib.contextmanager
+    def named_scopes(self):
+        """Calls inside run every submodule under ``jax.named_scope`` of its name."""
+        self._scopes = True
+        try:
+            yield
+        finally:
+            self._scopes = False
 
     def __hash__(self) -> int:
         return id(self)
@@ -118,9 +132,28 @@ class NNXModel:
         from repr_jax.layers import active_intercepts
         nnx = _nnx()
         module = self.bind(variables)
+        module.train() if train else module.eval()
         if rngs:
             _reseed(module, rngs)
-        module.train() if train else module.eval()
+        elif train and _draws_random_numbers(module):
+            raise ValueError("this NNX model draws random numbers in training (nnx.Dropout): pass a new key per "
+                             "step, rngs={'dropout': key} (Pruner.forward / model.apply) — without it every "
+                             "step would reuse one mask")
+        if self._scopes and not active_intercepts():
+            _scope_submodules(module)
+        out = self.call_intercepted(module, x, method, **kwargs)
+        if mutable:
+            _, _, stats, _ = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
+            return out, {"batch_stats": _str_keys(_pure(stats))}
+        return out
+
+    @staticmethod
+    def call_intercepted(module, x, method=None, **kwargs):
+        """``module(x)`` (or its ``method``) with the active output intercepts
+        (:func:`repr_jax.layers.intercept_outputs`) on its submodules for the call, in place
+        and restored after — on a bound copy here, on the user's module in
+        :class:`repr_jax.nnx.Pruner`."""
+        from repr_jax.layers import active_intercepts
         restore = []
         for sites, fn in active_intercepts():
             for path, name in sites.items():
@@ -129,14 +162,10 @@ class NNXModel:
                 _set(parent, key, _intercepted(inner, name, fn))
                 restore.append((parent, key, inner))
         try:
-            out = module(x, **kwargs) if method is None else getattr(module, method)(x, **kwargs)
+            return module(x, **kwargs) if method is None else getattr(module, method)(x, **kwargs)
         finally:
             for parent, key, inner in reversed(restore):
                 _set(parent, key, inner)
-        if mutable:
-            _, _, stats, _ = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
-            return out, {"batch_stats": _str_keys(_pure(stats))}
-        return out
 
     def write_back(self, variables: dict) -> None:
         """Put ``variables`` (``{"params", "batch_stats"}``, string keys) into the user's module,
@@ -146,6 +175,13 @@ class NNXModel:
         stats = _state_with(self._stats, variables.get("batch_stats", {}))
         nnx.update(self.module, params, stats)
         self.graphdef, self._params, self._stats, self._rest = nnx.split(self.module, nnx.Param, nnx.BatchStat, ...)
+
+
+def _draws_random_numbers(module) -> bool:
+    """Whether a training call of ``module`` samples (an active ``nnx.Dropout``)."""
+    nnx = _nnx()
+    return any(isinstance(node, nnx.Dropout) and node.rate > 0 and not node.deterministic
+               for _, node in nnx.iter_graph(module))
 
 
 def _reseed(module, rngs: dict) -> None:
@@ -160,6 +196,49 @@ def _reseed(module, rngs: dict) -> None:
         keys["default"] = rngs.get("dropout", next(iter(rngs.values())))
     if keys:
         nnx.reseed(module, **keys)
+
+
+def _scope_submodules(module) -> None:
+    """Wrap every submodule of ``module`` (a bound copy) so its call runs under
+    ``jax.named_scope`` of its path below the nearest wrapped ancestor — deepest first, so a
+    parent's wrapper holds already wrapped children; nested scopes then spell the full path."""
+    nnx = _nnx()
+    found = [(tuple(str(k) for k in path), node) for path, node in nnx.iter_graph(module)
+             if path and isinstance(node, nnx.Module) and callable(node)
+             and not hasattr(type(node), "__iter__")]   # containers (nnx.List) stay as they are
+    wrapped = {path for path, _ in found}
+    for path, node in sorted(found, key=lambda item: -len(item[0])):
+        # the path below the nearest wrapped ancestor (an nnx.List between them is not one)
+        outer = max((len(p) for p in wrapped if len(p) < len(path) and path[:len(p)] == p), default=0)
+        parent, key = _parent_and_key(module, path)
+        _set(parent, key, _scoped(node, "/".join(path[outer:])))
+
+
+_SCOPED = []
+
+
+def _scoped(inner, name):
+    """An NNX module that calls ``inner`` under ``jax.named_scope(name)`` and forwards every
+    other attribute to it (defined on first use)."""
+    if not _SCOPED:
+        nnx = _nnx()
+
+        class Scoped(nnx.Module):
+            def __init__(self, inner, name):
+                self.inner = inner
+                self.scope_name = name
+
+            def __call__(self, *args, **kwargs):
+                with jax.named_scope(self.scope_name):
+                    return self.inner(*args, **kwargs)
+
+            def __getattr__(self, attr):
+                if attr in ("inner", "scope_name") or attr.startswith("_"):
+                    raise AttributeError(attr)
+                return getattr(self.inner, attr)
+
+        _SCOPED.append(Scoped)
+    return _SCOPED[0](inner, name)
 
 
 _INTERCEPTED = []
@@ -199,4 +278,15 @@ def is_nnx(model) -> bool:
     return isinstance(model, NNXModel)
 
 
-__all__ = ["NNXModel", "adapt", "is_nnx"]
+def pure_dict(state) -> dict:
+    """An NNX state as the library's nested dict of arrays, every key a string."""
+    return _str_keys(_pure(state))
+
+
+def state_like(template, values: dict):
+    """A copy of the NNX state ``template`` holding ``values`` (a string-keyed dict of the
+    same structure)."""
+    return _state_with(template, values)
+
+
+__all__ = ["NNXModel", "adapt", "is_nnx", "pure_dict", "state_like"]

@@ -93,4 +93,28 @@ def build(reference: str, num_classes: int, channels: dict | None):
     return module
 
 
-__all__ = ["build", "canonical", "is_reference", "load_factory", "takes_channels"]
+def channels_warning(reference: str, num_classes: int, input_shape, layers) -> str | None:
+    """A warning line when a factory cannot build the smaller model an export needs: it takes
+    no ``channels``, or takes them and ignores them (the first prunable conv, asked one filter
+    fewer, keeps its width); None when it honours them."""
+    import jax
+    import jax.numpy as jnp
+
+    from repr_jax.layers import get_path
+    if not layers:
+        return None
+    if not takes_channels(load_factory(reference)):
+        return (f"--model {reference}: the factory takes no channels, so the export will give the smaller "
+                "parameters and the channel spec only, no smaller module")
+    first = layers[0]
+    spec = {first.name: max(1, first.num_filters - 1)}
+    small = build(reference, num_classes, spec)
+    x = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
+    shapes = jax.eval_shape(lambda: small.init(jax.random.key(0), x, train=False))["params"]
+    if first.num_filters > 1 and get_path(shapes, first.path + ("kernel",)).shape[-1] == first.num_filters:
+        return (f"--model {reference}: the factory ignores channels (asked for {spec}, {first.name} kept "
+                f"{first.num_filters} filters), so the export cannot rebuild a smaller module")
+    return None
+
+
+__all__ = ["build", "canonical", "channels_warning", "is_reference", "load_factory", "takes_channels"]
