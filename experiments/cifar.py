@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from repr_jax._xla_flags import enable_cpu_fusion
 
@@ -21,12 +22,22 @@ enable_cpu_fusion()  # before JAX starts its backend; REPR_JAX_NO_YNN=1 opts out
 from repr_jax.cli import build_parser, config_from_args, fail, start_processes_from_args  # noqa: E402
 from repr_jax.data import DataError  # noqa: E402
 from repr_jax.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, Diverged, RunError  # noqa: E402
+from repr_jax.supervisor import exit_at_once, supervise, supervised  # noqa: E402
 
 
 def main(argv=None) -> int:
     """Exit codes: 0 completed, 2 bad input (one line), 3 diverged (one line; the last finite
     checkpoint is kept), 130 interrupted by Ctrl-C (one line; --resume continues), 1 a crash."""
     args = build_parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    if args.coordinator is not None and not supervised():   # one process of several: watched
+        return supervise([sys.executable, str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv)])
+    code = _main(args)
+    if args.coordinator is not None and code != 0:   # a failed process of several: no shutdown barrier
+        exit_at_once(code, grace=2.0 if args.process_id == 0 else 0.0)
+    return code
+
+
+def _main(args) -> int:
     try:
         config = config_from_args(args)
         start_processes_from_args(args)   # before anything touches JAX
@@ -36,6 +47,16 @@ def main(argv=None) -> int:
         return fail(err)
     except Diverged as err:
         return fail(err, EXIT_DIVERGED)
+    except MemoryError:
+        return fail(RunError("out of memory: the model, the batch or the data does not fit in this process's "
+                             "memory; use a smaller --batch-size, --width or data set (a fresh run directory "
+                             "without a trained epoch was removed)"))
+    except Exception as err:   # XLA's allocation failures surface as its runtime error
+        if "RESOURCE_EXHAUSTED" not in str(err) and "Out of memory" not in str(err):
+            raise
+        return fail(RunError(f"out of memory on {type(err).__name__}: {str(err).splitlines()[0][:160]}; use a "
+                             "smaller --batch-size, --width or data set (a fresh run directory without a trained "
+                             "epoch was removed)"))
     except KeyboardInterrupt as err:   # Interrupted names the epoch; before training, nothing to say
         return fail(err if str(err) else KeyboardInterrupt("interrupted before training began; nothing was "
                                                             "changed"), EXIT_INTERRUPTED)

@@ -14,6 +14,13 @@ full, permissions) is a one-line :class:`~repr_jax.errors.RunError` and the earl
 checkpoints stay as they were. :meth:`Checkpointer.restore_newest` falls back to the newest
 checkpoint that restores when a later one is damaged.
 
+Every checkpoint carries a SHA-256 of each of its arrays (bytes, dtype and shape) in its
+JSON ``extra`` (``checksums``); a restore recomputes them and refuses a checkpoint whose
+arrays changed on disk — flipped bytes that still decode would otherwise restore silently
+(a NaN loss in ``evaluate``, a diverged ``--resume``). Such a checkpoint is damaged like a
+truncated one: a resume sets it aside and continues from the newest one that verifies.
+Checkpoints written before the checksums existed restore unverified.
+
 Checkpoints written before methods carried their own state held RePr's snapshot as a
 top-level ``snapshot`` (the whole params tree) and no ``method_*`` fields; they restore
 into today's state with the snapshot's conv kernels moved to ``method_state["snapshot"]``.
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import os
 import re
 import signal
@@ -102,6 +110,28 @@ def _stderr_held():
         held.close()
 
 
+def checksums(tree) -> dict[str, str]:
+    """``{array path: SHA-256 of its dtype, shape and bytes}`` of every array leaf of ``tree``."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if not hasattr(leaf, "shape"):
+            continue
+        a = np.ascontiguousarray(np.asarray(leaf))
+        digest = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+        digest.update(a.tobytes())
+        out[jax.tree_util.keystr(path)] = digest.hexdigest()
+    return out
+
+
+def verify(tree, expected: dict[str, str], epoch: int) -> None:
+    """``ValueError`` naming the first array of ``tree`` whose checksum is not ``expected``'s."""
+    got = checksums(tree)
+    for key, value in expected.items():
+        if got.get(key) != value:
+            raise ValueError(f"the checkpoint of epoch {epoch} is damaged: {key} does not match the checksum "
+                             "written with it")
+
+
 def best_key(metrics: dict) -> tuple[float, int]:
     """Order of checkpoints by quality: higher test accuracy, then the earlier epoch.
     ``metrics`` is what :meth:`Checkpointer.save` stored (checkpoints written before the
@@ -133,9 +163,10 @@ class Checkpointer:
 
     def save(self, epoch: int, state, metrics: dict, extra: dict) -> None:
         """Save the state after ``epoch`` (1-based count of finished epochs)."""
+        saved = _saved_part(state)
         items = ocp.args.Composite(
-            state=ocp.args.StandardSave(_saved_part(state)),
-            extra=ocp.args.JsonSave(extra))
+            state=ocp.args.StandardSave(saved),
+            extra=ocp.args.JsonSave({**extra, "checksums": checksums(saved)}))
         try:
             with _interrupts_deferred(), _stderr_held():
                 self.manager.save(epoch, args=items,
@@ -189,10 +220,13 @@ class Checkpointer:
             out = self.manager.restore(epoch, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(_abstract_like(target)), extra=ocp.args.JsonRestore()))
         restored = dict(out["state"])
+        extra = dict(out["extra"])
+        if "checksums" in extra:
+            verify(restored, extra.pop("checksums"), epoch)
         if legacy:
             restored = _from_legacy(restored, template)
         restored["teacher"] = flax.serialization.to_state_dict(template)["teacher"]
-        return flax.serialization.from_state_dict(template, restored), dict(out["extra"])
+        return flax.serialization.from_state_dict(template, restored), extra
 
     def restore_newest(self, template, accept=None):
         """``(state, extra, epoch, skipped)``: the newest checkpoint that restores (and that

@@ -115,8 +115,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--method", default=None, help=f"training method (default standard): {methods}")
     g.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS),
-                   help="start from every setting of the paper's or the official code's runs "
-                        "(repr_jax.protocols; README 'Protocols'); flags and --set apply on top")
+                   help="start from every setting of the paper's, the official code's or the PyTorch "
+                        "reimplementation's runs (repr_jax.protocols; docs/methods.md 'Protocols'); flags and "
+                        "--set apply on top")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set any setting, e.g. --set repr.s1=20 --set optim.lr=0.01 (repeatable; "
                         "applied last; the keys are listed below)")
@@ -126,6 +127,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (same settings)")
     g.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    g.add_argument("--trust-model", action="store_true",
+                   help="import the model code (FILE.py:FACTORY) a run directory names on --resume, or a teacher's "
+                        "/ init_from run's, without naming it again with --model")
     mp = p.add_argument_group("processes (one run over several processes/hosts, data parallel; with --devices 0; "
                               "docs/cli.md 'Seeds and devices')")
     mp.add_argument("--coordinator", default=None, metavar="HOST:PORT",
@@ -167,6 +171,8 @@ def start_processes_from_args(args: argparse.Namespace) -> None:
     host, _, port = args.coordinator.rpartition(":")
     if not host or not port.isdigit():
         raise RunError(f"--coordinator must be HOST:PORT, got {args.coordinator!r}")
+    if not 1 <= int(port) <= 65535:
+        raise RunError(f"--coordinator port must be in 1..65535, got {port}")
     if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
         raise RunError(f"--process-id must be in 0..{args.num_processes - 1} and --num-processes >= 1, got "
                        f"{args.process_id} of {args.num_processes}")
@@ -180,7 +186,7 @@ def _saved_config(out: Path) -> bool:
     import json
     try:
         saved = json.loads((out / "config.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(saved, dict) and isinstance(saved.get("config"), dict)
 
@@ -189,6 +195,7 @@ def config_from_args(args: argparse.Namespace):
     """The :class:`~repr_jax.config.RunConfig` the parsed flags describe (``RunError`` if bad)."""
     from repr_jax.config import (RunConfig, apply_overrides, default_learning_rate,
                                  load_config_file)
+    from repr_jax.errors import RunError
     explicit: set = set()
     settings_file = args.config
     if settings_file is None and args.resume and args.out and _saved_config(Path(args.out)):
@@ -224,9 +231,16 @@ def config_from_args(args: argparse.Namespace):
         d.setdefault("optim", {})["learning_rate"] = default_learning_rate(
             d.get("optim", {}).get("optimizer", "sgd"), d.get("model", {}).get("name", "convnet"))
     model, name = d.get("model", {}).get("name", "convnet"), d["method"]["name"]
-    from repr_jax.models.user import canonical, is_reference
+    from repr_jax.models.user import canonical, check_trusted, is_reference, trust
+    named = next((o.partition("=")[2] for o in reversed(args.overrides) if o.split("=")[0].strip() == "model.name"),
+                 getattr(args, "model.name", None))
+    trust(named if named and is_reference(named) else None, everything=getattr(args, "trust_model", False))
     if is_reference(str(model)):   # the user's FILE.py:FACTORY, recorded with an absolute path
         d["model"]["name"] = canonical(model)
+        try:   # named in a settings file (a run's config.json on --resume) and not on the command line
+            check_trusted(d["model"]["name"], settings_file or "the settings", None)
+        except ValueError as err:
+            raise RunError(str(err)) from None
         model = model.rpartition(":")[2]
     d["out"] = args.out or d.get("out") or f"runs/{model}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     d["resume"], d["quiet"] = args.resume, args.quiet

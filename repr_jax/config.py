@@ -536,8 +536,8 @@ def load_config_file(path: str | Path) -> dict:
     """A JSON settings file (this layout, or a run's ``config.json``) as a config dict."""
     try:
         loaded = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise RunError(f"cannot read config file {path}: {err}") from None
+    except (OSError, ValueError, RecursionError) as err:
+        raise RunError(f"cannot read config file {path}: {type(err).__name__}: {' '.join(str(err).split())[:200]}") from None
     if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict):
         return as_trained(migrate(loaded["config"]))
     return migrate(loaded)

@@ -46,7 +46,7 @@ import numpy as np
 
 from repr_jax.data_formats import (ARCHIVES, CIFAR10_CLASSES, NUM_CLASSES, DataError, check_splits,
                                    claimed_dataset, parse, read_files)
-from repr_jax.data_sources import check_arrays, read_npz, read_tfds, resize_all
+from repr_jax.data_sources import check_arrays, checked_labels, read_npz, read_tfds, resize_all
 
 DATASETS = ("cifar10", "cifar100", "folder", "npz")   # and tfds:NAME
 NORMALIZATIONS = ("auto", "train", "none", "pytorch-cifar")            # data.normalization (repr_jax.run_state.preprocessing)
@@ -338,7 +338,8 @@ def _load_tfds_cifar(dataset: str) -> Dataset:
     splits = tfds.as_numpy(tfds.load(dataset, split=["train", "test"], batch_size=-1))
     (tr, te) = splits
     names = tuple(tfds.builder(dataset).info.features["label"].names)
-    tx, ty, vx, vy = tr["image"], tr["label"].astype(np.int32), te["image"], te["label"].astype(np.int32)
+    tx, ty, vx, vy = (tr["image"], checked_labels(np.asarray(tr["label"]), len(tr["image"]), f"tfds:{dataset} train"),
+                      te["image"], checked_labels(np.asarray(te["label"]), len(te["image"]), f"tfds:{dataset} test"))
     check_splits(tx, ty, vx, vy, names, dataset, Path(f"tfds:{dataset}"), complete=True)
     return Dataset(tx, ty, vx, vy, names, f"tfds:{dataset}", fingerprint(tx, ty, vx, vy)).with_stats()
 

@@ -44,7 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from repr_jax.data_sources import FOLDER_RE, IMAGE_EXTENSIONS, checked_labels, folder_arrays, resize_all
+from repr_jax.data_sources import (FOLDER_RE, IMAGE_EXTENSIONS, checked_labels, checked_name, folder_arrays,
+                                   resize_all)
 from repr_jax.errors import DataError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -108,11 +109,13 @@ def _check_archive_end(tar: tarfile.TarFile, source: Path) -> None:
         raise DataError(f"archive {source} is truncated: it ends without the end-of-archive marker")
 
 
-def wanted(name: str) -> bool:
+def wanted(name: str, source="the data") -> bool:
     """Whether a file (relative posix path) belongs to a layout: a batch file or an image of
-    an image-folder tree. Nothing else in a source is read."""
-    return name.rsplit("/", 1)[-1] in LAYOUT_FILES or (
+    an image-folder tree. Nothing else in a source is read; a wanted file whose name is not
+    valid UTF-8 is refused in one line (:func:`~repr_jax.data_sources.checked_name`)."""
+    keep = name.rsplit("/", 1)[-1] in LAYOUT_FILES or (
         FOLDER_RE.search(name) is not None and name.lower().endswith(IMAGE_EXTENSIONS))
+    return keep and bool(checked_name(name, source))
 
 
 class _Budget:
@@ -160,7 +163,7 @@ def read_files(source: Path, folder: bool = False) -> dict[str, bytes]:
     budget = _Budget(source, folder)
     if source.is_dir():
         for name, path in _walk(source):
-            if not wanted(name):
+            if not wanted(name, source):
                 continue
             try:
                 budget.take(name, path.stat().st_size, before_reading=True)
@@ -174,7 +177,7 @@ def read_files(source: Path, folder: bool = False) -> dict[str, bytes]:
         with open(source, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
             for member in tar:
                 name = member.name.lstrip("./")
-                if member.isfile() and wanted(name):
+                if member.isfile() and wanted(name, source):
                     budget.take(name, member.size)
                     files[name] = tar.extractfile(member).read()
             _check_archive_end(tar, source)

@@ -201,6 +201,18 @@ def read_npz(path: Path):
     return tx, ty, vx, vy, names
 
 
+def checked_name(name: str, source) -> str:
+    """``name`` (a file's relative path in a data source) if it is valid UTF-8, else a one-line
+    :class:`DataError` naming it with its bytes escaped (Python keeps undecodable bytes of a
+    file name as surrogates, which no log, fingerprint or JSON file can hold)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = name.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+        raise DataError(f"{source}: the file name {shown} is not valid UTF-8; rename it") from None
+    return name
+
+
 def checked_labels(labels: np.ndarray, count: int, name: str) -> np.ndarray:
     """``labels`` as int32 if they are a 1-D integer array of ``count`` entries; else a
     one-line :class:`DataError` naming ``name``."""
@@ -209,6 +221,9 @@ def checked_labels(labels: np.ndarray, count: int, name: str) -> np.ndarray:
                         f"of {labels.dtype}")
     if len(labels) != count:
         raise DataError(f"{name}: {count} images but {len(labels)} labels")
+    if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.int32).max):   # before any cast
+        bad = labels.min() if labels.min() < 0 else labels.max()
+        raise DataError(f"{name}: label {int(bad)} is not a class index (0 to 2^31-1); a cast would wrap it")
     return labels.astype(np.int32)
 
 
@@ -244,7 +259,7 @@ def read_tfds(name: str, data_dir: str | None, image_size=None):
                 names.append(f"tfds:{name}/{split}[{i}]")
             if not images:
                 raise DataError(f"tfds:{name} has no {split} examples")
-            out += [stack_images(images, names, image_size), np.asarray(labels, np.int32)]
+            out += [stack_images(images, names, image_size), checked_labels(np.asarray(labels), len(labels), f"tfds:{name} {split}")]
     except DataError:
         raise
     except Exception as err:   # a TFDS/TensorFlow failure of any kind: one line
@@ -275,5 +290,6 @@ def check_arrays(tx, ty, vx, vy, names, source) -> None:
 
 
 __all__ = ["FOLDER_RE", "IMAGE_EXTENSIONS", "MAX_NPZ_BYTES", "NPZ_KEYS", "check_arrays", "checked_labels",
+           "checked_name",
            "cover_and_crop", "folder_arrays", "parse_image_size", "read_npz", "read_tfds", "resize_all",
            "stack_images", "to_array"]

@@ -54,12 +54,17 @@ def main(argv=None) -> int:
     from repr_jax._xla_flags import enable_cpu_fusion
     enable_cpu_fusion()
     from repr_jax.cli import DefaultsHelpFormatter, fail
+    from repr_jax.models.user import trust
     from repr_jax.config import RunError
     from repr_jax.data import DataError
 
     p = argparse.ArgumentParser(prog="python -m repr_jax.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=DefaultsHelpFormatter)
     p.add_argument("run_dir", help="a run directory written by experiments/cifar.py")
+    p.add_argument("--model", default=None, metavar="FILE.py:FACTORY",
+                   help="the run's own model code, named again so that it may be imported (a run directory "
+                        "never imports code by itself)")
+    p.add_argument("--trust-model", action="store_true", help="import the model code the run directory names")
     p.add_argument("--step", default="latest", help="checkpoint: latest, best, finite or an epoch number")
     p.add_argument("--data-dir", default=None, help="the run's data, if it moved")
     p.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default: the run's)")
@@ -68,6 +73,7 @@ def main(argv=None) -> int:
     try:
         if args.batch_size is not None and args.batch_size < 1:
             raise RunError(f"--batch-size must be >= 1, got {args.batch_size}")
+        trust(args.model, everything=args.trust_model)
         result = evaluate_run(args.run_dir, args.step, args.data_dir, args.batch_size)
     except (RunError, DataError) as err:
         return fail(err)

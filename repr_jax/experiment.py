@@ -13,7 +13,7 @@ from repr_jax.errors import Diverged, Interrupted, RunError
 from repr_jax.run_state import (all_finite, build_method, build_model, initial_state, load_run_data,
                                 load_run_state, restore_run, state_is_finite, warm_start)
 from repr_jax.epoch_loop import log_epoch
-from repr_jax.session import Session, close, device_mesh, finish, start, train_epochs
+from repr_jax.session import Session, close, device_mesh, discard_unstarted, finish, start, train_epochs
 
 
 def run(config: RunConfig, data: Dataset | None = None) -> dict:
@@ -36,6 +36,9 @@ def run(config: RunConfig, data: Dataset | None = None) -> dict:
             train_epochs(session)
         except KeyboardInterrupt:
             raise Interrupted.during(session) from None
+        except BaseException:
+            discard_unstarted(session)   # failed before its first epoch was recorded: nothing to keep
+            raise
         return finish(session)
     finally:
         close(session)

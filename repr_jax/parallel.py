@@ -85,15 +85,91 @@ def unstack(tree, index: int):
     return jax.tree_util.tree_map(lambda leaf: leaf[index], tree)
 
 
+JOIN_TIMEOUT = 120        # s a process waits for the others to join (REPR_JAX_JOIN_TIMEOUT)
+HEARTBEAT_TIMEOUT = 30    # s without a peer's heartbeat before JAX stops a process (REPR_JAX_HEARTBEAT_TIMEOUT)
+
+
+def _seconds(name: str, default: int) -> int:
+    import os
+    try:
+        return max(1, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+def _exit_now(line: str) -> None:
+    """Print ``line`` and end the process at once (exit 2): what a watchdog does when JAX's
+    own wait would otherwise run on or end in a crash dump."""
+    import os
+    import sys
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    os._exit(2)
+
+
 def start_processes(coordinator: str, num_processes: int, process_id: int) -> None:
     """Join a run of ``num_processes`` processes coordinated at ``coordinator``
     (``HOST:PORT``, served by process 0): ``jax.distributed.initialize``, with CPU
-    collectives over gloo. Call it before anything else touches JAX."""
+    collectives over gloo. Call it before anything else touches JAX.
+
+    Bounded: a process that has not joined the others within :data:`JOIN_TIMEOUT` seconds
+    says so in one line and exits 2 (a watchdog ahead of JAX's own deadline, which ends in a
+    crash dump); a peer that stops is detected within :data:`HEARTBEAT_TIMEOUT` seconds; and
+    SIGTERM interrupts this process as Ctrl-C does (JAX's preemption notifier would
+    otherwise swallow it and train on)."""
+    import inspect
+    import signal
+    import threading
     try:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     except AttributeError:   # pragma: no cover - a jax without the option
         pass
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    join, heartbeat = _seconds("REPR_JAX_JOIN_TIMEOUT", JOIN_TIMEOUT), _seconds("REPR_JAX_HEARTBEAT_TIMEOUT",
+                                                                                 HEARTBEAT_TIMEOUT)
+    options = {"initialization_timeout": join + 60, "heartbeat_timeout_seconds": heartbeat,
+               "shutdown_timeout_seconds": heartbeat}
+    known = inspect.signature(jax.distributed.initialize).parameters
+    watchdog = threading.Timer(join, _exit_now, (
+        f"error: process {process_id} of {num_processes} could not join the run at {coordinator} within {join} s: "
+        f"start all {num_processes} processes with the same --coordinator and --num-processes "
+        "(REPR_JAX_JOIN_TIMEOUT sets the wait)",))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id, **{k: v for k, v in options.items() if k in known})
+    except Exception as err:   # refused at once (an address in use, a bad host)
+        from repr_jax.errors import RunError
+        raise RunError(f"process {process_id} of {num_processes} could not join the run at {coordinator}: "
+                       f"{(str(err).splitlines() or [type(err).__name__])[0][:200]}") from None
+    finally:
+        watchdog.cancel()
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def agree_settings(settings: dict) -> None:
+    """``RunError`` (one line, in every process) unless every process of a multi-process run
+    has the same ``settings`` (a hash compared across processes): different flags would
+    otherwise deadlock (one process waiting in a collective the others never reach)."""
+    if jax.process_count() < 2:
+        return
+    import hashlib
+    import json
+
+    from jax.experimental import multihost_utils
+
+    from repr_jax.errors import RunError
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).digest()
+    mine = np.frombuffer(digest, np.uint8)
+    every = np.asarray(multihost_utils.process_allgather(mine))
+    differ = [i for i, row in enumerate(every) if not np.array_equal(row, every[0])]
+    if differ:
+        raise RunError(f"the processes of this run have different settings (process {', '.join(map(str, differ))} "
+                       "differ from process 0): start every process with the same flags")
 
 
 def is_main_process() -> bool:
@@ -108,5 +184,5 @@ def sync_processes(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-__all__ = ["DATA_AXIS", "batch_sharding", "data_mesh", "is_main_process", "replicate", "stack", "start_processes",
-           "sync_processes", "unstack"]
+__all__ = ["DATA_AXIS", "HEARTBEAT_TIMEOUT", "JOIN_TIMEOUT", "agree_settings", "batch_sharding", "data_mesh",
+           "is_main_process", "replicate", "stack", "start_processes", "sync_processes", "unstack"]

@@ -36,7 +36,7 @@ def read_jsonl(path: Path) -> list[dict]:
             continue
         try:
             row = json.loads(line)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:
             raise RunError(f"{path} is damaged at line {number} ({err}); the run's log cannot be trusted") from None
         if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
             raise RunError(f"{path} is damaged at line {number}: not a row with an epoch")
@@ -48,7 +48,7 @@ def read_json(path: Path, what: str = "file") -> dict:
     """A JSON object file of a run directory; ``RunError`` naming it when unreadable."""
     try:
         value = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:   # RecursionError: nested beyond Python's stack
         raise RunError(f"{path} is not a readable {what} ({' '.join(str(err).split())})") from None
     if not isinstance(value, dict):
         raise RunError(f"{path} is not a readable {what} (expected a JSON object)")
@@ -112,8 +112,8 @@ def read_config(run_dir: Path) -> RunConfig:
     path = Path(run_dir) / "config.json"
     try:
         saved = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RunError(f"{path} is not a readable repr-jax config ({err})") from None
+    except (OSError, ValueError, RecursionError) as err:   # JSON, UTF-8 or nesting beyond the stack
+        raise RunError(f"{path} is not a readable repr-jax config ({' '.join(str(err).split())[:200]})") from None
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
         raise RunError(f"{path} is not a repr-jax config (expected an object with a 'config' object)")
     return RunConfig.from_dict(as_trained(migrate(saved["config"])))
@@ -182,6 +182,8 @@ def check_run_dir(config: RunConfig) -> bool:
         return False
     if not (out / "config.json").exists():
         raise RunError(f"--out {out} is not empty and holds no repr-jax run; choose a new --out")
+    if (out / "checkpoints").exists() and not (out / "checkpoints").is_dir():
+        raise RunError(f"{out / 'checkpoints'} is a file, not the run's checkpoint directory; nothing was changed")
     old = read_config(out)
     if not config.resume:
         raise RunError(f"--out {out} already holds a run; pass --resume to continue it or choose a new --out")

@@ -34,7 +34,7 @@ def _holder(path: Path) -> dict:
     """What a lock file says about its holder (empty when unreadable or being written)."""
     try:
         info = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return info if isinstance(info, dict) else {}
 

@@ -105,7 +105,7 @@ def warm_start(config: RunConfig, state):
     if not (Path(source) / "config.json").exists():
         raise RunError(f"--set init_from={source}: no repr-jax run there (no config.json)")
     try:
-        _, src = load_run_state(source, "latest")
+        _, src = load_run_state(source, "latest", trust_model=config.model.name)   # the run's own model
     except (RunError, ValueError) as err:
         raise RunError(f"--set init_from={source}: cannot restore it: {err}") from None
     params = apply_masks(src.params, src.masks)
@@ -160,16 +160,26 @@ def state_is_finite(state) -> bool:
     return bool(all_finite((state.params, state.batch_stats, state.method_params)))
 
 
-def restore_run(run_dir: str | Path, epoch: int | str | None = None):
+def restore_run(run_dir: str | Path, epoch: int | str | None = None, trust_model=None):
     """``(RunConfig, architecture, method, TrainState)`` of a saved run: the state restored
     from its checkpoint ``epoch`` — an epoch number, ``"latest"`` (the default), ``"best"``
     (highest test accuracy, the earliest such epoch: ``summary.json``'s ``best_epoch``) or
     ``"finite"`` (the newest whose parameters are all finite) — into a template rebuilt from
     its ``config.json`` and ``architecture.json``; the method is built without data. A
-    damaged or edited file of the run is a one-line ``RunError`` naming it."""
+    damaged or edited file of the run is a one-line ``RunError`` naming it. A run whose model
+    is the user's code (``FILE.py:FACTORY``) is built only when ``trust_model`` is that
+    reference (or True), or the process trusts it (:func:`repr_jax.models.user.trust`):
+    nothing read from a run directory alone runs code."""
+    from repr_jax.models.user import check_trusted, is_reference
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     arch = read_architecture(run_dir, config)
+    for name in {config.model.name, str(arch.get("name", ""))}:
+        if is_reference(name):
+            try:
+                check_trusted(name, run_dir, trust_model)
+            except ValueError as err:
+                raise RunError(str(err)) from None
     summary = read_summary(run_dir)
     train_images = int(summary.get("train_images", config.data.train_limit or 50_000))
     try:
@@ -193,8 +203,11 @@ def restore_run(run_dir: str | Path, epoch: int | str | None = None):
             try:
                 state, _ = ckpt.restore(template, number)
             except Exception as err:   # damaged, or saved from another architecture
+                reason = " ".join(str(err).split())[:300]
+                if "is damaged" in reason:
+                    raise RunError(f"{run_dir}: {reason} (kept: {ckpt.epochs()}; --step names another)") from None
                 raise RunError(f"the checkpoint of epoch {number} in {run_dir} does not restore into the model "
-                               f"of its config.json / architecture.json ({' '.join(str(err).split())[:200]})") from None
+                               f"of its config.json / architecture.json ({reason[:200]})") from None
     finally:
         ckpt.close()
     return config, arch, method, state
@@ -209,9 +222,10 @@ def _abstract_state(config: RunConfig, train_images: int, model, method):
         return None
 
 
-def load_run_state(run_dir: str | Path, epoch: int | str | None = None):
-    """``(RunConfig, TrainState)`` of a saved run (see :func:`restore_run` for ``epoch``)."""
-    config, _, _, state = restore_run(run_dir, epoch)
+def load_run_state(run_dir: str | Path, epoch: int | str | None = None, trust_model=None):
+    """``(RunConfig, TrainState)`` of a saved run (see :func:`restore_run` for ``epoch`` and
+    ``trust_model``)."""
+    config, _, _, state = restore_run(run_dir, epoch, trust_model)
     return config, state
 
 

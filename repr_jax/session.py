@@ -34,7 +34,7 @@ from repr_jax.data import Dataset
 from repr_jax.epoch_loop import OneRun, epoch_loop, summary_fields
 from repr_jax.models.user import channels_warning, is_reference
 from repr_jax.errors import RunError
-from repr_jax.parallel import data_mesh, is_main_process, replicate, sync_processes
+from repr_jax.parallel import agree_settings, data_mesh, is_main_process, replicate, sync_processes
 from repr_jax.plots import dataset_label, plot_curves, plot_pruned_per_layer
 from repr_jax.run_dir import (check_data, check_run_dir, create_run_dir, read_config, read_jsonl,
                               record_extension, write_json)
@@ -69,6 +69,7 @@ class Session:
     epoch: int = 0               # the 0-based epoch being trained (for an interruption's message)
     main: bool = True            # this process writes the run directory (repr_jax.parallel.is_main_process)
     preprocess: object = None    # the batches' repr_jax.pipeline.Preprocessing (run_state.preprocessing)
+    created: bool = False        # this process created the run directory (a fresh run, not a resume)
 
 
 def device_mesh(config: RunConfig):
@@ -99,8 +100,12 @@ def start(config: RunConfig, data: Dataset | None = None, arrays: tuple | None =
     ``arrays``: the data set already on device (train x/y, test x/y) when the caller shares
     one copy between runs (:mod:`repr_jax.population`)."""
     config.validate()
+    # every process of a multi-process run: the same settings (each host may keep its data elsewhere)
+    agree_settings({k: v for k, v in config.to_dict().items() if k not in ("quiet", "data")}
+                   | {"data": {k: v for k, v in config.to_dict()["data"].items() if k != "dir"}})
     mesh = device_mesh(config)
     model = build_model(config)  # bad names fail before any data is read
+    check_fits_memory(model, config)   # before anything is traced or allocated
     try:   # the method against the model (criterion needs BatchNorm, min_keep, ...), no data yet
         probe = build_method(config, model, config.architecture(), config.data.train_limit or 50_000)
     except ValueError as err:
@@ -136,6 +141,10 @@ def _resume_point(out: Path, ckpt: Checkpointer, template) -> tuple:
     only (``RunError`` names what is damaged). No checkpoint: ``(template, {}, 0, [], [], [])``."""
     metrics, events = read_jsonl(out / "metrics.jsonl"), read_jsonl(out / "pruning.jsonl")
     if not ckpt.epochs():
+        if metrics:   # the history says epochs were trained: restarting would silently overwrite it
+            raise RunError(f"{out} records {len(metrics)} trained epoch(s) in metrics.jsonl but holds no checkpoint "
+                           f"to resume from ({out / 'checkpoints'} is empty or missing); nothing was changed — to "
+                           "train it again from the start, remove the run directory or choose a new --out")
         return template, {}, 0, [], [], []
     state, extra, _, skipped = ckpt.restore_newest(template)
     done = int(extra["epochs_done"])
@@ -215,9 +224,21 @@ def _start_locked(config: RunConfig, model, mesh, lock: RunLock | None, data: Da
         ckpt = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
     session = Session(config, out, data, method, schedule, state, ckpt, arrays=(), terms=(),
                       metrics=metrics, events=events, start_epoch=start_epoch, prior_seconds=prior_seconds,
-                      mesh=mesh, lock=lock, main=main, preprocess=preprocessing(config, data))
+                      mesh=mesh, lock=lock, main=main, preprocess=preprocessing(config, data),
+                      created=main and not resuming)
+    try:
+        _prepare(session, config, data, method, arrays, mesh)
+    except BaseException:
+        discard_unstarted(session)
+        raise
+    return session
+
+
+def _prepare(session: Session, config: RunConfig, data: Dataset, method, arrays, mesh) -> None:
+    """The session's device data, method inputs and loss-term names (after its directory exists)."""
+    out, main = session.out, session.main
     if main and not config.quiet:   # where the run writes, before the first epoch (it may take a while)
-        print(f"run directory: {out} ({config.epochs - start_epoch} epoch(s) to train; metrics.jsonl "
+        print(f"run directory: {out} ({config.epochs - session.start_epoch} epoch(s) to train; metrics.jsonl "
               "grows by a line per epoch)", flush=True)
     if config.tensorboard and main:
         from repr_jax.tensorboard import TensorBoardLog
@@ -228,7 +249,67 @@ def _start_locked(config: RunConfig, model, mesh, lock: RunLock | None, data: Da
     session.terms = loss_term_names(session.state, *session.arrays[:2], batch_size=config.batch_size,
                                     layers=session.state.layers, ortho_lambda=config.ortho_loss,
                                     method=method, preprocess=session.preprocess)
-    return session
+
+
+def discard_unstarted(s: Session) -> None:
+    """After a failure: remove the run directory this process created when no epoch of it was
+    recorded (nothing in it but its settings), so the same ``--out`` can be retried. A resumed
+    run, or one with a recorded epoch, is left as it is."""
+    import shutil
+    if not (s.created and s.main) or s.metrics or (s.out / "metrics.jsonl").exists():
+        return
+    s.ckpt.close()
+    if s.lock is not None:
+        s.lock.release()
+    shutil.rmtree(s.out, ignore_errors=True)
+    s.created = False
+
+
+def check_fits_memory(model, config: RunConfig) -> None:
+    """``RunError`` (one line) before anything is traced or allocated, when the model's
+    parameters alone — held about four times over in training (parameters, gradients, an
+    optimizer moment, masks) — exceed the memory this process may use (the host's RAM, its
+    cgroup limit and RLIMIT_AS on a CPU; the device's on an accelerator)."""
+    import numpy as np
+
+    from repr_jax.shapes import example_shape, model_variable_shapes
+    try:
+        shapes = model_variable_shapes(model, example_shape(config.input_shape))
+    except Exception:   # the model's own failure is reported where it is built and run
+        return
+    count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes.get("params", {})))
+    need, limit = 4 * 4 * count, memory_limit()
+    if limit and need > limit:
+        raise RunError(f"{config.model.name}: {count:,} parameters need about {need / 2**30:.1f} GiB to train "
+                       f"(parameters, gradients, an optimizer moment, masks), more than the {limit / 2**30:.1f} GiB "
+                       "this process may use; choose a smaller model (--width) or a larger machine")
+
+
+def memory_limit() -> int | None:
+    """Bytes this process may allocate: the accelerator's memory, else the least of the host's
+    RAM, the cgroup's limit and RLIMIT_AS (None when none is known)."""
+    import os
+    import resource
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = getattr(device, "memory_stats", lambda: None)() or {}
+        return stats.get("bytes_limit")
+    limits = []
+    try:
+        limits.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError):
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:
+            limits.append(int(text))
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        limits.append(soft)
+    return min(limits) if limits else None
 
 
 def close(s: Session) -> None:

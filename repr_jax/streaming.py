@@ -41,7 +41,7 @@ from typing import Iterator
 import numpy as np
 
 from repr_jax.data import Dataset, channel_stats
-from repr_jax.data_sources import IMAGE_EXTENSIONS, cover_and_crop, image_sort_key, to_array
+from repr_jax.data_sources import IMAGE_EXTENSIONS, checked_name, cover_and_crop, image_sort_key, to_array
 from repr_jax.errors import DataError
 
 SPLITS = ("train", "test", "val")
@@ -66,7 +66,7 @@ def _classes(root: Path, split: str) -> dict[str, list[str]]:
     if not base.is_dir():
         return out
     for cls in sorted(p.name for p in base.iterdir() if p.is_dir()):
-        names = [f"{split}/{cls}/{f.name}" for f in (base / cls).iterdir()
+        names = [checked_name(f"{split}/{cls}/{f.name}", root) for f in (base / cls).iterdir()
                  if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS)]
         if names:
             out[cls] = sorted(names, key=image_sort_key)

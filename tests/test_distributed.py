@@ -140,3 +140,63 @@ def test_bad_process_flags_are_one_line(data, tmp_path):
         for rc, _, err in _launch(data / "data", tmp_path / "e", "--epochs", "2", *flags):
             assert rc == 2 and err.strip().splitlines()[-1] == message
         assert not list(tmp_path.glob("e*"))
+
+
+# ----------------------------------------------------------------------------- bounded failures
+def _start(data, out, process_id, port, *flags, processes=2, **env):
+    return subprocess.Popen([sys.executable, SCRIPT, "--data-dir", str(data), "--out", str(out), *SETTINGS, *flags,
+                             "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
+                             "--process-id", str(process_id)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(**env), cwd=ROOT)
+
+
+def test_a_process_whose_peers_never_come_exits_in_bounded_time_with_one_line(data, tmp_path):
+    import time
+    started = time.time()
+    proc = _start(data / "data", tmp_path / "alone", 0, _port(), "--epochs", "1", REPR_JAX_JOIN_TIMEOUT="8")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and time.time() - started < 90
+    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and "could not join the run" in lines[0] and "within 8 s" in lines[0]
+    assert not (tmp_path / "alone").exists()
+
+
+def test_processes_started_with_different_settings_refuse_in_one_line_instead_of_deadlocking(data, tmp_path):
+    port = _port()
+    procs = [_start(data / "data", tmp_path / "mixed", i, port, "--epochs", str(epochs))
+             for i, epochs in ((0, 2), (1, 3))]
+    results = [p.communicate(timeout=240) for p in procs]
+    for proc, (_, err) in zip(procs, results):
+        assert proc.returncode == 2, err[-2000:]
+        assert "the processes of this run have different settings (process 1 differ from process 0)" in err
+    assert not (tmp_path / "mixed").exists()
+
+
+def test_a_port_out_of_range_is_refused(tmp_path):
+    proc = subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path / "p"), "--coordinator", "127.0.0.1:99999",
+                           "--num-processes", "2", "--process-id", "0"], capture_output=True, text=True,
+                          env=_env(), cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --coordinator port must be in 1..65535, got 99999"
+
+
+def test_sigterm_stops_a_multi_process_run_and_its_peer_within_bounded_time(data, tmp_path):
+    import signal
+    import time
+    port = _port()
+    run = tmp_path / "term"
+    procs = [_start(data / "data", run, i, port, "--epochs", "50", REPR_JAX_HEARTBEAT_TIMEOUT="10") for i in range(2)]
+    deadline = time.time() + 240
+    while not (run / "config.json").exists() and time.time() < deadline:   # the processes have joined
+        time.sleep(0.5)
+    assert (run / "config.json").exists()
+    time.sleep(3)
+    procs[0].send_signal(signal.SIGTERM)
+    stopped = time.time()
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert time.time() - stopped < 100
+    assert procs[0].returncode == 130                     # process 0: interrupted, as by Ctrl-C
+    assert procs[1].returncode == 2, errs[1][-2000:]      # its peer stopped too, not trained to the end
+    peer = [l for l in errs[1].splitlines() if l.startswith("error:")]
+    assert len(peer) == 1 and "another process of this multi-process run stopped" in peer[0]
+    assert "Check failure stack trace" not in errs[1] and "Terminating process" not in errs[1]
+    assert not (run / "summary.json").exists()            # not trained to the end

@@ -243,7 +243,11 @@ def load_exported(directory):
 
     from repr_jax.checkpoint import restore_variables
     directory = Path(directory)
-    arch = json.loads((directory / "architecture.json").read_text())
+    try:
+        arch = json.loads((directory / "architecture.json").read_text())
+    except (OSError, ValueError, RecursionError) as err:   # RecursionError: nested beyond the stack
+        raise ExportError(f"{directory / 'architecture.json'} is not a readable architecture "
+                          f"({' '.join(str(err).split())[:200]})") from None
     model = from_architecture(arch)
     template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + input_shape_of(arch))))
     template = {k: template.get(k, {}) for k in ("params", "batch_stats")}

@@ -62,7 +62,7 @@ from repr_jax.official import official_reinit_layers
 from repr_jax.ranking import ROUNDINGS, select_drops
 from repr_jax.reinit import reinit_layers
 
-REINITS = ("orthogonal", "reimpl", "random", "zero", "official")
+REINITS = ("orthogonal", "random", "zero", "official", "reimpl")
 DROP_MODES = ("zero", "freeze", "kernel")
 _DROP_STREAM, _REINIT_STREAM = 2_000_000, 1_000_000   # key = fold_in(run key, stream + round)
 _PROBE_SEED = 2   # the probe sample: seed + 2 (the criterion's sample: seed + 1)

@@ -90,7 +90,8 @@ def from_architecture(arch: dict):
     if user.is_reference(arch["name"]):
         from repr_jax.models.outputs import with_logits
         try:
-            module = with_logits(module, input_shape_of(arch), arch.get("options", {}).get("logits") or None)
+            module = with_logits(module, input_shape_of(arch), arch.get("options", {}).get("logits") or None,
+                                 int(arch.get("num_classes", 10)))
         except ValueError as err:
             raise ValueError(f"--model {arch['name']}: {err}") from None
     return module

@@ -54,8 +54,9 @@ def selector(spec) -> Callable[[Any], Any]:
     raise ValueError(f"logits must be None, an index, a key or a callable, got {type(spec).__name__}")
 
 
-def _check(out, spec) -> None:
-    """One line when ``spec`` cannot read logits from ``out`` (an abstract output)."""
+def _check(out, spec, num_classes=None) -> None:
+    """One line when ``spec`` cannot read logits from ``out`` (an abstract output), or they
+    have another number of classes than ``num_classes``."""
     hint = ("say which part is the logits: logits=0 / logits='logits' / logits=callable "
             "(repr_jax.Pruner), --set model.logits=0|KEY (CLI)")
     try:
@@ -65,6 +66,9 @@ def _check(out, spec) -> None:
                          f"({type(err).__name__}: {err}); {hint}") from None
     if not hasattr(logits, "shape") or len(logits.shape) != 2:
         raise ValueError(f"the model returns {_describe(out)}, not logits of shape (batch, classes); {hint}")
+    if num_classes is not None and logits.shape[-1] != num_classes:
+        raise ValueError(f"the model's logits have {logits.shape[-1]} classes, the data has {num_classes} "
+                         "(the factory's num_classes argument)")
 
 
 class LogitsModel:
@@ -96,10 +100,11 @@ class LogitsModel:
         return f"LogitsModel({self.inner!r}, logits={self.spec!r})"
 
 
-def with_logits(model, input_shape, logits=None):
+def with_logits(model, input_shape, logits=None, num_classes: int | None = None):
     """``model`` as the library takes it: unchanged when its eval-mode output on one example
     of ``input_shape`` (H, W, C) is already logits, else wrapped in a :class:`LogitsModel`
-    selecting them; ``ValueError`` with one line when ``logits`` cannot read them."""
+    selecting them; ``ValueError`` with one line when ``logits`` cannot read them (or, with
+    ``num_classes``, when they have another number of classes)."""
     x = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
 
     def output():
@@ -111,7 +116,7 @@ def with_logits(model, input_shape, logits=None):
     except Exception as err:   # the model itself fails on this input: not ours to explain further
         raise ValueError(f"the model fails on one example of shape {tuple(input_shape)}: "
                          f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
-    _check(out, logits)
+    _check(out, logits, num_classes)
     if logits is None and hasattr(out, "shape"):
         return model
     return LogitsModel(model, logits)

@@ -7,10 +7,13 @@ factory that takes no ``channels`` still trains and prunes; its export then yiel
 smaller parameters and the channel spec only (:attr:`takes_channels`).
 
 **Security.** A reference names Python code, which is imported and run — the same trust as
-``python FILE.py``: name only your own code (data files are never executed; a run directory
-shared with you re-imports the file its ``architecture.json`` names, so check it first).
-A file reference is recorded with its absolute path, so resume, evaluation and export find it
-from any working directory.
+``python FILE.py``: name only your own code. A reference is imported only when *you* named
+it: on the command line (``--model REF``) or in your own Python code. One read from a file —
+a run directory's ``config.json`` / ``architecture.json`` on ``--resume``, ``evaluate``,
+``export``, a teacher or ``init_from`` run — is refused in one line unless the same reference
+is given again (``--model REF``) or ``--trust-model`` says to import whatever the run names
+(:func:`trust`, :func:`check_trusted`). A file reference is recorded with its absolute path,
+so resume, evaluation and export find it from any working directory.
 """
 from __future__ import annotations
 
@@ -19,6 +22,31 @@ import importlib.util
 import inspect
 import sys
 from pathlib import Path
+
+
+_TRUSTED: set[str] = set()     # canonical references the user named (command line, own code)
+_TRUST_ALL = [False]           # --trust-model
+
+
+def trust(reference: str | None = None, everything: bool = False) -> None:
+    """Allow this process to import ``reference`` (canonical form) when a run directory names
+    it; ``everything``: any reference (``--trust-model``)."""
+    if reference:
+        _TRUSTED.add(canonical(reference))
+    if everything:
+        _TRUST_ALL[0] = True
+
+
+def check_trusted(reference: str, source, trusted=None) -> None:
+    """``ValueError`` (one line) unless ``reference``, read from ``source`` (a run directory),
+    may be imported: ``trusted`` is True or the same reference, or :func:`trust` allowed it."""
+    if trusted is True or _TRUST_ALL[0]:
+        return
+    allowed = _TRUSTED | ({canonical(trusted)} if isinstance(trusted, str) and trusted else set())
+    if canonical(reference) not in allowed:
+        raise ValueError(f"{source} names Python code as its model ({reference}); a run directory never "
+                         f"imports code by itself: name it yourself with --model {reference} "
+                         "(or --trust-model to import what the run names)")
 
 
 def is_reference(name: str) -> bool:
@@ -117,4 +145,5 @@ def channels_warning(reference: str, num_classes: int, input_shape, layers) -> s
     return None
 
 
-__all__ = ["build", "canonical", "channels_warning", "is_reference", "load_factory", "takes_channels"]
+__all__ = ["build", "canonical", "channels_warning", "check_trusted", "is_reference", "load_factory",
+           "takes_channels", "trust"]

@@ -1,0 +1,202 @@
+"""Reliability, round three: no code from a run directory, corruption detected, a resume that
+never forgets, labels checked before casting, one line wherever a user's file is read, and a
+fresh run that fails before its first epoch leaves nothing behind."""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import load_script
+
+cli = load_script("experiments/cifar.py")
+export_cli = load_script("experiments/export.py")
+
+MODEL = '''import flax.linen as nn
+class Net(nn.Module):
+    num_classes: int = 10
+    @nn.compact
+    def __call__(self, x, train=False):
+        return nn.Dense(self.num_classes)(nn.relu(nn.Conv(4, (3, 3))(x)).mean(axis=(1, 2)))
+def build(num_classes, channels=None):
+    return Net(num_classes)
+'''
+
+
+def _args(data, out, *extra):
+    return ["--data-dir", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "64", "--quiet", *extra]
+
+
+def _digests(run) -> dict:
+    return {f: hashlib.sha256(open(f, "rb").read()).hexdigest()
+            for f in glob.glob(f"{run}/**", recursive=True) if os.path.isfile(f)}
+
+
+@pytest.fixture(scope="module")
+def user_run(tiny_cifar_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("user_run")
+    (root / "mine.py").write_text(MODEL)
+    ref = f"{root / 'mine.py'}:build"
+    assert cli.main(_args(tiny_cifar_dir, root / "run", "--model", ref)) == 0
+    return root, ref
+
+
+def test_a_run_directory_never_imports_the_code_it_names(user_run, tiny_cifar_dir, tmp_path, capsys):
+    root, ref = user_run
+    evil = tmp_path / "evil.py"
+    marker = tmp_path / "ran"
+    evil.write_text(f"open({str(marker)!r}, 'w').write('x')\n" + MODEL)
+    copy = tmp_path / "copy"
+    shutil.copytree(root / "run", copy)
+    arch = json.loads((copy / "architecture.json").read_text())
+    arch["name"] = f"{evil}:build"
+    (copy / "architecture.json").write_text(json.dumps(arch))
+    from repr_jax.evaluate import main as evaluate_main
+    capsys.readouterr()
+    assert evaluate_main([str(copy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "names Python code as its model" in err and "--model" in err
+    assert "\n" not in err and not marker.exists()
+    assert export_cli.main([str(copy), "--out", str(tmp_path / "exp")]) == 2 and not marker.exists()
+    # the run's own code, named again on the command line, is imported
+    assert evaluate_main([str(root / "run"), "--model", ref]) == 0
+
+
+def test_resume_of_a_user_model_needs_it_named_again(user_run, tiny_cifar_dir, tmp_path, capsys):
+    root, ref = user_run
+    other = tmp_path / "other.py"        # a reference of its own: nothing trusts it yet in this process
+    other.write_text(MODEL)
+    run = tmp_path / "run"
+    assert cli.main(_args(tiny_cifar_dir, run, "--model", f"{other}:build")) == 0
+    (run / "summary.json").unlink()
+    before = _digests(run)
+    from repr_jax.models import user
+    user._TRUSTED.discard(user.canonical(f"{other}:build"))   # a new process: nothing named yet
+    capsys.readouterr()
+    assert cli.main(["--out", str(run), "--resume", "--data-dir", str(tiny_cifar_dir), "--quiet"]) == 2
+    assert "names Python code as its model" in capsys.readouterr().err
+    assert _digests(run) == before
+    assert cli.main(["--out", str(run), "--resume", "--data-dir", str(tiny_cifar_dir), "--quiet",
+                     "--model", f"{other}:build"]) == 0
+
+
+def _plain_run(data, out):
+    assert cli.main(_args(data, out, "--width", "4", "--epochs", "2")) == 0
+    return out
+
+
+def test_a_checkpoint_with_flipped_bytes_is_detected(tiny_cifar_dir, tmp_path, capsys):
+    run = _plain_run(tiny_cifar_dir, tmp_path / "run")
+    biggest = max(glob.glob(f"{run}/checkpoints/2/state/**/d/*", recursive=True), key=os.path.getsize)
+    data = bytearray(open(biggest, "rb").read())
+    for i in range(len(data) // 2, len(data) // 2 + 400):
+        data[i] ^= 0x5A
+    open(biggest, "wb").write(bytes(data))
+    from repr_jax.evaluate import main as evaluate_main
+    capsys.readouterr()
+    assert evaluate_main([str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "the checkpoint of epoch 2 is damaged" in err and "checksum" in err and "kept: [1, 2]" in err
+    assert evaluate_main([str(run), "--step", "1"]) == 0
+    (run / "summary.json").unlink()
+    assert cli.main(["--out", str(run), "--resume", "--epochs", "3", "--data-dir", str(tiny_cifar_dir), "--quiet"]) == 0
+    assert (run / "damaged_checkpoints" / "2").is_dir()
+    assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3]
+
+
+def test_a_resume_with_history_but_no_checkpoint_refuses_and_changes_nothing(tiny_cifar_dir, tmp_path, capsys):
+    run = _plain_run(tiny_cifar_dir, tmp_path / "run")
+    (run / "summary.json").unlink()
+    shutil.rmtree(run / "checkpoints")
+    before = _digests(run)
+    capsys.readouterr()
+    assert cli.main(["--out", str(run), "--resume", "--data-dir", str(tiny_cifar_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "records 2 trained epoch(s) in metrics.jsonl but holds no checkpoint" in err
+    assert _digests(run) == before and not (run / "checkpoints").exists()
+    (run / "checkpoints").write_text("not a directory")
+    before = _digests(run)
+    assert cli.main(["--out", str(run), "--resume", "--data-dir", str(tiny_cifar_dir), "--quiet"]) == 2
+    assert "checkpoints is a file, not the run's checkpoint directory" in capsys.readouterr().err
+    assert _digests(run) == before
+
+
+def test_labels_beyond_int32_are_refused_before_any_cast(tmp_path):
+    from repr_jax.data import DataError, load_data
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.npz"
+    y = np.arange(40) % 4
+    y[3] = 2**32 + 3                                       # would wrap to class 3
+    np.savez(path, x_train=rng.integers(0, 255, (40, 8, 8, 3), np.uint8), y_train=y.astype(np.int64),
+             x_test=rng.integers(0, 255, (8, 8, 8, 3), np.uint8), y_test=np.arange(8) % 4)
+    with pytest.raises(DataError, match="label 4294967299 is not a class index"):
+        load_data("npz", str(path))
+
+
+@pytest.mark.parametrize("name", ["config.json", "architecture.json", "summary.json", "metrics.jsonl"])
+def test_json_nested_beyond_the_stack_is_one_line(tiny_cifar_dir, tmp_path, capsys, name):
+    run = tmp_path / "run"
+    shutil.copytree(_plain_run(tiny_cifar_dir, tmp_path / "orig"), run)
+    (run / name).write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    from repr_jax.evaluate import main as evaluate_main
+    from repr_jax.report import main as report_main
+    capsys.readouterr()
+    code = report_main([str(run)]) if name in ("summary.json", "metrics.jsonl") else evaluate_main([str(run)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error:") and name in err and "\n" not in err
+
+
+def test_a_file_name_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    from PIL import Image
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / "f" / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "f" / split / cls / f"{i}.png")
+    os.rename(os.fsencode(tmp_path / "f" / "train" / "a" / "0.png"),
+              os.fsencode(tmp_path / "f" / "train" / "a") + b"/\xff0.png")
+    for extra in ([], ["--set", "data.stream=true"]):
+        capsys.readouterr()
+        assert cli.main(["--dataset", "folder", "--data-dir", str(tmp_path / "f"), "--out", str(tmp_path / "r"),
+                         "--batch-size", "4", "--quiet", *extra]) == 2
+        assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'f'}: the file name train/a/\\xff0.png is "
+                                                   "not valid UTF-8; rename it")
+        assert not (tmp_path / "r").exists()
+
+
+def test_a_fresh_run_that_fails_before_its_first_epoch_leaves_no_directory(tiny_cifar_dir, tmp_path, capsys,
+                                                                         monkeypatch):
+    import repr_jax.experiment as experiment
+
+    def out_of_memory(session):
+        raise MemoryError
+    monkeypatch.setattr(experiment, "train_epochs", out_of_memory)
+    capsys.readouterr()
+    assert cli.main(_args(tiny_cifar_dir, tmp_path / "run", "--width", "4")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: out of memory") and "\n" not in err
+    assert not (tmp_path / "run").exists()
+    monkeypatch.undo()
+    assert cli.main(_args(tiny_cifar_dir, tmp_path / "run", "--width", "4")) == 0   # the same --out works
+
+
+def test_a_model_too_large_for_memory_is_refused_before_tracing(tiny_cifar_dir, tmp_path, capsys):
+    import time
+    started = time.time()
+    assert cli.main(_args(tiny_cifar_dir, tmp_path / "run", "--width", "65536")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "77,982,466,058 parameters need about" in err and "more than the" in err
+    assert time.time() - started < 60 and not (tmp_path / "run").exists()
+
+
+def test_a_factory_with_the_wrong_number_of_classes_is_one_line(tiny_cifar_dir, tmp_path, capsys):
+    (tmp_path / "m.py").write_text(MODEL.replace("return Net(num_classes)", "return Net(7)"))
+    capsys.readouterr()
+    assert cli.main(_args(tiny_cifar_dir, tmp_path / "run", "--model", f"{tmp_path / 'm.py'}:build")) == 2
+    assert "the model's logits have 7 classes, the data has 10" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
