@@ -228,12 +228,13 @@ class Checkpointer:
         restored["teacher"] = flax.serialization.to_state_dict(template)["teacher"]
         return flax.serialization.from_state_dict(template, restored), extra
 
-    def restore_newest(self, template, accept=None):
-        """``(state, extra, epoch, skipped)``: the newest checkpoint that restores (and that
-        ``accept(state)`` accepts, when given), ``skipped`` listing ``(epoch, reason)`` for each
-        newer one passed over. ``RunError`` if none is usable."""
+    def restore_newest(self, template, accept=None, max_epoch: int | None = None):
+        """``(state, extra, epoch, skipped)``: the newest checkpoint (of an epoch up to
+        ``max_epoch``, when given) that restores (and that ``accept(state)`` accepts, when
+        given), ``skipped`` listing ``(epoch, reason)`` for each newer one that failed.
+        ``RunError`` if none is usable."""
         skipped = []
-        for epoch in reversed(self.epochs()):
+        for epoch in reversed([e for e in self.epochs() if max_epoch is None or e <= max_epoch]):
             try:
                 state, extra = self.restore(template, epoch)
             except Exception as err:   # a damaged checkpoint: try the one before

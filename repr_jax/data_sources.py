@@ -54,7 +54,10 @@ def parse_image_size(text: str) -> tuple[int, int] | None:
 
 
 def _reason(err: BaseException) -> str:
-    return (str(err).splitlines() or [""])[0] or type(err).__name__
+    """The first line of an error, without the in-memory file object PIL names in it (the
+    caller names the file)."""
+    text = (str(err).splitlines() or [""])[0] or type(err).__name__
+    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", text)
 
 
 def to_array(img, name: str) -> np.ndarray:

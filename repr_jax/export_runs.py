@@ -15,21 +15,25 @@ from repr_jax.data import DataError
 from repr_jax.models import input_shape_of
 
 
-def _check_batch(config, data_dir, batch: int):
-    """Normalised test images of the run (or N(0, 1) images if its data cannot be read)."""
+def _check_batch(config, run_dir, data_dir, batch: int):
+    """Normalised test images of the run (or N(0, 1) images if its data cannot be read);
+    ``RunError`` when the data found is not the run's (its fingerprint)."""
     import dataclasses
 
     from repr_jax.run_state import load_run_data, preprocessing
     if data_dir is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, dir=str(data_dir)))
+    from repr_jax.run_dir import check_data
     try:
         data = load_run_data(config)
+    except (DataError, OSError):
+        data = None
+    if data is not None:
+        check_data(run_dir, data.fingerprint)   # the run's own data, or one line (never other data)
         images = preprocessing(config, data)(jnp.asarray(data.test_x[:batch]))
         return images, f"{min(batch, len(data.test_y))} test images"
-    except (DataError, OSError):
-        from repr_jax.models import input_shape_of
-        shape = (batch,) + input_shape_of(config.architecture())
-        return jax.random.normal(jax.random.key(0), shape), f"{batch} N(0, 1) images (run data not found)"
+    shape = (batch,) + input_shape_of(config.architecture())
+    return jax.random.normal(jax.random.key(0), shape), f"{batch} N(0, 1) images (run data not found)"
 
 
 def export_run(run_dir, out, *, step: str = "latest", data_dir=None, batch: int = 64) -> dict:
@@ -59,7 +63,7 @@ def export_run(run_dir, out, *, step: str = "latest", data_dir=None, batch: int 
     finally:
         ckpt.close()
     config, arch, method, state = restore_run(run_dir, epoch)
-    images, source = _check_batch(config, data_dir, batch)
+    images, source = _check_batch(config, run_dir, data_dir, batch)
     return export_and_report(state, arch, method, images, out, {
         "run": str(run_dir), "epoch": int(epoch), "method": config.method.name,
         "model": config.model.name, "logit_check_batch": source}, speed_batch=speed_batch(input_shape_of(arch)))

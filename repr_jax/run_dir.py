@@ -21,15 +21,37 @@ from repr_jax.run_lock import RunLock
 from repr_jax.versions import machine
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def torn_tail(path: Path) -> bool:
+    """Whether the JSON-lines file ``path`` ends in a line cut short (no newline, not JSON)."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    if not text or text.endswith("\n"):
+        return False
+    try:
+        json.loads(text.splitlines()[-1])
+    except (ValueError, RecursionError):
+        return True
+    return False
+
+
+def read_jsonl(path: Path, torn_tail_ok: bool = False) -> list[dict]:
     """The rows of a JSON-lines file ([] when it does not exist); ``RunError`` naming the file
-    and line when it is damaged (truncated, edited into something that is not JSON objects)."""
+    and line when it is damaged (truncated, edited into something that is not JSON objects).
+    ``torn_tail_ok``: a last line cut short (no newline after it, not JSON) is dropped — what a
+    resume does, since it rewrites the file from its checkpoint's epoch on."""
     if not path.exists():
         return []
     try:
-        lines = path.read_text().splitlines()
+        text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise RunError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
+    lines = text.splitlines()
+    if torn_tail_ok and torn_tail(path):
+        import sys
+        print(f"warning: {path}'s last line is cut short; dropped (the resume writes it again)", file=sys.stderr)
+        lines = lines[:-1]
     rows = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -242,4 +264,5 @@ def create_run_dir(config: RunConfig, data_fingerprint: str, lock: RunLock | Non
 
 
 __all__ = ["check_data", "check_run_dir", "create_run_dir", "read_architecture", "read_config", "read_json",
+           "torn_tail",
            "read_jsonl", "read_summary", "write_json", "write_jsonl"]

@@ -36,7 +36,7 @@ from repr_jax.models.user import channels_warning, is_reference
 from repr_jax.errors import RunError
 from repr_jax.parallel import agree_settings, data_mesh, is_main_process, replicate, sync_processes
 from repr_jax.plots import dataset_label, plot_curves, plot_pruned_per_layer
-from repr_jax.run_dir import (check_data, check_run_dir, create_run_dir, read_config, read_jsonl,
+from repr_jax.run_dir import (check_data, check_run_dir, create_run_dir, read_config, read_jsonl, torn_tail,
                               record_extension, write_json)
 from repr_jax.run_lock import RunLock
 from repr_jax.run_state import (build_method, build_model, initial_state, load_run_data,
@@ -139,14 +139,21 @@ def _resume_point(out: Path, ckpt: Checkpointer, template) -> tuple:
     """``(state, extra, epoch, skipped, metrics, events)`` of the newest usable checkpoint of
     the run in ``out``, with its logs up to that epoch, checked against each other; reads
     only (``RunError`` names what is damaged). No checkpoint: ``(template, {}, 0, [], [], [])``."""
-    metrics, events = read_jsonl(out / "metrics.jsonl"), read_jsonl(out / "pruning.jsonl")
+    metrics, events = read_jsonl(out / "metrics.jsonl", True), read_jsonl(out / "pruning.jsonl", True)
     if not ckpt.epochs():
         if metrics:   # the history says epochs were trained: restarting would silently overwrite it
             raise RunError(f"{out} records {len(metrics)} trained epoch(s) in metrics.jsonl but holds no checkpoint "
                            f"to resume from ({out / 'checkpoints'} is empty or missing); nothing was changed — to "
                            "train it again from the start, remove the run directory or choose a new --out")
         return template, {}, 0, [], [], []
-    state, extra, _, skipped = ckpt.restore_newest(template)
+    logged = 0   # the epochs metrics.jsonl holds completely, 1..logged
+    while logged + 1 in {m["epoch"] for m in metrics}:
+        logged += 1
+    # a checkpoint newer than a torn last row cannot be resumed faithfully: start from the one before
+    ahead = [(e, "its metrics.jsonl row was cut short") for e in ckpt.epochs() if e > logged] \
+        if torn_tail(out / "metrics.jsonl") else []
+    state, extra, _, skipped = ckpt.restore_newest(template, max_epoch=logged if ahead else None)
+    skipped = ahead + skipped
     done = int(extra["epochs_done"])
     metrics = [m for m in metrics if m["epoch"] <= done]
     events = [e for e in events if e["epoch"] <= done]   # 1-based

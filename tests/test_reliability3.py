@@ -200,3 +200,31 @@ def test_a_factory_with_the_wrong_number_of_classes_is_one_line(tiny_cifar_dir, 
     assert cli.main(_args(tiny_cifar_dir, tmp_path / "run", "--model", f"{tmp_path / 'm.py'}:build")) == 2
     assert "the model's logits have 7 classes, the data has 10" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_torn_last_line_of_metrics_is_dropped_by_a_resume(tiny_cifar_dir, tmp_path, capsys):
+    run = _plain_run(tiny_cifar_dir, tmp_path / "run")
+    (run / "summary.json").unlink()
+    text = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(text[:-30])          # epoch 2's line cut short
+    capsys.readouterr()
+    assert cli.main(["--out", str(run), "--resume", "--epochs", "3", "--data-dir", str(tiny_cifar_dir),
+                     "--quiet"]) == 0
+    assert "last line is cut short; dropped" in capsys.readouterr().err
+    assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3]
+
+
+def test_a_factory_that_calls_sys_exit_is_a_failure_not_a_success(tiny_cifar_dir, tmp_path, capsys):
+    (tmp_path / "m.py").write_text(MODEL.replace("    return Net(num_classes)", "    import sys; sys.exit(0)"))
+    capsys.readouterr()
+    assert cli.main(_args(tiny_cifar_dir, tmp_path / "run", "--model", f"{tmp_path / 'm.py'}:build")) == 2
+    assert "the factory failed: SystemExit" in capsys.readouterr().err
+
+
+def test_export_refuses_other_data(tiny_cifar_dir, tmp_path, capsys):
+    from conftest import synthetic_cifar, write_cifar10_pickles
+    run = _plain_run(tiny_cifar_dir, tmp_path / "run")
+    write_cifar10_pickles(tmp_path / "other", *synthetic_cifar(512, 128, seed=5))
+    capsys.readouterr()
+    assert export_cli.main([str(run), "--out", str(tmp_path / "exp"), "--data-dir", str(tmp_path / "other")]) == 2
+    assert "the data differs from the run" in capsys.readouterr().err

@@ -78,7 +78,7 @@ def load_factory(reference: str):
             module = importlib.util.module_from_spec(spec)
             try:
                 spec.loader.exec_module(module)
-            except Exception as err:   # the user's file failed: say where, in one line
+            except (Exception, SystemExit) as err:   # the user's file failed (or exited): say where, in one line
                 raise ValueError(f"--model {reference!r}: importing {path} failed: "
                                  f"{type(err).__name__}: {err}") from None
             sys.modules[name] = module
@@ -113,7 +113,7 @@ def build(reference: str, num_classes: int, channels: dict | None):
     try:
         module = (factory(num_classes, channels=dict(channels) if channels else None) if takes_channels(factory)
                   else factory(num_classes))
-    except Exception as err:
+    except (Exception, SystemExit) as err:   # sys.exit(0) in a factory must not end the run as a success
         raise ValueError(f"--model {reference}: the factory failed: {type(err).__name__}: {err}") from None
     if not isinstance(module, nn.Module):
         raise ValueError(f"--model {reference}: the factory returned {type(module).__name__}, not a flax.linen "
