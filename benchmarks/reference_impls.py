@@ -77,7 +77,8 @@ def torch_reinit(kernels, keeps, saved, seed: int = 0):
 
 # --------------------------------------------------------------------------- models
 def torch_models():
-    """C^3(32) and CIFAR ResNet-20 (option A) in PyTorch, He-normal init like repr_jax."""
+    """repr_jax's zoo models in PyTorch (C^3(32), CIFAR ResNet-20 option A, VGG-16, MobileNetV2,
+    ResNet-18 at 32×32, LeNet-5), He-normal init like repr_jax: the train-step comparisons."""
     from torch import nn
     import torch.nn.functional as F
 
@@ -151,7 +152,80 @@ def torch_models():
         def forward(self, x):
             return self.head(self.features(x).flatten(1))
 
-    return {"convnet": ConvNet, "resnet20": ResNet, "vgg16": VGG16}
+    class InvertedResidual(nn.Module):
+        def __init__(self, cin, cout, stride, t):
+            super().__init__()
+            hidden = cin * t
+            layers = [] if t == 1 else [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
+            layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+                       nn.ReLU6(), nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+            self.body = nn.Sequential(*layers)
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x):
+            return x + self.body(x) if self.residual else self.body(x)
+
+    class MobileNetV2(nn.Module):
+        """repr_jax's ``mobilenetv2``: torchvision's layout with its CIFAR strides (stem and stage 2 at 1)."""
+        SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                    (6, 320, 1, 1))
+
+        def __init__(self, classes=10):
+            super().__init__()
+            layers, cin = [nn.Conv2d(3, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6()], 32
+            for stage, (t, c, n, s) in enumerate(self.SETTINGS):
+                for j in range(n):
+                    layers.append(InvertedResidual(cin, c, s if j == 0 and stage not in (0, 1) else 1, t))
+                    cin = c
+            layers += [nn.Conv2d(cin, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6()]
+            self.features = nn.Sequential(*layers)
+            self.head = nn.Linear(1280, classes)
+            self.apply(he)
+
+        def forward(self, x):
+            return self.head(self.features(x).mean((2, 3)))
+
+    class BasicBlock(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+            self.c2, self.b2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+            self.short = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                          if stride != 1 or cin != cout else nn.Identity())
+
+        def forward(self, x):
+            return F.relu(self.short(x) + self.b2(self.c2(F.relu(self.b1(self.c1(x))))))
+
+    class ResNet18(nn.Module):
+        """repr_jax's ``resnet18`` at 32×32: 3×3 stride-1 stem, no max-pool, projection shortcuts."""
+        def __init__(self, classes=10):
+            super().__init__()
+            layers, cin = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()], 64
+            for stage in range(4):
+                for b in range(2):
+                    width = 64 * 2 ** stage
+                    layers.append(BasicBlock(cin, width, 2 if stage and b == 0 else 1))
+                    cin = width
+            self.features = nn.Sequential(*layers)
+            self.head = nn.Linear(512, classes)
+            self.apply(he)
+
+        def forward(self, x):
+            return self.head(self.features(x).mean((2, 3)))
+
+    class LeNet5(nn.Module):
+        def __init__(self, classes=10):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 20, 5), nn.Conv2d(20, 50, 5)
+            self.fc1, self.head = nn.Linear(50 * 5 * 5, 500), nn.Linear(500, classes)
+            self.apply(he)
+
+        def forward(self, x):
+            x = F.max_pool2d(self.c2(F.max_pool2d(self.c1(x), 2)), 2)
+            return self.head(F.relu(self.fc1(x.flatten(1))))
+
+    return {"convnet": ConvNet, "resnet20": ResNet, "vgg16": VGG16, "mobilenetv2": MobileNetV2,
+            "resnet18": ResNet18, "lenet5": LeNet5}
 
 
 def torch_convs_in_order(model):

@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 
 import reference_impls as ref  # noqa: E402  (benchmarks/ is the script's directory)
 from streaming_bench import bench_streaming  # noqa: E402
+from zoo_bench import ZOO, bench_zoo, bench_zoo_memory, zoo_markdown  # noqa: E402
 from repr_jax import create_model, reinit_layers  # noqa: E402
 from repr_jax.ranking import rank_by_orthogonality  # noqa: E402
 from repr_jax.layers import get_path, prunable_convs  # noqa: E402
@@ -44,7 +45,8 @@ from repr_jax import versions  # noqa: E402
 from repr_jax.cli import fail  # noqa: E402
 from repr_jax.masks import init_masks  # noqa: E402
 
-BENCHMARKS = ("metric", "reinit", "train_step", "repr_overhead", "seeds", "seeds_run", "export", "streaming")
+BENCHMARKS = ("metric", "reinit", "train_step", "repr_overhead", "seeds", "seeds_run", "export", "streaming",
+              "zoo", "zoo_memory")
 
 
 # --------------------------------------------------------------------------- timing helpers
@@ -515,6 +517,9 @@ def to_markdown(results: dict) -> str:
     lines = [f"### {m['device_kind']} — {m['cpu']} ({m['cores']} cores), jax {m['jax']}, "
              f"torch {m['torch']} ({'quick run: a smoke test, ratios not comparable' if results['quick'] else 'full run'})", ""]
     for name, rows in results["benchmarks"].items():
+        if name in ("zoo", "zoo_memory"):
+            lines += zoo_markdown(name, rows)
+            continue
         lines += [f"**{name}**", "", "| model | ratios | " + " | ".join(
             sorted({k for r in rows for k in r["impls"]})) + " |"]
         impls = sorted({k for r in rows for k in r["impls"]})
@@ -584,6 +589,15 @@ def main(argv=None) -> int:
             measure, ["convnet"] if quick else ["convnet", "resnet20"], repeats=3 if quick else 5,
             npz=args.stream_npz, images=512 if quick else 4096, batch=32 if quick else 128,
             batches=4 if quick else 8)
+    if "zoo" in todo:
+        results["benchmarks"]["zoo"] = bench_zoo(
+            ("convnet", "mobilenetv2") if quick else ZOO, rounds=2 if quick else (args.repeats or 5),
+            batch=16 if quick else 128, steps=1 if quick else 2, torch_available=_torch() is not None)
+    if "zoo_memory" in todo:
+        sizes = ((32, 128), (64, 50))
+        results["benchmarks"]["zoo_memory"] = bench_zoo_memory(
+            [("convnet", 32, 16)] if quick else
+            [(m, s, b) for m in ZOO for s, b in sizes if not (m == "convnet" and s == 64)])
     kind = results["machine"]["device_kind"].lower().replace(" ", "-")
     default = Path("runs") / "benchmarks" / f"{kind}-quick.json" if quick else Path(__file__).parent / "results" / f"{kind}.json"
     path = Path(args.json or default)

@@ -156,3 +156,24 @@ def intercept_outputs(sites: Mapping[tuple[str, ...], str], fn):
             yield
     finally:
         _INTERCEPTS.pop()
+
+
+_REFERENCE_CONVS = [0]   # > 0 while reference_convs() is active
+
+
+@contextlib.contextmanager
+def reference_convs():
+    """Within the block, layers with a faster formulation of a convolution (the shifted
+    multiply–add depthwise conv, :class:`repr_jax.models.depthwise.DepthwiseConv`) compute it
+    with ``lax.conv_general_dilated`` instead: the same function, in the form the channel
+    graph (:mod:`repr_jax.compress.graph`) has a rule for."""
+    _REFERENCE_CONVS[0] += 1
+    try:
+        yield
+    finally:
+        _REFERENCE_CONVS[0] -= 1
+
+
+def use_reference_convs() -> bool:
+    """Whether :func:`reference_convs` is active."""
+    return _REFERENCE_CONVS[0] > 0

@@ -52,7 +52,7 @@ except ImportError:   # pragma: no cover
 from repr_jax.compress.graph_rules import ELEMENTWISE, RULES
 from repr_jax.compress.graph_values import (FIXED, Act, Barrier, Cost, GraphError, Param, Pin, Source, Use,
                                             broadcast, fixed, pinned)
-from repr_jax.layers import get_path, prunable_convs
+from repr_jax.layers import get_path, prunable_convs, reference_convs
 
 
 def index_kept(srcs: frozenset, removed: dict) -> bool:
@@ -270,7 +270,7 @@ def trace_channel_graph(model, variables, input_shape, dense_units: bool = False
             if path[-1] == "kernel" and np.ndim(leaf) == 2:
                 dense[path] = "/".join(path[:-1])
     x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
-    with module_scopes(model):
+    with module_scopes(model), reference_convs():   # fast conv forms traced as the convs they compute
         closed = jax.make_jaxpr(lambda v, inp: model.apply(v, inp, train=False))(variables, x)
     flat, _ = jax.tree_util.tree_flatten_with_path((variables, x))
     inputs = []

@@ -9,7 +9,9 @@ parameters for 10 classes (torchvision's ``mobilenet_v2(num_classes=10)`` has th
 
 Deviations for 32×32 inputs, as customary on CIFAR: the stem and the second stage use stride
 1 (the paper's 2 and 2 are for 224×224), so the last feature map is 4×4 instead of 7×7. No
-dropout before the classifier (the paper's 0.2 is ImageNet's); He-normal init.
+dropout before the classifier (the paper's 0.2 is ImageNet's); He-normal init. The depthwise
+convs are :class:`repr_jax.models.depthwise.DepthwiseConv` — ``nn.Conv``'s parameters, the
+shifted multiply–add form on the CPU (XLA:CPU's grouped convolution is slow).
 
 Channel spec: ``blockI/expand`` (the hidden width; the depthwise conv follows it — its
 channels are its input's), ``blockI/project``, ``stem`` and ``last``. In the channel graph a
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 
 from repr_jax.models.channels import check_names, width
 from repr_jax.models.convnet import he_normal
+from repr_jax.models.depthwise import DepthwiseConv
 from repr_jax.models.resnet import batch_norm
 
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
@@ -44,8 +47,8 @@ class InvertedResidual(nn.Module):
             h = nn.relu6(batch_norm(train, "expand_bn")(nn.Conv(self.hidden, (1, 1), use_bias=False, kernel_init=he_normal,
                                                          name="expand")(h)))
         c = h.shape[-1]
-        h = nn.Conv(c, (3, 3), (self.stride, self.stride), padding=1, feature_group_count=c, use_bias=False,
-                    kernel_init=he_normal, name="dw")(h)
+        h = DepthwiseConv((3, 3), (self.stride, self.stride), padding=1, use_bias=False, kernel_init=he_normal,
+                          name="dw")(h)
         h = nn.relu6(batch_norm(train, "dw_bn")(h))
         h = batch_norm(train, "project_bn")(nn.Conv(self.out, (1, 1), use_bias=False, kernel_init=he_normal,
                                              name="project")(h))

@@ -1,0 +1,183 @@
+"""The ``zoo`` and ``zoo_memory`` benchmarks of ``benchmarks/run.py``: every zoo model's train
+step against PyTorch eager, and every zoo model's first-step compile time and peak memory.
+
+``zoo``: per model, ``rounds`` rounds; in each round every implementation trains ``steps``
+steps of a ``batch`` (one after the other, interleaved round by round, so a busy machine
+slows all alike): ``repr_jax`` (the zoo model, :func:`repr_jax.train.train_step`), for
+MobileNetV2 also ``repr_jax_lax_depthwise`` (the same model with its depthwise convs through
+``lax.conv_general_dilated``, the grouped convolution), and ``torch_eager`` (the PyTorch twin
+of ``benchmarks/reference_impls.py``, channels-last, SGD with momentum). Images/s, min and
+median over rounds; ``repr_jax/torch_eager`` is the median of the per-round ratios (> 1:
+repr-jax is faster).
+
+``zoo_memory``: per model and image size, a fresh process builds the model, compiles and runs
+one train step (``first_step_s``: compile + run), runs three more, and reports its peak
+resident memory (``VmHWM`` of ``/proc/self/status``; ``ru_maxrss`` would carry the parent's
+peak across ``exec`` on Linux) — what a run of that model needs before its data.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import reference_impls as ref
+from repr_jax.layers import reference_convs
+from repr_jax.models import create_model
+from repr_jax.optim import OptimConfig, make_optimizer
+from repr_jax.state import create_train_state
+from repr_jax.train import train_step
+
+ZOO = ("convnet", "resnet20", "vgg16", "resnet18", "mobilenetv2", "lenet5")
+
+
+def jax_step(name: str, batch: int, size: int = 32, depthwise: str = "auto"):
+    """``(step, compile_seconds)``: one call trains one step of zoo model ``name`` (SGD with
+    momentum, augmentation off); ``depthwise="lax"`` compiles it with the grouped convolution."""
+    cfg = OptimConfig(learning_rate=0.01, schedule="constant")
+    state = create_train_state(create_model(name), make_optimizer(cfg, optax.constant_schedule(0.01)), 0,
+                               input_shape=(size, size, 3))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 255, (batch, size, size, 3), np.uint8))
+    y = jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
+    compiled = jax.jit(lambda s, k: train_step(s, x, y, k, layers=s.layers, augmentation=False))
+    holder = {"state": state, "i": 0}
+    started = time.perf_counter()
+    if depthwise == "lax":
+        with reference_convs():
+            holder["state"], metrics = compiled(state, jax.random.key(0))
+    else:
+        holder["state"], metrics = compiled(state, jax.random.key(0))
+    jax.block_until_ready(metrics)
+    first = time.perf_counter() - started
+
+    def step():
+        holder["i"] += 1
+        holder["state"], metrics = compiled(holder["state"], jax.random.key(holder["i"]))
+        return metrics
+    return step, first
+
+
+def torch_step(name: str, batch: int):
+    import torch
+    model = ref.torch_models()[name]().to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+    step()
+    return step
+
+
+def _timed(fn, steps: int) -> float:
+    started = time.perf_counter()
+    out = None
+    for _ in range(steps):
+        out = fn()
+    if hasattr(out, "block_until_ready") or isinstance(out, dict):
+        jax.block_until_ready(out)
+    return time.perf_counter() - started
+
+
+def bench_zoo(models=ZOO, rounds: int = 5, batch: int = 128, steps: int = 3, torch_available: bool = True) -> list:
+    rows = []
+    for name in models:
+        impls = {}
+        compile_s = {}
+        impls["repr_jax"], compile_s["repr_jax"] = jax_step(name, batch)
+        if name == "mobilenetv2":
+            impls["repr_jax_lax_depthwise"], compile_s["repr_jax_lax_depthwise"] = jax_step(name, batch,
+                                                                                              depthwise="lax")
+        if torch_available and name in ref.torch_models():
+            impls["torch_eager"] = torch_step(name, batch)
+        seconds = {k: [] for k in impls}
+        for _ in range(rounds):
+            for key, fn in impls.items():
+                seconds[key].append(_timed(fn, steps))
+        ips = {k: sorted(batch * steps / t for t in v) for k, v in seconds.items()}
+        row = {"model": name, "batch": batch, "steps_per_round": steps, "rounds": rounds, "first_step_s": compile_s,
+               "images_per_second": {k: {"min": v[0], "median": statistics.median(v)} for k, v in ips.items()},
+               "ratios": {}}
+        for other in ("torch_eager", "repr_jax_lax_depthwise"):
+            if other in seconds:   # per round: the other's time / ours (> 1: repr-jax's step is faster)
+                row["ratios"][f"repr_jax/{other}"] = statistics.median(
+                    o / m for o, m in zip(seconds[other], seconds["repr_jax"]))
+        rows.append(row)
+    return rows
+
+
+_PROBE = r"""
+import json, sys, time
+from repr_jax._xla_flags import enable_cpu_fusion
+enable_cpu_fusion()
+sys.path.insert(0, sys.argv[4])
+from zoo_bench import jax_step
+step, first = jax_step(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+started = time.perf_counter()
+for _ in range(3):
+    out = step()
+import jax; jax.block_until_ready(out)
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"first_step_s": first, "step_s": (time.perf_counter() - started) / 3,
+                  "peak_rss_gib": hwm / 2**20}))
+"""
+
+
+def bench_zoo_memory(cases) -> list:
+    """``cases``: ``(model, image size, batch)``; each measured in a fresh process."""
+    rows = []
+    for name, size, batch in cases:
+        proc = subprocess.run([sys.executable, "-c", _PROBE, name, str(batch), str(size), str(Path(__file__).parent)],
+                              capture_output=True, text=True, timeout=3600)
+        row = {"model": name, "image": f"{size}x{size}", "batch": batch}
+        if proc.returncode == 0:
+            row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+        else:
+            row["error"] = (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]
+        rows.append(row)
+    return rows
+
+
+def zoo_markdown(name: str, rows: list) -> list[str]:
+    """The markdown lines of a ``zoo`` or ``zoo_memory`` result."""
+    if name == "zoo_memory":
+        lines = [f"**{name}** (a fresh process per row: first step = compile + run; peak = VmHWM)", "",
+                 "| model | image | batch | first step (s) | step (s) | peak RSS (GiB) |",
+                 "| --- | --- | --- | --- | --- | --- |"]
+        for r in rows:
+            if "error" in r:
+                lines.append(f"| {r['model']} | {r['image']} | {r['batch']} | failed: {r['error']} | | |")
+            else:
+                lines.append(f"| {r['model']} | {r['image']} | {r['batch']} | {r['first_step_s']:.1f} | "
+                             f"{r['step_s']:.2f} | {r['peak_rss_gib']:.2f} |")
+        return lines + [""]
+    impls = sorted({k for r in rows for k in r["images_per_second"]})
+    lines = [f"**{name}** (train step, images/s median (min) over interleaved rounds; ratios: median of per-round "
+             "time ratios, > 1 = repr-jax faster)", "",
+             "| model | batch | " + " | ".join(impls) + " | ratios | first step (s) |",
+             "| --- | --- |" + " --- |" * len(impls) + " --- | --- |"]
+    for r in rows:
+        cells = [f"{r['images_per_second'][i]['median']:.1f} ({r['images_per_second'][i]['min']:.1f})"
+                 if i in r["images_per_second"] else "—" for i in impls]
+        ratios = ", ".join(f"{k} = {v:.2f}×" for k, v in r["ratios"].items())
+        first = ", ".join(f"{k} {v:.1f}" for k, v in r["first_step_s"].items())
+        lines.append(f"| {r['model']} | {r['batch']} | " + " | ".join(cells) + f" | {ratios} | {first} |")
+    return lines + [""]
+
+
+__all__ = ["ZOO", "bench_zoo", "bench_zoo_memory", "jax_step", "torch_step", "zoo_markdown"]

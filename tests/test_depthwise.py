@@ -1,0 +1,73 @@
+"""The shifted multiply–add depthwise conv equals ``lax.conv_general_dilated``'s grouped
+convolution — outputs and gradients to float32 round-off — has ``nn.Conv``'s parameters, and
+the channel graph sees it as the convolution it computes."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from repr_jax.layers import reference_convs
+from repr_jax.models import create_model
+from repr_jax.models.depthwise import DepthwiseConv, depthwise, depthwise_lax, depthwise_shifted
+from repr_jax.shapes import model_graph
+
+
+def _numpy_depthwise(x, k, stride, pad):
+    """A plain numpy reference: y[n, h, w, c] = Σ_ij xp[n, s·h + i, s·w + j, c] k[i, j, 0, c]."""
+    xp = np.pad(x, ((0, 0), pad[0], pad[1], (0, 0)))
+    kh, kw = k.shape[:2]
+    ho, wo = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+    y = np.zeros((x.shape[0], ho, wo, x.shape[3]))
+    for h in range(ho):
+        for w in range(wo):
+            window = xp[:, stride * h:stride * h + kh, stride * w:stride * w + kw, :]
+            y[:, h, w, :] = np.einsum("nijc,ijc->nc", window, k[:, :, 0, :])
+    return y
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("pad", [((1, 1), (1, 1)), ((0, 1), (1, 0)), ((2, 2), (2, 2))])
+@pytest.mark.parametrize("size", [(3, 3), (5, 5)])
+def test_shifted_depthwise_equals_the_grouped_convolution_and_a_numpy_reference(stride, pad, size):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 9, 8, 6)).astype(np.float32)
+    k = rng.normal(size=(*size, 1, 6)).astype(np.float32)
+    ours = depthwise_shifted(jnp.asarray(x), jnp.asarray(k), (stride, stride), pad)
+    np.testing.assert_allclose(ours, depthwise_lax(jnp.asarray(x), jnp.asarray(k), (stride, stride), pad),
+                               rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(ours, _numpy_depthwise(x, k, stride, pad), rtol=2e-5, atol=2e-5)
+    # gradients with respect to the input and the kernel
+    g = jnp.asarray(rng.normal(size=ours.shape).astype(np.float32))
+    grads = {}
+    for fn in (depthwise_shifted, depthwise, depthwise_lax):   # autodiff, our custom VJP, the convolution's
+        _, vjp = jax.vjp(lambda a, b: fn(a, b, (stride, stride), pad), jnp.asarray(x), jnp.asarray(k))
+        grads[fn] = vjp(g)
+    for fn in (depthwise_shifted, depthwise):
+        np.testing.assert_allclose(grads[fn][0], grads[depthwise_lax][0], rtol=2e-5, atol=2e-5)
+        np.testing.assert_allclose(grads[fn][1], grads[depthwise_lax][1], rtol=2e-5, atol=2e-4)
+
+
+def test_the_layer_has_nn_convs_parameters_and_switches_to_the_convolution_for_the_graph():
+    x = jnp.ones((1, 8, 8, 4))
+    ours = DepthwiseConv((3, 3), padding=1, use_bias=True, impl="shifted")
+    ref = nn.Conv(4, (3, 3), padding=1, feature_group_count=4)
+    v = ours.init(jax.random.key(0), x)
+    shapes = jax.tree_util.tree_map(jnp.shape, v)
+    assert shapes == jax.tree_util.tree_map(jnp.shape, ref.init(jax.random.key(0), x))
+    v = jax.tree_util.tree_map(lambda a: jax.random.normal(jax.random.key(1), a.shape), v)
+    np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), rtol=2e-6, atol=2e-6)
+    jaxpr = str(jax.make_jaxpr(lambda v: ours.apply(v, x))(v))
+    assert "conv_general_dilated" not in jaxpr
+    with reference_convs():
+        assert "conv_general_dilated" in str(jax.make_jaxpr(lambda v: ours.apply(v, x))(v))
+
+
+def test_mobilenetv2_depthwise_layers_keep_their_ties_in_the_channel_graph():
+    graph = model_graph(create_model("mobilenetv2"), (32, 32, 3))
+    assert graph.barriers == ()
+    dw = [u for u in graph.uses if u.produced_by and u.produced_by.endswith("/dw")]
+    assert len(dw) == 17
+    # a depthwise channel is tied to the expand channel feeding it and to its own filter
+    first = next(u for u in dw if u.produced_by == "block1/dw")
+    assert all({("block1/expand", i), ("block1/dw", i)} == set(s) for i, s in enumerate(first.sources))
