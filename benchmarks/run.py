@@ -591,7 +591,7 @@ def main(argv=None) -> int:
             batches=4 if quick else 8)
     if "zoo" in todo:
         results["benchmarks"]["zoo"] = bench_zoo(
-            ("convnet", "mobilenetv2") if quick else ZOO, rounds=2 if quick else (args.repeats or 5),
+            ("convnet",) if quick else ZOO, rounds=2 if quick else (args.repeats or 5),
             batch=16 if quick else 128, steps=1 if quick else 2, torch_available=_torch() is not None)
     if "zoo_memory" in todo:
         sizes = ((32, 128), (64, 50))

@@ -20,7 +20,11 @@ def test_quick_harness_writes_every_benchmark(tmp_path):
     results = json.loads(out.read_text())
     assert {"cpu", "cores", "device_kind", "jax"} <= set(results["machine"])
     assert set(results["benchmarks"]) == {"metric", "reinit", "train_step", "repr_overhead", "seeds", "seeds_run",
-                                           "export", "streaming"}
+                                           "export", "streaming", "zoo", "zoo_memory"}
+    zoo, memory = results["benchmarks"].pop("zoo"), results["benchmarks"].pop("zoo_memory")
+    assert [r["model"] for r in zoo] == ["convnet"] and zoo[0]["images_per_second"]["repr_jax"]["median"] > 0
+    assert zoo[0]["images_per_second"]["repr_jax"]["min"] <= zoo[0]["images_per_second"]["repr_jax"]["median"]
+    assert memory[0]["model"] == "convnet" and 0 < memory[0]["peak_rss_gib"] < 8 and memory[0]["first_step_s"] > 0
     for name, rows in results["benchmarks"].items():
         assert rows, name
         for row in rows:
