@@ -49,14 +49,14 @@ def _main(args) -> int:
         return fail(err, EXIT_DIVERGED)
     except MemoryError:
         return fail(RunError("out of memory: the model, the batch or the data does not fit in this process's "
-                             "memory; use a smaller --batch-size, --width or data set (a fresh run directory "
-                             "without a trained epoch was removed)"))
+                             "memory; use a smaller --batch-size, --width or data set (a new run's directory is "
+                             "removed when no epoch was recorded; a resumed run keeps its checkpoints)"))
     except Exception as err:   # XLA's allocation failures surface as its runtime error
         if "RESOURCE_EXHAUSTED" not in str(err) and "Out of memory" not in str(err):
             raise
         return fail(RunError(f"out of memory on {type(err).__name__}: {str(err).splitlines()[0][:160]}; use a "
-                             "smaller --batch-size, --width or data set (a fresh run directory without a trained "
-                             "epoch was removed)"))
+                             "smaller --batch-size, --width or data set (a new run's directory is removed when no "
+                             "epoch was recorded; a resumed run keeps its checkpoints)"))
     except KeyboardInterrupt as err:   # Interrupted names the epoch; before training, nothing to say
         return fail(err if str(err) else KeyboardInterrupt("interrupted before training began; nothing was "
                                                             "changed"), EXIT_INTERRUPTED)

@@ -270,14 +270,14 @@ class Pruner:
 
 
 def _by_channels(rebuild: Callable) -> Callable:
-    """``channels → module`` from a class or factory taking ``channels`` (keyword if it names
-    such a parameter or takes ``**kwargs``, else the first positional argument)."""
+    """``channels → module`` from a class or factory taking ``channels`` (as a keyword if it
+    names a parameter so, else as the first positional argument)."""
     import inspect
     try:
         params = inspect.signature(rebuild).parameters
     except (TypeError, ValueError):
         return rebuild
-    if "channels" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+    if "channels" in params:
         return lambda channels: rebuild(channels=channels)
     return rebuild
 

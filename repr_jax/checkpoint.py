@@ -73,11 +73,14 @@ def _interrupts_deferred():
         yield
         return
     caught = []
-    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    # SIGTERM too where Python handles it (a multi-process run makes it a Ctrl-C: repr_jax.parallel)
+    signals = [signal.SIGINT] + [signal.SIGTERM] * callable(signal.getsignal(signal.SIGTERM))
+    previous = {s: signal.signal(s, lambda *_: caught.append(True)) for s in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if caught:
         raise KeyboardInterrupt
 

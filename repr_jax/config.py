@@ -227,6 +227,14 @@ class RunConfig:
         """``init_from`` with ``{seed}`` replaced by this run's seed ("" for none)."""
         return self.init_from.replace("{seed}", str(self.seed))
 
+    def check_new_run(self) -> None:
+        """Checks a new run gets beyond :meth:`validate` (a resumed run keeps what it recorded):
+        ``--width`` / ``--depth`` / ``--batch-norm`` only for the model that reads them."""
+        if self.model.name != "convnet" and (self.model.width, self.model.depth, self.model.batch_norm) != (
+                ModelConfig.width, ModelConfig.depth, ModelConfig.batch_norm):
+            raise RunError(f"--width, --depth and --batch-norm are options of convnet (C^n(F)), not of "
+                           f"{self.model.name}: its layers are fixed (model.channels sets per-conv widths)")
+
     def validate(self) -> None:
         """Every check that needs no data; ``RunError`` with one line otherwise."""
         checks = [
@@ -252,10 +260,6 @@ class RunConfig:
             (1 <= self.model.depth <= MAX_DEPTH and 1 <= self.model.width <= MAX_WIDTH,
              f"--depth must be in 1..{MAX_DEPTH} and --width in 1..{MAX_WIDTH}, got {self.model.depth} and "
              f"{self.model.width}"),
-            (self.model.name == "convnet" or (self.model.width, self.model.depth, self.model.batch_norm) ==
-             (ModelConfig.width, ModelConfig.depth, ModelConfig.batch_norm),
-             f"--width, --depth and --batch-norm are options of convnet (C^n(F)), not of {self.model.name}: "
-             "its layers are fixed (model.channels sets per-conv widths)"),
             (self.model.name in ("convnet", "lenet300") or all(getattr(self.model, k) == v for k, v in
                                                                HEAD_OPTIONS.items() if k != "dropconnect_bias"),
              f"model.{'/'.join(HEAD_OPTIONS)} are options of the convnet head (and lenet300's hidden layers), "

@@ -41,7 +41,7 @@ from repr_jax.teacher import attach_teacher
 from repr_jax.errors import Diverged, Interrupted, RunError
 from repr_jax.run_state import all_finite, build_model, initial_state, load_source, warm_start
 from repr_jax.epoch_loop import OneRun, epoch_loop
-from repr_jax.session import Session, close, finish, start
+from repr_jax.session import Session, close, discard_unstarted, finish, start
 from repr_jax.masks import live_filters
 from repr_jax.methods.base import Event
 from repr_jax.parallel import batch_sharding, replicate, stack, unstack
@@ -136,6 +136,7 @@ def start_population(config: RunConfig, data: Dataset | None = None) -> tuple[li
                 _rewind(s, first)
     except BaseException:
         for s in sessions:
+            discard_unstarted(s)   # a fresh member with no epoch recorded leaves no directory
             close(s)
         raise
     return sessions, ended
@@ -310,6 +311,10 @@ def run_population(config: RunConfig, data: Dataset | None = None) -> dict:
             diverged = train_population(sessions)
         except KeyboardInterrupt:
             raise Interrupted.during(sessions[0]) from None
+        except BaseException:
+            for s in sessions:
+                discard_unstarted(s)   # failed before an epoch was recorded: nothing to keep
+            raise
         seconds = time.perf_counter() - t0
         runs = dict(ended)
         seeds = [c.seed for c in member_configs(config)]

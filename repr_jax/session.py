@@ -149,10 +149,21 @@ def _resume_point(out: Path, ckpt: Checkpointer, template) -> tuple:
     logged = 0   # the epochs metrics.jsonl holds completely, 1..logged
     while logged + 1 in {m["epoch"] for m in metrics}:
         logged += 1
-    # a checkpoint newer than a torn last row cannot be resumed faithfully: start from the one before
-    ahead = [(e, "its metrics.jsonl row was cut short") for e in ckpt.epochs() if e > logged] \
-        if torn_tail(out / "metrics.jsonl") else []
-    state, extra, _, skipped = ckpt.restore_newest(template, max_epoch=logged if ahead else None)
+    # a checkpoint newer than a torn last row (or event) cannot be resumed faithfully: start from
+    # the one before it, setting it aside; none left: start again from epoch 0
+    limit = logged if torn_tail(out / "metrics.jsonl") else None
+    ahead = [(e, "its metrics.jsonl row was cut short") for e in ckpt.epochs() if limit is not None and e > limit]
+    torn_events = torn_tail(out / "pruning.jsonl")
+    while True:
+        if not [e for e in ckpt.epochs() if limit is None or e <= limit]:
+            return template, {}, 0, ahead, [], []
+        state, extra, epoch, skipped = ckpt.restore_newest(template, max_epoch=limit)
+        expected = int(extra.get("events", 0))
+        if torn_events and expected > len([e for e in events if e["epoch"] <= int(extra["epochs_done"])]):
+            ahead.append((epoch, "its pruning.jsonl event was cut short"))
+            limit = epoch - 1
+            continue
+        break
     skipped = ahead + skipped
     done = int(extra["epochs_done"])
     metrics = [m for m in metrics if m["epoch"] <= done]
@@ -174,6 +185,8 @@ def _start_locked(config: RunConfig, model, mesh, lock: RunLock | None, data: Da
     sync_processes("repr_jax: run directory checked")
     if not main:
         resuming = bool(config.resume and (out / "config.json").exists())
+    if not resuming:
+        config.check_new_run()
     data = load_run_data(config, data)
     # the data's image shape and class count, recorded in config.json; the model is built for them
     try:

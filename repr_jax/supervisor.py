@@ -9,9 +9,10 @@ multi-process run (``--coordinator``) as a child of a small supervisor (:func:`s
   except the coordination service's own logs, and everything after its fatal line;
 * SIGINT and SIGTERM sent to the supervisor are forwarded to the child (which stops as on
   Ctrl-C, exit 130, its last checkpoint kept);
-* when the child is ended by the coordination service (its fatal line) or by a signal the
+* when the child is ended by the coordination service (its fatal line) or by SIGABRT the
   supervisor did not forward (gloo's collectives abort a process whose peer is gone), the
-  supervisor prints one line — another process of the run stopped — and exits 2.
+  supervisor prints one line — another process of the run stopped — and exits 2; ended by
+  another signal (SIGKILL from the out-of-memory killer), one line naming it.
 
 The child, when it fails itself, prints its one line and exits at once
 (:func:`exit_at_once`), skipping the shutdown barrier. Nothing here runs JAX.
@@ -37,8 +38,9 @@ def supervised() -> bool:
 def supervise(command: list[str]) -> int:
     """Run ``command`` (this CLI invocation) as a supervised child; its exit code, or 2 with
     one line when JAX's coordination service ended it because another process stopped."""
+    # its own session: a Ctrl-C in the terminal reaches the child once, forwarded by us
     child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, errors="replace",
-                             env=dict(os.environ, **{SUPERVISED: "1"}))
+                             env=dict(os.environ, **{SUPERVISED: "1"}), start_new_session=True)
 
     forwarded = []
 
@@ -64,14 +66,17 @@ def supervise(command: list[str]) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if code != 0 and (fatal is not None or (code < 0 and not forwarded)):
+    if code != 0 and (fatal is not None or (code == -signal.SIGABRT and not forwarded)):
         if fatal is not None:
             cause = "JAX's coordination service: " + " ".join(fatal.split("absl::Status:")[-1].split())[:160]
         else:
-            cause = f"ended by {signal.Signals(-code).name}, as JAX's collectives end a process whose peer is gone"
+            cause = "ended by SIGABRT, as JAX's collectives end a process whose peer is gone"
         sys.stderr.write(f"error: another process of this multi-process run stopped, so this one stopped too "
                          f"({cause}); the run directory keeps its last checkpoint (--resume continues)\n")
         return 2
+    if code < 0 and not forwarded:   # killed from outside (the kernel's out-of-memory killer: SIGKILL)
+        sys.stderr.write(f"error: this process of the multi-process run was ended by {signal.Signals(-code).name}"
+                         " (out of memory?); the run directory keeps its last checkpoint (--resume continues)\n")
     return code if code >= 0 else 128 - code
 
 

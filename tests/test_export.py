@@ -392,3 +392,37 @@ def test_imagenet_resnets_counts_and_resnet50_exports_through_projection_shortcu
     assert ex.channels[inner] == 256 - dead[inner]          # an inner conv shrinks by its dead filters
     stream = ("layer2_block0/shortcut", "layer2_block0/conv3", "layer2_block1/conv3")
     assert len({ex.channels[n] for n in stream}) == 1        # a stream's members stay equal
+
+
+def test_a_parameter_from_an_op_without_a_rule_and_channels_moved_off_the_last_axis_pin_what_they_touch():
+    """Two ways an op the graph cannot follow could hide a channel use: a scale built by
+    concatenating parameters (its axes unknown) multiplied into the activations, and an
+    activation transposed to NCHW and contracted with a parameter. Both pin the conv's
+    channels: an export keeps them (before barriers existed, these models were refused)."""
+    class Scaled(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = nn.relu(nn.Conv(4, (3, 3), name="c0")(x))
+            a, b = self.param("a", nn.initializers.ones, (2,)), self.param("b", nn.initializers.ones, (2,))
+            x = x * jnp.concatenate([a, b])
+            return nn.Dense(3, name="head")(x.mean(axis=(1, 2)))
+
+    class Moved(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = nn.relu(nn.Conv(4, (3, 3), name="c0")(x))
+            w = self.param("w", nn.initializers.ones, (8, 8))
+            x = jnp.transpose(jnp.transpose(x, (0, 3, 1, 2)) @ w, (0, 2, 3, 1))   # along W, in NCHW
+            return nn.Dense(3, name="head")(nn.Conv(4, (3, 3), name="c1")(x).mean(axis=(1, 2)))
+
+    from repr_jax.compress.export import export_model
+    for module in (Scaled(), Moved()):
+        v = module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+        graph = channel_graph(module, v, (1, 8, 8, 3))
+        assert graph.barriers, type(module).__name__
+        live = {name: jnp.ones(n).at[:2].set(0) for name, n in graph.layers.items()}
+        layers = model_layers(module, (8, 8, 3))
+        masked = {"params": apply_masks(v["params"], with_live_filters(init_masks(v["params"], layers), layers, live))}
+        out = export_model(module, masked, live, (8, 8, 3))
+        assert out.removed["c0"] == [], type(module).__name__
+        assert out.kept_dead["c0"] == 2 and out.blocked["c0"]

@@ -228,3 +228,20 @@ def test_export_refuses_other_data(tiny_cifar_dir, tmp_path, capsys):
     capsys.readouterr()
     assert export_cli.main([str(run), "--out", str(tmp_path / "exp"), "--data-dir", str(tmp_path / "other")]) == 2
     assert "the data differs from the run" in capsys.readouterr().err
+
+
+def test_a_torn_last_event_of_pruning_sets_its_checkpoint_aside(tiny_cifar_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(_args(tiny_cifar_dir, run, "--width", "4", "--epochs", "3", "--method", "repr",
+                          "--repr-s1", "1", "--repr-s2", "1", "--repr-iterations", "1")) == 0
+    (run / "summary.json").unlink()
+    lines = (run / "pruning.jsonl").read_text().splitlines()
+    assert [json.loads(l)["event"] for l in lines] == ["drop", "reinit"]      # epoch 2: drop and re-init
+    (run / "pruning.jsonl").write_text(lines[0] + "\n" + lines[1][:40])        # the re-init line cut short
+    capsys.readouterr()
+    assert cli.main(["--out", str(run), "--resume", "--epochs", "3", "--data-dir", str(tiny_cifar_dir),
+                     "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "last line is cut short" in err and "pruning.jsonl event was cut short" in err
+    assert [json.loads(l)["event"] for l in (run / "pruning.jsonl").read_text().splitlines()] == ["drop", "reinit"]
+    assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3]

@@ -248,6 +248,9 @@ def load_exported(directory):
     except (OSError, ValueError, RecursionError) as err:   # RecursionError: nested beyond the stack
         raise ExportError(f"{directory / 'architecture.json'} is not a readable architecture "
                           f"({' '.join(str(err).split())[:200]})") from None
+    from repr_jax.models.user import check_trusted, is_reference
+    if is_reference(str(arch.get("name", ""))):   # code named by a file: only when the user named it
+        check_trusted(arch["name"], directory)
     model = from_architecture(arch)
     template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + input_shape_of(arch))))
     template = {k: template.get(k, {}) for k in ("params", "batch_stats")}

@@ -29,10 +29,10 @@ An equation the graph cannot follow — a primitive without a rule, or a rule th
 its use — is a :class:`Barrier` (Torch-Pruning's unsupported ops): every channel entering
 it is pinned (an export keeps it) and its outputs are :data:`FIXED`. So every method that
 only masks (RePr, Han, DSD, DropConnect, JST's search) works on any model, and an export
-removes what it can and names the barrier — the primitive and the user's module path,
-recovered by tracing under ``jax.named_scope`` of each module (Linen's
-``nn.intercept_methods``; NNX through :func:`repr_jax.models.nnx_adapter.module_scopes`) —
-that kept the rest. Multiply–adds of convs and dense layers are counted on the way.
+removes what it can and names the barrier — the primitive and the user's module path, from
+the jaxpr's name stacks (Flax Linen names module calls there itself; an NNX adapter does it
+while tracing, :func:`module_scopes`) — that kept the rest. Multiply–adds of convs and dense
+layers are counted on the way.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ except ImportError:   # pragma: no cover
     from jax.core import Literal
 
 from repr_jax.compress.graph_rules import ELEMENTWISE, RULES
-from repr_jax.compress.graph_values import (FIXED, Act, Barrier, Cost, GraphError, Param, Pin, Source, Use,
+from repr_jax.compress.graph_values import (FIXED, Act, Barrier, Cost, GraphError, Opaque, Param, Pin, Source, Use,
                                             broadcast, fixed, pinned)
 from repr_jax.layers import get_path, prunable_convs, reference_convs
 
@@ -154,7 +154,10 @@ class _Tracer:
         outs = []
         for var in eqn.outvars:
             shape = getattr(var.aval, "shape", ())
-            outs.append(Act(fixed(shape[-1] if shape else 1)) if any(isinstance(x, Act) for x in ins) else None)
+            if any(isinstance(x, Act) for x in ins):
+                outs.append(Act(fixed(shape[-1] if shape else 1)))
+            else:   # from parameters alone: unknown axes, an activation it meets is pinned
+                outs.append(Opaque(index) if any(isinstance(x, (Param, Opaque)) for x in ins) else None)
         return outs
 
     # -- helpers
@@ -218,6 +221,8 @@ class _Tracer:
                 self.scope = outer
         if all(x is None for x in ins):
             return [None] * len(outs)
+        if any(isinstance(x, Opaque) for x in ins):
+            raise GraphError("a value derived from parameters through an operation without a rule")
         moved = [x for x, v in zip(ins, eqn.invars) if isinstance(x, Act) and x.axis is not None]
         rule = RULES.get(name)
         if moved and name not in _FOLLOWS_MOVED_AXIS:
@@ -225,8 +230,9 @@ class _Tracer:
                     or len(outs[0].aval.shape) != len(eqn.invars[0].aval.shape):
                 raise GraphError("channels off the last axis meet an operation that needs them last")
             size = eqn.invars[0].aval.shape[moved[0].axis]
-            if any(isinstance(x, Param) for x in ins) or any(len(x.sources) != size for x in moved):
-                raise GraphError("channels off the last axis meet a parameter or a broadcast")
+            if any(isinstance(x, Param) for x in ins) or any(len(x.sources) != size for x in moved) \
+                    or sum(isinstance(x, Act) for x in ins) != len(moved):
+                raise GraphError("channels off the last axis meet a parameter, a broadcast or channels last")
             return [Act(tuple(frozenset().union(*parts) for parts in zip(*[x.sources for x in moved])),
                         moved[0].axis)]
         if rule is not None:
@@ -281,7 +287,7 @@ def trace_channel_graph(model, variables, input_shape, dense_units: bool = False
         else:                          # ("0", collection, *leaf path)
             inputs.append(Param((((path[1], path[2:]), tuple(range(np.ndim(leaf)))),)))
     tracer = _Tracer(conv_names, dense)
-    tracer.root = type(model).__name__
+    tracer.root = type(getattr(model, "inner", model)).__name__   # a LogitsModel wraps the user's module
     tracer.run(closed.jaxpr, inputs)
     params = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(variables["params"]))
     traced = list(dict.fromkeys(u.produced_by for u in tracer.uses if u.produced_by is not None))

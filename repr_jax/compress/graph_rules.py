@@ -103,7 +103,7 @@ def _dot_general(tr, eqn, ins):
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     lhs_shape, rhs_shape = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
     out_shape = eqn.outvars[0].aval.shape
-    if isinstance(lhs, Act) and isinstance(rhs, Param) and not lb and len(rc) == 1 \
+    if isinstance(lhs, Act) and lhs.axis is None and isinstance(rhs, Param) and not lb and len(rc) == 1 \
             and tuple(lc) == (len(lhs_shape) - 1,) and len(rhs.refs) == 1:
         (coll, path), amap = rhs.refs[0]
         tr.uses.append(Use(coll, path, amap[rc[0]], lhs.sources))

@@ -79,6 +79,14 @@ class Act:
 
 
 @dataclasses.dataclass(frozen=True)
+class Opaque:
+    """A value derived from parameters through an operation the graph cannot follow (a
+    barrier's output without activation inputs): which axis it indexes is unknown, so an
+    activation it meets is pinned (the equation becomes a barrier too)."""
+    barrier: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Param:
     refs: tuple[tuple[tuple[str, tuple[str, ...]], tuple[int | None, ...]], ...]  # (leaf, axis map)
 
@@ -106,5 +114,5 @@ def pinned(sources: tuple[frozenset, ...]) -> tuple[frozenset, ...]:
     return tuple(s | {FIXED} for s in sources)
 
 
-__all__ = ["FIXED", "Act", "Barrier", "Cost", "GraphError", "Param", "Pin", "Source", "Use", "broadcast",
+__all__ = ["FIXED", "Act", "Barrier", "Cost", "GraphError", "Opaque", "Param", "Pin", "Source", "Use", "broadcast",
            "fixed", "pinned", "union_all"]

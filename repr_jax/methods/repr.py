@@ -232,6 +232,11 @@ class RePr(Method):
             self.probe_data = (context.model_inputs(x), jnp.asarray(y))
         changes_outgoing = config.outgoing != "keep" or config.outgoing_scale != 1.0
         self.outgoing = outgoing_map(context) if changes_outgoing else ()
+        if changes_outgoing and not self.outgoing:
+            import warnings
+            warnings.warn(f"repr.outgoing={config.outgoing}: the channel graph finds no weight that reads a "
+                          "prunable conv's filters (every consumer is a residual sum or an operation it cannot "
+                          "follow), so re-introductions change no outgoing weight", UserWarning, stacklevel=2)
         if config.reinit == "random" or config.outgoing == "redraw":
             zeros = context.example_input()
             self._init_params = lambda key: context.model.init(key, zeros, train=False)["params"]
