@@ -224,9 +224,10 @@ def checked_labels(labels: np.ndarray, count: int, name: str) -> np.ndarray:
                         f"of {labels.dtype}")
     if len(labels) != count:
         raise DataError(f"{name}: {count} images but {len(labels)} labels")
-    if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.int32).max):   # before any cast
-        bad = labels.min() if labels.min() < 0 else labels.max()
-        raise DataError(f"{name}: label {int(bad)} is not a class index (0 to 2^31-1); a cast would wrap it")
+    limits = np.iinfo(np.int32)
+    if labels.size and (labels.min() < limits.min or labels.max() > limits.max):   # before any cast
+        bad = labels.min() if labels.min() < limits.min else labels.max()
+        raise DataError(f"{name}: label {int(bad)} does not fit a 32-bit class index; a cast would wrap it")
     return labels.astype(np.int32)
 
 

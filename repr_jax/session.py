@@ -138,10 +138,14 @@ def start(config: RunConfig, data: Dataset | None = None, arrays: tuple | None =
 def _resume_point(out: Path, ckpt: Checkpointer, template) -> tuple:
     """``(state, extra, epoch, skipped, metrics, events)`` of the newest usable checkpoint of
     the run in ``out``, with its logs up to that epoch, checked against each other; reads
-    only (``RunError`` names what is damaged). No checkpoint: ``(template, {}, 0, [], [], [])``."""
+    only (``RunError`` names what is damaged). No checkpoint: ``(template, {}, 0, [], [], [])``
+    (refused when ``metrics.jsonl`` holds more than epoch 1's row, written before its checkpoint)."""
     metrics, events = read_jsonl(out / "metrics.jsonl", True), read_jsonl(out / "pruning.jsonl", True)
     if not ckpt.epochs():
-        if metrics:   # the history says epochs were trained: restarting would silently overwrite it
+        # the history says epochs were trained: restarting would silently overwrite it — unless
+        # it is only epoch 1's row, written just before its checkpoint (a stop in between)
+        crashed_in_first_save = ckpt.directory.is_dir() and [m["epoch"] for m in metrics] == [1]
+        if metrics and not crashed_in_first_save:
             raise RunError(f"{out} records {len(metrics)} trained epoch(s) in metrics.jsonl but holds no checkpoint "
                            f"to resume from ({out / 'checkpoints'} is empty or missing); nothing was changed — to "
                            "train it again from the start, remove the run directory or choose a new --out")

@@ -123,7 +123,7 @@ def _to_legacy(run_dir):
     """Rewrite a run directory as the code before the method framework wrote it: the old
     config.json layout (without eval_batch_size, standing for a field added later), no
     architecture.json, and checkpoints whose state has a top-level ``snapshot`` (the whole
-    params) and no ``method_*`` fields."""
+    params), no ``method_*`` fields and no checksums."""
     c = json.loads((run_dir / "config.json").read_text())
     new = c["config"]
     c["config"] = {
@@ -150,6 +150,9 @@ def _to_legacy(run_dir):
         checkpointer.wait_until_finished()
         shutil.rmtree(step / "state")
         (step / "legacy").rename(step / "state")
+        extra = json.loads((step / "extra" / "metadata").read_text())
+        del extra["checksums"]                             # written since; old checkpoints have none
+        (step / "extra" / "metadata").write_text(json.dumps(extra))
     checkpointer.close()
 
 

@@ -131,11 +131,12 @@ def test_labels_beyond_int32_are_refused_before_any_cast(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "d.npz"
     y = np.arange(40) % 4
-    y[3] = 2**32 + 3                                       # would wrap to class 3
-    np.savez(path, x_train=rng.integers(0, 255, (40, 8, 8, 3), np.uint8), y_train=y.astype(np.int64),
-             x_test=rng.integers(0, 255, (8, 8, 8, 3), np.uint8), y_test=np.arange(8) % 4)
-    with pytest.raises(DataError, match="label 4294967299 is not a class index"):
-        load_data("npz", str(path))
+    for wrapped in (2**32 + 3, -2**32 + 3):                # each would wrap to class 3
+        y[3] = wrapped
+        np.savez(path, x_train=rng.integers(0, 255, (40, 8, 8, 3), np.uint8), y_train=y.astype(np.int64),
+                 x_test=rng.integers(0, 255, (8, 8, 8, 3), np.uint8), y_test=np.arange(8) % 4)
+        with pytest.raises(DataError, match=f"label {wrapped} does not fit a 32-bit class index"):
+            load_data("npz", str(path))
 
 
 @pytest.mark.parametrize("name", ["config.json", "architecture.json", "summary.json", "metrics.jsonl"])

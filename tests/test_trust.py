@@ -159,9 +159,14 @@ def _empty_checkpoint_files(run: Path) -> None:
             p.write_bytes(b"")
 
 
+def _damage_first_metrics_row(run: Path) -> None:
+    rows = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text("".join([rows[0][:-40] + "\n", *rows[1:]]))
+
+
 @pytest.mark.parametrize("damage,message", [
     (_empty_checkpoint_files, "no usable checkpoint"),
-    (lambda run: (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text()[:-40]), "metrics.jsonl is damaged"),
+    (_damage_first_metrics_row, "metrics.jsonl is damaged at line 1"),   # a torn *last* row is repaired
     (lambda run: (run / "metrics.jsonl").unlink(), "metrics.jsonl lacks rows of epochs 1-3"),
     (lambda run: (run / "summary.json").write_text("{\"status\": \"compl"), "summary.json is not a readable summary"),
 ])
