@@ -16,7 +16,7 @@ from repr_jax.models import architecture, create_model
 
 def _variables(name, seed=0, **kw):
     model = create_model(name, **kw)
-    v = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)))
+    v = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)))
     if "batch_stats" in v:   # non-trivial running statistics: mean ≠ 0, var ≠ 1
         key = jax.random.key(seed + 1)
         stats = jax.tree_util.tree_map_with_path(

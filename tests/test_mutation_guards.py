@@ -10,7 +10,9 @@ numpy reference. The docstring of each test names the one-line bug it catches:
 3. re-initialised filters keeping their old optimizer moments in ``drop_mode=freeze``;
 4. the sign of JST's policy gradient flipped (ThresNet learning to prefer low rewards);
 5. the mask applied only before the optimizer, not after it (weight decay and momentum
-   residue then move frozen parameters).
+   residue then move frozen parameters);
+6. JST's REINFORCE without its reward baseline;
+7. Channel Pruning ignoring its own ``normalize`` setting.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from repr_jax.cli import build_parser, config_from_args
 from repr_jax.experiment import build_method, build_model, initial_state
@@ -270,3 +273,79 @@ def test_jst_policy_step_raises_the_probability_of_the_higher_reward_subnetwork(
     before, after = preference(old_policy), preference(new.method_state["policy"])
     assert after > before + 1e-4, (f"the policy step moved away from the higher-reward sample: "
                                    f"preference {before:.6f} → {after:.6f}")
+
+
+def test_jst_policy_gradient_subtracts_the_reward_baseline():
+    """Bug caught: ``jst.py`` ``_search_update``: ``advantages = rewards - baseline`` →
+    ``advantages = rewards`` (REINFORCE without its baseline, Eq. 4's b): the direction test
+    above can still pass. Adam's first moment after one step is (1 − β₁)·g, so the policy
+    optimizer's state pins the gradient itself: g = ∇ policy_loss with advantages R − mean R
+    (the baseline of the first search step is the mean reward)."""
+    from repr_jax.methods.jst_search import policy_loss
+    options = dict(depth=2, width=6, batch_norm=True)
+    model = create_model("convnet", **options)
+    rng = np.random.default_rng(1)
+    held_x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    held_y = rng.integers(0, 10, 64).astype(np.int32)
+    ctx = MethodContext.for_model(model, architecture=architecture("convnet", **options), train_size=64,
+                                  batch_size=16, heldout_images=held_x, heldout_labels=held_y)
+    method = JointSearchTraining(JstConfig(subnets=3, coarse_epochs=0, search_steps=1, step_epochs=1,
+                                           val_batches=2, reward_batches=2, alpha_steps=0, gamma=5.0,
+                                           hidden=16, policy_lr=1e-3), ctx)
+    state = create_train_state(model, make_optimizer(OptimConfig(), optax.constant_schedule(0.05)), 0,
+                               method=method)
+    state, _ = method.before_epoch(state, 0)
+    ms = state.method_state
+    alphas = [state.method_params["alpha"][n] for n in method.names]
+    new, (event,) = method.after_epoch(state, 0)
+    rewards = jnp.asarray(event.arrays["rewards"])
+    assert float(event.arrays["baseline"]) == pytest.approx(float(jnp.mean(rewards)), rel=1e-6)
+
+    def first_moment(advantages):
+        g = jax.grad(policy_loss)(ms["policy"], alphas, ms["thresholds"], advantages)
+        return jax.tree_util.tree_map(lambda x: 0.1 * x, g)            # optax.adam's b1 = 0.9
+    got = new.method_state["policy_opt"][0].mu
+    want, without = first_moment(rewards - jnp.mean(rewards)), first_moment(rewards)
+    flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(t)])
+    assert not np.allclose(flat(want), flat(without), rtol=1e-3)     # the test tells the two apart
+    np.testing.assert_allclose(flat(got), flat(want), rtol=1e-4, atol=1e-9)
+
+
+def test_channel_pruning_passes_its_own_normalize_setting_to_the_selection(monkeypatch):
+    """Bug caught: ``channel_pruning.py`` ``select`` calling ``selection_gram`` with a fixed
+    ``normalize`` instead of ``config.normalize`` (the fidelity test calls the helper
+    directly). The method is driven as a user's loop drives it (``Pruner.before_epoch`` at the
+    prune epoch) and the flag reaching the LASSO's Gram matrix is recorded."""
+    import flax.linen as nn
+
+    import repr_jax as rj
+    from repr_jax.methods import channel_pruning
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = nn.relu(nn.Conv(6, (3, 3))(x))
+            x = nn.relu(nn.Conv(6, (3, 3))(x))
+            return nn.Dense(10)(x.mean(axis=(1, 2)))
+
+    seen = []
+    real = channel_pruning.selection_gram
+
+    def spy(patches, w, y, normalize):
+        seen.append(normalize)
+        return real(patches, w, y, normalize)
+
+    monkeypatch.setattr(channel_pruning, "selection_gram", spy)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 12, 12, 3)).astype(np.float32)
+    y = rng.integers(0, 10, 32).astype(np.int32)
+    for flag in (True, False):
+        seen.clear()
+        pr = rj.Pruner("channel-pruning", Net(), x[:1], epochs=2, steps_per_epoch=2, batch_size=16,
+                       fraction=0.5, images=8, lasso_steps=5, bisections=4, prune_epoch=0, normalize=flag,
+                       scoring_data=(x, y))
+        variables = Net().init(jax.random.key(0), x[:1])
+        tx = pr.wrap(optax.sgd(0.01))
+        opt_state, ps = tx.init(variables["params"]), pr.init(variables["params"])
+        pr.before_epoch(0, variables, opt_state, ps)
+        assert seen and set(seen) == {flag}, (flag, seen)
