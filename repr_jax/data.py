@@ -106,6 +106,8 @@ class Dataset:
     channel_mean: tuple = ()
     channel_std: tuple = ()
     stream: object = None   # a repr_jax.streaming.FolderStream of the training split (train_x/y: a sample)
+    # streamed data: the fingerprint with some files' sizes overridden (fingerprint_with(sizes=...))
+    fingerprint_with: object = None
 
     @property
     def train_count(self) -> int:

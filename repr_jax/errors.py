@@ -29,6 +29,14 @@ class DataError(RuntimeError):
     """The data could not be found or read; the message (one line) says what to do."""
 
 
+class UnreadableImage(DataError):
+    """An image file that does not decode; ``name``: its path relative to the data root."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name
+
+
 class NonFiniteError(ArithmeticError):
     """A quantity that must be finite (a loss, parameters, criterion scores) is not."""
 
@@ -57,4 +65,4 @@ class Interrupted(KeyboardInterrupt):
 
 
 __all__ = ["DataError", "Diverged", "EXIT_BAD_INPUT", "EXIT_DIVERGED", "EXIT_INTERRUPTED", "Interrupted", "NonFiniteError",
-           "RunError"]
+           "RunError", "UnreadableImage"]

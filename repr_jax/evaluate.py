@@ -41,7 +41,7 @@ def evaluate_run(run_dir, step: str = "latest", data_dir=None, batch_size: int |
     if data_dir is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, dir=str(data_dir)))
     data = load_run_data(config)
-    check_data(run_dir, data.fingerprint)
+    check_data(run_dir, data.fingerprint, data.fingerprint_with)
     metrics = evaluate(state, jnp.asarray(data.test_x), jnp.asarray(data.test_y),
                        batch_size or config.eval_batch_size, method=method,
                        preprocess=preprocessing(config, data))

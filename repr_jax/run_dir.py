@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from repr_jax.config import RunConfig, as_trained, migrate
@@ -224,9 +225,27 @@ def check_run_dir(config: RunConfig) -> bool:
     return True
 
 
-def check_data(out: Path, data_fingerprint: str) -> None:
-    """A resumed or evaluated run must see the data it was trained on (its path may change)."""
+# a streamed run stopped at an unreadable image: {"file", "epoch", "others": the data's
+# fingerprint with that file's size left out (fingerprint_with(sizes={file: -1}))}
+STREAM_STOP = "stream_stop.json"
+
+
+def check_data(out: Path, data_fingerprint: str, fingerprint_with=None) -> None:
+    """A resumed or evaluated run must see the data it was trained on (its path may change).
+    A streamed run that stopped at an unreadable image (``stream_stop.json``) also accepts
+    the data with only that file changed (repaired): every other file as when it stopped."""
     saved = read_json(Path(out) / "config.json", "repr-jax config").get("data_fingerprint")
+    stop = Path(out) / STREAM_STOP
+    if saved is not None and saved != data_fingerprint and fingerprint_with is not None and stop.is_file():
+        record = read_json(stop, "stream stop record")
+        try:
+            repaired = fingerprint_with(sizes={str(record["file"]): -1}) == record["others"]
+        except (KeyError, TypeError, ValueError, OSError):
+            repaired = False
+        if repaired:
+            print(f"note: {record['file']} changed since the run stopped at it (repaired); the rest of the data "
+                  "is the run's", file=sys.stderr)
+            return
     if saved is not None and saved != data_fingerprint:
         raise RunError(f"the data differs from the run in {out}: fingerprint {saved[:12]}… saved, "
                        f"{data_fingerprint[:12]}… given (a run may read its data from a new path, "
@@ -263,6 +282,6 @@ def create_run_dir(config: RunConfig, data_fingerprint: str, lock: RunLock | Non
     return out
 
 
-__all__ = ["check_data", "check_run_dir", "create_run_dir", "read_architecture", "read_config", "read_json",
+__all__ = ["STREAM_STOP", "check_data", "check_run_dir", "create_run_dir", "read_architecture", "read_config", "read_json",
            "torn_tail",
            "read_jsonl", "read_summary", "write_json", "write_jsonl"]

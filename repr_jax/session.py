@@ -33,10 +33,10 @@ from repr_jax.config import RunConfig
 from repr_jax.data import Dataset
 from repr_jax.epoch_loop import OneRun, epoch_loop, summary_fields
 from repr_jax.models.user import channels_warning, is_reference
-from repr_jax.errors import RunError
+from repr_jax.errors import RunError, UnreadableImage
 from repr_jax.parallel import agree_settings, data_mesh, is_main_process, replicate, sync_processes
 from repr_jax.plots import dataset_label, plot_curves, plot_pruned_per_layer
-from repr_jax.run_dir import (check_data, check_run_dir, create_run_dir, read_config, read_jsonl, torn_tail,
+from repr_jax.run_dir import (STREAM_STOP, check_data, check_run_dir, create_run_dir, read_config, read_jsonl, torn_tail,
                               record_extension, write_json)
 from repr_jax.run_lock import RunLock
 from repr_jax.run_state import (build_method, build_model, initial_state, load_run_data,
@@ -217,7 +217,7 @@ def _start_locked(config: RunConfig, model, mesh, lock: RunLock | None, data: Da
     state = replicate(state, mesh) if mesh is not None else jax.device_put(state, jax.devices()[0])
     metrics, events, start_epoch, prior_seconds = [], [], 0, 0.0
     if resuming:
-        check_data(out, data.fingerprint)
+        check_data(out, data.fingerprint, data.fingerprint_with)
         reader = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints, writer=False)
         try:
             state, extra, start_epoch, skipped, metrics, events = _resume_point(out, reader, state)
@@ -347,7 +347,17 @@ def close(s: Session) -> None:
 def train_epochs(s: Session) -> None:
     """Every remaining epoch of one run (:func:`repr_jax.epoch_loop.epoch_loop`); raises
     :class:`~repr_jax.errors.Diverged` when it stops on a non-finite value."""
-    diverged = epoch_loop([s], OneRun(s))
+    try:
+        diverged = epoch_loop([s], OneRun(s))
+    except UnreadableImage as err:
+        if s.data.fingerprint_with is None or not s.main:
+            raise
+        # recorded so that a --resume accepts the data with this file repaired (check_data)
+        write_json(s.out / STREAM_STOP, {"file": err.name, "epoch": len(s.metrics),
+                                         "others": s.data.fingerprint_with(sizes={err.name: -1})})
+        resume = f"--resume continues after epoch {len(s.metrics)}" if s.metrics else "run it again"
+        raise UnreadableImage(f"{err}; replace it with a readable image of the same name and {resume}",
+                              err.name) from None
     if diverged:
         raise diverged[s.config.seed]
 

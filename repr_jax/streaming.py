@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +43,7 @@ import numpy as np
 
 from repr_jax.data import Dataset, channel_stats
 from repr_jax.data_sources import IMAGE_EXTENSIONS, checked_name, cover_and_crop, image_sort_key, to_array
-from repr_jax.errors import DataError
+from repr_jax.errors import DataError, UnreadableImage
 
 SPLITS = ("train", "test", "val")
 
@@ -108,7 +109,7 @@ def decode(path: Path, name: str, image_size, channels: int, shape: tuple[int, i
     except DataError:
         raise
     except Exception as err:
-        raise DataError(f"cannot decode image {name}: {(str(err).splitlines() or [''])[0]}") from None
+        raise UnreadableImage(f"cannot decode image {name}: {(str(err).splitlines() or [''])[0]}", name) from None
     if array.ndim == 2:
         array = array[..., None]
     if array.shape[-1] != channels:
@@ -219,14 +220,17 @@ def sample_stats(stream: FolderStream, images: int = 10_000, seed: int = 0):
     return channel_stats(sample(stream, images, seed)[0])
 
 
-def index_fingerprint(*indexes: FolderIndex) -> str:
+def index_fingerprint(*indexes: FolderIndex, sizes: dict[str, int] | None = None) -> str:
     """SHA-256 of the splits' file names, labels and byte sizes — what a resume compares
-    (hashing every byte of a folder larger than memory would read it all)."""
+    (hashing every byte of a folder larger than memory would read it all). ``sizes``
+    overrides the size of the files it names (a file's size when a run stopped at it)."""
     digest = hashlib.sha256()
+    sizes = sizes or {}
     for ix in indexes:
         digest.update(f"{ix.split}|{','.join(ix.class_names)}\n".encode())
         for name, label in zip(ix.files, ix.labels):
-            digest.update(f"{name}|{int(label)}|{(ix.root / name).stat().st_size}\n".encode())
+            size = sizes[name] if name in sizes else (ix.root / name).stat().st_size
+            digest.update(f"{name}|{int(label)}|{size}\n".encode())
     return digest.hexdigest()
 
 
@@ -248,7 +252,8 @@ def load_streamed_folder(root, batch_size: int, *, image_size=None, seed: int = 
     mean, std = channel_stats(sample_x)
     return Dataset(sample_x, sample_y, np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]),
                    train_index.class_names, f"{root} (training split streamed)",
-                   index_fingerprint(train_index, test_index), channel_mean=mean, channel_std=std, stream=stream)
+                   index_fingerprint(train_index, test_index), channel_mean=mean, channel_std=std, stream=stream,
+                   fingerprint_with=functools.partial(index_fingerprint, train_index, test_index))
 
 
 __all__ = ["FolderIndex", "FolderStream", "decode", "index_fingerprint", "index_folder", "load_streamed_folder",

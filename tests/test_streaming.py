@@ -150,3 +150,58 @@ def test_a_streamed_run_trains_resumes_bit_identically_and_refuses_bad_settings(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_streamed_run_stopped_at_an_unreadable_image_resumes_once_it_is_repaired(folder, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """An image that becomes unreadable while a streamed run trains stops it in one line naming
+    the file and what to do; ``stream_stop.json`` lets ``--resume`` accept the data with that
+    file replaced (any readable image, any size) and nothing else changed — another file
+    changed too is still other data. A fresh run that stops before its first epoch ends leaves
+    no directory, so the same command runs again once the file is fixed."""
+    import json
+    import shutil
+    from conftest import load_script
+    from repr_jax import streaming
+    cli = load_script("experiments/cifar.py")
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    victim = sorted((data / "train").rglob("*.png"))[5]
+    name = victim.relative_to(data).as_posix()
+    good = victim.read_bytes()
+    base = ["--dataset", "folder", "--data-dir", str(data), "--model", "convnet", "--width", "8",
+            "--batch-size", "16", "--quiet", "--set", "data.stream=true", "--set", "data.stream_workers=2"]
+    real_epoch = streaming.FolderStream.epoch
+
+    def breaking_epoch(self, epoch=0):
+        if epoch == 1 and self.shuffle:                    # the file breaks while epoch 1 is read
+            victim.write_bytes(good[:40])
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(streaming.FolderStream, "epoch", breaking_epoch)
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert cli.main([*base, "--epochs", "3", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    record = json.loads((run / "stream_stop.json").read_text())
+    done = len((run / "metrics.jsonl").read_text().splitlines())
+    assert record["file"] == name and record["epoch"] == done >= 1
+    assert len(err) == 1 and f"cannot decode image {name}" in err[0] and f"--resume continues after epoch {done}" in err[0]
+    monkeypatch.setattr(streaming.FolderStream, "epoch", real_epoch)
+    other = sorted((data / "train").rglob("*.png"))[9]
+    saved_other = other.read_bytes()
+    Image.new("L", (12, 12), 7).save(other)                 # a second file changed: other data
+    Image.new("L", (12, 12), 200).save(victim)              # the repair: a new image, another size
+    assert cli.main([*base, "--epochs", "3", "--out", str(run), "--resume"]) == 2
+    assert "the data differs" in capsys.readouterr().err
+    other.write_bytes(saved_other)
+    assert cli.main([*base, "--epochs", "3", "--out", str(run), "--resume"]) == 0
+    assert f"note: {name} changed since the run stopped at it" in capsys.readouterr().err
+    assert [json.loads(r)["epoch"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    # unreadable from the start: the first epoch stops, no directory is left, the fixed data runs
+    victim.write_bytes(good[:40])
+    fresh = tmp_path / "fresh"
+    assert cli.main([*base, "--epochs", "1", "--out", str(fresh)]) == 2
+    assert f"cannot decode image {name}" in capsys.readouterr().err and not fresh.exists()
+    victim.write_bytes(good)
+    assert cli.main([*base, "--epochs", "1", "--out", str(fresh)]) == 0
