@@ -412,6 +412,16 @@ def _one_more_dead(state, exported, i):
     return drop_filters(state, state.layers, {n: jnp.asarray(v) for n, v in keep.items()})
 
 
+def _torch_pruning():
+    """Torch-Pruning when installed (``pip install -e '.[bench]'``), else None: the export
+    benchmark then measures repr-jax alone."""
+    try:
+        import torch_pruning
+    except ImportError:
+        return None
+    return torch_pruning
+
+
 def bench_export(cases, repeats):
     """Physical export of Li et al.'s pruned models: repr-jax's ``export_state`` (channel graph
     from one traced call, slicing, the smaller module shape-checked) against Torch-Pruning's
@@ -444,9 +454,9 @@ def bench_export(cases, repeats):
         variants = iter(_one_more_dead(state, exported, i) for i in range(repeats + 3))
         row["impls"]["repr_jax_new_structure"] = measure(lambda: export_state(next(variants), arch), repeats, warmup=1)
         row["params"] = {"before": exported.params_before, "after": exported.params_after}
-        if torch is not None and name in ("resnet56", "resnet110", "vgg16"):
+        tp = _torch_pruning() if torch is not None else None
+        if tp is not None and name in ("resnet56", "resnet110", "vgg16"):
             import copy
-            import torch_pruning as tp
             tmodel = ref.torch_models()["vgg16" if name == "vgg16" else "resnet20"](
                 *(() if name == "vgg16" else (int(name[len("resnet"):]),))).eval()
             convs = ref.torch_convs_in_order(tmodel)

@@ -22,7 +22,7 @@ enable_cpu_fusion()  # before JAX starts its backend; REPR_JAX_NO_YNN=1 opts out
 from repr_jax.cli import build_parser, config_from_args, fail, start_processes_from_args  # noqa: E402
 from repr_jax.data import DataError  # noqa: E402
 from repr_jax.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, Diverged, RunError  # noqa: E402
-from repr_jax.supervisor import exit_at_once, supervise, supervised  # noqa: E402
+from repr_jax.supervisor import exit_at_once, peer_stopped, supervise, supervised  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -44,7 +44,8 @@ def _main(args) -> int:
         from repr_jax.experiment import run  # JAX, Orbax, Matplotlib: not needed for --help
         summary = run(config)
     except (RunError, DataError) as err:
-        return fail(err)
+        lost = peer_stopped(err) if args.coordinator is not None else None
+        return fail(RunError(lost) if lost else err)
     except Diverged as err:
         return fail(err, EXIT_DIVERGED)
     except MemoryError:
@@ -52,6 +53,9 @@ def _main(args) -> int:
                              "memory; use a smaller --batch-size, --width or data set (a new run's directory is "
                              "removed when no epoch was recorded; a resumed run keeps its checkpoints)"))
     except Exception as err:   # XLA's allocation failures surface as its runtime error
+        lost = peer_stopped(err) if args.coordinator is not None else None
+        if lost:   # a collective whose peer process is gone
+            return fail(RunError(lost))
         if "RESOURCE_EXHAUSTED" not in str(err) and "Out of memory" not in str(err):
             raise
         return fail(RunError(f"out of memory on {type(err).__name__}: {str(err).splitlines()[0][:160]}; use a "

@@ -29,7 +29,8 @@ def _check_batch(config, run_dir, data_dir, batch: int):
     except (DataError, OSError):
         data = None
     if data is not None:
-        check_data(run_dir, data.fingerprint, data.fingerprint_with)   # the run's own data, or one line (never other data)
+        # the run's own data, or one line (never other data)
+        check_data(run_dir, data.fingerprint, data.fingerprint_with)
         images = preprocessing(config, data)(jnp.asarray(data.test_x[:batch]))
         return images, f"{min(batch, len(data.test_y))} test images"
     shape = (batch,) + input_shape_of(config.architecture())

@@ -282,6 +282,5 @@ def create_run_dir(config: RunConfig, data_fingerprint: str, lock: RunLock | Non
     return out
 
 
-__all__ = ["STREAM_STOP", "check_data", "check_run_dir", "create_run_dir", "read_architecture", "read_config", "read_json",
-           "torn_tail",
-           "read_jsonl", "read_summary", "write_json", "write_jsonl"]
+__all__ = ["STREAM_STOP", "check_data", "check_run_dir", "create_run_dir", "read_architecture", "read_config",
+           "read_json", "torn_tail", "read_jsonl", "read_summary", "write_json", "write_jsonl"]

@@ -36,8 +36,8 @@ from repr_jax.models.user import channels_warning, is_reference
 from repr_jax.errors import RunError, UnreadableImage
 from repr_jax.parallel import agree_settings, data_mesh, is_main_process, replicate, sync_processes
 from repr_jax.plots import dataset_label, plot_curves, plot_pruned_per_layer
-from repr_jax.run_dir import (STREAM_STOP, check_data, check_run_dir, create_run_dir, read_config, read_jsonl, torn_tail,
-                              record_extension, write_json)
+from repr_jax.run_dir import (STREAM_STOP, check_data, check_run_dir, create_run_dir, read_config, read_jsonl,
+                              record_extension, torn_tail, write_json)
 from repr_jax.run_lock import RunLock
 from repr_jax.run_state import (build_method, build_model, initial_state, load_run_data,
                                 preprocessing, warm_start)

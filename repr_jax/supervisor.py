@@ -8,7 +8,8 @@ multi-process run (``--coordinator``) as a child of a small supervisor (:func:`s
 * the child's standard output passes through; its standard error is relayed line by line,
   except the coordination service's own logs, and everything after its fatal line;
 * SIGINT and SIGTERM sent to the supervisor are forwarded to the child (which stops as on
-  Ctrl-C, exit 130, its last checkpoint kept);
+  Ctrl-C, exit 130, its last checkpoint kept); SIGKILL of the supervisor kills the child too
+  (Linux: ``PR_SET_PDEATHSIG``), so its peers stop as for any lost process;
 * when the child is ended by the coordination service (its fatal line) or by SIGABRT the
   supervisor did not forward (gloo's collectives abort a process whose peer is gone), the
   supervisor prints one line — another process of the run stopped — and exits 2; ended by
@@ -35,12 +36,27 @@ def supervised() -> bool:
     return os.environ.get(SUPERVISED) == "1"
 
 
+def _die_with_parent() -> None:
+    """In the child before it runs: SIGKILL it when its parent (the supervisor) dies —
+    ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; without it a ``kill -9`` of the command a user
+    started would leave its training process running, unseen, in its own session."""
+    import ctypes
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:   # the parent died before the call: do not start orphaned
+        os._exit(1)
+
+
 def supervise(command: list[str]) -> int:
     """Run ``command`` (this CLI invocation) as a supervised child; its exit code, or 2 with
     one line when JAX's coordination service ended it because another process stopped."""
-    # its own session: a Ctrl-C in the terminal reaches the child once, forwarded by us
+    # its own session: a Ctrl-C in the terminal reaches the child once, forwarded by us;
+    # killed with us (Linux): a kill -9 of this process must not leave the child training on
     child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, errors="replace",
-                             env=dict(os.environ, **{SUPERVISED: "1"}), start_new_session=True)
+                             env=dict(os.environ, **{SUPERVISED: "1"}), start_new_session=True,
+                             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
 
     forwarded = []
 
@@ -80,6 +96,20 @@ def supervise(command: list[str]) -> int:
     return code if code >= 0 else 128 - code
 
 
+_PEER_LOST = re.compile(r"(Connection (closed|reset) by peer|Gloo \w+ failed)", re.IGNORECASE)
+
+
+def peer_stopped(err: BaseException) -> str | None:
+    """The one line for an error of a collective whose peer process is gone (gloo's
+    "Connection closed by peer", wherever it surfaced: a train step, a checkpoint write),
+    else None."""
+    text = " ".join(str(err).split())
+    if not _PEER_LOST.search(text):
+        return None
+    return (f"another process of this multi-process run stopped, so this one stopped too ({text[:160]}); "
+            "the run directory keeps its last checkpoint (--resume continues)")
+
+
 def exit_at_once(code: int, grace: float = 0.0) -> None:
     """End a supervised child now with ``code`` (after ``grace`` seconds, letting peers
     print their own line first), skipping the distributed shutdown barrier its peers may
@@ -92,4 +122,4 @@ def exit_at_once(code: int, grace: float = 0.0) -> None:
     os._exit(code)
 
 
-__all__ = ["SUPERVISED", "exit_at_once", "supervise", "supervised"]
+__all__ = ["SUPERVISED", "exit_at_once", "peer_stopped", "supervise", "supervised"]

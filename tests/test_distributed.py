@@ -200,3 +200,31 @@ def test_sigterm_stops_a_multi_process_run_and_its_peer_within_bounded_time(data
     assert len(peer) == 1 and "another process of this multi-process run stopped" in peer[0]
     assert "Check failure stack trace" not in errs[1] and "Terminating process" not in errs[1]
     assert not (run / "summary.json").exists()            # not trained to the end
+
+
+def test_a_peer_killed_with_sigkill_stops_the_other_process_within_bounded_time(data, tmp_path):
+    """kill -9 of process 1 mid-run (no handler runs): its training child dies with it
+    (before, it trained on alone in its own session), and process 0 — whose collective lost
+    its peer — exits 2 with one line in bounded time; the run directory keeps its
+    checkpoints for a --resume."""
+    import signal
+    import time
+    port = _port()
+    run = tmp_path / "kill"
+    procs = [_start(data / "data", run, i, port, "--epochs", "50", REPR_JAX_HEARTBEAT_TIMEOUT="10") for i in range(2)]
+    deadline = time.time() + 240
+    rows = lambda: len((run / "metrics.jsonl").read_text().splitlines()) if (run / "metrics.jsonl").exists() else 0
+    while rows() < 2 and time.time() < deadline:   # epoch 1 checkpointed, epoch 3 under way
+        time.sleep(0.2)
+    assert rows() >= 2
+    procs[1].send_signal(signal.SIGKILL)          # the command the user started: its training child dies too
+    killed = time.time()
+    err = procs[0].communicate(timeout=150)[1]
+    procs[1].communicate(timeout=30)
+    assert time.time() - killed < 120
+    assert procs[1].returncode == -signal.SIGKILL
+    assert procs[0].returncode == 2, err[-2000:]
+    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and "another process of this multi-process run stopped" in lines[0], err[-2000:]
+    assert "Check failure stack trace" not in err and not (run / "summary.json").exists()
+    assert any(p.name.isdigit() for p in (run / "checkpoints").iterdir())

@@ -91,5 +91,9 @@ def test_compression(tmp_path):
 @pytest.mark.slow
 def test_your_own_model(tmp_path):
     ns = _execute(NOTEBOOKS[4], tmp_path, {"before": "small.params_before", "after": "small.params_after",
-                                           "difference": "difference", "bn": "list(pr.layers[0].bn_path)"})
+                                           "difference": "difference", "bn": "list(pr.layers[0].bn_path)",
+                                           "nnx": "[nnx_small.params_before, nnx_small.params_after, nnx_difference]",
+                                           "groups": "net.dw.feature_group_count", "width": "net.res.out_features"})
     assert ns["after"] < ns["before"] and ns["difference"] < 1e-4 and ns["bn"] == ["BatchNorm_0"]
+    # NNX's own loop: shrunk in place, the depthwise conv's groups follow its surviving inputs
+    assert ns["nnx"][1] < ns["nnx"][0] and ns["nnx"][2] < 1e-4 and ns["groups"] == ns["width"] < 32
