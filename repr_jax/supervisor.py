@@ -20,6 +20,7 @@ The child, when it fails itself, prints its one line and exits at once
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -36,16 +37,17 @@ def supervised() -> bool:
     return os.environ.get(SUPERVISED) == "1"
 
 
-def _die_with_parent() -> None:
-    """In the child before it runs: SIGKILL it when its parent (the supervisor) dies —
-    ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; without it a ``kill -9`` of the command a user
-    started would leave its training process running, unseen, in its own session."""
+def _die_with(parent: int) -> None:
+    """In the child before it runs: SIGKILL it when its parent (the supervisor, pid
+    ``parent``) dies — ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; without it a ``kill -9`` of the
+    command a user started would leave its training process running, unseen, in its own
+    session."""
     import ctypes
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):
         pass
-    if os.getppid() == 1:   # the parent died before the call: do not start orphaned
+    if os.getppid() != parent:   # the parent died before the call: do not start orphaned
         os._exit(1)
 
 
@@ -56,7 +58,8 @@ def supervise(command: list[str]) -> int:
     # killed with us (Linux): a kill -9 of this process must not leave the child training on
     child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, errors="replace",
                              env=dict(os.environ, **{SUPERVISED: "1"}), start_new_session=True,
-                             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                             preexec_fn=functools.partial(_die_with, os.getpid())
+                             if sys.platform.startswith("linux") else None)
 
     forwarded = []
 
@@ -65,11 +68,12 @@ def supervise(command: list[str]) -> int:
         if child.poll() is None:
             child.send_signal(signum)
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    fatal = None
+    fatal, said = None, False   # said: the child printed its own one-line error already
     try:
         for line in child.stderr:
             if fatal is not None:
                 continue
+            said = said or line.startswith("error:")
             match = _FATAL.match(line)
             if match:
                 fatal = match.group(1).strip()
@@ -83,6 +87,8 @@ def supervise(command: list[str]) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     if code != 0 and (fatal is not None or (code == -signal.SIGABRT and not forwarded)):
+        if said:   # e.g. "another process … stopped" from a collective that lost its peer
+            return 2
         if fatal is not None:
             cause = "JAX's coordination service: " + " ".join(fatal.split("absl::Status:")[-1].split())[:160]
         else:
