@@ -236,3 +236,36 @@ def test_a_folder_of_another_size_given_as_cifar_points_to_the_folder_dataset(tm
     with pytest.raises(DataError, match=r"expected CIFAR's \(32, 32, 3\) \(an image folder of any size and "
                                         r"channels: --dataset folder\)"):
         load_data("cifar10", str(tmp_path))
+
+
+def test_a_conv_transpose_and_a_channel_concatenation_export_with_the_masked_logits():
+    """``nn.ConvTranspose`` (a convolution with input dilation) and ``jnp.concatenate`` along
+    channels in a user's decoder: li-l1 prunes every conv, the export shrinks the transposed
+    conv on both sides and the conv after the concatenation by both parts' removed channels,
+    and computes the masked model's logits."""
+
+    class Decoder(nn.Module):
+        channels: dict | None = None
+
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            w = dict(self.channels or {})
+            a = nn.relu(nn.Conv(w.get("Conv_0", 8), (3, 3), strides=2)(x))
+            b = nn.relu(nn.ConvTranspose(w.get("ConvTranspose_0", 8), (3, 3), strides=(2, 2))(a))
+            c = jnp.concatenate([b, nn.relu(nn.Conv(w.get("Conv_1", 6), (1, 1))(x))], axis=-1)
+            return nn.Dense(10)(nn.relu(nn.Conv(w.get("Conv_2", 8), (3, 3))(c)).mean(axis=(1, 2)))
+
+    x = np.random.default_rng(0).normal(size=(16, 12, 12, 3)).astype(np.float32)
+    model = Decoder()
+    pr = rj.Pruner("li-l1", model, x[:1], epochs=1, steps_per_epoch=1, batch_size=16, fraction=0.5)
+    assert [l.name for l in pr.layers] == ["Conv_0", "ConvTranspose_0", "Conv_1", "Conv_2"]
+    variables = model.init(jax.random.key(0), x[:1])
+    tx = pr.wrap(optax.sgd(0.01))
+    opt_state, ps = tx.init(variables["params"]), pr.init(variables["params"])
+    variables, opt_state, ps, _ = pr.before_epoch(0, variables, opt_state, ps)
+    ex = pr.export(variables, ps, rebuild=lambda channels: Decoder(channels=channels))
+    assert ex.channels == {"Conv_0": 4, "ConvTranspose_0": 4, "Conv_1": 3, "Conv_2": 4}
+    assert ex.variables["params"]["ConvTranspose_0"]["kernel"].shape == (3, 3, 4, 4)
+    assert ex.variables["params"]["Conv_2"]["kernel"].shape == (3, 3, 4 + 3, 4)    # both parts shrank
+    masked = pr.forward(pr.masked_variables(variables, ps), ps, x, train=False)
+    np.testing.assert_allclose(ex.module.apply(ex.variables, x, train=False), masked, atol=1e-5)
