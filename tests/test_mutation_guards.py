@@ -226,6 +226,25 @@ def test_masked_entries_get_exactly_zero_updates_through_the_whole_chain():
         np.testing.assert_array_equal(np.asarray(_trace(new_state)["conv"][leaf])[..., ~keep], m0[leaf][..., ~keep])
 
 
+def _jst_in_search(seed: int, batch_size: int, subnets: int):
+    """``(method, state)``: JST on a C³(6) with BatchNorm, 64 held-out images drawn from
+    ``seed``, γ = 5, no coarse epochs, after ``before_epoch(0)`` (the first search step)."""
+    options = dict(depth=2, width=6, batch_norm=True)
+    model = create_model("convnet", **options)
+    rng = np.random.default_rng(seed)
+    held_x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    held_y = rng.integers(0, 10, 64).astype(np.int32)
+    ctx = MethodContext.for_model(model, architecture=architecture("convnet", **options), train_size=64,
+                                  batch_size=batch_size, heldout_images=held_x, heldout_labels=held_y)
+    method = JointSearchTraining(JstConfig(subnets=subnets, coarse_epochs=0, search_steps=1, step_epochs=1,
+                                           val_batches=2, reward_batches=2, alpha_steps=0, gamma=5.0,
+                                           hidden=16, policy_lr=1e-3), ctx)
+    state = create_train_state(model, make_optimizer(OptimConfig(), optax.constant_schedule(0.05)), 0,
+                               method=method)
+    state, _ = method.before_epoch(state, 0)
+    return method, state
+
+
 # ----------------------------------------------------------------------------- 4. JST policy gradient
 def test_jst_policy_step_raises_the_probability_of_the_higher_reward_subnetwork():
     """Bug caught: ``jst.py`` ``_search_update``: ``advantages = rewards - baseline`` →
@@ -237,19 +256,7 @@ def test_jst_policy_step_raises_the_probability_of_the_higher_reward_subnetwork(
     (−(loss + γ·params fraction)). After the search step's ThresNet update (one Adam step
     through ``after_epoch``), log π(β_small | α) − log π(β_full | α) has grown: the policy
     moved towards the higher-reward sample."""
-    options = dict(depth=2, width=6, batch_norm=True)
-    model = create_model("convnet", **options)
-    rng = np.random.default_rng(0)
-    held_x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
-    held_y = rng.integers(0, 10, 64).astype(np.int32)
-    ctx = MethodContext.for_model(model, architecture=architecture("convnet", **options), train_size=64,
-                                  batch_size=32, heldout_images=held_x, heldout_labels=held_y)
-    method = JointSearchTraining(JstConfig(subnets=2, coarse_epochs=0, search_steps=1, step_epochs=1,
-                                           val_batches=2, reward_batches=2, alpha_steps=0, gamma=5.0,
-                                           hidden=16, policy_lr=1e-3), ctx)
-    state = create_train_state(model, make_optimizer(OptimConfig(), optax.constant_schedule(0.05)), 0,
-                               method=method)
-    state, _ = method.before_epoch(state, 0)
+    method, state = _jst_in_search(seed=0, batch_size=32, subnets=2)
     assert int(state.method_state["mode"]) == SEARCH
     L = len(method.names)
     betas = jnp.asarray([[0.95] * L, [0.55] * L], jnp.float32)
@@ -282,19 +289,7 @@ def test_jst_policy_gradient_subtracts_the_reward_baseline():
     optimizer's state pins the gradient itself: g = ∇ policy_loss with advantages R − mean R
     (the baseline of the first search step is the mean reward)."""
     from repr_jax.methods.jst_search import policy_loss
-    options = dict(depth=2, width=6, batch_norm=True)
-    model = create_model("convnet", **options)
-    rng = np.random.default_rng(1)
-    held_x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
-    held_y = rng.integers(0, 10, 64).astype(np.int32)
-    ctx = MethodContext.for_model(model, architecture=architecture("convnet", **options), train_size=64,
-                                  batch_size=16, heldout_images=held_x, heldout_labels=held_y)
-    method = JointSearchTraining(JstConfig(subnets=3, coarse_epochs=0, search_steps=1, step_epochs=1,
-                                           val_batches=2, reward_batches=2, alpha_steps=0, gamma=5.0,
-                                           hidden=16, policy_lr=1e-3), ctx)
-    state = create_train_state(model, make_optimizer(OptimConfig(), optax.constant_schedule(0.05)), 0,
-                               method=method)
-    state, _ = method.before_epoch(state, 0)
+    method, state = _jst_in_search(seed=1, batch_size=16, subnets=3)
     ms = state.method_state
     alphas = [state.method_params["alpha"][n] for n in method.names]
     new, (event,) = method.after_epoch(state, 0)
