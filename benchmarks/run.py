@@ -555,6 +555,8 @@ def main(argv=None) -> int:
                         "not comparable with a full run's (default output: runs/benchmarks/, not committed)")
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks")
     p.add_argument("--json", default=None, help="write results here (default: benchmarks/results/<machine>.json)")
+    p.add_argument("--models", nargs="+", choices=ZOO, default=None,
+                   help="zoo / zoo_memory: only these zoo models (default: all)")
     p.add_argument("--markdown", default=None, help="also write a markdown table here")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per figure")
     p.add_argument("--stream-npz", default=None,
@@ -601,13 +603,13 @@ def main(argv=None) -> int:
             batches=4 if quick else 8)
     if "zoo" in todo:
         results["benchmarks"]["zoo"] = bench_zoo(
-            ("convnet",) if quick else ZOO, rounds=2 if quick else (args.repeats or 5),
+            ("convnet",) if quick else tuple(args.models or ZOO), rounds=2 if quick else (args.repeats or 5),
             batch=16 if quick else 128, steps=1 if quick else 2, torch_available=_torch() is not None)
     if "zoo_memory" in todo:
         sizes = ((32, 128), (64, 50))
         results["benchmarks"]["zoo_memory"] = bench_zoo_memory(
             [("convnet", 32, 16)] if quick else
-            [(m, s, b) for m in ZOO for s, b in sizes if not (m == "convnet" and s == 64)])
+            [(m, s, b) for m in (args.models or ZOO) for s, b in sizes if not (m == "convnet" and s == 64)])
     kind = results["machine"]["device_kind"].lower().replace(" ", "-")
     default = Path("runs") / "benchmarks" / f"{kind}-quick.json" if quick else Path(__file__).parent / "results" / f"{kind}.json"
     path = Path(args.json or default)

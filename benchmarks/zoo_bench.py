@@ -48,7 +48,8 @@ def jax_step(name: str, batch: int, size: int = 32, depthwise: str = "auto"):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.integers(0, 255, (batch, size, size, 3), np.uint8))
     y = jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
-    compiled = jax.jit(lambda s, k: train_step(s, x, y, k, layers=s.layers, augmentation=False))
+    compiled = jax.jit(lambda s, k: train_step(s, x, y, k, layers=s.layers, augmentation=False),
+                       compiler_options=dict(state.compiler_options) or None)   # what the model declares
     holder = {"state": state, "i": 0}
     started = time.perf_counter()
     if depthwise == "lax":

@@ -26,6 +26,7 @@ The building blocks::
     csr_encode(weights_2d, index_bits), csr_decode(encoded), storage_report(params)  # Han et al. CSR
     DropConnectDense(features, keep), KDConfig, soft_kl(student, teacher, T)  # DropConnect, distillation
     DepthwiseConv(kernel_size, strides, padding)     # nn.Conv(feature_group_count=C)'s params, fast on XLA:CPU
+    compiler_options(model)                          # the XLA options a model declares: jax.jit(..., compiler_options=)
     TrainState, create_train_state, create_model, RunConfig, run
     load_data(dataset, data_dir, image_size) → Dataset  # cifar10|cifar100|folder|npz|tfds:NAME
     load_cifar, synthetic_cifar, channel_stats(images), Preprocessing(mean, std, crop_pad, flip)
@@ -52,6 +53,7 @@ _EXPORTS = {
     ".models.nnx_adapter": ("adapt",),
     ".models.dropconnect": ("DropConnectDense",),
     ".models.depthwise": ("DepthwiseConv",),
+    ".xla_options": ("compiler_options",),
     ".config": ("RunConfig", "RunError"),
     ".criteria": ("CRITERIA", "drop_priority", "get_criterion", "score_filters"),
     ".data": ("Cifar", "DataError", "Dataset", "channel_stats", "load_cifar", "load_data", "synthetic_cifar"),

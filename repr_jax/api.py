@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from repr_jax.xla_options import compiler_options
 from repr_jax.masks import apply_masks, live_filters, masked_updates
 from repr_jax.methods.base import MethodConfig, MethodContext, StepInputs, create_method, method_config
 from repr_jax.models.nnx_adapter import adapt, is_nnx
@@ -159,7 +160,7 @@ class Pruner:
                           opt_state=opt_state, masks=ps.masks, rng=ps.rng, method_state=ps.method_state,
                           method_params=ps.method_params, method_opt_state=ps.method_opt_state,
                           apply_fn=self.model.apply, tx=self._tx(), method_tx=self.method.method_optimizer(),
-                          layers=self.context.layers)
+                          layers=self.context.layers, compiler_options=compiler_options(self.model))
 
     @staticmethod
     def pieces(state: TrainState) -> tuple[dict, Any, PruneState]:

@@ -7,8 +7,9 @@ are folded from it), and what the method adds (:mod:`repr_jax.methods.base`):
 trainable parameters) and ``method_opt_state`` (their optimizer state). With knowledge
 distillation (:mod:`repr_jax.distill`) ``teacher`` holds the teacher's variables (not
 checkpointed: a resumed run loads them again) and the static ``distill`` its settings.
-``apply_fn``, ``tx``, ``method_tx``, ``distill`` and ``layers`` (the prunable convs with their
-graph-coupled BatchNorms, :func:`repr_jax.layers.coupled_layers`) are static.
+``apply_fn``, ``tx``, ``method_tx``, ``distill``, ``layers`` (the prunable convs with their
+graph-coupled BatchNorms, :func:`repr_jax.layers.coupled_layers`) and ``compiler_options`` (the
+XLA options the model declares for its programs, :mod:`repr_jax.xla_options`) are static.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from repr_jax.xla_options import compiler_options
 from repr_jax.masks import init_masks
 
 
@@ -39,6 +41,7 @@ class TrainState:
     teacher: Any = flax.struct.field(default_factory=dict)    # distillation: the teacher's variables
     distill: Any = flax.struct.field(pytree_node=False, default=None)   # repr_jax.distill.Distiller
     layers: tuple = flax.struct.field(pytree_node=False, default=())    # repr_jax.layers.ConvLayer
+    compiler_options: tuple = flax.struct.field(pytree_node=False, default=())   # ((name, value), …)
 
 
 # Key streams folded from the run key for a method's setup (the model init key and the
@@ -75,4 +78,4 @@ def create_train_state(model, tx: optax.GradientTransformation, seed: int,
         masks=init_masks(params, layers, element), layers=layers,
         rng=jax.random.key_data(run_key), method_state=method_state,
         method_params=method_params, method_opt_state=method_opt_state,
-        apply_fn=model.apply, tx=tx, method_tx=method_tx)
+        apply_fn=model.apply, tx=tx, method_tx=method_tx, compiler_options=compiler_options(model))

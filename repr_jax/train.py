@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from repr_jax.xla_options import state_jit
 from repr_jax.distill import kd_term
 from repr_jax.layers import ConvLayer, intercept_outputs, response_site
 from repr_jax.methods.base import Method, StepInputs
@@ -165,7 +166,7 @@ def _indexed_step(state: TrainState, totals, images, labels, batch_index, key, *
 _STEP_STATIC = ("layers", "ortho_lambda", "method", "augmentation", "batch_sharding", "preprocess")
 
 
-@functools.partial(jax.jit, static_argnames=_STEP_STATIC, donate_argnums=(0, 1))
+@state_jit(static_argnames=_STEP_STATIC, donate_argnums=(0, 1))
 def train_step_indexed(state: TrainState, totals, images, labels, batch_index, key, *,
                        layers: tuple[ConvLayer, ...], ortho_lambda: float = 0.0, method=None,
                        augmentation: bool = True, batch_sharding=None, preprocess: Preprocessing = _CIFAR):
@@ -183,7 +184,7 @@ def train_step_indexed(state: TrainState, totals, images, labels, batch_index, k
                          batch_sharding=batch_sharding, preprocess=preprocess)
 
 
-@functools.partial(jax.jit, static_argnames=_STEP_STATIC + ("data_axis",), donate_argnums=(0, 1))
+@state_jit(static_argnames=_STEP_STATIC + ("data_axis",), donate_argnums=(0, 1))
 def population_step_indexed(states: TrainState, totals, images, labels, batch_index, keys, *,
                             layers: tuple[ConvLayer, ...], ortho_lambda: float = 0.0, method=None,
                             augmentation: bool = True, batch_sharding=None, data_axis=None,
@@ -219,7 +220,7 @@ def _eval_batch(state: TrainState, totals, images, labels, batch_index, weights,
     return jax.tree_util.tree_map(jnp.add, totals, m)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "batch_sharding", "preprocess"), donate_argnums=(1,))
+@state_jit(static_argnames=("method", "batch_sharding", "preprocess"), donate_argnums=(1,))
 def eval_step(state: TrainState, totals, images, labels, batch_index, weights, *, method=None,
               batch_sharding=None, preprocess: Preprocessing = _CIFAR):
     """Add one padded batch's loss / correct / count (eval-mode network) to ``totals``."""
@@ -227,7 +228,7 @@ def eval_step(state: TrainState, totals, images, labels, batch_index, weights, *
                        batch_sharding=batch_sharding, preprocess=preprocess)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "batch_sharding", "data_axis", "preprocess"),
+@state_jit(static_argnames=("method", "batch_sharding", "data_axis", "preprocess"),
                    donate_argnums=(1,))
 def population_eval_step(states: TrainState, totals, images, labels, batch_index, weights, *, method=None,
                          batch_sharding=None, data_axis=None, preprocess: Preprocessing = _CIFAR):
@@ -269,7 +270,7 @@ def run_epoch(state: TrainState, images, labels, key, *, batch_size: int, layers
     return state, epoch_means(totals, terms, time.perf_counter() - start)
 
 
-@functools.partial(jax.jit, static_argnames=_STEP_STATIC, donate_argnums=(0, 1))
+@state_jit(static_argnames=_STEP_STATIC, donate_argnums=(0, 1))
 def train_step_batch(state: TrainState, totals, images, labels, key, *, layers: tuple[ConvLayer, ...],
                      ortho_lambda: float = 0.0, method=None, augmentation: bool = True, batch_sharding=None,
                      preprocess: Preprocessing = _CIFAR):
