@@ -49,12 +49,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from repr_jax.xla_options import compiler_options
 from repr_jax.masks import apply_masks, live_filters, masked_updates
 from repr_jax.methods.base import MethodConfig, MethodContext, StepInputs, create_method, method_config
 from repr_jax.models.nnx_adapter import adapt, is_nnx
 from repr_jax.optim import frozen_where_masked
 from repr_jax.state import TrainState, create_train_state
+from repr_jax.xla_options import compiler_options
 
 
 @flax.struct.dataclass

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from repr_jax.xla_options import compiler_options
 from repr_jax.masks import init_masks
+from repr_jax.xla_options import compiler_options
 
 
 @flax.struct.dataclass

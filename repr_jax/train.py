@@ -23,13 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from repr_jax.xla_options import state_jit
 from repr_jax.distill import kd_term
 from repr_jax.layers import ConvLayer, intercept_outputs, response_site
 from repr_jax.methods.base import Method, StepInputs
 from repr_jax.ortho import orthogonality_penalty
 from repr_jax.pipeline import Preprocessing, epoch_indices, eval_indices
 from repr_jax.state import TrainState
+from repr_jax.xla_options import state_jit
 
 RNG_STREAMS = ("dropout", "dropconnect")
 # fold_in constants of a step key (augmentation uses the step key itself)

@@ -16,11 +16,14 @@ options leave every other model's programs as they were. A user's own loop passe
 
 The options apply only on XLA:CPU and only with a jaxlib they were checked on (an option that
 a jaxlib does not know is an error at compile time); elsewhere :func:`compiler_options` is
-empty. :class:`repr_jax.models.MobileNetV2` declares the YNN fusion off and the
-memory-optimised scheduler: with the project's YNN flag and XLA:CPU's default
-concurrency-optimised scheduler its gradient at 64×64, batch 50 held 14.2 GiB of temporaries
-(peak 15.9 GiB resident); with these options 2.8 GiB (peak 4.6 GiB, PyTorch eager 4.4 GiB on the
-same machine) and the step is faster (``benchmarks/RESULTS.md`` §8).
+empty. :class:`repr_jax.models.MobileNetV2` declares YNN fusion for reductions only
+(``LIBRARY_FUSION_TYPE_REDUCE``) and the memory-optimised scheduler: with the project's YNN
+flag (dot, elementwise and reduce fusions) and XLA:CPU's default concurrency-optimised
+scheduler its gradient at 64×64, batch 50 held 14.2 GiB of temporaries (peak 15.9 GiB
+resident); with these options 2.7 GiB, and the step is faster — without any YNN fusion the
+memory is the same but XLA:CPU rewrites the BatchNorm and depthwise-gradient reductions into
+slow reduce-windows (``benchmarks/RESULTS.md`` §8b). A repeated enum option is written as its
+values' names joined by commas (``"LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"``).
 """
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ def test_declared_options_are_read_sorted_and_only_on_the_cpu():
     assert compiler_options(Tiny()) == ()
     assert compiler_options(TinyMemoryScheduled()) == tuple(MEMORY_SCHEDULER.items())
     assert dict(rj.compiler_options(MobileNetV2())) == {
-        "xla_cpu_experimental_ynn_fusion_type": "",
+        "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE",
         "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
     with pytest.raises(TypeError, match="TinyBadDeclaration.cpu_compiler_options must map option names to strings"):
         compiler_options(TinyBadDeclaration())

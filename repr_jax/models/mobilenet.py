@@ -13,7 +13,7 @@ dropout before the classifier (the paper's 0.2 is ImageNet's); He-normal init. T
 convs are :class:`repr_jax.models.depthwise.DepthwiseConv` — ``nn.Conv``'s parameters, the
 shifted multiply–add form on the CPU (XLA:CPU's grouped convolution is slow). Its train and
 evaluation programs compile with the XLA:CPU options it declares (``cpu_compiler_options``:
-no YNN fusion, the memory-optimised scheduler; :mod:`repr_jax.xla_options`).
+YNN fusion for reductions only, the memory-optimised scheduler; :mod:`repr_jax.xla_options`).
 
 Channel spec: ``blockI/expand`` (the hidden width; the depthwise conv follows it — its
 channels are its input's), ``blockI/project``, ``stem`` and ``last``. In the channel graph a
@@ -61,10 +61,11 @@ class MobileNetV2(nn.Module):
     num_classes: int = 10
     channels: tuple[tuple[str, int], ...] = ()
 
-    # XLA:CPU options for its train/eval programs (repr_jax.xla_options): without the YNN
-    # fusion and with the memory-optimised scheduler the gradient at 64×64, batch 50 needs
-    # 2.8 GiB of temporaries instead of 14.2 GiB, and steps faster (benchmarks/RESULTS.md §8).
-    cpu_compiler_options = {"xla_cpu_experimental_ynn_fusion_type": "",
+    # XLA:CPU options for its train/eval programs (repr_jax.xla_options): YNN fusion for the
+    # reductions only (its elementwise fusions held 14.2 GiB of temporaries for the gradient at
+    # 64×64, batch 50; without YNN reductions XLA:CPU's tree-reduction reduce-windows are slow)
+    # and the memory-optimised scheduler: 2.7 GiB, and a 2.9× faster step (benchmarks/RESULTS.md §8b).
+    cpu_compiler_options = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE",
                             "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 
     @nn.compact
