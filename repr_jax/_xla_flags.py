@@ -22,7 +22,15 @@ import sys
 from importlib import metadata
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
-_CHECKED_JAXLIB = ("0.10.",)
+CHECKED_JAXLIB = ("0.10.",)
+
+
+def jaxlib_checked() -> bool:
+    """Whether the installed jaxlib is one the CPU options here were checked on."""
+    try:
+        return metadata.version("jaxlib").startswith(CHECKED_JAXLIB)
+    except metadata.PackageNotFoundError:
+        return False
 
 
 def enable_cpu_fusion() -> bool:
@@ -32,11 +40,7 @@ def enable_cpu_fusion() -> bool:
         return YNN_FLAG in flags
     if os.environ.get("REPR_JAX_NO_YNN") or "xla_force_host_platform_device_count" in flags:
         return False
-    try:
-        version = metadata.version("jaxlib")
-    except metadata.PackageNotFoundError:
-        return False
-    if not version.startswith(_CHECKED_JAXLIB):
+    if not jaxlib_checked():
         return False
     xb = sys.modules.get("jax._src.xla_bridge")
     if xb is not None and getattr(xb, "_backends", None):

@@ -28,19 +28,11 @@ values' names joined by commas (``"LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_R
 from __future__ import annotations
 
 import functools
-from importlib import metadata
 from typing import Callable
 
 import jax
 
-CHECKED_JAXLIB = ("0.10.",)
-
-
-def _checked_jaxlib() -> bool:
-    try:
-        return metadata.version("jaxlib").startswith(CHECKED_JAXLIB)
-    except metadata.PackageNotFoundError:
-        return False
+from repr_jax._xla_flags import jaxlib_checked
 
 
 def compiler_options(model) -> tuple[tuple[str, str], ...]:
@@ -55,7 +47,7 @@ def compiler_options(model) -> tuple[tuple[str, str], ...]:
                                                  for k, v in declared.items()):
         raise TypeError(f"{type(model).__name__}.cpu_compiler_options must map option names to strings, "
                         f"got {declared!r}")
-    if jax.default_backend() != "cpu" or not _checked_jaxlib():
+    if jax.default_backend() != "cpu" or not jaxlib_checked():
         return ()
     return tuple(sorted(declared.items()))
 
@@ -94,4 +86,4 @@ def state_jit(**jit_kwargs):
     return functools.partial(jit_with_state_options, **jit_kwargs)
 
 
-__all__ = ["CHECKED_JAXLIB", "compiler_options", "jit_with_state_options", "state_jit"]
+__all__ = ["compiler_options", "jit_with_state_options", "state_jit"]
