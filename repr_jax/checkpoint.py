@@ -304,9 +304,19 @@ def _abstract_here(tree):
                                        sharding=here), tree)
 
 
+def _this_process_only() -> ocp.options.MultiprocessingOptions:
+    """Orbax options for a write or read by this process alone, with no barrier across the
+    processes of a multi-process run (the export that process 0 writes at its end)."""
+    me = jax.process_index()
+    return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+
+
 def save_variables(directory: str | Path, variables: dict) -> None:
-    """Write a model's ``{"params", "batch_stats"}`` (e.g. an exported smaller model)."""
-    checkpointer = ocp.StandardCheckpointer()
+    """Write a model's ``{"params", "batch_stats"}`` (e.g. an exported smaller model), by this
+    process alone (arrays it holds whole; no barrier with the other processes of a run)."""
+    if jax.process_count() > 1:   # orbax writes one process's device arrays only as global arrays
+        variables = jax.device_get(variables)
+    checkpointer = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
     checkpointer.save(Path(directory).absolute(), variables)
     checkpointer.wait_until_finished()
     checkpointer.close()
@@ -314,8 +324,8 @@ def save_variables(directory: str | Path, variables: dict) -> None:
 
 def restore_variables(directory: str | Path, template: dict) -> dict:
     """Read what :func:`save_variables` wrote, into the structure of ``template`` (arrays or
-    shapes, e.g. ``jax.eval_shape(model.init, …)``)."""
-    checkpointer = ocp.StandardCheckpointer()
+    shapes, e.g. ``jax.eval_shape(model.init, …)``), by this process alone."""
+    checkpointer = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
     try:
         return checkpointer.restore(Path(directory).absolute(), _abstract_here(template))
     finally:

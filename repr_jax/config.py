@@ -303,7 +303,9 @@ class RunConfig:
             (not self.data.stream or not (self.data.val_split or self.data.holdout or self.data.train_limit),
              "data.stream=true cannot take --val-split, data.holdout or --train-limit (they slice the training "
              "split in memory)"),
-            (not self.data.stream or self.seeds == 1, "data.stream=true trains one seed per run (--seeds 1)"),
+            (not self.data.stream or self.seeds == 1 or self.seeds_layout != "vmap",
+             "data.stream=true trains --seeds one after another (seeds_layout=loop or auto), not vmapped: each "
+             "seed reads its own order of the folder"),
             (0 <= self.data.stream_workers <= 256,
              f"data.stream_workers must be in 0..256, got {self.data.stream_workers}"),
             (math.isfinite(self.optim.learning_rate) and self.optim.learning_rate > 0,

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from repr_jax.errors import Diverged, NonFiniteError
 from repr_jax.masks import live_filters
-from repr_jax.parallel import batch_sharding
+from repr_jax.parallel import batch_sharding, process_rows
 from repr_jax.run_dir import finite_row, write_json, write_jsonl
 from repr_jax.run_state import state_is_finite
 from repr_jax.streaming import prefetch_to_device
@@ -50,7 +50,11 @@ class OneRun:
     def train_epoch(self, epoch: int, progress) -> list[dict]:
         s, config = self.s, self.s.config
         if s.data.stream is not None:   # read from disk while the steps run (repr_jax.streaming)
-            batches = prefetch_to_device(s.data.stream.epoch(epoch), sharding=self.step_sharding)
+            # each process reads only its rows of every batch (all of them in a one-process run)
+            rows = process_rows(self.step_sharding, config.batch_size)
+            batches = prefetch_to_device(s.data.stream.epoch(epoch, rows=rows, seed=config.seed),
+                                         sharding=self.step_sharding,
+                                         batch_size=config.batch_size)
             s.state, metrics = run_epoch_batches(
                 s.state, batches, jax.random.fold_in(self.root, epoch), layers=s.state.layers,
                 ortho_lambda=config.ortho_loss, method=s.method, terms=s.terms, progress=progress,

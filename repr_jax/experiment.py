@@ -25,9 +25,6 @@ def run(config: RunConfig, data: Dataset | None = None) -> dict:
     validation split and slices of ``config`` still apply.
     """
     if config.seeds > 1:
-        import jax
-        if jax.process_count() > 1:
-            raise RunError("--seeds K > 1 in a multi-process run is not supported yet: one seed per run")
         from repr_jax.population import run_population
         return run_population(config, data)
     session = start(config, data)

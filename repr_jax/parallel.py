@@ -17,10 +17,14 @@ global batch (to float32 round-off: sums are reduced in another order).
 collectives over gloo) before anything else touches JAX; every process then runs the same
 command: :func:`data_mesh` spans ``jax.devices()`` — every process's devices — and
 :func:`replicate` builds global arrays from each process's identical host copy, so the step
-is one global program over all of them. Only the main process (:func:`is_main_process`)
-writes the run directory's files; checkpoints are written and read by all of them together
-(orbax), and :func:`sync_processes` is a barrier. Tested with two processes on one machine
-(``tests/test_distributed.py``).
+is one global program over all of them. A streamed data set is read in parts: each process
+decodes the rows of every batch its devices hold (:func:`process_rows`) and
+:func:`put_batch` assembles the global batch from the processes' parts. Only the main
+process (:func:`is_main_process`) writes the run directory's files — and computes an export
+from its own copy of the replicated final state (:func:`local_copy`); checkpoints are
+written and read by all of them together (orbax), and :func:`sync_processes` is a barrier.
+Tested with two processes on one machine (``tests/test_distributed.py``,
+``tests/test_distributed_methods.py``).
 """
 from __future__ import annotations
 
@@ -66,6 +70,48 @@ def replicate(tree, mesh: Mesh | None):
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     return jax.tree_util.tree_map(put, tree)
+
+
+def process_rows(sharding: NamedSharding | None, batch_size: int) -> slice | None:
+    """The rows of a global batch of ``batch_size`` that this process's devices hold under
+    ``sharding`` (``P("data")`` over every process's devices): what this process reads of each
+    batch when every process reads its own part. None — every row — without a sharding or
+    when all of its devices are this process's."""
+    if sharding is None or sharding.is_fully_addressable:
+        return None
+    spans = sorted((s.start or 0, batch_size if s.stop is None else s.stop)
+                   for s, *_ in sharding.addressable_devices_indices_map((batch_size,)).values())
+    if any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
+        raise ValueError(f"this process's devices hold rows {spans} of each batch, not one contiguous span")
+    return slice(spans[0][0], spans[-1][1])
+
+
+def put_batch(batch, sharding: NamedSharding | None, batch_size: int):
+    """A host batch (arrays with a leading batch axis) onto the device(s): with a sharding
+    that spans several processes, ``batch`` is this process's rows (:func:`process_rows`) and
+    the result is the global ``batch_size`` batch they form together
+    (:func:`jax.make_array_from_process_local_data`); otherwise :func:`jax.device_put`."""
+    if sharding is None:
+        return jax.device_put(batch)
+    if sharding.is_fully_addressable:
+        return jax.device_put(batch, sharding)
+    return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(
+        sharding, np.asarray(x), (batch_size, *np.shape(x)[1:])), batch)
+
+
+def local_copy(tree):
+    """``tree`` with every array that spans several processes replaced by this process's copy
+    of it on one of its own devices (:meth:`jax.Array.addressable_data`), so that one process
+    alone can compute with it — the export and final report that process 0 writes at the end
+    of a multi-process run. Every such array must be replicated (the train state is); a
+    sharded one is an error, since no process holds all of it."""
+    def own(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return x
+        if not x.is_fully_replicated:
+            raise ValueError(f"an array of shape {x.shape} is split over processes; no process holds all of it")
+        return x.addressable_data(0)
+    return jax.tree_util.tree_map(own, tree)
 
 
 def stack(trees):

@@ -287,10 +287,11 @@ class SeedLoop:
 def seeds_layout(config: RunConfig) -> str:
     """``vmap`` or ``loop`` for ``config.seeds_layout`` (``auto``: ``loop`` on a CPU, where
     XLA computes a convolution vmapped over its weights as a slow grouped convolution —
-    benchmarks/RESULTS.md measured a vmapped pair at 0.40× two runs — else ``vmap``)."""
+    benchmarks/RESULTS.md measured a vmapped pair at 0.40× two runs — and with a streamed
+    folder, each seed reading its own order of it; else ``vmap``)."""
     if config.seeds_layout != "auto":
         return config.seeds_layout
-    return "loop" if jax.default_backend() == "cpu" else "vmap"
+    return "loop" if jax.default_backend() == "cpu" or config.data.stream else "vmap"
 
 
 def train_population(sessions: list[Session]) -> dict[int, Diverged]:

@@ -34,7 +34,8 @@ from repr_jax.data import Dataset
 from repr_jax.epoch_loop import OneRun, epoch_loop, summary_fields
 from repr_jax.models.user import channels_warning, is_reference
 from repr_jax.errors import RunError, UnreadableImage
-from repr_jax.parallel import agree_settings, data_mesh, is_main_process, replicate, sync_processes
+from repr_jax.parallel import (agree_settings, data_mesh, is_main_process, local_copy, replicate,
+                               sync_processes)
 from repr_jax.plots import dataset_label, plot_curves, plot_pruned_per_layer
 from repr_jax.run_dir import (STREAM_STOP, check_data, check_run_dir, create_run_dir, read_config, read_jsonl,
                               record_extension, torn_tail, write_json)
@@ -120,9 +121,6 @@ def start(config: RunConfig, data: Dataset | None = None, arrays: tuple | None =
             check_available()
         except ImportError as err:
             raise RunError(str(err)) from None
-    if jax.process_count() > 1 and getattr(probe, "exports_at_end", False):
-        raise RunError(f"--method {config.method.name} exports at the end, which a multi-process run does not do "
-                       "yet: train it in one process")
     main = is_main_process()
     lock = RunLock(config.out) if main else None   # the other processes of a run write nothing there
     if main and config.resume and (Path(config.out) / "config.json").exists():
@@ -372,6 +370,8 @@ def finish(s: Session, extra: dict | None = None) -> dict:
         return {"status": "completed", "process": jax.process_index(), "run_directory": str(s.out),
                 "written_by": "process 0"}
     best = max(metrics, key=lambda m: m["test_accuracy"])
+    if jax.process_count() > 1:   # process 0 alone computes the export and the final report
+        s = dataclasses.replace(s, state=local_copy(s.state))
     if getattr(s.method, "exports_at_end", False):   # structured methods end in a smaller model
         from repr_jax.compress.export import ExportError
         from repr_jax.export_runs import export_session

@@ -8,10 +8,12 @@ the device. An ImageNet-sized folder does not fit, so here the images stay on di
   evaluation split together, images in the in-memory reader's order (so the labels and, read
   in order, the arrays are :func:`repr_jax.data.load_data`'s).
 * :class:`FolderStream` yields uint8 ``(B, H, W, C)`` batches and int32 labels for one epoch:
-  a permutation drawn from ``(seed, epoch)`` (the same order wherever it runs), decoded by
-  ``workers`` threads (PIL releases the GIL while it decodes and resizes), one batch per
-  task, with at most ``prefetch`` batches decoded ahead of the consumer — memory is bounded
-  by ``(prefetch + 1) · B · H · W · C`` bytes whatever the folder's size. Images are resized
+  a permutation drawn from ``(seed, epoch)`` (the same order wherever it runs), read through
+  Grain (``grain.MapDataset`` of the epoch's indices → decode → ``to_iter_dataset`` with
+  ``workers`` threads — PIL releases the GIL while it decodes and resizes — and a prefetch
+  buffer of ``prefetch`` batches' images → batch): memory is bounded by about
+  ``(prefetch + 1) · B · H · W · C`` bytes whatever the folder's size; in a multi-process
+  run each process reads only its rows of every batch. Images are resized
   to ``image_size`` (cover + centre crop, :func:`repr_jax.data_sources.cover_and_crop`) or
   must all have the first image's size (one-line error naming the file otherwise).
 * :func:`prefetch_to_device` keeps ``size`` batches already transferred to the device, so the
@@ -35,7 +37,6 @@ import dataclasses
 import functools
 import hashlib
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -44,6 +45,7 @@ import numpy as np
 from repr_jax.data import Dataset, channel_stats
 from repr_jax.data_sources import IMAGE_EXTENSIONS, checked_name, cover_and_crop, image_sort_key, to_array
 from repr_jax.errors import DataError, UnreadableImage
+from repr_jax.parallel import put_batch
 
 SPLITS = ("train", "test", "val")
 
@@ -157,48 +159,52 @@ class FolderStream:
         n = len(self.index)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def order(self, epoch: int) -> np.ndarray:
-        """The example order of ``epoch`` (a permutation from ``(seed, epoch)`` when shuffling)."""
+    def order(self, epoch: int, seed: int | None = None) -> np.ndarray:
+        """The example order of ``epoch`` (a permutation from ``(seed, epoch)`` when shuffling;
+        ``seed``: the stream's own unless given — each seed of ``--seeds K`` reads its own)."""
         n = len(self.index)
         if not self.shuffle:
             return np.arange(n)
-        return np.random.default_rng([self.seed, int(epoch)]).permutation(n)
+        return np.random.default_rng([self.seed if seed is None else int(seed), int(epoch)]).permutation(n)
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image ``i`` of the split (decoded now, in the calling thread) and its label."""
+        ix = self.index
+        return decode(ix.root / ix.files[i], ix.files[i], self.image_size, self.channels, self.shape[:2]), ix.labels[i]
 
     def load(self, indices) -> tuple[np.ndarray, np.ndarray]:
         """The images and labels at ``indices``, decoded now (in the calling thread)."""
-        ix = self.index
-        images = np.stack([decode(ix.root / ix.files[i], ix.files[i], self.image_size, self.channels,
-                                  self.shape[:2]) for i in indices])
-        return images, ix.labels[np.asarray(indices)]
+        images, labels = zip(*(self.read(int(i)) for i in indices))
+        return np.stack(images), np.asarray(labels, np.int32)
 
-    def epoch(self, epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """This epoch's batches, at most ``prefetch`` decoded ahead of the one being consumed."""
-        order, b = self.order(epoch), self.batch_size
-        batches = iter([order[i:i + b] for i in range(0, len(self) * b, b)])
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="repr_jax-stream")
-        pending = collections.deque()
-        try:
-            for idx in batches:
-                pending.append(pool.submit(self.load, idx))
-                if len(pending) >= self.prefetch:
-                    break
-            while pending:
-                ready = pending.popleft().result()
-                nxt = next(batches, None)
-                if nxt is not None:
-                    pending.append(pool.submit(self.load, nxt))
-                yield ready
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+    def dataset(self, epoch: int = 0, rows: slice | None = None, seed: int | None = None):
+        """This epoch's batches as a ``grain.IterDataset``: the indices of :meth:`order`
+        ``(epoch, seed)`` cut into batches (``rows`` of each: a process's part of each global
+        batch in a multi-process run, :func:`repr_jax.parallel.process_rows`), each batch
+        decoded by :meth:`load` on one of ``workers`` Grain threads, at most ``prefetch``
+        batches ahead of the consumer (a batch per element: Grain's per-element cost, paid
+        once per image, made the reader 0.71× as fast — ``benchmarks/RESULTS.md`` §7b)."""
+        import grain
+        order, b = self.order(epoch, seed), self.batch_size
+        picked = [order[i:i + b][rows if rows is not None else slice(None)] for i in range(0, len(self) * b, b)]
+        ahead = grain.ReadOptions(num_threads=self.workers, prefetch_buffer_size=self.prefetch)
+        return grain.MapDataset.source(picked).map(self.load).to_iter_dataset(ahead)
+
+    def epoch(self, epoch: int = 0, rows: slice | None = None,
+              seed: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """This epoch's batches, uint8 ``(B, H, W, C)`` images and int32 labels
+        (:meth:`dataset`, iterated)."""
+        return iter(self.dataset(epoch, rows, seed))
 
 
-def prefetch_to_device(batches, size: int = 2, sharding=None):
-    """``batches`` put on the device ``size`` ahead (``jax.device_put``, asynchronous), so a
-    step's input is already transferred when the step before it finishes."""
-    import jax
+def prefetch_to_device(batches, size: int = 2, sharding=None, batch_size: int | None = None):
+    """``batches`` put on the device ``size`` ahead (asynchronous), so a step's input is already
+    transferred when the step before it finishes. With a ``sharding`` over several processes'
+    devices each of ``batches`` is this process's rows of a global ``batch_size`` batch
+    (:func:`repr_jax.parallel.put_batch`)."""
     queue = collections.deque()
     for batch in batches:
-        queue.append(jax.device_put(batch, sharding) if sharding is not None else jax.device_put(batch))
+        queue.append(put_batch(batch, sharding, batch_size or len(batch[0])))
         if len(queue) >= size:
             yield queue.popleft()
     while queue:

@@ -133,13 +133,6 @@ def test_bad_process_flags_are_one_line(data, tmp_path):
         assert rc == 2 and err.strip().splitlines()[-1] == ("error: a run of 2 processes splits every batch over all "
                                                             "their devices: pass --devices 0 (got --devices 1)")
     assert not (tmp_path / "d").exists()
-    for flags, message in ((("--method", "li-l1"), "error: --method li-l1 exports at the end, which a multi-process "
-                                                   "run does not do yet: train it in one process"),
-                           (("--seeds", "2"), "error: --seeds K > 1 in a multi-process run is not supported yet: "
-                                              "one seed per run")):
-        for rc, _, err in _launch(data / "data", tmp_path / "e", "--epochs", "2", *flags):
-            assert rc == 2 and err.strip().splitlines()[-1] == message
-        assert not list(tmp_path.glob("e*"))
 
 
 # ----------------------------------------------------------------------------- bounded failures

@@ -57,17 +57,17 @@ def test_the_read_ahead_is_bounded(folder):
     started, lock = [0], threading.Lock()
 
     class Counting(FolderStream):
-        def load(self, indices):
+        def read(self, i):
             with lock:
                 started[0] += 1
-            return super().load(indices)
+            return super().read(i)
 
     stream = Counting(index_folder(folder), 4, shuffle=False, workers=3, prefetch=3)
     started[0] = 0
     for k, _ in enumerate(stream.epoch(), start=1):
-        with lock:
-            assert started[0] <= k + 3, (k, started[0])
-    assert started[0] == len(stream)
+        with lock:   # k batches consumed: at most 3 batches' images buffered ahead, 3 threads reading
+            assert started[0] <= 4 * k + 3 * 4 + 3, (k, started[0])
+    assert started[0] == len(stream.index) == 70
     early = stream.epoch()
     next(early)
     early.close()                 # leaving early stops the readers without error
@@ -144,12 +144,34 @@ def test_a_streamed_run_trains_resumes_bit_identically_and_refuses_bad_settings(
     assert saved["stream"] is True and saved["input_shape"] == [12, 12, 1]
     capsys.readouterr()
     for extra, message in ((["--train-limit", "32"], "data.stream=true cannot take"),
-                           (["--seeds", "2"], "one seed per run"),
+                           (["--seeds", "2", "--set", "seeds_layout=vmap"], "trains --seeds one after another"),
                            (["--set", "data.dataset=npz"], "reads an image folder")):
         assert cli.main([*base, *extra, "--epochs", "1", "--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "bad").exists()
+
+
+def test_streamed_seeds_each_read_their_own_order_and_equal_their_runs_alone(folder, tmp_path):
+    """``--seeds 2`` over a streamed folder trains the seeds one after another (loop layout),
+    each in the order of its own seed: seed 1 of the population is bit-identical to
+    ``--seed 1`` trained alone, and its order is not seed 0's."""
+    import json
+    from conftest import load_script
+    from repr_jax.streaming import FolderStream, index_folder
+    cli = load_script("experiments/cifar.py")
+    base = ["--dataset", "folder", "--data-dir", str(folder), "--model", "convnet", "--width", "8",
+            "--batch-size", "16", "--quiet", "--set", "data.stream=true", "--set", "data.stream_workers=2",
+            "--epochs", "2"]
+    assert cli.main([*base, "--seeds", "2", "--out", str(tmp_path / "pop")]) == 0
+    assert cli.main([*base, "--seed", "1", "--out", str(tmp_path / "alone")]) == 0
+    rows = lambda d: [{k: r[k] for k in ("train_loss", "test_loss", "test_accuracy")}  # noqa: E731
+                      for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
+    assert rows(tmp_path / "pop-seed1") == rows(tmp_path / "alone") != rows(tmp_path / "pop-seed0")
+    assert json.loads((tmp_path / "pop-seed1" / "summary.json").read_text())["population"]["layout"] == "loop"
+    stream = FolderStream(index_folder(folder), 16)
+    assert not np.array_equal(stream.order(0, seed=0), stream.order(0, seed=1))
+    np.testing.assert_array_equal(stream.order(3), np.random.default_rng([0, 3]).permutation(len(stream.index)))
 
 
 def test_a_streamed_run_stopped_at_an_unreadable_image_resumes_once_it_is_repaired(folder, tmp_path, capsys,
@@ -173,10 +195,10 @@ def test_a_streamed_run_stopped_at_an_unreadable_image_resumes_once_it_is_repair
             "--batch-size", "16", "--quiet", "--set", "data.stream=true", "--set", "data.stream_workers=2"]
     real_epoch = streaming.FolderStream.epoch
 
-    def breaking_epoch(self, epoch=0):
+    def breaking_epoch(self, epoch=0, **kwargs):
         if epoch == 1 and self.shuffle:                    # the file breaks while epoch 1 is read
             victim.write_bytes(good[:40])
-        return real_epoch(self, epoch)
+        return real_epoch(self, epoch, **kwargs)
 
     monkeypatch.setattr(streaming.FolderStream, "epoch", breaking_epoch)
     run = tmp_path / "run"
