@@ -145,6 +145,37 @@ def test_a_streamed_folder_in_two_processes_equals_one_process_and_resumes_bit_i
     assert key(_rows(data / "part")) == key(_rows(data / "st2-seed0")) != key(_rows(data / "st2-seed1"))
 
 
+def test_a_streamed_two_process_run_killed_mid_epoch_resumes_bit_identically(data):
+    """kill -9 of process 1 while epoch 2 of a streamed two-process run is read and trained:
+    process 0 exits with one line in bounded time, and ``--resume`` of both processes continues
+    from epoch 1's checkpoint to the same rows as the run trained straight."""
+    import signal
+    import time
+    flags = ["--dataset", "folder", "--set", "data.stream=true", "--method", "standard", "--set",
+             "optim.schedule=constant", "--epochs", "4", "--width", "32"]   # ~1 s an epoch: room for the kill
+    folder, run = data / "folder", data / "killed"
+    _two(folder, data / "straight", *flags)
+    port = _port()
+    procs = [subprocess.Popen([sys.executable, SCRIPT, "--data-dir", str(folder), "--out", str(run), *TINY, *flags,
+                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=_env(REPR_JAX_HEARTBEAT_TIMEOUT="10"), cwd=ROOT) for i in range(2)]
+    deadline = time.time() + 240
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:   # epoch 1 recorded
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.time()
+    err = procs[0].communicate(timeout=150)[1]
+    procs[1].communicate(timeout=30)
+    assert time.time() - killed < 120 and procs[0].returncode == 2, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "another process of this multi-process run stopped" in lines[0]
+    assert len(_rows(run)) < 4 and not (run / "summary.json").exists()
+    _two(folder, run, *flags, "--resume")
+    key = lambda rows: [(r["epoch"], r["train_loss"], r["test_loss"], r["test_accuracy"]) for r in rows]  # noqa: E731
+    assert key(_rows(run)) == key(_rows(data / "straight"))
+
+
 def test_process_rows_split_each_batch_between_the_processes_devices():
     """One process's part of a batch under ``P("data")`` — here (one process) every row, and
     ``put_batch`` places it as ``device_put`` would."""
