@@ -313,8 +313,11 @@ def _this_process_only() -> ocp.options.MultiprocessingOptions:
 
 def save_variables(directory: str | Path, variables: dict) -> None:
     """Write a model's ``{"params", "batch_stats"}`` (e.g. an exported smaller model), by this
-    process alone (arrays it holds whole; no barrier with the other processes of a run)."""
+    process alone — in a multi-process run, process 0 with arrays it holds whole (no barrier
+    with the other processes; orbax writes the arrays of host copies from process 0 only)."""
     if jax.process_count() > 1:   # orbax writes one process's device arrays only as global arrays
+        if jax.process_index() != 0:
+            raise ValueError("save_variables in a multi-process run writes from process 0 only")
         variables = jax.device_get(variables)
     checkpointer = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
     checkpointer.save(Path(directory).absolute(), variables)

@@ -52,13 +52,15 @@ class OneRun:
         if s.data.stream is not None:   # read from disk while the steps run (repr_jax.streaming)
             # each process reads only its rows of every batch (all of them in a one-process run)
             rows = process_rows(self.step_sharding, config.batch_size)
-            batches = prefetch_to_device(s.data.stream.epoch(epoch, rows=rows, seed=config.seed),
-                                         sharding=self.step_sharding,
-                                         batch_size=config.batch_size)
-            s.state, metrics = run_epoch_batches(
-                s.state, batches, jax.random.fold_in(self.root, epoch), layers=s.state.layers,
-                ortho_lambda=config.ortho_loss, method=s.method, terms=s.terms, progress=progress,
-                augmentation=config.data.augment, batch_sharding=self.step_sharding, preprocess=s.preprocess)
+            reader = s.data.stream.epoch(epoch, rows=rows, seed=config.seed)
+            try:
+                batches = prefetch_to_device(reader, sharding=self.step_sharding, batch_size=config.batch_size)
+                s.state, metrics = run_epoch_batches(
+                    s.state, batches, jax.random.fold_in(self.root, epoch), layers=s.state.layers,
+                    ortho_lambda=config.ortho_loss, method=s.method, terms=s.terms, progress=progress,
+                    augmentation=config.data.augment, batch_sharding=self.step_sharding, preprocess=s.preprocess)
+            finally:   # its reading threads stop now, also after a failure
+                getattr(reader, "close", lambda: None)()
             return [metrics]
         s.state, metrics = run_epoch(s.state, s.arrays[0], s.arrays[1], jax.random.fold_in(self.root, epoch),
                                      batch_size=config.batch_size, layers=s.state.layers,

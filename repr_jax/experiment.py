@@ -13,6 +13,7 @@ from repr_jax.errors import Diverged, Interrupted, RunError
 from repr_jax.run_state import (all_finite, build_method, build_model, initial_state, load_run_data,
                                 load_run_state, restore_run, state_is_finite, warm_start)
 from repr_jax.epoch_loop import log_epoch
+from repr_jax.parallel import sync_processes
 from repr_jax.session import Session, close, device_mesh, discard_unstarted, finish, start, train_epochs
 
 
@@ -36,7 +37,11 @@ def run(config: RunConfig, data: Dataset | None = None) -> dict:
         except BaseException:
             discard_unstarted(session)   # failed before its first epoch was recorded: nothing to keep
             raise
-        return finish(session)
+        summary = finish(session)
+        # the others wait while process 0 exports and writes alone: a process that exited
+        # instead would wait at JAX's shutdown barrier, whose deadline can end process 0's export
+        sync_processes("repr_jax: run written")
+        return summary
     finally:
         close(session)
 

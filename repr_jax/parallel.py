@@ -41,6 +41,8 @@ def data_mesh(devices: int = 0) -> Mesh:
     if devices < 0 or devices > len(available):
         raise ValueError(f"--devices {devices}: this machine has {len(available)} "
                          f"{available[0].platform.upper()} device(s)")
+    # each process's devices side by side: its rows of a batch are one span (process_rows)
+    available = sorted(available, key=lambda d: (d.process_index, d.id))
     chosen = available if devices == 0 else available[:devices]
     return Mesh(np.array(chosen), (DATA_AXIS,))
 
@@ -231,4 +233,5 @@ def sync_processes(name: str) -> None:
 
 
 __all__ = ["DATA_AXIS", "HEARTBEAT_TIMEOUT", "JOIN_TIMEOUT", "agree_settings", "batch_sharding", "data_mesh",
-           "is_main_process", "replicate", "stack", "start_processes", "sync_processes", "unstack"]
+           "is_main_process", "local_copy", "process_rows", "put_batch", "replicate", "stack", "start_processes",
+           "sync_processes", "unstack"]

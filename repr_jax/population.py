@@ -38,13 +38,13 @@ import jax.numpy as jnp
 from repr_jax.config import RunConfig
 from repr_jax.data import Dataset
 from repr_jax.teacher import attach_teacher
-from repr_jax.errors import Diverged, Interrupted, RunError
+from repr_jax.errors import Diverged, Interrupted, RunError, UnreadableImage
 from repr_jax.run_state import all_finite, build_model, initial_state, load_source, warm_start
 from repr_jax.epoch_loop import OneRun, epoch_loop
-from repr_jax.session import Session, close, discard_unstarted, finish, start
+from repr_jax.session import Session, close, discard_unstarted, finish, start, stopped_at_unreadable_image
 from repr_jax.masks import live_filters
 from repr_jax.methods.base import Event
-from repr_jax.parallel import batch_sharding, replicate, stack, unstack
+from repr_jax.parallel import batch_sharding, replicate, stack, sync_processes, unstack
 from repr_jax.pipeline import epoch_indices, eval_indices
 from repr_jax.run_dir import check_run_dir, read_summary
 from repr_jax.train import (epoch_means, placed_like, population_eval_step, population_step_indexed,
@@ -312,6 +312,11 @@ def run_population(config: RunConfig, data: Dataset | None = None) -> dict:
             diverged = train_population(sessions)
         except KeyboardInterrupt:
             raise Interrupted.during(sessions[0]) from None
+        except UnreadableImage as err:   # a streamed image: every seed reads the folder
+            stopped = stopped_at_unreadable_image(sessions, err)
+            for s in sessions:
+                discard_unstarted(s)
+            raise stopped from None
         except BaseException:
             for s in sessions:
                 discard_unstarted(s)   # failed before an epoch was recorded: nothing to keep
@@ -328,6 +333,7 @@ def run_population(config: RunConfig, data: Dataset | None = None) -> dict:
                 "train_step_compilations_this_process": int(step._cache_size()),
                 "population": {"seeds": seeds, "trained_together": [t.config.seed for t in sessions],
                                "layout": layout}})
+        sync_processes("repr_jax: population written")   # while process 0 exports alone (experiment.run)
     finally:
         for s in sessions:
             close(s)

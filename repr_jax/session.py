@@ -348,16 +348,25 @@ def train_epochs(s: Session) -> None:
     try:
         diverged = epoch_loop([s], OneRun(s))
     except UnreadableImage as err:
-        if s.data.fingerprint_with is None or not s.main:
-            raise
-        # recorded so that a --resume accepts the data with this file repaired (check_data)
-        write_json(s.out / STREAM_STOP, {"file": err.name, "epoch": len(s.metrics),
-                                         "others": s.data.fingerprint_with(sizes={err.name: -1})})
-        resume = f"--resume continues after epoch {len(s.metrics)}" if s.metrics else "run it again"
-        raise UnreadableImage(f"{err}; replace it with a readable image of the same name and {resume}",
-                              err.name) from None
+        raise stopped_at_unreadable_image([s], err) from None
     if diverged:
         raise diverged[s.config.seed]
+
+
+def stopped_at_unreadable_image(sessions: list[Session], err: UnreadableImage) -> UnreadableImage:
+    """After a streamed image could not be decoded: ``stream_stop.json`` in every session's
+    run directory, so that a ``--resume`` accepts the data with that file repaired
+    (:func:`repr_jax.run_dir.check_data`), and the error to raise, saying what to do. Written
+    by whichever process met the file (in a multi-process run each reads only its rows of
+    every batch; the run directory is on storage they share)."""
+    if sessions[0].data.fingerprint_with is None:
+        return err
+    for s in sessions:
+        write_json(s.out / STREAM_STOP, {"file": err.name, "epoch": len(s.metrics),
+                                         "others": s.data.fingerprint_with(sizes={err.name: -1})})
+    done = len(sessions[0].metrics)
+    resume = f"--resume continues after epoch {done}" if done else "run it again"
+    return UnreadableImage(f"{err}; replace it with a readable image of the same name and {resume}", err.name)
 
 
 def finish(s: Session, extra: dict | None = None) -> dict:
@@ -409,4 +418,4 @@ def finish(s: Session, extra: dict | None = None) -> dict:
     return summary
 
 
-__all__ = ["Session", "close", "device_mesh", "finish", "start", "train_epochs"]
+__all__ = ["Session", "close", "device_mesh", "finish", "start", "stopped_at_unreadable_image", "train_epochs"]

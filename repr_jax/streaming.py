@@ -10,8 +10,8 @@ the device. An ImageNet-sized folder does not fit, so here the images stay on di
 * :class:`FolderStream` yields uint8 ``(B, H, W, C)`` batches and int32 labels for one epoch:
   a permutation drawn from ``(seed, epoch)`` (the same order wherever it runs), read through
   Grain (``grain.MapDataset`` of the epoch's indices → decode → ``to_iter_dataset`` with
-  ``workers`` threads — PIL releases the GIL while it decodes and resizes — and a prefetch
-  buffer of ``prefetch`` batches' images → batch): memory is bounded by about
+  ``workers`` threads — PIL releases the GIL while it decodes and resizes — one batch per
+  element, at most ``prefetch`` batches ahead): memory is bounded by about
   ``(prefetch + 1) · B · H · W · C`` bytes whatever the folder's size; in a multi-process
   run each process reads only its rows of every batch. Images are resized
   to ``image_size`` (cover + centre crop, :func:`repr_jax.data_sources.cover_and_crop`) or
@@ -187,6 +187,9 @@ class FolderStream:
         import grain
         order, b = self.order(epoch, seed), self.batch_size
         picked = [order[i:i + b][rows if rows is not None else slice(None)] for i in range(0, len(self) * b, b)]
+        if rows is not None and len({len(p) for p in picked}) > 1:
+            raise ValueError("rows of a stream's batches need batches of one size (drop_last=True), "
+                             f"got sizes {sorted({len(p) for p in picked})}")
         ahead = grain.ReadOptions(num_threads=self.workers, prefetch_buffer_size=self.prefetch)
         return grain.MapDataset.source(picked).map(self.load).to_iter_dataset(ahead)
 

@@ -95,12 +95,12 @@ def data(tmp_path_factory):
 
 
 def test_li_l1_with_seeds_in_two_processes_equals_one_process_and_exports_the_same_model(data):
-    """li-l1 (pruned before epoch 1, exported at the end) with ``--seeds 2`` by two processes:
-    seed 0's run equals the one-process run over two devices — the same pruned filters, losses
+    """li-l1 (pruned before epoch 1, exported at the end) with ``--seeds 2`` vmapped by two
+    processes (the loop layout is the streamed test's): seed 0's run equals the one-process run over two devices — the same pruned filters, losses
     to round-off, an exported model with the same channels and weights; seed 1 is its own run
     with its own export, written by process 0 only."""
     flags = ("--method", "li-l1", "--epochs", "2")
-    results = _two(data / "data", data / "li2", *flags, "--seeds", "2")
+    results = _two(data / "data", data / "li2", *flags, "--seeds", "2", "--set", "seeds_layout=vmap")
     _one(data / "data", data / "li1", *flags)
     seed0, seed1 = data / "li2-seed0", data / "li2-seed1"
     _same_training(seed0, data / "li1")
@@ -111,6 +111,7 @@ def test_li_l1_with_seeds_in_two_processes_equals_one_process_and_exports_the_sa
     for run in (seed0, seed1):
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["population"]["seeds"] == [0, 1]
+        assert summary["population"]["layout"] == "vmap"
         assert summary["export"]["max_abs_logit_difference"] < 1e-4
     assert pruned(seed1) != pruned(seed0)          # another seed: another network, other filters
     out1 = results[1][0]
@@ -176,13 +177,55 @@ def test_a_streamed_two_process_run_killed_mid_epoch_resumes_bit_identically(dat
     assert key(_rows(run)) == key(_rows(data / "straight"))
 
 
-def test_process_rows_split_each_batch_between_the_processes_devices():
-    """One process's part of a batch under ``P("data")`` — here (one process) every row, and
-    ``put_batch`` places it as ``device_put`` would."""
+class _ShardingOverProcesses:
+    """A stand-in for ``NamedSharding(mesh, P("data"))`` over several processes' devices, of
+    which this process holds ``spans`` of a batch's rows."""
+    is_fully_addressable = False
+
+    def __init__(self, *spans):
+        self.spans = spans
+
+    def addressable_devices_indices_map(self, shape):
+        return {f"device{i}": (slice(a, b),) for i, (a, b) in enumerate(self.spans)}
+
+
+def test_process_rows_are_the_span_of_this_processs_devices():
+    """Two of four devices on this process, rows 32–63 of a batch of 64 → ``slice(32, 64)``;
+    spans that are not side by side are an error; one process, or none: every row."""
+    from repr_jax.parallel import batch_sharding, data_mesh, process_rows
+    assert process_rows(_ShardingOverProcesses((48, 64), (32, 48)), 64) == slice(32, 64)
+    assert process_rows(_ShardingOverProcesses((0, 16)), 64) == slice(0, 16)
+    with pytest.raises(ValueError, match="not one contiguous span"):
+        process_rows(_ShardingOverProcesses((0, 16), (32, 48)), 64)
+    assert process_rows(batch_sharding(data_mesh(0), 8), 8) is None and process_rows(None, 8) is None
+
+
+def test_a_stream_reads_only_its_rows_of_every_batch(data):
+    """``FolderStream.epoch(rows=…)`` decodes just those rows of each batch of the epoch's
+    order — what one process of a run reads — and refuses rows of batches of unequal size."""
+    from repr_jax.streaming import FolderStream, index_folder
+    read = []
+
+    class Counting(FolderStream):
+        def read(self, i):
+            read.append(i)
+            return super().read(i)
+
+    stream = Counting(index_folder(data / "folder"), 64, seed=3, workers=2)
+    batches = list(stream.epoch(1, rows=slice(32, 64)))
+    order = stream.order(1)
+    assert sorted(read) == sorted(np.concatenate([order[i + 32:i + 64] for i in range(0, 512, 64)]).tolist())
+    np.testing.assert_array_equal(batches[2][1], stream.index.labels[order[128 + 32:128 + 64]])
+    assert [len(y) for _, y in batches] == [32] * 8
+    ragged = FolderStream(index_folder(data / "folder"), 60, shuffle=False, workers=2)
+    with pytest.raises(ValueError, match="batches of one size"):
+        ragged.dataset(0, rows=slice(30, 60))   # the last batch holds 32: rows 30–31 only
+
+
+def test_put_batch_places_a_one_process_batch_as_device_put_does():
     import jax
-    from repr_jax.parallel import batch_sharding, data_mesh, process_rows, put_batch
+    from repr_jax.parallel import batch_sharding, data_mesh, put_batch
     sharding = batch_sharding(data_mesh(0), 8)
-    assert process_rows(sharding, 8) is None and process_rows(None, 8) is None
     x = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
     placed = put_batch((x, np.arange(8)), sharding, 8)
     np.testing.assert_array_equal(np.asarray(placed[0]), x)

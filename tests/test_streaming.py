@@ -227,3 +227,41 @@ def test_a_streamed_run_stopped_at_an_unreadable_image_resumes_once_it_is_repair
     assert f"cannot decode image {name}" in capsys.readouterr().err and not fresh.exists()
     victim.write_bytes(good)
     assert cli.main([*base, "--epochs", "1", "--out", str(fresh)]) == 0
+
+
+def test_streamed_seeds_stopped_at_an_unreadable_image_resume_every_seed_once_it_is_repaired(folder, tmp_path,
+                                                                                          capsys, monkeypatch):
+    """``--seeds 2`` over a streamed folder whose image breaks in epoch 2: one line saying what
+    to do, ``stream_stop.json`` in both seeds' directories (both read the folder), and
+    ``--resume`` of the population after the repair trains both to the end."""
+    import json
+    import shutil
+    from conftest import load_script
+    from repr_jax import streaming
+    cli = load_script("experiments/cifar.py")
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    victim = sorted((data / "train").rglob("*.png"))[5]
+    name, good = victim.relative_to(data).as_posix(), victim.read_bytes()
+    base = ["--dataset", "folder", "--data-dir", str(data), "--model", "convnet", "--width", "8", "--seeds", "2",
+            "--batch-size", "16", "--quiet", "--set", "data.stream=true", "--epochs", "2", "--out", str(tmp_path / "p")]
+    real_epoch = streaming.FolderStream.epoch
+
+    def breaking_epoch(self, epoch=0, **kwargs):
+        if epoch == 1 and self.shuffle:
+            victim.write_bytes(good[:40])
+        return real_epoch(self, epoch, **kwargs)
+
+    monkeypatch.setattr(streaming.FolderStream, "epoch", breaking_epoch)
+    capsys.readouterr()
+    assert cli.main(base) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot decode image {name}" in err[0] and "--resume continues after epoch 1" in err[0]
+    for seed in (0, 1):
+        assert json.loads((tmp_path / f"p-seed{seed}" / "stream_stop.json").read_text())["file"] == name
+    monkeypatch.setattr(streaming.FolderStream, "epoch", real_epoch)
+    Image.new("L", (12, 12), 200).save(victim)              # the repair: another image of the same name
+    assert cli.main([*base, "--resume"]) == 0
+    for seed in (0, 1):
+        rows = (tmp_path / f"p-seed{seed}" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
