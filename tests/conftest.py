@@ -138,3 +138,21 @@ def tiny_cifar_dir(tmp_path_factory):
 def requires_shared_cifar():
     return pytest.mark.skipif(not SHARED_CIFAR.exists(),
                               reason=f"shared CIFAR-10 JPEG copy not found at {SHARED_CIFAR}")
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (a multi-process run's coordinator)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_env(**extra) -> dict:
+    """The environment of a process of a multi-process test run: the same XLA:CPU programs in
+    every run (no YNN fusion, no inherited ``XLA_FLAGS``), plus ``extra``."""
+    import os
+    env = dict(os.environ, REPR_JAX_NO_YNN="1")
+    env.pop("XLA_FLAGS", None)
+    env.update(extra)
+    return env

@@ -5,41 +5,26 @@ restore and resume bit-identically; only process 0 writes the run directory and 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, synthetic_cifar, write_cifar10_pickles
+from conftest import ROOT, free_port, process_env, synthetic_cifar, write_cifar10_pickles
 
 SCRIPT = str(ROOT / "experiments" / "cifar.py")
 SETTINGS = ["--model", "convnet", "--width", "8", "--batch-size", "64", "--method", "repr", "--repr-s1", "1",
             "--repr-s2", "1", "--repr-iterations", "1", "--devices", "0"]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(**extra) -> dict:
-    env = dict(os.environ, REPR_JAX_NO_YNN="1", **extra)    # the same XLA:CPU programs in every run
-    env.pop("XLA_FLAGS", None)
-    env.update({k: v for k, v in extra.items()})
-    return env
-
-
 def _launch(data, out, *flags, processes=2, timeout=300):
     """Run experiments/cifar.py as ``processes`` processes of one run; ``[(rc, stdout, stderr)]``."""
-    port = _port()
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, SCRIPT, "--data-dir", str(data), "--out", str(out), *SETTINGS, *flags,
                                "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
                                "--process-id", str(i)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=process_env(), cwd=ROOT)
              for i in range(processes)]
     results = []
     for p in procs:
@@ -78,7 +63,7 @@ def test_two_processes_equal_one_process_over_two_devices(data, two_process_run)
     one = data / "one"
     proc = subprocess.run([sys.executable, SCRIPT, "--data-dir", str(data / "data"), "--out", str(one), *SETTINGS,
                            "--epochs", "2", "--quiet"], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+                          env=process_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = _rows(run), _rows(one)
     assert [r["epoch"] for r in a] == [1, 2] and len(b) == 2
@@ -126,7 +111,7 @@ def test_bad_process_flags_are_one_line(data, tmp_path):
              (["--out", str(tmp_path / "c"), "--coordinator", "127.0.0.1:1", "--num-processes", "2",
                "--process-id", "2"], "error: --process-id must be in 0..1 and --num-processes >= 1, got 2 of 2")]
     for flags, message in cases:
-        proc = subprocess.run(base + flags, capture_output=True, text=True, timeout=120, env=_env(), cwd=ROOT)
+        proc = subprocess.run(base + flags, capture_output=True, text=True, timeout=120, env=process_env(), cwd=ROOT)
         assert (proc.returncode, proc.stderr.strip()) == (2, message)
     results = _launch(data / "data", tmp_path / "d", "--epochs", "2", "--devices", "1")
     for rc, _, err in results:
@@ -140,13 +125,13 @@ def _start(data, out, process_id, port, *flags, processes=2, **env):
     return subprocess.Popen([sys.executable, SCRIPT, "--data-dir", str(data), "--out", str(out), *SETTINGS, *flags,
                              "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
                              "--process-id", str(process_id)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(**env), cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=process_env(**env), cwd=ROOT)
 
 
 def test_a_process_whose_peers_never_come_exits_in_bounded_time_with_one_line(data, tmp_path):
     import time
     started = time.time()
-    proc = _start(data / "data", tmp_path / "alone", 0, _port(), "--epochs", "1", REPR_JAX_JOIN_TIMEOUT="8")
+    proc = _start(data / "data", tmp_path / "alone", 0, free_port(), "--epochs", "1", REPR_JAX_JOIN_TIMEOUT="8")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and time.time() - started < 90
     lines = [l for l in err.splitlines() if l.startswith("error:")]
@@ -155,7 +140,7 @@ def test_a_process_whose_peers_never_come_exits_in_bounded_time_with_one_line(da
 
 
 def test_processes_started_with_different_settings_refuse_in_one_line_instead_of_deadlocking(data, tmp_path):
-    port = _port()
+    port = free_port()
     procs = [_start(data / "data", tmp_path / "mixed", i, port, "--epochs", str(epochs))
              for i, epochs in ((0, 2), (1, 3))]
     results = [p.communicate(timeout=240) for p in procs]
@@ -168,14 +153,14 @@ def test_processes_started_with_different_settings_refuse_in_one_line_instead_of
 def test_a_port_out_of_range_is_refused(tmp_path):
     proc = subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path / "p"), "--coordinator", "127.0.0.1:99999",
                            "--num-processes", "2", "--process-id", "0"], capture_output=True, text=True,
-                          env=_env(), cwd=ROOT, timeout=120)
+                          env=process_env(), cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: --coordinator port must be in 1..65535, got 99999"
 
 
 def test_sigterm_stops_a_multi_process_run_and_its_peer_within_bounded_time(data, tmp_path):
     import signal
     import time
-    port = _port()
+    port = free_port()
     run = tmp_path / "term"
     procs = [_start(data / "data", run, i, port, "--epochs", "50", REPR_JAX_HEARTBEAT_TIMEOUT="10") for i in range(2)]
     deadline = time.time() + 240
@@ -202,7 +187,7 @@ def test_a_peer_killed_with_sigkill_stops_the_other_process_within_bounded_time(
     checkpoints for a --resume."""
     import signal
     import time
-    port = _port()
+    port = free_port()
     run = tmp_path / "kill"
     procs = [_start(data / "data", run, i, port, "--epochs", "50", REPR_JAX_HEARTBEAT_TIMEOUT="10") for i in range(2)]
     deadline = time.time() + 240

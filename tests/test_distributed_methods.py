@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, synthetic_cifar, write_cifar10_pickles
-from test_distributed import SCRIPT, _env, _port
+from conftest import ROOT, free_port, process_env, synthetic_cifar, write_cifar10_pickles
 
+SCRIPT = str(ROOT / "experiments" / "cifar.py")
 TINY = ["--model", "convnet", "--width", "8", "--batch-size", "64", "--devices", "0", "--quiet"]
 JST = ["--batch-norm", "--epochs", "4", "--set", "data.holdout=256", "--set", "jst.coarse_epochs=1",
        "--set", "jst.search_steps=2", "--set", "jst.subnets=4", "--set", "jst.val_batches=4",
@@ -24,10 +24,10 @@ JST = ["--batch-norm", "--epochs", "4", "--set", "data.holdout=256", "--set", "j
 
 
 def _two(data, out, *flags, timeout=300):
-    port = _port()
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, SCRIPT, "--data-dir", str(data), "--out", str(out), *TINY, *flags,
                                "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=process_env(), cwd=ROOT)
              for i in range(2)]
     try:
         results = [p.communicate(timeout=timeout) for p in procs]
@@ -43,7 +43,7 @@ def _one(data, out, *flags):
     """One process over two (forced) CPU devices."""
     proc = subprocess.run([sys.executable, SCRIPT, "--data-dir", str(data), "--out", str(out), *TINY, *flags],
                           capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+                          env=process_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -156,11 +156,11 @@ def test_a_streamed_two_process_run_killed_mid_epoch_resumes_bit_identically(dat
              "optim.schedule=constant", "--epochs", "4", "--width", "32"]   # ~1 s an epoch: room for the kill
     folder, run = data / "folder", data / "killed"
     _two(folder, data / "straight", *flags)
-    port = _port()
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, SCRIPT, "--data-dir", str(folder), "--out", str(run), *TINY, *flags,
                                "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=_env(REPR_JAX_HEARTBEAT_TIMEOUT="10"), cwd=ROOT) for i in range(2)]
+                              env=process_env(REPR_JAX_HEARTBEAT_TIMEOUT="10"), cwd=ROOT) for i in range(2)]
     deadline = time.time() + 240
     while not (run / "metrics.jsonl").exists() and time.time() < deadline:   # epoch 1 recorded
         time.sleep(0.05)
