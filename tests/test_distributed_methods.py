@@ -96,9 +96,10 @@ def data(tmp_path_factory):
 
 def test_li_l1_with_seeds_in_two_processes_equals_one_process_and_exports_the_same_model(data):
     """li-l1 (pruned before epoch 1, exported at the end) with ``--seeds 2`` vmapped by two
-    processes (the loop layout is the streamed test's): seed 0's run equals the one-process run over two devices — the same pruned filters, losses
-    to round-off, an exported model with the same channels and weights; seed 1 is its own run
-    with its own export, written by process 0 only."""
+    processes (the loop layout is the streamed test's): seed 0's run equals the one-process run
+    over two devices — the same pruned filters, losses to round-off, an exported model with the
+    same channels and weights; seed 1 is its own run with its own export, written by process 0
+    only."""
     flags = ("--method", "li-l1", "--epochs", "2")
     results = _two(data / "data", data / "li2", *flags, "--seeds", "2", "--set", "seeds_layout=vmap")
     _one(data / "data", data / "li1", *flags)
