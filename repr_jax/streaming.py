@@ -9,9 +9,9 @@ the device. An ImageNet-sized folder does not fit, so here the images stay on di
   in order, the arrays are :func:`repr_jax.data.load_data`'s).
 * :class:`FolderStream` yields uint8 ``(B, H, W, C)`` batches and int32 labels for one epoch:
   a permutation drawn from ``(seed, epoch)`` (the same order wherever it runs), read through
-  Grain (``grain.MapDataset`` of the epoch's indices → decode → ``to_iter_dataset`` with
-  ``workers`` threads — PIL releases the GIL while it decodes and resizes — one batch per
-  element, at most ``prefetch`` batches ahead): memory is bounded by about
+  Grain (``grain.MapDataset`` of the epoch's batches of indices, each decoded on one of
+  ``workers`` threads of ``to_iter_dataset`` — PIL releases the GIL while it decodes and
+  resizes — at most ``prefetch`` batches ahead): memory is bounded by about
   ``(prefetch + 1) · B · H · W · C`` bytes whatever the folder's size; in a multi-process
   run each process reads only its rows of every batch. Images are resized
   to ``image_size`` (cover + centre crop, :func:`repr_jax.data_sources.cover_and_crop`) or
@@ -170,7 +170,8 @@ class FolderStream:
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Image ``i`` of the split (decoded now, in the calling thread) and its label."""
         ix = self.index
-        return decode(ix.root / ix.files[i], ix.files[i], self.image_size, self.channels, self.shape[:2]), ix.labels[i]
+        image = decode(ix.root / ix.files[i], ix.files[i], self.image_size, self.channels, self.shape[:2])
+        return image, ix.labels[i]
 
     def load(self, indices) -> tuple[np.ndarray, np.ndarray]:
         """The images and labels at ``indices``, decoded now (in the calling thread)."""
