@@ -145,17 +145,22 @@ def best_key(metrics: dict) -> tuple[float, int]:
 class Checkpointer:
     """The checkpoints of one run. ``writer=False`` opens them for reading only: nothing in
     the directory is created, cleaned up or deleted (what evaluation, export, a teacher or
-    ``init_from`` and a resume's checks use)."""
+    ``init_from`` and a resume's checks use). ``ranked=False``: the last ``keep`` only, no
+    metrics (the mid-epoch positions of :mod:`repr_jax.epoch_position`, numbered by step)."""
 
-    def __init__(self, directory: str | Path, keep: int = 3, *, writer: bool = True):
-        options = ocp.CheckpointManagerOptions(
-            preservation_policy=policies.AnyPreservationPolicy([
+    def __init__(self, directory: str | Path, keep: int = 3, *, writer: bool = True, ranked: bool = True):
+        if ranked:
+            ranking = dict(preservation_policy=policies.AnyPreservationPolicy([
                 policies.LatestN(n=keep),
                 policies.BestN(get_metric_fn=best_key, n=1, keep_checkpoints_without_metrics=False),
             ]),
-            # orbax stores a step's metrics only when it tracks a best_fn (else BestN sees none)
-            best_fn=lambda m: m["test_accuracy"], best_mode="max",
-            enable_async_checkpointing=False, create=writer, cleanup_tmp_directories=writer)
+                # orbax stores a step's metrics only when it tracks a best_fn (else BestN sees none)
+                best_fn=lambda m: m["test_accuracy"], best_mode="max")
+        else:
+            ranking = dict(preservation_policy=policies.LatestN(n=keep))
+        self.ranked = ranked
+        options = ocp.CheckpointManagerOptions(**ranking, enable_async_checkpointing=False, create=writer,
+                                               cleanup_tmp_directories=writer)
         self.directory = Path(directory).absolute()
         try:
             self.manager = ocp.CheckpointManager(
@@ -164,16 +169,23 @@ class Checkpointer:
         except OSError as err:
             raise RunError(f"cannot use checkpoint directory {self.directory}: {_reason(err)}") from None
 
-    def save(self, epoch: int, state, metrics: dict, extra: dict) -> None:
-        """Save the state after ``epoch`` (1-based count of finished epochs)."""
+    def save(self, epoch: int, state, metrics: dict | None, extra: dict) -> None:
+        """Save the state after ``epoch`` (1-based count of finished epochs; for an unranked
+        checkpointer any increasing number, ``metrics`` None)."""
         saved = _saved_part(state)
         items = ocp.args.Composite(
             state=ocp.args.StandardSave(saved),
             extra=ocp.args.JsonSave({**extra, "checksums": checksums(saved)}))
         try:
             with _interrupts_deferred(), _stderr_held():
-                self.manager.save(epoch, args=items,
-                                  metrics={"test_accuracy": float(metrics["test_accuracy"]), "epoch": int(epoch)})
+                # checkpoints at or after this one belong to a future the run went back from (a
+                # population rewound to the epoch every seed holds): orbax would keep them and
+                # silently decline this save
+                for newer in [s for s in self.manager.all_steps() if s >= epoch]:
+                    self.manager.delete(newer)
+                ranks = {"test_accuracy": float(metrics["test_accuracy"]), "epoch": int(epoch)} if self.ranked else None
+                if not self.manager.save(epoch, args=items, metrics=ranks):
+                    raise RunError(f"orbax declined to save step {epoch} (not after {self.latest_epoch()})")
                 self.manager.wait_until_finished()
         except Exception as err:   # the I/O boundary: disk full, permissions, a vanished directory
             kept = [s for s in self.manager.all_steps() if s != epoch]
@@ -261,6 +273,11 @@ class Checkpointer:
             shutil.move(str(self.directory / str(epoch)), str(target))
         if epochs:
             self.manager.reload()
+
+    def discard(self) -> None:
+        """Delete every checkpoint (superseded mid-epoch positions; every process calls it)."""
+        for step in self.manager.all_steps():
+            self.manager.delete(step)
 
     def close(self) -> None:
         self.manager.close()

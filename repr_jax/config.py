@@ -39,7 +39,7 @@ from repr_jax.protocols import PROTOCOLS
 # computed (results agree to float32 round-off; repr_jax.population, repr_jax.parallel).
 SEEDS_LAYOUTS = ("auto", "vmap", "loop")
 NON_SEMANTIC = ("out", "resume", "quiet", "keep_checkpoints", "data.dir", "seeds", "seeds_layout", "devices",
-                "tensorboard")
+                "tensorboard", "checkpoint_every", "data.stream_workers")
 KEY_ALIASES = {"optim.lr": "optim.learning_rate", "lr": "optim.learning_rate"}
 # Upper bounds: far beyond any real run, low enough that a typo cannot exhaust the machine
 # (per-epoch tables, stacked seeds and layer widths are allocated from these).
@@ -50,6 +50,7 @@ MAX_BATCH = 1 << 20
 MAX_WIDTH = 1 << 16
 MAX_DEPTH = 1000
 MAX_KEEP_CHECKPOINTS = 10_000
+MAX_STEPS = 1 << 40
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +178,10 @@ class RunConfig:
     ortho_loss: float = 0.0
     protocol: str = ""   # the preset the settings started from (repr_jax.protocols), "" for none
     keep_checkpoints: int = 3
+    checkpoint_every: int = dataclasses.field(default=0, metadata={
+        "help": "also checkpoint every N training steps inside an epoch (state, running sums, the input's "
+                "position; the newest kept in <out>/checkpoints_in_epoch): --resume continues at the next "
+                "batch, bit-identically (0: at epoch ends only; one run, not --seeds K)"})
     init_from: str = dataclasses.field(default="", metadata={
         "help": "start from the parameters and BatchNorm statistics of this run directory's latest checkpoint "
                 "(same architecture; '{seed}' is replaced by the seed), e.g. to prune a trained network"})
@@ -246,6 +251,11 @@ class RunConfig:
             (1 <= self.keep_checkpoints <= MAX_KEEP_CHECKPOINTS,
              f"--keep-checkpoints must be in 1..{MAX_KEEP_CHECKPOINTS:,}, got {self.keep_checkpoints}"),
             (1 <= self.seeds <= MAX_SEEDS, f"--seeds must be in 1..{MAX_SEEDS}, got {self.seeds}"),
+            (0 <= self.checkpoint_every <= MAX_STEPS,
+             f"--checkpoint-every must be in 0..{MAX_STEPS:,} steps, got {self.checkpoint_every}"),
+            (not (self.checkpoint_every and self.seeds > 1),
+             "--checkpoint-every checkpoints one run inside its epochs; with --seeds K it is not supported "
+             "(each seed's epoch checkpoints are kept)"),
             (self.seed + self.seeds - 1 <= MAX_SEED,
              f"--seed {self.seed} with --seeds {self.seeds} reaches seed {self.seed + self.seeds - 1}, above {MAX_SEED}"),
             (self.devices >= 0, f"--devices must be >= 0 (0: every device), got {self.devices}"),

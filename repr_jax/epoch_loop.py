@@ -11,6 +11,7 @@ session that diverges stops alone; the others go on.
 """
 from __future__ import annotations
 
+import collections
 import math
 import sys
 import time
@@ -18,6 +19,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from repr_jax.epoch_position import EpochPosition, host_totals
 from repr_jax.errors import Diverged, NonFiniteError
 from repr_jax.masks import live_filters
 from repr_jax.parallel import batch_sharding, process_rows
@@ -47,26 +49,49 @@ class OneRun:
     def steps(self) -> int:
         return self.s.data.train_count // self.s.config.batch_size
 
-    def train_epoch(self, epoch: int, progress) -> list[dict]:
+    def train_epoch(self, epoch: int, progress, position: EpochPosition | None = None,
+                    on_step=None) -> list[dict]:
+        """One training epoch; a resumed one continues at ``position``; ``on_step(batches,
+        state, totals, seconds, iterator)`` after every step (``iterator``: the streamed
+        input's Grain state after those batches, None for data in memory)."""
         s, config = self.s, self.s.config
+        resumed = {} if position is None else dict(start=position.batches, totals=position.device_totals(),
+                                                    seconds=position.epoch_seconds)
+        if progress is not None and position is not None:
+            progress.update(position.batches * config.batch_size)
         if s.data.stream is not None:   # read from disk while the steps run (repr_jax.streaming)
             # each process reads only its rows of every batch (all of them in a one-process run)
             rows = process_rows(self.step_sharding, config.batch_size)
             reader = s.data.stream.epoch(epoch, rows=rows, seed=config.seed)
+            if position is not None:
+                reader.set_state(position.iterator)
+            after = collections.deque()   # the reader's state after each batch read, not yet trained on
+
+            def read():
+                for batch in reader:
+                    if on_step is not None:
+                        after.append(reader.get_state())
+                    yield batch
+
+            def stepped(batches, state, totals, seconds):
+                on_step(batches, state, totals, seconds, after.popleft())
             try:
-                batches = prefetch_to_device(reader, sharding=self.step_sharding, batch_size=config.batch_size)
+                batches = prefetch_to_device(read(), sharding=self.step_sharding, batch_size=config.batch_size)
                 s.state, metrics = run_epoch_batches(
                     s.state, batches, jax.random.fold_in(self.root, epoch), layers=s.state.layers,
                     ortho_lambda=config.ortho_loss, method=s.method, terms=s.terms, progress=progress,
-                    augmentation=config.data.augment, batch_sharding=self.step_sharding, preprocess=s.preprocess)
+                    augmentation=config.data.augment, batch_sharding=self.step_sharding, preprocess=s.preprocess,
+                    on_step=stepped if on_step is not None else None, **resumed)
             finally:   # its reading threads stop now, also after a failure
                 getattr(reader, "close", lambda: None)()
             return [metrics]
+        stepped = None if on_step is None else (lambda b, st, t, sec: on_step(b, st, t, sec, None))
         s.state, metrics = run_epoch(s.state, s.arrays[0], s.arrays[1], jax.random.fold_in(self.root, epoch),
                                      batch_size=config.batch_size, layers=s.state.layers,
                                      ortho_lambda=config.ortho_loss, method=s.method, terms=s.terms,
                                      progress=progress, augmentation=config.data.augment,
-                                     batch_sharding=self.step_sharding, preprocess=s.preprocess)
+                                     batch_sharding=self.step_sharding, preprocess=s.preprocess,
+                                     on_step=stepped, **resumed)
         return [metrics]
 
     def evaluate(self) -> list[dict]:
@@ -86,6 +111,8 @@ class OneRun:
 
     def done(self, diverged: dict) -> None:
         self.s.ckpt.close()
+        if self.s.in_epoch is not None:
+            self.s.in_epoch.close()
 
 
 def epoch_loop(sessions: list, trainer) -> dict[int, Diverged]:
@@ -110,16 +137,26 @@ def epoch_loop(sessions: list, trainer) -> dict[int, Diverged]:
         if not active:
             break
         phase = method.phase(epoch)
-        before = trainer.transition(method.before_epoch, epoch)
-        for i in active:
-            try:
-                for event in trainer.member_events(before, i):
-                    method.check_event(event)
-            except NonFiniteError as err:
-                stop(i, epoch, str(err))
+        # a run resumed inside this epoch: its start's transition ran before the position was saved
+        position = s0.position if s0.position is not None and s0.position.epoch == epoch else None
+        s0.position = None
+        if position is None:
+            before = trainer.transition(method.before_epoch, epoch)
+            for i in active:
+                try:
+                    for event in trainer.member_events(before, i):
+                        method.check_event(event)
+                except NonFiniteError as err:
+                    stop(i, epoch, str(err))
+        else:
+            before = list(position.records)
         active = [i for i in active if sessions[i].config.seed not in diverged]
         progress = progress_bar(config, epoch, phase.name, trainer.steps())
-        train_ms = trainer.train_epoch(epoch, progress)
+        if s0.in_epoch is not None or position is not None:   # one run (config refuses --seeds K with it)
+            saving = in_epoch_saver(s0, epoch, before, trainer.steps(), started) if s0.in_epoch is not None else None
+            train_ms = trainer.train_epoch(epoch, progress, position=position, on_step=saving)
+        else:
+            train_ms = trainer.train_epoch(epoch, progress)
         if progress is not None:
             progress.close()
         test_ms = trainer.evaluate()
@@ -146,6 +183,22 @@ def epoch_loop(sessions: list, trainer) -> dict[int, Diverged]:
                 diverged[s.config.seed] = err
     trainer.done(diverged)
     return diverged
+
+
+def in_epoch_saver(s, epoch: int, before: list, steps: int, started: float):
+    """The ``on_step`` of a run with ``checkpoint_every = N``: every N steps (but not at the
+    epoch's end, where the epoch checkpoint follows) an :class:`EpochPosition` into
+    ``s.in_epoch`` (:mod:`repr_jax.epoch_position`)."""
+    every = s.config.checkpoint_every
+    records = [e if isinstance(e, dict) else s.method.record(e) for e in before]
+
+    def save(batches: int, state, totals, seconds: float, iterator) -> None:
+        if batches % every or batches >= steps:
+            return
+        position = EpochPosition(epoch, batches, host_totals(totals), records, seconds,
+                                 s.prior_seconds + time.perf_counter() - started, iterator)
+        s.in_epoch.save(int(state.step), state, None, position.extra())
+    return save
 
 
 def non_finite(train_m: dict, test_m: dict) -> str | None:
@@ -190,7 +243,7 @@ def log_epoch(s, state, epoch: int, train_m: dict, test_m: dict, events: list, b
     """After 0-based ``epoch``: the method's events into ``pruning.jsonl``, one line of
     ``metrics.jsonl``, then stop (``bad`` names what is not finite) or checkpoint ``state``."""
     config, phase = s.config, s.method.phase(epoch)
-    records = [s.method.record(event) for event in events]
+    records = [event if isinstance(event, dict) else s.method.record(event) for event in events]
     s.events += records
     seed = f"seed {config.seed} " if s.population > 1 else ""
     main = s.main      # the other processes of a multi-process run log nothing
@@ -219,6 +272,8 @@ def log_epoch(s, state, epoch: int, train_m: dict, test_m: dict, events: list, b
         diverge(s, epoch, bad)
     s.ckpt.save(epoch + 1, state, {"test_accuracy": row["test_accuracy"]},
                 {"epochs_done": epoch + 1, "wall_seconds": row["elapsed_seconds"], "events": len(s.events)})
+    if s.in_epoch is not None:   # the epoch's positions are superseded by its checkpoint
+        s.in_epoch.discard()
     if main and not config.quiet:
         print(f"{seed}epoch {epoch + 1:3d} [{phase.name:4s}] train {100 * row['train_accuracy']:5.2f}% "
               f"test {100 * row['test_accuracy']:5.2f}% loss {row['train_loss']:.3f} "

@@ -25,7 +25,7 @@ import numpy as np
 from repr_jax.config import RunConfig, as_trained, flatten, migrate
 from repr_jax.run_dir import read_json, read_jsonl, read_summary
 
-IGNORED = ("out", "seed", "seeds", "resume", "quiet", "keep_checkpoints", "devices")
+IGNORED = ("out", "seed", "seeds", "resume", "quiet", "keep_checkpoints", "devices", "checkpoint_every")
 
 
 def stats(values) -> dict:

@@ -31,7 +31,9 @@ import numpy as np
 from repr_jax.checkpoint import Checkpointer
 from repr_jax.config import RunConfig
 from repr_jax.data import Dataset
+from repr_jax import epoch_position
 from repr_jax.epoch_loop import OneRun, epoch_loop, summary_fields
+from repr_jax.epoch_position import EpochPosition
 from repr_jax.models.user import channels_warning, is_reference
 from repr_jax.errors import RunError, UnreadableImage
 from repr_jax.parallel import (agree_settings, data_mesh, is_main_process, local_copy, replicate,
@@ -71,6 +73,8 @@ class Session:
     main: bool = True            # this process writes the run directory (repr_jax.parallel.is_main_process)
     preprocess: object = None    # the batches' repr_jax.pipeline.Preprocessing (run_state.preprocessing)
     created: bool = False        # this process created the run directory (a fresh run, not a resume)
+    in_epoch: Checkpointer | None = None   # mid-epoch checkpoints, with checkpoint_every (repr_jax.epoch_position)
+    position: EpochPosition | None = None  # where a resume continues inside its first epoch
 
 
 def device_mesh(config: RunConfig):
@@ -213,7 +217,7 @@ def _start_locked(config: RunConfig, model, mesh, lock: RunLock | None, data: Da
     # committed to its device(s) from the start, as a restored state is: fresh and resumed
     # runs then build the same programs (one compilation cache entry serves both)
     state = replicate(state, mesh) if mesh is not None else jax.device_put(state, jax.devices()[0])
-    metrics, events, start_epoch, prior_seconds = [], [], 0, 0.0
+    metrics, events, start_epoch, prior_seconds, position = [], [], 0, 0.0, None
     if resuming:
         check_data(out, data.fingerprint, data.fingerprint_with)
         reader = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints, writer=False)
@@ -225,7 +229,12 @@ def _start_locked(config: RunConfig, model, mesh, lock: RunLock | None, data: Da
         sync_processes("repr_jax: resume point read")      # every process has read it unchanged
         ckpt = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
         prior_seconds = float(extra.get("wall_seconds", 0.0))
+        inside, position, problem = epoch_position.read(out, state, start_epoch)
+        if position is not None:
+            state, prior_seconds = inside, position.wall_seconds
         if main:
+            if problem:
+                print(f"warning: {problem}; epoch {start_epoch + 1} starts over", file=sys.stderr)
             for bad, reason in skipped:
                 print(f"warning: the checkpoint of epoch {bad} could not be restored ({reason}); "
                       f"set aside in {out / 'damaged_checkpoints'}", file=sys.stderr)
@@ -237,17 +246,24 @@ def _start_locked(config: RunConfig, model, mesh, lock: RunLock | None, data: Da
                 record_extension(out, config.epochs)
                 (out / "summary.json").unlink(missing_ok=True)   # no longer complete
                 print(f"extending {out} from {saved_epochs} to {config.epochs} epochs", file=sys.stderr)
-            if start_epoch:
+            if position is not None:
+                print(f"resuming inside epoch {start_epoch + 1} after batch {position.batches} ({out})",
+                      file=sys.stderr)
+            elif start_epoch:
                 print(f"resuming from epoch {start_epoch} ({out})", file=sys.stderr)
     else:
         if main:
             create_run_dir(config, data.fingerprint, lock)
         sync_processes("repr_jax: run directory created")
         ckpt = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
+    in_epoch = None
+    if config.checkpoint_every:
+        in_epoch = epoch_position.writer(out, position, main)
+        sync_processes("repr_jax: mid-epoch checkpoints opened")
     session = Session(config, out, data, method, schedule, state, ckpt, arrays=(), terms=(),
                       metrics=metrics, events=events, start_epoch=start_epoch, prior_seconds=prior_seconds,
                       mesh=mesh, lock=lock, main=main, preprocess=preprocessing(config, data),
-                      created=main and not resuming)
+                      created=main and not resuming, in_epoch=in_epoch, position=position)
     try:
         _prepare(session, config, data, method, arrays, mesh)
     except BaseException:
@@ -280,9 +296,9 @@ def discard_unstarted(s: Session) -> None:
     import shutil
     if not (s.created and s.main) or s.metrics or (s.out / "metrics.jsonl").exists():
         return
-    s.ckpt.close()
-    if s.lock is not None:
-        s.lock.release()
+    if s.in_epoch is not None and s.in_epoch.epochs():   # a mid-epoch checkpoint to resume from
+        return
+    close(s)
     shutil.rmtree(s.out, ignore_errors=True)
     s.created = False
 
@@ -338,6 +354,8 @@ def close(s: Session) -> None:
     """End a session's hold on its run directory: checkpoints closed, lock released (also
     after a failure; safe to call twice)."""
     s.ckpt.close()
+    if s.in_epoch is not None:
+        s.in_epoch.close()
     if s.lock is not None:
         s.lock.release()
 

@@ -240,26 +240,33 @@ def population_eval_step(states: TrainState, totals, images, labels, batch_index
 
 def run_epoch(state: TrainState, images, labels, key, *, batch_size: int, layers,
               ortho_lambda: float = 0.0, method=None, terms=None, progress=None, log_every: int = 20,
-              augmentation: bool = True, batch_sharding=None, preprocess: Preprocessing = _CIFAR):
+              augmentation: bool = True, batch_sharding=None, preprocess: Preprocessing = _CIFAR,
+              start: int = 0, totals=None, seconds: float = 0.0, on_step=None):
     """Train one epoch; returns ``(state, {"loss", "accuracy", "images_per_second", …})``.
 
     ``terms``: the loss-term names (:func:`loss_term_names`; looked up when None). Their
     epoch means are returned under ``"loss_terms"``. ``batch_sharding``: see
     :func:`train_step_indexed`. ``preprocess``: the batches' augmentation and normalisation
-    (:class:`repr_jax.pipeline.Preprocessing`; default CIFAR's).
+    (:class:`repr_jax.pipeline.Preprocessing`; default CIFAR's). A resumed epoch
+    (:mod:`repr_jax.epoch_position`): ``start`` batches done, their running ``totals`` and
+    training ``seconds``. ``on_step(batches_done, state, totals, seconds)`` is called after
+    every step (e.g. to save a mid-epoch checkpoint; it must not keep ``state``: the next
+    step donates it).
     """
     if terms is None:
         terms = loss_term_names(state, images, labels, batch_size=batch_size, layers=layers,
                                 ortho_lambda=ortho_lambda, method=method, preprocess=preprocess)
     idx = epoch_indices(key, images.shape[0], batch_size)
     state = placed_like(state, state)      # hooks may have written host values into it
-    totals = zero_totals(terms, like=state)
-    start = time.perf_counter()
-    for i in range(idx.shape[0]):
+    totals = zero_totals(terms, like=state) if totals is None else placed_like(totals, state)
+    began = time.perf_counter() - seconds
+    for i in range(start, idx.shape[0]):
         state, totals = train_step_indexed(state, totals, images, labels, idx[i], key,
                                            layers=layers, ortho_lambda=ortho_lambda, method=method,
                                            augmentation=augmentation, batch_sharding=batch_sharding,
                                            preprocess=preprocess)
+        if on_step is not None:
+            on_step(i + 1, state, totals, time.perf_counter() - began)
         if progress is not None:
             progress.update(batch_size)
             if (i + 1) % log_every == 0 or i + 1 == idx.shape[0]:
@@ -267,7 +274,7 @@ def run_epoch(state: TrainState, images, labels, key, *, batch_size: int, layers
                 progress.set_postfix(loss=f"{float(totals['loss']) / count:.3f}",
                                      acc=f"{float(totals['correct']) / count:.3f}")
     jax.block_until_ready(state)
-    return state, epoch_means(totals, terms, time.perf_counter() - start)
+    return state, epoch_means(totals, terms, time.perf_counter() - began)
 
 
 @state_jit(static_argnames=_STEP_STATIC, donate_argnums=(0, 1))
@@ -284,18 +291,23 @@ def train_step_batch(state: TrainState, totals, images, labels, key, *, layers: 
 
 def run_epoch_batches(state: TrainState, batches, key, *, layers, ortho_lambda: float = 0.0, method=None,
                       terms=(), progress=None, log_every: int = 20, augmentation: bool = True,
-                      batch_sharding=None, preprocess: Preprocessing = _CIFAR):
+                      batch_sharding=None, preprocess: Preprocessing = _CIFAR, start: int = 0, totals=None,
+                      seconds: float = 0.0, on_step=None):
     """:func:`run_epoch` over batches from an iterable of uint8 ``(images, labels)`` of one
     batch size (e.g. :class:`repr_jax.streaming.FolderStream` through
     :func:`repr_jax.streaming.prefetch_to_device`); the host waits only for the reader.
-    ``terms``: the loss-term names (:func:`loss_term_names`) the method reports."""
+    ``terms``: the loss-term names (:func:`loss_term_names`) the method reports. A resumed
+    epoch: ``batches`` begins at batch ``start`` (numbering ``on_step``'s calls), ``totals``
+    and ``seconds`` as :func:`run_epoch`'s."""
     state = placed_like(state, state)
-    totals = zero_totals(terms, like=state)
-    start = time.perf_counter()
-    for i, (images, labels) in enumerate(batches):
+    totals = zero_totals(terms, like=state) if totals is None else placed_like(totals, state)
+    began = time.perf_counter() - seconds
+    for i, (images, labels) in enumerate(batches, start):
         state, totals = train_step_batch(state, totals, images, labels, key, layers=layers,
                                          ortho_lambda=ortho_lambda, method=method, augmentation=augmentation,
                                          batch_sharding=batch_sharding, preprocess=preprocess)
+        if on_step is not None:
+            on_step(i + 1, state, totals, time.perf_counter() - began)
         if progress is not None:
             progress.update(images.shape[0])
             if (i + 1) % log_every == 0:
@@ -305,7 +317,7 @@ def run_epoch_batches(state: TrainState, batches, key, *, layers, ortho_lambda: 
     jax.block_until_ready(state)
     if float(totals["count"]) == 0:
         raise ValueError("run_epoch_batches: the batches were empty")
-    return state, epoch_means(totals, terms, time.perf_counter() - start)
+    return state, epoch_means(totals, terms, time.perf_counter() - began)
 
 
 def evaluate_batches(state: TrainState, batches, batch_size: int, method=None, batch_sharding=None,

@@ -148,9 +148,11 @@ def test_a_streamed_folder_in_two_processes_equals_one_process_and_resumes_bit_i
 
 
 def test_a_streamed_two_process_run_killed_mid_epoch_resumes_bit_identically(data):
-    """kill -9 of process 1 while epoch 2 of a streamed two-process run is read and trained:
-    process 0 exits with one line in bounded time, and ``--resume`` of both processes continues
-    from epoch 1's checkpoint to the same rows as the run trained straight."""
+    """kill -9 of process 1 while epoch 2 of a streamed two-process run is read and trained,
+    with a checkpoint every step (``--checkpoint-every 1``): process 0 exits with one line in
+    bounded time, and ``--resume`` of both processes (one reading thread each instead of two)
+    continues inside epoch 2 at the batch after the newest position to the same rows as the
+    run trained straight."""
     import signal
     import time
     flags = ["--dataset", "folder", "--set", "data.stream=true", "--method", "standard", "--set",
@@ -159,12 +161,14 @@ def test_a_streamed_two_process_run_killed_mid_epoch_resumes_bit_identically(dat
     _two(folder, data / "straight", *flags)
     port = free_port()
     procs = [subprocess.Popen([sys.executable, SCRIPT, "--data-dir", str(folder), "--out", str(run), *TINY, *flags,
+                               "--checkpoint-every", "1", "--set", "data.stream_workers=2",
                                "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=process_env(REPR_JAX_HEARTBEAT_TIMEOUT="10"), cwd=ROOT) for i in range(2)]
     deadline = time.time() + 240
-    while not (run / "metrics.jsonl").exists() and time.time() < deadline:   # epoch 1 recorded
-        time.sleep(0.05)
+    positions = lambda: [p for p in (run / "checkpoints_in_epoch").glob("[0-9]*")]  # noqa: E731
+    while not ((run / "metrics.jsonl").exists() and positions()) and time.time() < deadline:   # inside epoch 2
+        time.sleep(0.01)
     procs[1].send_signal(signal.SIGKILL)
     killed = time.time()
     err = procs[0].communicate(timeout=150)[1]
@@ -173,7 +177,9 @@ def test_a_streamed_two_process_run_killed_mid_epoch_resumes_bit_identically(dat
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "another process of this multi-process run stopped" in lines[0]
     assert len(_rows(run)) < 4 and not (run / "summary.json").exists()
-    _two(folder, run, *flags, "--resume")
+    inside = bool(positions())      # almost always; the epoch may have ended between the poll and the kill
+    err0 = _two(folder, run, *flags, "--resume", "--set", "data.stream_workers=1")[0][1]
+    assert ("resuming inside epoch" in err0) == inside, err0[-2000:]
     key = lambda rows: [(r["epoch"], r["train_loss"], r["test_loss"], r["test_accuracy"]) for r in rows]  # noqa: E731
     assert key(_rows(run)) == key(_rows(data / "straight"))
 
