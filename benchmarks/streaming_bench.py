@@ -5,8 +5,10 @@ For ``batches`` batches of ``batch`` 64×64 images (JPEG, quality 95, like Image
 times, median over repeats: ``reader`` — decoding alone (``workers`` threads, ``prefetch``
 batches ahead); per model, ``in_memory`` — training on the device-resident arrays
 (:func:`repr_jax.train.run_epoch`) and ``streamed`` — training on the reader's batches
-(:func:`repr_jax.train.run_epoch_batches` after :func:`repr_jax.streaming.prefetch_to_device`).
-``streamed/in_memory`` is 1.0 when the reader keeps the device busy. The files are read
+(:func:`repr_jax.train.run_epoch_batches` after :func:`repr_jax.streaming.prefetch_to_device`);
+``host_memory`` — the same images as arrays in host memory gathered batch by batch through
+Grain (:class:`repr_jax.streaming.ArrayStream`, what ``data.stream=true`` does for a source
+that is not a folder). ``streamed/in_memory`` is 1.0 when the reader keeps the device busy. The files are read
 through the OS page cache after the first pass: disk throughput is not what is measured.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ import optax
 from repr_jax.models import create_model
 from repr_jax.pipeline import Preprocessing, crop_padding
 from repr_jax.state import create_train_state
-from repr_jax.streaming import FolderStream, index_folder, prefetch_to_device, sample_stats
+from repr_jax.streaming import ArrayStream, FolderStream, index_folder, prefetch_to_device, sample_stats
 from repr_jax.train import run_epoch, run_epoch_batches
 
 
@@ -64,6 +66,8 @@ def bench_streaming(measure, models, repeats, npz=None, images=4096, batch=128, 
         prep = Preprocessing(mean, std, crop_padding(h, w), True)
         x, y = stream.load(np.arange(n))
         x_dev, y_dev = jax.device_put(x), jax.device_put(y)
+        arrays = ArrayStream(*stream.load(np.arange(stream.num_examples)), batch, seed=0, workers=workers,
+                             prefetch=prefetch)
         for name in models:
             model = create_model(name, int(y_all.max()) + 1)
             holder = [create_train_state(model, optax.sgd(0.05, momentum=0.9), 0, input_shape=(h, w, c))]
@@ -79,11 +83,18 @@ def bench_streaming(measure, models, repeats, npz=None, images=4096, batch=128, 
                 holder[0], _ = run_epoch_batches(holder[0], batches_, key, layers=holder[0].layers, preprocess=prep)
                 return holder[0].params
 
-            impls = {"reader": reader, "in_memory": measure(in_memory, repeats), "streamed": measure(streamed, repeats)}
+            def host_memory():
+                batches_ = prefetch_to_device(itertools.islice(arrays.epoch(next(epochs)), batches))
+                holder[0], _ = run_epoch_batches(holder[0], batches_, key, layers=holder[0].layers, preprocess=prep)
+                return holder[0].params
+
+            impls = {"reader": reader, "in_memory": measure(in_memory, repeats), "streamed": measure(streamed, repeats),
+                     "host_memory": measure(host_memory, repeats)}
             rows.append({
                 "model": f"{name} 64×64, {n} images/call", "data": what, "workers": stream.workers,
                 "prefetch": prefetch, "batch": batch, "impls": impls,
                 "images_per_s": {k: n / v["median_s"] for k, v in impls.items()},
                 "ratios": {"streamed/in_memory": impls["streamed"]["median_s"] / impls["in_memory"]["median_s"],
+                           "host_memory/in_memory": impls["host_memory"]["median_s"] / impls["in_memory"]["median_s"],
                            "reader/in_memory": impls["reader"]["median_s"] / impls["in_memory"]["median_s"]}})
     return rows

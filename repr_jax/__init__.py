@@ -31,6 +31,7 @@ The building blocks::
     load_data(dataset, data_dir, image_size) → Dataset  # cifar10|cifar100|folder|npz|tfds:NAME
     load_cifar, synthetic_cifar, channel_stats(images), Preprocessing(mean, std, crop_pad, flip)
     FolderStream(index_folder(root, split), batch), prefetch_to_device, sample_stats  # larger than memory
+    ArrayStream(images, labels, batch)               # host-memory arrays, batch by batch through Grain
     run_epoch(state, images, labels, key, ...), run_epoch_batches(state, batches, key, ...), evaluate(_batches)
     stack(states), unstack(states, i), data_mesh(devices), replicate(tree, mesh)  # seeds, devices
 
@@ -74,7 +75,7 @@ _EXPORTS = {
     ".ranking": ("rank_by_orthogonality", "select_drops"),
     ".reinit": ("orthogonal_reinit", "reinit_layers"),
     ".state": ("TrainState", "create_train_state"),
-    ".streaming": ("FolderStream", "index_folder", "prefetch_to_device", "sample_stats"),
+    ".streaming": ("ArrayStream", "FolderStream", "index_folder", "prefetch_to_device", "sample_stats"),
     ".train": ("evaluate", "evaluate_batches", "run_epoch", "run_epoch_batches"),
 }
 _ORIGIN = {name: module for module, names in _EXPORTS.items() for name in names}

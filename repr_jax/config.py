@@ -153,8 +153,9 @@ class DataConfig:
     train_limit: int | None = dataclasses.field(default=None, metadata={"help": "train on a fixed random slice of N images"})
     test_limit: int | None = dataclasses.field(default=None, metadata={"help": "evaluate on a fixed random slice of N images"})
     stream: bool = dataclasses.field(default=False, metadata={
-        "help": "read the training split from disk every epoch, decoded while the step runs (data.dataset=folder, "
-                "an extracted folder larger than memory; the test split is held in memory)"})
+        "help": "feed the training split batch by batch through Grain while the step runs: a folder "
+                "(data.dataset=folder, extracted, larger than memory) is decoded from disk every epoch; any other "
+                "source is held in host memory instead of on the device (the test split is held in memory)"})
     stream_workers: int = dataclasses.field(default=0, metadata={
         "help": "decoding threads of data.stream (0: min(8, CPUs))"})
 
@@ -308,14 +309,13 @@ class RunConfig:
              f"--train-limit must be >= 1, got {self.data.train_limit}"),
             (self.data.test_limit is None or self.data.test_limit >= 1,
              f"--test-limit must be >= 1, got {self.data.test_limit}"),
-            (not self.data.stream or self.data.dataset == "folder",
-             f"data.stream=true reads an image folder (data.dataset=folder), not {self.data.dataset}"),
-            (not self.data.stream or not (self.data.val_split or self.data.holdout or self.data.train_limit),
-             "data.stream=true cannot take --val-split, data.holdout or --train-limit (they slice the training "
-             "split in memory)"),
+            (not (self.data.stream and self.data.dataset == "folder")
+             or not (self.data.val_split or self.data.holdout or self.data.train_limit),
+             "data.stream=true on a folder cannot take --val-split, data.holdout or --train-limit (they slice "
+             "the training split in memory)"),
             (not self.data.stream or self.seeds == 1 or self.seeds_layout != "vmap",
              "data.stream=true trains --seeds one after another (seeds_layout=loop or auto), not vmapped: each "
-             "seed reads its own order of the folder"),
+             "seed reads its own order of the training split"),
             (0 <= self.data.stream_workers <= 256,
              f"data.stream_workers must be in 0..256, got {self.data.stream_workers}"),
             (math.isfinite(self.optim.learning_rate) and self.optim.learning_rate > 0,

@@ -105,14 +105,14 @@ class Dataset:
     held_y: np.ndarray | None = None
     channel_mean: tuple = ()
     channel_std: tuple = ()
-    stream: object = None   # a repr_jax.streaming.FolderStream of the training split (train_x/y: a sample)
+    stream: object = None   # a repr_jax.streaming.BatchStream of the training split (train_x/y: a sample)
     # streamed data: the fingerprint with some files' sizes overridden (fingerprint_with(sizes=...))
     fingerprint_with: object = None
 
     @property
     def train_count(self) -> int:
         """Training images per epoch: the streamed split's, or ``len(train_y)``."""
-        return len(self.stream.index) if self.stream is not None else len(self.train_y)
+        return self.stream.num_examples if self.stream is not None else len(self.train_y)
 
     def _refuse_streamed(self, what: str) -> None:
         if self.stream is not None:

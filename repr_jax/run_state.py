@@ -28,7 +28,7 @@ from repr_jax.optim import learning_rate_schedule, make_optimizer, phased_schedu
 from repr_jax.pipeline import PYTORCH_CIFAR_STD, Preprocessing, crop_padding
 from repr_jax.run_dir import read_architecture, read_config, read_jsonl, read_summary
 from repr_jax.state import create_train_state
-from repr_jax.streaming import load_streamed_folder
+from repr_jax.streaming import load_streamed_folder, stream_from_memory
 
 
 def build_model(config: RunConfig, architecture: dict | None = None):
@@ -122,8 +122,9 @@ def warm_start(config: RunConfig, state):
 def load_source(config: RunConfig) -> Dataset:
     """The run's data source (``data.dataset``, ``data.dir``, ``data.image_size``), whole and
     checked (:func:`repr_jax.data.load_data`; ``DataError``: one line) — or, with
-    ``data.stream``, its training split streamed (:func:`repr_jax.streaming.load_streamed_folder`)."""
-    if config.data.stream:   # the training split stays on disk (repr_jax.streaming)
+    ``data.stream`` on a folder, its training split streamed from disk
+    (:func:`repr_jax.streaming.load_streamed_folder`)."""
+    if config.data.stream and config.data.dataset == "folder":   # the training split stays on disk
         if not config.data.dir:
             raise DataError("data.stream=true reads --data-dir: an extracted folder of train/<class>/<image>")
         return load_streamed_folder(config.data.dir, config.batch_size, seed=config.seed,
@@ -134,7 +135,9 @@ def load_source(config: RunConfig) -> Dataset:
 
 def load_run_data(config: RunConfig, data: Dataset | None = None) -> Dataset:
     """The run's data: loaded (or ``data``), validation split and fixed-seed slices applied
-    (after the source's checks); its ``fingerprint`` and statistics are the source's."""
+    (after the source's checks); its ``fingerprint`` and statistics are the source's. With
+    ``data.stream``, a training split held in memory is then streamed from host memory
+    (:func:`repr_jax.streaming.stream_from_memory`)."""
     if data is None:
         data = load_source(config)
     data = dataclasses.replace(data, fingerprint=data.source_fingerprint()).with_stats()
@@ -146,7 +149,11 @@ def load_run_data(config: RunConfig, data: Dataset | None = None) -> Dataset:
         if config.data.holdout >= len(data.train_y):
             raise RunError(f"data.holdout {config.data.holdout} leaves no training image of {len(data.train_y)}")
         data = data.hold_out(config.data.holdout)
-    return data.subset(config.data.train_limit, config.data.test_limit, seed=config.seed)
+    data = data.subset(config.data.train_limit, config.data.test_limit, seed=config.seed)
+    if config.data.stream and data.stream is None:   # batches gathered on the host, not the device
+        data = stream_from_memory(data, config.batch_size, seed=config.seed,
+                                  workers=config.data.stream_workers or None)
+    return data
 
 
 @jax.jit

@@ -48,7 +48,8 @@ def test_quick_harness_writes_every_benchmark(tmp_path):
     whole = results["benchmarks"]["seeds_run"][0]
     assert whole["seeds"] == 2 and set(whole["impls"]) == {"sequential", "population_loop", "population_vmap"}
     stream = results["benchmarks"]["streaming"][0]
-    assert set(stream["impls"]) == {"reader", "in_memory", "streamed"} and stream["ratios"]["streamed/in_memory"] > 0
+    assert set(stream["impls"]) == {"reader", "in_memory", "streamed", "host_memory"}
+    assert stream["ratios"]["streamed/in_memory"] > 0 and stream["ratios"]["host_memory/in_memory"] > 0
     assert "repr_jax" in md.read_text()
 
 

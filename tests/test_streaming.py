@@ -143,9 +143,9 @@ def test_a_streamed_run_trains_resumes_bit_identically_and_refuses_bad_settings(
     saved = json.loads((whole / "config.json").read_text())["config"]["data"]
     assert saved["stream"] is True and saved["input_shape"] == [12, 12, 1]
     capsys.readouterr()
-    for extra, message in ((["--train-limit", "32"], "data.stream=true cannot take"),
+    for extra, message in ((["--train-limit", "32"], "data.stream=true on a folder cannot take"),
                            (["--seeds", "2", "--set", "seeds_layout=vmap"], "trains --seeds one after another"),
-                           (["--set", "data.dataset=npz"], "reads an image folder")):
+                           (["--set", "data.stream_workers=300"], "data.stream_workers must be in 0..256")):
         assert cli.main([*base, *extra, "--epochs", "1", "--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
@@ -265,3 +265,38 @@ def test_streamed_seeds_stopped_at_an_unreadable_image_resume_every_seed_once_it
     for seed in (0, 1):
         rows = (tmp_path / f"p-seed{seed}" / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+
+
+def test_arrays_in_host_memory_stream_as_the_same_folder_does(folder, tmp_path):
+    """``data.stream=true`` on an ``.npz`` (any source held in memory): the training split stays
+    in host memory and Grain gathers its batches (``ArrayStream``) in the order a streamed
+    folder reads — the ``.npz`` of the folder's own arrays trains bit-identically to the
+    streamed folder; slicing settings the folder stream refuses apply before streaming."""
+    import json
+    from conftest import load_script
+    from repr_jax.streaming import ArrayStream
+    cli = load_script("experiments/cifar.py")
+    memory = load_data("folder", folder, use_cache=False)
+    npz = tmp_path / "same.npz"
+    np.savez(npz, x_train=memory.train_x, y_train=memory.train_y, x_test=memory.test_x, y_test=memory.test_y)
+    base = ["--model", "convnet", "--width", "8", "--batch-size", "16", "--quiet", "--epochs", "2",
+            "--set", "data.stream=true", "--set", "data.stream_workers=2"]
+    runs = {name: tmp_path / name for name in ("folder", "npz", "sliced")}
+    assert cli.main([*base, "--dataset", "folder", "--data-dir", str(folder), "--out", str(runs["folder"])]) == 0
+    assert cli.main([*base, "--dataset", "npz", "--data-dir", str(npz), "--out", str(runs["npz"])]) == 0
+    rows = {k: [json.loads(line) for line in (runs[k] / "metrics.jsonl").read_text().splitlines()]
+            for k in ("folder", "npz")}
+    key = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+    assert [[r[k] for k in key] for r in rows["npz"]] == [[r[k] for k in key] for r in rows["folder"]]
+    summary = json.loads((runs["npz"] / "summary.json").read_text())
+    assert "streamed from host memory" in summary["data_source"] and summary["train_images"] == 70
+    assert cli.main([*base, "--dataset", "npz", "--data-dir", str(npz), "--train-limit", "40",
+                     "--out", str(runs["sliced"])]) == 0
+    assert json.loads((runs["sliced"] / "summary.json").read_text())["train_images"] == 40
+    stream = ArrayStream(memory.train_x, memory.train_y, 16, seed=3, workers=2)
+    want = np.random.default_rng([3, 1]).permutation(70)[:64]
+    got = list(stream.epoch(1))
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in got]), memory.train_x[want])
+    np.testing.assert_array_equal(np.concatenate([y for _, y in got]), memory.train_y[want])
+    with pytest.raises(ValueError, match="uint8"):
+        ArrayStream(memory.train_x.astype(np.float32), memory.train_y, 16)
