@@ -179,7 +179,7 @@ def _jax_step_fn(name, batch):
 def _plain_flax_step_fn(name, batch):
     """The same model and SGD chain with plain optax and no masks: the cost of masking."""
     import optax
-    from repr_jax.pipeline import augment, normalize
+    from repr_jax.data.pipeline import augment, normalize
     model = create_model(name)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.01, momentum=0.9))

@@ -1,13 +1,13 @@
 """The ``streaming`` benchmark of ``benchmarks/run.py``: a folder streamed from disk
-(:mod:`repr_jax.streaming`) against the same images held on the device.
+(:mod:`repr_jax.data.streaming`) against the same images held on the device.
 
 For ``batches`` batches of ``batch`` 64×64 images (JPEG, quality 95, like ImageNet's files) it
 times, median over repeats: ``reader`` — decoding alone (``workers`` threads, ``prefetch``
 batches ahead); per model, ``in_memory`` — training on the device-resident arrays
 (:func:`repr_jax.train.run_epoch`) and ``streamed`` — training on the reader's batches
-(:func:`repr_jax.train.run_epoch_batches` after :func:`repr_jax.streaming.prefetch_to_device`);
+(:func:`repr_jax.train.run_epoch_batches` after :func:`repr_jax.data.streaming.prefetch_to_device`);
 ``host_memory`` — the same images as arrays in host memory gathered batch by batch through
-Grain (:class:`repr_jax.streaming.ArrayStream`, what ``data.stream=true`` does for a source
+Grain (:class:`repr_jax.data.streaming.ArrayStream`, what ``data.stream=true`` does for a source
 that is not a folder). ``streamed/in_memory`` is 1.0 when the reader keeps the device busy. The files are read
 through the OS page cache after the first pass: disk throughput is not what is measured.
 """
@@ -22,9 +22,9 @@ import numpy as np
 import optax
 
 from repr_jax.models import create_model
-from repr_jax.pipeline import Preprocessing, crop_padding
+from repr_jax.data.pipeline import Preprocessing, crop_padding
 from repr_jax.state import create_train_state
-from repr_jax.streaming import ArrayStream, FolderStream, index_folder, prefetch_to_device, sample_stats
+from repr_jax.data.streaming import ArrayStream, FolderStream, index_folder, prefetch_to_device, sample_stats
 from repr_jax.train import run_epoch, run_epoch_batches
 
 

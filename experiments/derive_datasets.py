@@ -2,7 +2,7 @@
 
 * ``cifar10-gray28.npz`` — every CIFAR-10 image (of the copy given) converted to grayscale
   (PIL's ``L``: ITU-R 601-2 luma) and resized to 28×28 (antialiased bilinear, cover + centre
-  crop: :func:`repr_jax.data_sources.cover_and_crop`): MNIST's shape with real images.
+  crop: :func:`repr_jax.data.sources.cover_and_crop`): MNIST's shape with real images.
 * ``cifar10-64.npz`` — every image resized to 64×64×3 (the same resize).
 * ``digits.npz`` — ``sklearn.datasets.load_digits`` (1,797 real 8×8 handwritten digits, 17
   gray levels scaled ×16 to 0–255), split 80/20 by a fixed-seed permutation within each
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from repr_jax.data import DataError, Dataset, load_data  # noqa: E402
-from repr_jax.data_sources import cover_and_crop  # noqa: E402
+from repr_jax.data.sources import cover_and_crop  # noqa: E402
 
 
 def grayscale(images: np.ndarray) -> np.ndarray:

@@ -58,7 +58,7 @@ _EXPORTS = {
     ".config": ("RunConfig", "RunError"),
     ".criteria": ("CRITERIA", "drop_priority", "get_criterion", "score_filters"),
     ".data": ("Cifar", "DataError", "Dataset", "channel_stats", "load_cifar", "load_data", "synthetic_cifar"),
-    ".pipeline": ("Preprocessing",),
+    ".data.pipeline": ("Preprocessing",),
     ".layers": ("ConvLayer", "prunable_convs"),
     ".masks": ("apply_masks", "drop_filters", "init_masks", "live_filters", "masked_updates",
         "revive_filters", "with_element_mask", "with_live_filters"),
@@ -75,7 +75,7 @@ _EXPORTS = {
     ".ranking": ("rank_by_orthogonality", "select_drops"),
     ".reinit": ("orthogonal_reinit", "reinit_layers"),
     ".state": ("TrainState", "create_train_state"),
-    ".streaming": ("ArrayStream", "FolderStream", "index_folder", "prefetch_to_device", "sample_stats"),
+    ".data.streaming": ("ArrayStream", "FolderStream", "index_folder", "prefetch_to_device", "sample_stats"),
     ".train": ("evaluate", "evaluate_batches", "run_epoch", "run_epoch_batches"),
 }
 _ORIGIN = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -231,9 +231,17 @@ class Checkpointer:
             target = {k: v for k, v in target.items() if not k.startswith("method_")}
             target["snapshot"] = target["params"]
         _check_shapes(saved, target)
-        with _stderr_held():   # a failed read leaves orbax coroutines that print tracebacks
-            out = self.manager.restore(epoch, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(_abstract_like(target)), extra=ocp.args.JsonRestore()))
+        try:
+            with _stderr_held():   # a failed read leaves orbax coroutines that print tracebacks
+                out = self.manager.restore(epoch, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(_abstract_like(target)), extra=ocp.args.JsonRestore()))
+        except Exception as err:
+            # TensorStore failing on bytes that no longer decode (flipped inside a compressed
+            # chunk, a torn file) is damage like a failed checksum, not another architecture
+            if "TensorStore" in str(err) or "DATA_LOSS" in str(err):
+                raise ValueError(f"the checkpoint of epoch {epoch} is damaged: its arrays cannot be read "
+                                 f"({' '.join(str(err).split())[:160]})") from None
+            raise
         restored = dict(out["state"])
         extra = dict(out["extra"])
         if "checksums" in extra:

@@ -23,7 +23,7 @@ import typing
 from pathlib import Path
 
 from repr_jax.data import DATASETS, NORMALIZATIONS
-from repr_jax.data_sources import parse_image_size
+from repr_jax.data.sources import parse_image_size
 from repr_jax.distill import KDConfig
 from repr_jax.errors import RunError
 from repr_jax.methods.base import MethodConfig, get_method, method_config, method_names

@@ -25,7 +25,7 @@ from repr_jax.masks import live_filters
 from repr_jax.parallel import batch_sharding, process_rows
 from repr_jax.run_dir import finite_row, write_json, write_jsonl
 from repr_jax.run_state import state_is_finite
-from repr_jax.streaming import prefetch_to_device
+from repr_jax.data.streaming import prefetch_to_device
 from repr_jax.train import evaluate, run_epoch, run_epoch_batches, train_step_indexed
 
 
@@ -59,7 +59,7 @@ class OneRun:
                                                     seconds=position.epoch_seconds)
         if progress is not None and position is not None:
             progress.update(position.batches * config.batch_size)
-        if s.data.stream is not None:   # read from disk while the steps run (repr_jax.streaming)
+        if s.data.stream is not None:   # read from disk while the steps run (repr_jax.data.streaming)
             # each process reads only its rows of every batch (all of them in a one-process run)
             rows = process_rows(self.step_sharding, config.batch_size)
             reader = s.data.stream.epoch(epoch, rows=rows, seed=config.seed)

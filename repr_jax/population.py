@@ -45,7 +45,7 @@ from repr_jax.session import Session, close, discard_unstarted, finish, start, s
 from repr_jax.masks import live_filters
 from repr_jax.methods.base import Event
 from repr_jax.parallel import batch_sharding, replicate, stack, sync_processes, unstack
-from repr_jax.pipeline import epoch_indices, eval_indices
+from repr_jax.data.pipeline import epoch_indices, eval_indices
 from repr_jax.run_dir import check_run_dir, read_summary
 from repr_jax.train import (epoch_means, placed_like, population_eval_step, population_step_indexed,
                             train_step_indexed, zero_totals)

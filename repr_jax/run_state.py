@@ -20,15 +20,15 @@ import jax.numpy as jnp
 from repr_jax.checkpoint import Checkpointer
 from repr_jax.config import RunConfig
 from repr_jax.data import Dataset, load_data
-from repr_jax.data_sources import parse_image_size
+from repr_jax.data.sources import parse_image_size
 from repr_jax.errors import DataError, RunError
 from repr_jax.methods.base import MethodContext, create_method
 from repr_jax.models import from_architecture, input_shape_of
 from repr_jax.optim import learning_rate_schedule, make_optimizer, phased_schedule
-from repr_jax.pipeline import PYTORCH_CIFAR_STD, Preprocessing, crop_padding
+from repr_jax.data.pipeline import PYTORCH_CIFAR_STD, Preprocessing, crop_padding
 from repr_jax.run_dir import read_architecture, read_config, read_jsonl, read_summary
 from repr_jax.state import create_train_state
-from repr_jax.streaming import load_streamed_folder, stream_from_memory
+from repr_jax.data.streaming import load_streamed_folder, stream_from_memory
 
 
 def build_model(config: RunConfig, architecture: dict | None = None):
@@ -56,13 +56,13 @@ def build_method(config: RunConfig, model, architecture: dict, train_images: int
 
 
 def preprocessing(config: RunConfig, data: Dataset | None = None) -> Preprocessing:
-    """The run's augmentation and normalisation (:class:`repr_jax.pipeline.Preprocessing`):
+    """The run's augmentation and normalisation (:class:`repr_jax.data.pipeline.Preprocessing`):
     ``data.normalization`` ``auto`` standardises with CIFAR's published statistics for
     cifar10/cifar100 (what every earlier run used) and with the training split's otherwise,
     ``train`` always with the training split's (:meth:`repr_jax.data.Dataset.stats`), ``none``
     divides by 255 only, ``pytorch-cifar`` uses kuangliu/pytorch-cifar's constants
-    (:data:`repr_jax.pipeline.PYTORCH_CIFAR_STD`); the crop padding is ``data.crop_pad`` or, when -1, proportional to
-    the image (:func:`repr_jax.pipeline.crop_padding`). Without ``data``: from the recorded
+    (:data:`repr_jax.data.pipeline.PYTORCH_CIFAR_STD`); the crop padding is ``data.crop_pad`` or, when -1, proportional to
+    the image (:func:`repr_jax.data.pipeline.crop_padding`). Without ``data``: from the recorded
     input shape, CIFAR's statistics (enough to trace the model)."""
     h, w, c = data.image_shape if data is not None else config.input_shape
     norm = config.data.normalization
@@ -123,7 +123,7 @@ def load_source(config: RunConfig) -> Dataset:
     """The run's data source (``data.dataset``, ``data.dir``, ``data.image_size``), whole and
     checked (:func:`repr_jax.data.load_data`; ``DataError``: one line) — or, with
     ``data.stream`` on a folder, its training split streamed from disk
-    (:func:`repr_jax.streaming.load_streamed_folder`)."""
+    (:func:`repr_jax.data.streaming.load_streamed_folder`)."""
     if config.data.stream and config.data.dataset == "folder":   # the training split stays on disk
         if not config.data.dir:
             raise DataError("data.stream=true reads --data-dir: an extracted folder of train/<class>/<image>")
@@ -137,7 +137,7 @@ def load_run_data(config: RunConfig, data: Dataset | None = None) -> Dataset:
     """The run's data: loaded (or ``data``), validation split and fixed-seed slices applied
     (after the source's checks); its ``fingerprint`` and statistics are the source's. With
     ``data.stream``, a training split held in memory is then streamed from host memory
-    (:func:`repr_jax.streaming.stream_from_memory`)."""
+    (:func:`repr_jax.data.streaming.stream_from_memory`)."""
     if data is None:
         data = load_source(config)
     data = dataclasses.replace(data, fingerprint=data.source_fingerprint()).with_stats()

@@ -71,7 +71,7 @@ class Session:
     lock: RunLock | None = None  # held while the session lives (repr_jax.run_lock)
     epoch: int = 0               # the 0-based epoch being trained (for an interruption's message)
     main: bool = True            # this process writes the run directory (repr_jax.parallel.is_main_process)
-    preprocess: object = None    # the batches' repr_jax.pipeline.Preprocessing (run_state.preprocessing)
+    preprocess: object = None    # the batches' repr_jax.data.pipeline.Preprocessing (run_state.preprocessing)
     created: bool = False        # this process created the run directory (a fresh run, not a resume)
     in_epoch: Checkpointer | None = None   # mid-epoch checkpoints, with checkpoint_every (repr_jax.epoch_position)
     position: EpochPosition | None = None  # where a resume continues inside its first epoch

@@ -27,7 +27,7 @@ from repr_jax.distill import kd_term
 from repr_jax.layers import ConvLayer, intercept_outputs, response_site
 from repr_jax.methods.base import Method, StepInputs
 from repr_jax.ortho import orthogonality_penalty
-from repr_jax.pipeline import Preprocessing, epoch_indices, eval_indices
+from repr_jax.data.pipeline import Preprocessing, epoch_indices, eval_indices
 from repr_jax.state import TrainState
 from repr_jax.xla_options import state_jit
 
@@ -247,7 +247,7 @@ def run_epoch(state: TrainState, images, labels, key, *, batch_size: int, layers
     ``terms``: the loss-term names (:func:`loss_term_names`; looked up when None). Their
     epoch means are returned under ``"loss_terms"``. ``batch_sharding``: see
     :func:`train_step_indexed`. ``preprocess``: the batches' augmentation and normalisation
-    (:class:`repr_jax.pipeline.Preprocessing`; default CIFAR's). A resumed epoch
+    (:class:`repr_jax.data.pipeline.Preprocessing`; default CIFAR's). A resumed epoch
     (:mod:`repr_jax.epoch_position`): ``start`` batches done, their running ``totals`` and
     training ``seconds``. ``on_step(batches_done, state, totals, seconds)`` is called after
     every step (e.g. to save a mid-epoch checkpoint; it must not keep ``state``: the next
@@ -294,8 +294,8 @@ def run_epoch_batches(state: TrainState, batches, key, *, layers, ortho_lambda: 
                       batch_sharding=None, preprocess: Preprocessing = _CIFAR, start: int = 0, totals=None,
                       seconds: float = 0.0, on_step=None):
     """:func:`run_epoch` over batches from an iterable of uint8 ``(images, labels)`` of one
-    batch size (e.g. :class:`repr_jax.streaming.FolderStream` through
-    :func:`repr_jax.streaming.prefetch_to_device`); the host waits only for the reader.
+    batch size (e.g. :class:`repr_jax.data.streaming.FolderStream` through
+    :func:`repr_jax.data.streaming.prefetch_to_device`); the host waits only for the reader.
     ``terms``: the loss-term names (:func:`loss_term_names`) the method reports. A resumed
     epoch: ``batches`` begins at batch ``start`` (numbering ``on_step``'s calls), ``totals``
     and ``seconds`` as :func:`run_epoch`'s."""

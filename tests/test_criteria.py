@@ -12,7 +12,7 @@ from repr_jax.criteria import (CRITERIA, drop_priority, get_criterion, obd_salie
 from repr_jax.layers import replace_path
 from repr_jax.masks import live_filters
 from repr_jax.models import create_model
-from repr_jax.pipeline import normalize
+from repr_jax.data.pipeline import normalize
 from repr_jax.ranking import select_drops
 from repr_jax.state import create_train_state
 from repr_jax.optim import OptimConfig, make_optimizer

@@ -78,10 +78,10 @@ def test_flipped_bytes_in_the_real_archive_name_the_archive(tmp_path):
 
 @requires_shared_cifar()
 def test_a_known_complete_source_must_be_complete(tmp_path, monkeypatch):
-    """The JPEG copy is known by its SHA-256 (repr_jax.data_formats.KNOWN_SOURCES): all 60,000."""
+    """The JPEG copy is known by its SHA-256 (repr_jax.data.formats.KNOWN_SOURCES): all 60,000."""
     import hashlib
 
-    import repr_jax.data_formats as formats
+    import repr_jax.data.formats as formats
     archive = _tar(_pickles(tmp_path / "src"), tmp_path / "c.tar.gz", "w:gz")
     monkeypatch.setitem(formats.KNOWN_SOURCES, hashlib.sha256(archive.read_bytes()).hexdigest(), "cifar10")
     with pytest.raises(DataError, match="holds 60 / 30 train / test images, a complete cifar10 has 50000 / 10000"):
@@ -206,7 +206,7 @@ def test_damaged_tar_or_pickle_never_gives_partial_data(data, archives, tmp_path
 
 
 def test_pickle_of_the_wrong_type_in_memory_is_refused():
-    from repr_jax.data_formats import parse
+    from repr_jax.data.formats import parse
     files = {f"data_batch_{i}": pickle.dumps([1, 2]) for i in range(1, 6)} | {"test_batch": pickle.dumps({})}
     with pytest.raises(DataError, match="data_batch_1 holds a list"):
         parse(files, "cifar10", Path("mem"))
@@ -245,7 +245,7 @@ def test_a_pickle_that_runs_code_is_refused_unrun(tmp_path, as_tar, payload):
 
 @pytest.mark.parametrize("protocol", range(0, pickle.HIGHEST_PROTOCOL + 1))
 def test_the_safe_unpickler_reads_numpy_arrays_of_every_protocol(protocol):
-    from repr_jax.data_formats import CifarUnpickler
+    from repr_jax.data.formats import CifarUnpickler
     import io
     value = {"data": np.arange(2 * 3072).astype(np.uint8).reshape(2, 3072), "labels": [3, 4],
              b"batch_label": b"x", "num_cases_per_batch": np.int64(2), "f": np.float32(0.5)}
@@ -289,7 +289,7 @@ def test_the_cache_is_keyed_by_content_not_size_and_mtime(tmp_path, monkeypatch)
 
 
 def test_an_interrupted_cache_write_leaves_no_temporary_file(tmp_path, monkeypatch):
-    import repr_jax.data as data_module
+    import repr_jax.data.dataset as data_module
     monkeypatch.setenv("REPR_JAX_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
     orphan = tmp_path / "cache" / "cifar10-x.tmp999999999.npz"          # of a process long gone
@@ -308,7 +308,7 @@ def test_an_interrupted_cache_write_leaves_no_temporary_file(tmp_path, monkeypat
 
 @pytest.mark.parametrize("cap", ["MAX_FILE_BYTES", "MAX_TOTAL_BYTES"])
 def test_oversized_members_are_refused_before_inflating(tmp_path, monkeypatch, cap):
-    import repr_jax.data_formats as formats
+    import repr_jax.data.formats as formats
     archive = _tar(_pickles(tmp_path / "src"), tmp_path / "c.tar.gz", "w:gz")
     sizes = [len(p.read_bytes()) for p in (tmp_path / "src" / "cifar-10-batches-py").iterdir()]
     monkeypatch.setattr(formats, cap, max(sizes) - 1 if cap == "MAX_FILE_BYTES" else sum(sizes) - 1)
@@ -329,7 +329,7 @@ def test_unrelated_files_are_never_read(tmp_path, monkeypatch):
     src = _pickles(tmp_path / "src")
     (src / "notes.bin.bak").write_bytes(b"x" * 4096)
     (src / "root").symlink_to("/")
-    import repr_jax.data_formats as formats
+    import repr_jax.data.formats as formats
     monkeypatch.setattr(formats, "MAX_FILE_BYTES", 4000 * 1024)
     np.testing.assert_array_equal(_load(src).train_x, ARRAYS[0])
 

@@ -201,7 +201,7 @@ def test_tfds_image_folder_for_real(tmp_path, gray28):
 
 def test_preprocessing_follows_the_data():
     from repr_jax.config import RunConfig, DataConfig
-    from repr_jax.pipeline import Preprocessing, crop_padding
+    from repr_jax.data.pipeline import Preprocessing, crop_padding
     from repr_jax.run_state import preprocessing
     assert [crop_padding(h, h) for h in (8, 28, 32, 64, 224)] == [1, 4, 4, 8, 28]
     gray = synthetic_cifar(20, 5, 3, image_shape=(28, 28, 1)).with_stats()
@@ -221,7 +221,7 @@ def test_preprocessing_follows_the_data():
 
 def test_augmentation_pads_in_proportion_and_keeps_one_channel():
     import jax
-    from repr_jax.pipeline import augment
+    from repr_jax.data.pipeline import augment
     x = np.arange(3 * 16 * 16, dtype=np.uint8).reshape(3, 16, 16, 1) % 251 + 1
     out = np.asarray(augment(jax.random.key(3), x, pad=2, flip=False))
     assert out.shape == x.shape

@@ -210,7 +210,7 @@ def test_process_rows_are_the_span_of_this_processs_devices():
 def test_a_stream_reads_only_its_rows_of_every_batch(data):
     """``FolderStream.epoch(rows=…)`` decodes just those rows of each batch of the epoch's
     order — what one process of a run reads — and refuses rows of batches of unequal size."""
-    from repr_jax.streaming import FolderStream, index_folder
+    from repr_jax.data.streaming import FolderStream, index_folder
     read = []
 
     class Counting(FolderStream):

@@ -14,7 +14,7 @@ from conftest import interrupted_at_checkpoint, load_script
 from repr_jax.compress import load_exported, logits
 from repr_jax.experiment import restore_run
 from repr_jax.masks import apply_masks, live_filters
-from repr_jax.pipeline import normalize
+from repr_jax.data.pipeline import normalize
 from repr_jax.train import forward
 
 cli = load_script("experiments/cifar.py")

@@ -68,3 +68,17 @@ def test_the_library_never_imports_the_studies():
                           if b.startswith("repr_jax.studies") and not a.startswith("repr_jax.studies"))
     assert into_studies == []
     assert any(b.startswith("repr_jax.studies.") for b in edges["repr_jax.studies.study"])  # edges seen
+
+
+def test_the_former_flat_data_modules_are_aliases_of_the_data_package():
+    """``repr_jax.streaming`` and the other modules that moved into ``repr_jax/data/`` still
+    import, with the very objects of their new homes (existing imports keep working)."""
+    import importlib
+    for old, new in (("data_formats", "formats"), ("data_sources", "sources"), ("streaming", "streaming"),
+                     ("pipeline", "pipeline")):
+        alias, home = importlib.import_module(f"repr_jax.{old}"), importlib.import_module(f"repr_jax.data.{new}")
+        assert alias.__all__ == home.__all__ and home.__all__
+        assert all(getattr(alias, name) is getattr(home, name) for name in home.__all__)
+    import repr_jax.data as data
+    assert data.load_data is importlib.import_module("repr_jax.data.dataset").load_data
+    assert data.ArrayStream is importlib.import_module("repr_jax.streaming").ArrayStream

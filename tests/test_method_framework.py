@@ -18,7 +18,7 @@ from repr_jax.experiment import initial_state, load_run_state
 from repr_jax.masks import apply_masks, live_filters, with_element_mask, with_masks
 from repr_jax.methods import Event, Method, MethodConfig, Phase, get_method, register
 from repr_jax.optim import phased_schedule
-from repr_jax.pipeline import normalize
+from repr_jax.data.pipeline import normalize
 
 cli = load_script("experiments/cifar.py")
 export_cli = load_script("experiments/export.py")

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import repr_jax as rj
-from repr_jax.pipeline import normalize
+from repr_jax.data.pipeline import normalize
 from repr_jax.state import create_train_state
 from repr_jax.train import RNG_STREAMS, cross_entropy, train_step
 

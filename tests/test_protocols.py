@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import covering_cifar, load_script
-from repr_jax.pipeline import normalize
+from repr_jax.data.pipeline import normalize
 from repr_jax.cli import build_parser, config_from_args
 from repr_jax.config import RunConfig, apply_overrides
 from repr_jax.data import Cifar

@@ -13,7 +13,7 @@ from repr_jax.masks import live_filters
 from repr_jax.methods.base import MethodContext, create_method, method_config
 from repr_jax.models.convnet import ConvNet
 from repr_jax.optim import OptimConfig, make_optimizer
-from repr_jax.pipeline import Preprocessing
+from repr_jax.data.pipeline import Preprocessing
 from repr_jax.reinit import orthogonal_reinit
 from repr_jax.state import create_train_state
 from repr_jax.train import train_step

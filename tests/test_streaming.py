@@ -1,4 +1,4 @@
-"""The streaming reader (repr_jax.streaming) against the in-memory folder reader: the same
+"""The streaming reader (repr_jax.data.streaming) against the in-memory folder reader: the same
 labels and arrays, numpy's permutation per (seed, epoch), a bounded read-ahead, one-line
 errors; an epoch trained on streamed batches is the in-memory epoch step for step."""
 from __future__ import annotations
@@ -14,9 +14,9 @@ from PIL import Image
 from test_data_sources import _covering, write_folder
 from repr_jax.data import DataError, channel_stats, load_data
 from repr_jax.models import create_model
-from repr_jax.pipeline import Preprocessing, epoch_indices
+from repr_jax.data.pipeline import Preprocessing, epoch_indices
 from repr_jax.state import create_train_state
-from repr_jax.streaming import FolderStream, index_folder, prefetch_to_device, sample_stats
+from repr_jax.data.streaming import FolderStream, index_folder, prefetch_to_device, sample_stats
 from repr_jax.train import evaluate, evaluate_batches, run_epoch, run_epoch_batches
 
 
@@ -158,7 +158,7 @@ def test_streamed_seeds_each_read_their_own_order_and_equal_their_runs_alone(fol
     ``--seed 1`` trained alone, and its order is not seed 0's."""
     import json
     from conftest import load_script
-    from repr_jax.streaming import FolderStream, index_folder
+    from repr_jax.data.streaming import FolderStream, index_folder
     cli = load_script("experiments/cifar.py")
     base = ["--dataset", "folder", "--data-dir", str(folder), "--model", "convnet", "--width", "8",
             "--batch-size", "16", "--quiet", "--set", "data.stream=true", "--set", "data.stream_workers=2",
@@ -184,7 +184,7 @@ def test_a_streamed_run_stopped_at_an_unreadable_image_resumes_once_it_is_repair
     import json
     import shutil
     from conftest import load_script
-    from repr_jax import streaming
+    from repr_jax.data import streaming
     cli = load_script("experiments/cifar.py")
     data = tmp_path / "data"
     shutil.copytree(folder, data)
@@ -237,7 +237,7 @@ def test_streamed_seeds_stopped_at_an_unreadable_image_resume_every_seed_once_it
     import json
     import shutil
     from conftest import load_script
-    from repr_jax import streaming
+    from repr_jax.data import streaming
     cli = load_script("experiments/cifar.py")
     data = tmp_path / "data"
     shutil.copytree(folder, data)
@@ -274,7 +274,7 @@ def test_arrays_in_host_memory_stream_as_the_same_folder_does(folder, tmp_path):
     streamed folder; slicing settings the folder stream refuses apply before streaming."""
     import json
     from conftest import load_script
-    from repr_jax.streaming import ArrayStream
+    from repr_jax.data.streaming import ArrayStream
     cli = load_script("experiments/cifar.py")
     memory = load_data("folder", folder, use_cache=False)
     npz = tmp_path / "same.npz"

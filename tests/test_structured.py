@@ -20,7 +20,7 @@ from repr_jax.methods.li_l1 import LiL1, LiL1Config, l1_scores
 from repr_jax.methods.slimming import Slimming, SlimmingConfig
 from repr_jax.methods.trimming import Trimming, TrimmingConfig, apoz
 from repr_jax.models import architecture, create_model
-from repr_jax.pipeline import normalize
+from repr_jax.data.pipeline import normalize
 from repr_jax.state import create_train_state
 
 

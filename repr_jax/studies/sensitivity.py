@@ -31,12 +31,12 @@ def sweep(state, layers, eligible, test_x, test_y, *, ratios=RATIOS, batch: int 
           preprocess=None) -> dict:
     """``{layer: [accuracy at each ratio]}`` with each layer pruned alone (L1, no retraining),
     plus ``"unpruned"``: the accuracy of ``state`` as it is (uint8 images normalised by
-    ``preprocess``, a :class:`repr_jax.pipeline.Preprocessing`; default CIFAR's)."""
+    ``preprocess``, a :class:`repr_jax.data.pipeline.Preprocessing`; default CIFAR's)."""
     from repr_jax.masks import drop_filters, live_filters
     from repr_jax.methods.li_l1 import l1_scores
     from repr_jax.methods.structured import keep_highest
     from repr_jax.layers import get_path
-    from repr_jax.pipeline import Preprocessing
+    from repr_jax.data.pipeline import Preprocessing
     from repr_jax.train import evaluate
     preprocess = preprocess or Preprocessing()
 

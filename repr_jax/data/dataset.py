@@ -4,7 +4,7 @@ download, and any image folder, ``.npz`` file or TFDS dataset (:func:`load_data`
 ``data.dataset`` (:data:`DATASETS`): ``cifar10`` | ``cifar100`` (below), ``folder`` (an image
 folder of any size at ``data_dir``), ``npz`` (the arrays ``x_train``, ``y_train``,
 ``x_test``, ``y_test`` of the file ``data_dir``), ``tfds:NAME`` (a TFDS dataset prepared in
-``data_dir``, or ``tfds:image_folder``) — :mod:`repr_jax.data_sources` reads the last three.
+``data_dir``, or ``tfds:image_folder``) — :mod:`repr_jax.data.sources` reads the last three.
 Images come out ``(N, H, W, C)`` with C = 1 or 3 at the source's size, or resized and
 centre-cropped to ``image_size``; each :class:`Dataset` carries its training split's
 per-channel mean and standard deviation (:func:`channel_stats`, kept in the decode cache).
@@ -21,7 +21,7 @@ CIFAR's sources, tried in order by :func:`load_cifar`:
    its published MD5 and then read by the offline loader of step 1.
 3. Otherwise :class:`DataError` with one line saying how to get the data.
 
-Every source is read completely or refused with one line (:mod:`repr_jax.data_formats`:
+Every source is read completely or refused with one line (:mod:`repr_jax.data.formats`:
 archives read to their end, labels and counts checked; pickles can build numpy arrays and
 nothing else; file sizes capped). Decoded arrays are cached as ``.npz`` in
 ``$REPR_JAX_CACHE`` (default ``~/.cache/repr_jax``), keyed by the *content* of the source
@@ -44,9 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from repr_jax.data_formats import (ARCHIVES, CIFAR10_CLASSES, NUM_CLASSES, DataError, check_splits,
+from repr_jax.data.formats import (ARCHIVES, CIFAR10_CLASSES, NUM_CLASSES, DataError, check_splits,
                                    claimed_dataset, parse, read_files)
-from repr_jax.data_sources import check_arrays, checked_labels, read_npz, read_tfds, resize_all
+from repr_jax.data.sources import check_arrays, checked_labels, read_npz, read_tfds, resize_all
 
 DATASETS = ("cifar10", "cifar100", "folder", "npz")   # and tfds:NAME
 NORMALIZATIONS = ("auto", "train", "none", "pytorch-cifar")            # data.normalization (repr_jax.run_state.preprocessing)
@@ -85,7 +85,7 @@ class Dataset:
     """A classification data set: images uint8 (N, H, W, C), C = 1 or 3, labels int32 (N,).
 
     ``stream``: when the training split is read from disk every epoch
-    (:func:`repr_jax.streaming.load_streamed_folder`), ``train_x``/``train_y`` hold a fixed
+    (:func:`repr_jax.data.streaming.load_streamed_folder`), ``train_x``/``train_y`` hold a fixed
     sample of it (scoring images for data-driven methods) and :attr:`train_count` its size.
 
     ``fingerprint`` identifies the *source* arrays (before any validation split or slice,
@@ -105,7 +105,7 @@ class Dataset:
     held_y: np.ndarray | None = None
     channel_mean: tuple = ()
     channel_std: tuple = ()
-    stream: object = None   # a repr_jax.streaming.BatchStream of the training split (train_x/y: a sample)
+    stream: object = None   # a repr_jax.data.streaming.BatchStream of the training split (train_x/y: a sample)
     # streamed data: the fingerprint with some files' sizes overridden (fingerprint_with(sizes=...))
     fingerprint_with: object = None
 
@@ -206,7 +206,7 @@ def cache_dir() -> Path:
 
 def source_digest(source: Path, files: dict[str, bytes] | None = None) -> str:
     """SHA-256 (hex) of what ``source`` holds: an archive's bytes, or a directory's layout
-    files (:func:`repr_jax.data_formats.read_files`, or ``files`` already read) with their
+    files (:func:`repr_jax.data.formats.read_files`, or ``files`` already read) with their
     relative names. Equal digests mean equal data, wherever it lies."""
     digest = hashlib.sha256()
     if source.is_dir():
