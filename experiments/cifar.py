@@ -15,7 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-from repr_jax._xla_flags import enable_cpu_fusion
+if __name__ == "__main__":   # before anything else is imported: the process may be re-executed
+    from repr_jax._allocator import use_tcmalloc
+    use_tcmalloc()   # the system's tcmalloc when it has one (faster XLA:CPU steps); REPR_JAX_NO_TCMALLOC=1 opts out
+
+from repr_jax._xla_flags import enable_cpu_fusion  # noqa: E402
 
 enable_cpu_fusion()  # before JAX starts its backend; REPR_JAX_NO_YNN=1 opts out
 

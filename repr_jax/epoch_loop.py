@@ -19,6 +19,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from repr_jax._allocator import allocator_in_use
 from repr_jax.epoch_position import EpochPosition, host_totals
 from repr_jax.errors import Diverged, NonFiniteError
 from repr_jax.masks import live_filters
@@ -288,6 +289,7 @@ def summary_fields(s) -> dict:
         "test_images": int(len(s.data.test_y)), "epochs": config.epochs,
         "wall_seconds": metrics[-1]["elapsed_seconds"] if metrics else 0.0,
         "train_step_compilations_this_process": int(train_step_indexed._cache_size()),
+        "memory_allocator": allocator_in_use(),
         "drops": sum(e["event"] == "drop" for e in events),
         "reinits": sum(e["event"] == "reinit" for e in events),
     }
