@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--population", action="store_true",
                    help="one --seeds K process per row (its seeds vmapped on an accelerator, one after another on a CPU) "
                         "instead of one per seed")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="each run also checkpoints every STEPS training steps inside an epoch, so a stopped "
+                        "study resumes at the next batch (cifar.py --checkpoint-every; 0: at epoch ends only; not with "
+                        "--population)")
     p.add_argument("--report-only", action="store_true", help="train nothing; report the finished runs")
     p.add_argument("--calibration-extra", nargs="+", default=(), metavar="RUN",
                    help="regime scale: finished Standard runs of another study (e.g. the paper variant's) added "
@@ -79,6 +83,8 @@ def main(argv=None) -> int:
         rows = [dataclasses.replace(r, seeds=tuple(args.seeds)) for r in rows]
     if args.jobs < 1:
         return fail(ValueError(f"--jobs must be >= 1, got {args.jobs}"))
+    if args.checkpoint_every < 0:
+        return fail(ValueError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}"))
     (out / "runs").mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         todo, queued = [], set()
@@ -97,8 +103,11 @@ def main(argv=None) -> int:
                     resume = ["--resume"] if any((r / "config.json").exists() for r in runs) else []
                     todo.append((f"{row.group}-{row.name}-seeds", together + resume))
 
+        within = ["--checkpoint-every", str(args.checkpoint_every)] if args.checkpoint_every else []
+
         def one(item):
             name, cli = item
+            cli = [*cli, *within]
             started = time.time()
             with open(out / "runs" / f"{name}.log", "w") as log:
                 rc = subprocess.call([sys.executable, str(CIFAR), *cli], stdout=log, stderr=subprocess.STDOUT)

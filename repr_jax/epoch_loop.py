@@ -7,7 +7,10 @@ transition, one training epoch, evaluation, ``after_epoch``, then per session on
 the session's stop (:func:`diverge`). What differs between one run and a population is only
 how those steps compute, a :class:`Trainer`: :class:`OneRun` here, the vmapped
 ``Population`` and the looped ``SeedLoop`` (K OneRuns) in :mod:`repr_jax.population`. A
-session that diverges stops alone; the others go on.
+session that diverges stops alone; the others go on. With ``checkpoint_every`` (one run)
+positions inside the epoch are saved every N steps (:func:`in_epoch_saver`), and a run
+resumed from one skips its epoch's ``before_epoch`` (already applied, its events saved) and
+trains on from the next batch (:mod:`repr_jax.epoch_position`).
 """
 from __future__ import annotations
 

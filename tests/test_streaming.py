@@ -298,5 +298,9 @@ def test_arrays_in_host_memory_stream_as_the_same_folder_does(folder, tmp_path):
     got = list(stream.epoch(1))
     np.testing.assert_array_equal(np.concatenate([x for x, _ in got]), memory.train_x[want])
     np.testing.assert_array_equal(np.concatenate([y for _, y in got]), memory.train_y[want])
+    halves = [list(stream.epoch(1, rows=rows)) for rows in (slice(0, 8), slice(8, 16))]   # two processes' rows
+    for whole, first, second in zip(got, *halves):
+        np.testing.assert_array_equal(np.concatenate([first[0], second[0]]), whole[0])
+        np.testing.assert_array_equal(np.concatenate([first[1], second[1]]), whole[1])
     with pytest.raises(ValueError, match="uint8"):
         ArrayStream(memory.train_x.astype(np.float32), memory.train_y, 16)
