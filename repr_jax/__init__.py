@@ -82,7 +82,7 @@ _ORIGIN = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted([*_ORIGIN, "nnx"])
 
 
-_SUBMODULES = ("nnx",)   # rj.nnx.Pruner: every method in NNX's own loop
+_SUBMODULES = ("nnx", "data")   # rj.nnx.Pruner: every method in NNX's own loop; rj.data: the data path
 
 
 def __getattr__(name: str):

@@ -29,7 +29,7 @@ ALIASES = {
     "--batch-size": ("batch_size", "training batch size (the last partial batch of an epoch is dropped)"),
     "--seed": ("seed", "seed for init, shuffling, augmentation and the method's randomness"),
     "--keep-checkpoints": ("keep_checkpoints", "latest checkpoints kept (+ the best; at least 2 per seed with --seeds)"),
-    "--checkpoint-every": ("checkpoint_every", "also checkpoint every N training steps inside an epoch; --resume "
+    "--checkpoint-every": ("checkpoint_every", "also checkpoint after every N-th batch of each epoch; --resume "
                                                "continues at the next batch (0: at epoch ends only)"),
     "--seeds": ("seeds", "train K seeds (--seed … --seed+K-1) in one process — one vmapped program, or on a CPU "
                          "one after another (--set seeds_layout=auto|vmap|loop); each is an ordinary run "

@@ -180,7 +180,7 @@ class RunConfig:
     protocol: str = ""   # the preset the settings started from (repr_jax.protocols), "" for none
     keep_checkpoints: int = 3
     checkpoint_every: int = dataclasses.field(default=0, metadata={
-        "help": "also checkpoint every N training steps inside an epoch (state, running sums, the input's "
+        "help": "also checkpoint after every N-th batch of each epoch (state, running sums, the input's "
                 "position; the newest kept in <out>/checkpoints_in_epoch): --resume continues at the next "
                 "batch, bit-identically (0: at epoch ends only; one run, not --seeds K)"})
     init_from: str = dataclasses.field(default="", metadata={

@@ -1,3 +1,6 @@
-"""Moved to :mod:`repr_jax.data.formats`; this name is kept for existing imports."""
-from repr_jax.data.formats import *  # noqa: F401,F403
-from repr_jax.data.formats import __all__  # noqa: F401
+"""Moved to :mod:`repr_jax.data.formats`; this name is kept for existing imports (every public
+name of the module, ``__all__`` or not)."""
+from repr_jax.data import formats as _home
+
+globals().update({name: value for name, value in vars(_home).items() if not name.startswith("_")})
+__all__ = _home.__all__

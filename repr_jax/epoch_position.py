@@ -3,8 +3,9 @@
 An epoch checkpoint (``checkpoints/<epoch>``, :mod:`repr_jax.checkpoint`) is written when an
 epoch ends; on ImageNet-sized data an epoch is hours, and a run killed near its end would
 train it again. With ``checkpoint_every=N`` (``--checkpoint-every N``) the run also saves,
-every N training steps, an :class:`EpochPosition` into ``<run>/checkpoints_in_epoch/<step>``
-(the newest one kept): the whole train state after the step, the epoch's running sums
+after every N-th batch of each epoch (counted from the epoch's start; not after its last,
+which the epoch checkpoint follows), an :class:`EpochPosition` into
+``<run>/checkpoints_in_epoch/<step>`` (the newest one kept): the whole train state after the step, the epoch's running sums
 (loss, correct, count, loss terms — float32 values, stored exactly), the method's events of
 the epoch's start (its ``before_epoch`` transition has run and is not run again), the
 seconds trained so far, and where the input stands — the batch count and, for a streamed
@@ -20,7 +21,9 @@ populations keep per-epoch checkpoints only).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import shutil
 from pathlib import Path
 
@@ -56,6 +59,27 @@ class EpochPosition:
         return {k: jnp.asarray(np.float32(v)) for k, v in self.totals.items()}
 
 
+@contextlib.contextmanager
+def _absl_quiet():
+    """absl's (orbax's) warnings held back: a position directory that a kill left half deleted
+    is skipped, not news."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def finished(run_dir: Path) -> None:
+    """After the run's last epoch: its (empty) positions directory removed."""
+    try:
+        (Path(run_dir) / DIRECTORY).rmdir()
+    except OSError:   # absent, or not empty (a position kept for a reason): left as it is
+        pass
+
+
 def host_totals(totals: dict) -> dict:
     """Device running sums → JSON-safe floats (a float32 is exact in a Python float)."""
     return {k: float(np.asarray(v)) for k, v in totals.items()}
@@ -69,7 +93,8 @@ def writer(run_dir: Path, keep_from: EpochPosition | None, main: bool) -> Checkp
     directory = Path(run_dir) / DIRECTORY
     if keep_from is None and main and directory.exists():
         shutil.rmtree(directory)
-    return Checkpointer(directory, keep=1, ranked=False)
+    with _absl_quiet():
+        return Checkpointer(directory, keep=1, ranked=False)
 
 
 def read(run_dir: Path, template, epochs_done: int) -> tuple:
@@ -80,22 +105,24 @@ def read(run_dir: Path, template, epochs_done: int) -> tuple:
     directory = Path(run_dir) / DIRECTORY
     if not directory.is_dir():
         return None, None, None
-    reader = Checkpointer(directory, keep=1, writer=False, ranked=False)
-    try:
-        steps = reader.epochs()
-        if not steps:
-            return None, None, None
+    with _absl_quiet():   # a step half deleted by a kill (the previous position) makes orbax log
+        reader = Checkpointer(directory, keep=1, writer=False, ranked=False)
         try:
-            state, extra = reader.restore(template, steps[-1])
-        except Exception as err:   # damaged: the epoch restarts from its epoch checkpoint
-            reason = (str(err).splitlines() or [""])[0]
-            return None, None, f"the position saved at step {steps[-1]} could not be restored ({reason})"
-        position = EpochPosition.from_extra(extra)
-        if position.epoch != epochs_done or int(np.asarray(state.step)) <= int(np.asarray(template.step)):
-            return None, None, None
-        return state, position, None
-    finally:
-        reader.close()
+            steps = reader.epochs()
+            if not steps:
+                return None, None, None
+            try:
+                state, extra = reader.restore(template, steps[-1])
+            except Exception as err:   # damaged: the epoch restarts from its epoch checkpoint
+                reason = " ".join(str(err).split())
+                reason = reason if len(reason) <= 160 else reason[:157] + "..."
+                return None, None, f"the position saved at step {steps[-1]} could not be restored ({reason})"
+            position = EpochPosition.from_extra(extra)
+            if position.epoch != epochs_done or int(np.asarray(state.step)) <= int(np.asarray(template.step)):
+                return None, None, None
+            return state, position, None
+        finally:
+            reader.close()
 
 
-__all__ = ["DIRECTORY", "EpochPosition", "host_totals", "read", "writer"]
+__all__ = ["DIRECTORY", "EpochPosition", "finished", "host_totals", "read", "writer"]

@@ -260,6 +260,10 @@ def _start_locked(config: RunConfig, model, mesh, lock: RunLock | None, data: Da
     if config.checkpoint_every:
         in_epoch = epoch_position.writer(out, position, main)
         sync_processes("repr_jax: mid-epoch checkpoints opened")
+        batches = data.train_count // config.batch_size
+        if main and config.checkpoint_every >= batches:
+            print(f"warning: --checkpoint-every {config.checkpoint_every} is not below the epoch's {batches} "
+                  "batches: no position inside an epoch is saved (the epoch checkpoints are)", file=sys.stderr)
     session = Session(config, out, data, method, schedule, state, ckpt, arrays=(), terms=(),
                       metrics=metrics, events=events, start_epoch=start_epoch, prior_seconds=prior_seconds,
                       mesh=mesh, lock=lock, main=main, preprocess=preprocessing(config, data),
@@ -423,6 +427,7 @@ def finish(s: Session, extra: dict | None = None) -> dict:
         **(extra or {}),
     }
     write_json(s.out / "summary.json", summary)
+    epoch_position.finished(s.out)
     drops = [e for e in events if e["event"] == "drop" and "layers" in e]   # RePr-shaped drop lines
     try:
         plot_curves(metrics, s.out / "curves.png",

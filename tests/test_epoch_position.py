@@ -79,7 +79,7 @@ def test_a_streamed_run_killed_with_sigkill_resumes_at_the_next_batch_with_other
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming inside epoch 2 after batch 2" in resumed.stderr
     _same_run(killed, straight, 2)
-    assert not list((killed / "checkpoints_in_epoch").iterdir())   # superseded by epoch 2's checkpoint
+    assert not (killed / "checkpoints_in_epoch").exists()   # superseded by epoch 2's checkpoint, removed at the end
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +141,16 @@ def test_a_damaged_or_stale_position_restarts_its_epoch_and_changes_nothing_else
     _same_run(run, straight, 3)
 
 
-def test_checkpoint_every_is_checked(tmp_path, capsys):
+def test_checkpoint_every_is_checked(tiny_cifar_dir, tmp_path, capsys):
+    """Bad values: one line, exit 2, nothing created; N not below the epoch's batches: a
+    warning that no position will be saved (N counts the batches of each epoch)."""
     cli = load_script("experiments/cifar.py")
+    tiny = ["--data-dir", str(tiny_cifar_dir), "--model", "convnet", "--width", "4", "--batch-size", "64",
+            "--quiet", "--epochs", "1", "--checkpoint-every", "8"]           # 512 images: 8 batches
+    assert cli.main([*tiny, "--out", str(tmp_path / "long")]) == 0
+    err = capsys.readouterr().err
+    assert "--checkpoint-every 8 is not below the epoch's 8 batches: no position" in err, err
+    assert not (tmp_path / "long" / "checkpoints_in_epoch").exists()
     for flags, message in ((["--checkpoint-every", "-1"], "--checkpoint-every must be in 0.."),
                            (["--checkpoint-every", "5", "--seeds", "2"], "with --seeds K it is not supported")):
         assert cli.main(["--out", str(tmp_path / "bad"), "--epochs", "1", *flags]) == 2

@@ -79,6 +79,11 @@ def test_the_former_flat_data_modules_are_aliases_of_the_data_package():
         alias, home = importlib.import_module(f"repr_jax.{old}"), importlib.import_module(f"repr_jax.data.{new}")
         assert alias.__all__ == home.__all__ and home.__all__
         assert all(getattr(alias, name) is getattr(home, name) for name in home.__all__)
+    # public names outside __all__ too (imported by users of the old modules)
+    assert importlib.import_module("repr_jax.streaming").SPLITS == ("train", "test", "val")
+    sources = importlib.import_module("repr_jax.data.sources")
+    assert importlib.import_module("repr_jax.data_sources").image_sort_key is sources.image_sort_key
     import repr_jax.data as data
     assert data.load_data is importlib.import_module("repr_jax.data.dataset").load_data
+    assert data.read_files is importlib.import_module("repr_jax.data.formats").read_files   # old data.py had it
     assert data.ArrayStream is importlib.import_module("repr_jax.streaming").ArrayStream

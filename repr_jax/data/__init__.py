@@ -24,4 +24,8 @@ from repr_jax.data.streaming import *  # noqa: F401,F403
 from repr_jax.data.pipeline import *  # noqa: F401,F403
 from repr_jax.data import dataset, formats, pipeline, sources, streaming
 
+# every public name the former module repr_jax/data.py had (``__all__`` or not) still imports
+globals().update({name: value for name, value in vars(dataset).items()
+                  if not name.startswith("_") and name not in globals()})
+
 __all__ = sorted({*sources.__all__, *formats.__all__, *dataset.__all__, *streaming.__all__, *pipeline.__all__})

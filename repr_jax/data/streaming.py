@@ -198,8 +198,11 @@ class BatchStream:
 class FolderStream(BatchStream):
     """Batches of one split of an image folder, decoded from disk while the device trains.
 
-    ``channels``: 1 or 3 (default: the first image's — grayscale stays one channel). The
-    order and batching are :class:`BatchStream`'s.
+    ``index``: :func:`index_folder`'s; ``image_size``: (H, W) to resize every image to (cover
+    + centre crop), or None to require the first image's size; ``channels``: 1 or 3
+    (default: the first image's — grayscale stays one channel). ``shuffle``, ``drop_last``,
+    ``seed``, ``workers`` (reading threads, default ``min(8, CPUs)``) and ``prefetch``
+    (batches read ahead): :class:`BatchStream`'s order and batching.
     """
 
     def __init__(self, index: FolderIndex, batch_size: int, *, image_size=None, channels: int | None = None,
@@ -233,7 +236,11 @@ class ArrayStream(BatchStream):
     gathered by Grain and put on the device batch by batch — for a split that fits in the
     host's memory but not on the accelerator beside the model (an ``.npz``, CIFAR, a TFDS
     dataset), with the order and batching of :class:`BatchStream` (a folder streamed from disk
-    with the same images in the same order gives the same batches)."""
+    with the same images in the same order gives the same batches).
+
+    ``shuffle`` (default True: a permutation of ``(seed, epoch)`` each epoch), ``drop_last``
+    (default: ``shuffle``; no partial last batch), ``seed``, ``workers`` (Grain threads that
+    gather batches, default ``min(8, CPUs)``), ``prefetch`` (batches gathered ahead, default 4)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, *, shuffle: bool = True,
                  drop_last: bool | None = None, seed: int = 0, workers: int | None = None, prefetch: int = 4):
