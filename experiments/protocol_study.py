@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--population", action="store_true",
                    help="one --seeds K process per row (its seeds vmapped on an accelerator, one after another on a CPU) "
                         "instead of one per seed")
-    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
-                   help="each run also checkpoints every STEPS training steps inside an epoch, so a stopped "
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="BATCHES",
+                   help="each run also checkpoints after every BATCHES-th batch of each epoch, so a stopped "
                         "study resumes at the next batch (cifar.py --checkpoint-every; 0: at epoch ends only; not with "
                         "--population)")
     p.add_argument("--report-only", action="store_true", help="train nothing; report the finished runs")
