@@ -26,6 +26,7 @@ The building blocks::
     csr_encode(weights_2d, index_bits), csr_decode(encoded), storage_report(params)  # Han et al. CSR
     DropConnectDense(features, keep), KDConfig, soft_kl(student, teacher, T)  # DropConnect, distillation
     DepthwiseConv(kernel_size, strides, padding)     # nn.Conv(feature_group_count=C)'s params, fast on XLA:CPU
+    PointwiseConv(features)                          # nn.Conv(F, (1, 1))'s params, a matmul on XLA:CPU
     compiler_options(model)                          # the XLA options a model declares: jax.jit(..., compiler_options=)
     TrainState, create_train_state, create_model, RunConfig, run
     load_data(dataset, data_dir, image_size) → Dataset  # cifar10|cifar100|folder|npz|tfds:NAME
@@ -54,6 +55,7 @@ _EXPORTS = {
     ".models.nnx_adapter": ("adapt",),
     ".models.dropconnect": ("DropConnectDense",),
     ".models.depthwise": ("DepthwiseConv",),
+    ".models.pointwise": ("PointwiseConv",),
     ".xla_options": ("compiler_options",),
     ".config": ("RunConfig", "RunError"),
     ".criteria": ("CRITERIA", "drop_priority", "get_criterion", "score_filters"),

@@ -1,6 +1,7 @@
 """The shifted multiply–add depthwise conv equals ``lax.conv_general_dilated``'s grouped
 convolution — outputs and gradients to float32 round-off — has ``nn.Conv``'s parameters, and
-the channel graph sees it as the convolution it computes."""
+the channel graph sees it as the convolution it computes; the same for the 1×1 conv written
+as a matrix product (:mod:`repr_jax.models.pointwise`)."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import pytest
 from repr_jax.layers import reference_convs
 from repr_jax.models import create_model
 from repr_jax.models.depthwise import DepthwiseConv, depthwise, depthwise_lax, depthwise_shifted
+from repr_jax.models.pointwise import PointwiseConv, pointwise_lax, pointwise_matmul
 from repr_jax.shapes import model_graph
 
 
@@ -71,3 +73,30 @@ def test_mobilenetv2_depthwise_layers_keep_their_ties_in_the_channel_graph():
     # a depthwise channel is tied to the expand channel feeding it and to its own filter
     first = next(u for u in dw if u.produced_by == "block1/dw")
     assert all({("block1/expand", i), ("block1/dw", i)} == set(s) for i, s in enumerate(first.sources))
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_pointwise_matmul_equals_a_1x1_convolution_and_a_numpy_reference(use_bias):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 5, 4, 7)).astype(np.float32)
+    ours, ref = PointwiseConv(6, use_bias=use_bias, impl="matmul"), nn.Conv(6, (1, 1), use_bias=use_bias)
+    v = ours.init(jax.random.key(0), jnp.asarray(x))
+    assert jax.tree_util.tree_map(jnp.shape, v) == jax.tree_util.tree_map(
+        jnp.shape, ref.init(jax.random.key(0), jnp.asarray(x)))
+    v = jax.tree_util.tree_map(lambda a: jax.random.normal(jax.random.key(1), a.shape), v)
+    k = np.asarray(v["params"]["kernel"])
+    expected = np.einsum("nhwc,cf->nhwf", x, k[0, 0]) + (np.asarray(v["params"]["bias"]) if use_bias else 0)
+    np.testing.assert_allclose(ours.apply(v, jnp.asarray(x)), expected, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(ours.apply(v, jnp.asarray(x)), ref.apply(v, jnp.asarray(x)), rtol=2e-6, atol=2e-6)
+    # gradients with respect to the input and the kernel equal the convolution's
+    g = jnp.asarray(rng.normal(size=(3, 5, 4, 6)).astype(np.float32))
+    grads = [jax.vjp(fn, jnp.asarray(x), jnp.asarray(k))[1](g) for fn in (pointwise_matmul, pointwise_lax)]
+    np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(grads[0][1][0, 0], np.einsum("nhwc,nhwf->cf", x, np.asarray(g)), rtol=2e-5, atol=2e-5)
+    # the channel graph traces the convolution; training runs the matrix product
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(lambda v: ours.apply(v, jnp.asarray(x)))(v))
+    with reference_convs():
+        assert "conv_general_dilated" in str(jax.make_jaxpr(lambda v: ours.apply(v, jnp.asarray(x)))(v))
+    with pytest.raises(ValueError, match="unknown pointwise impl"):
+        PointwiseConv(6, impl="fast").init(jax.random.key(0), jnp.asarray(x))

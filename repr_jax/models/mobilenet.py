@@ -11,7 +11,9 @@ Deviations for 32×32 inputs, as customary on CIFAR: the stem and the second sta
 1 (the paper's 2 and 2 are for 224×224), so the last feature map is 4×4 instead of 7×7. No
 dropout before the classifier (the paper's 0.2 is ImageNet's); He-normal init. The depthwise
 convs are :class:`repr_jax.models.depthwise.DepthwiseConv` — ``nn.Conv``'s parameters, the
-shifted multiply–add form on the CPU (XLA:CPU's grouped convolution is slow). Its train and
+shifted multiply–add form on the CPU (XLA:CPU's grouped convolution is slow), and the 1×1
+convs :class:`repr_jax.models.pointwise.PointwiseConv` — a matrix product on the CPU (XLA:CPU
+transposes every activation for a convolution's kernel gradient). Its train and
 evaluation programs compile with the XLA:CPU options it declares (``cpu_compiler_options``:
 YNN fusion for reductions only, the memory-optimised scheduler; :mod:`repr_jax.xla_options`).
 
@@ -30,6 +32,7 @@ import jax.numpy as jnp
 from repr_jax.models.channels import check_names, width
 from repr_jax.models.convnet import he_normal
 from repr_jax.models.depthwise import DepthwiseConv
+from repr_jax.models.pointwise import PointwiseConv
 from repr_jax.models.resnet import batch_norm
 
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
@@ -46,14 +49,12 @@ class InvertedResidual(nn.Module):
     def __call__(self, x, train: bool):
         h = x
         if self.hidden is not None:
-            h = nn.relu6(batch_norm(train, "expand_bn")(nn.Conv(self.hidden, (1, 1), use_bias=False, kernel_init=he_normal,
-                                                         name="expand")(h)))
+            h = nn.relu6(batch_norm(train, "expand_bn")(PointwiseConv(self.hidden, kernel_init=he_normal, name="expand")(h)))
         c = h.shape[-1]
         h = DepthwiseConv((3, 3), (self.stride, self.stride), padding=1, use_bias=False, kernel_init=he_normal,
                           name="dw")(h)
         h = nn.relu6(batch_norm(train, "dw_bn")(h))
-        h = batch_norm(train, "project_bn")(nn.Conv(self.out, (1, 1), use_bias=False, kernel_init=he_normal,
-                                             name="project")(h))
+        h = batch_norm(train, "project_bn")(PointwiseConv(self.out, kernel_init=he_normal, name="project")(h))
         return x + h if self.residual else h
 
 
@@ -86,8 +87,8 @@ class MobileNetV2(nn.Module):
             hidden = None if t == 1 else width(self.channels, f"{name}/expand", t * c_in)
             x = InvertedResidual(width(self.channels, f"{name}/project", c), stride, hidden,
                                  residual=stride == 1 and c_in == c, name=name)(x, train)
-        x = nn.relu6(batch_norm(train, "last_bn")(nn.Conv(width(self.channels, "last", 1280), (1, 1), use_bias=False,
-                                                   kernel_init=he_normal, name="last")(x)))
+        x = nn.relu6(batch_norm(train, "last_bn")(PointwiseConv(width(self.channels, "last", 1280), kernel_init=he_normal,
+                                                         name="last")(x)))
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, name="head")(x).astype(jnp.float32)
 
