@@ -266,3 +266,27 @@ def test_a_torn_last_event_of_pruning_sets_its_checkpoint_aside(tiny_cifar_dir, 
     assert "last line is cut short" in err and "pruning.jsonl event was cut short" in err
     assert [json.loads(l)["event"] for l in (run / "pruning.jsonl").read_text().splitlines()] == ["drop", "reinit"]
     assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3]
+
+
+def test_a_model_returning_a_tuple_needs_model_logits_and_is_refused_before_the_run_exists(
+        tiny_cifar_dir, tmp_path, capsys):
+    """The CLI's output contract: ``(logits, features)`` without ``model.logits`` is one line and no
+    run directory; with ``--set model.logits=0`` the same factory trains."""
+    (tmp_path / "m.py").write_text(MODEL.replace(
+        "return nn.Dense(self.num_classes)(nn.relu(nn.Conv(4, (3, 3))(x)).mean(axis=(1, 2)))",
+        "h = nn.relu(nn.Conv(4, (3, 3))(x)).mean(axis=(1, 2))\n        return nn.Dense(self.num_classes)(h), h"))
+    ref = f"{tmp_path / 'm.py'}:build"
+    capsys.readouterr()
+    assert cli.main(_args(tiny_cifar_dir, tmp_path / "run", "--model", ref)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.logits" in err
+    assert not (tmp_path / "run").exists()
+    assert cli.main(_args(tiny_cifar_dir, tmp_path / "run", "--model", ref, "--set", "model.logits=0")) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_width_of_a_fixed_zoo_model_is_refused_not_recorded(tiny_cifar_dir, tmp_path, capsys):
+    capsys.readouterr()
+    assert cli.main(_args(tiny_cifar_dir, tmp_path / "run", "--model", "resnet8", "--width", "64")) == 2
+    assert "options of convnet (C^n(F)), not of resnet8" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
