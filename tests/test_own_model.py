@@ -104,6 +104,14 @@ def test_trimming_and_distillation_paths_read_the_selected_logits():
                    logits=0, prune_epoch=1, fraction=0.25)
     variables, ps, lines = _train(pr, model, x, y, 2)
     assert sum(int(np.sum(np.asarray(v) == 0)) for v in pr.live(ps).values()) > 0
+    # JST's search reads the same part: its rewards (held-out accuracy) and the trained step
+    jst = rj.Pruner("jst", model, x[:1], epochs=3, steps_per_epoch=4, batch_size=16, logits=0,
+                    heldout_data=(x[:32], y[:32]), coarse_epochs=1, search_steps=1, step_epochs=1, subnets=2,
+                    val_batches=2, reward_batches=1, alpha_steps=1, hidden=8)
+    variables, ps, lines = _train(jst, model, x, y, 3)
+    assert any(l.startswith("jst search step 1: rewards mean -") for l in lines), lines   # finite rewards
+    out = jst.forward(jst.masked_variables(variables, ps), ps, x[:8], train=False)
+    assert np.isfinite(np.asarray(out[0])).all()
 
 
 class GroupedNet(nn.Module):
