@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 
 import reference_impls as ref  # noqa: E402  (benchmarks/ is the script's directory)
 from streaming_bench import bench_streaming  # noqa: E402
-from zoo_bench import ZOO, bench_zoo, bench_zoo_memory, zoo_markdown  # noqa: E402
+from zoo_bench import ZOO, bench_zoo, bench_zoo_memory, bench_zoo_processes, zoo_markdown  # noqa: E402
 from repr_jax import create_model, reinit_layers  # noqa: E402
 from repr_jax.ranking import rank_by_orthogonality  # noqa: E402
 from repr_jax.layers import get_path, prunable_convs  # noqa: E402
@@ -46,7 +46,7 @@ from repr_jax.cli import fail  # noqa: E402
 from repr_jax.masks import init_masks  # noqa: E402
 
 BENCHMARKS = ("metric", "reinit", "train_step", "repr_overhead", "seeds", "seeds_run", "export", "streaming",
-              "zoo", "zoo_memory")
+              "zoo", "zoo_processes", "zoo_memory")
 
 
 # --------------------------------------------------------------------------- timing helpers
@@ -527,7 +527,7 @@ def to_markdown(results: dict) -> str:
     lines = [f"### {m['device_kind']} — {m['cpu']} ({m['cores']} cores), jax {m['jax']}, "
              f"torch {m['torch']} ({'quick run: a smoke test, ratios not comparable' if results['quick'] else 'full run'})", ""]
     for name, rows in results["benchmarks"].items():
-        if name in ("zoo", "zoo_memory"):
+        if name in ("zoo", "zoo_processes", "zoo_memory"):
             lines += zoo_markdown(name, rows)
             continue
         lines += [f"**{name}**", "", "| model | ratios | " + " | ".join(
@@ -556,7 +556,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks")
     p.add_argument("--json", default=None, help="write results here (default: benchmarks/results/<machine>.json)")
     p.add_argument("--models", nargs="+", choices=ZOO, default=None,
-                   help="zoo / zoo_memory: only these zoo models (default: all)")
+                   help="zoo / zoo_processes / zoo_memory: only these zoo models (default: all)")
     p.add_argument("--markdown", default=None, help="also write a markdown table here")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per figure")
     p.add_argument("--stream-npz", default=None,
@@ -605,6 +605,11 @@ def main(argv=None) -> int:
         results["benchmarks"]["zoo"] = bench_zoo(
             ("convnet",) if quick else tuple(args.models or ZOO), rounds=2 if quick else (args.repeats or 5),
             batch=16 if quick else 128, steps=1 if quick else 2, torch_available=_torch() is not None)
+    if "zoo_processes" in todo:
+        results["benchmarks"]["zoo_processes"] = bench_zoo_processes(
+            ("convnet",) if quick else tuple(args.models or ZOO), rounds=2 if quick else (args.repeats or 5),
+            batch=16 if quick else 128, steps=1 if quick else 2, torch_available=_torch() is not None,
+            pause=0.1 if quick else 0.5)
     if "zoo_memory" in todo:
         sizes = ((32, 128), (64, 50))
         results["benchmarks"]["zoo_memory"] = bench_zoo_memory(

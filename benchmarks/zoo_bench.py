@@ -10,6 +10,14 @@ of ``benchmarks/reference_impls.py``, channels-last, SGD with momentum). Images/
 median over rounds; ``repr_jax/torch_eager`` is the median of the per-round ratios (> 1:
 repr-jax is faster).
 
+``zoo_processes``: the same step, each implementation in a process of its own, started once
+and kept; round by round each process times its ``steps`` steps while the others wait, blocked
+on a pipe (so no thread pool — PyTorch's OpenMP workers, XLA's — spins beside another's step
+on a small machine). ``repr_jax`` runs with the allocator the CLI uses (tcmalloc when the
+system has it, :mod:`repr_jax._allocator`), ``repr_jax_system`` with the system's, and
+``torch_eager`` as installed; ``repr_jax/torch_eager`` is what a user of the CLI gets against
+PyTorch, ``repr_jax_system/torch_eager`` like for like.
+
 ``zoo_memory``: per model and image size, a fresh process builds the model, compiles and runs
 one train step (``first_step_s``: compile + run), runs three more, and reports its peak
 resident memory (``VmHWM`` of ``/proc/self/status``; ``ru_maxrss`` would carry the parent's
@@ -154,6 +162,83 @@ def bench_zoo_memory(cases) -> list:
     return rows
 
 
+_WORKER = r"""
+import json, os, sys, time
+impl, name, batch, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+sys.path.insert(0, sys.argv[5])
+if impl == "torch_eager":
+    from zoo_bench import torch_step
+    started = time.perf_counter()
+    step = torch_step(name, batch)
+    first, done = time.perf_counter() - started, lambda out: None
+else:
+    from repr_jax._xla_flags import enable_cpu_fusion
+    enable_cpu_fusion()
+    import jax
+    from zoo_bench import jax_step
+    step, first = jax_step(name, batch)
+    done = jax.block_until_ready
+from repr_jax._allocator import allocator_in_use
+print(json.dumps({"first_step_s": first, "allocator": allocator_in_use()}), flush=True)
+for line in sys.stdin:
+    if line.strip() != "go":
+        break
+    started = time.perf_counter()
+    for _ in range(steps):
+        out = step()
+    done(out)
+    print(json.dumps({"seconds": time.perf_counter() - started}), flush=True)
+"""
+
+
+def bench_zoo_processes(models=ZOO, rounds: int = 5, batch: int = 128, steps: int = 3,
+                        torch_available: bool = True, pause: float = 0.5) -> list:
+    """``zoo_processes`` (module docstring): ``pause`` seconds between two processes' turns, for
+    the previous one's threads to go to sleep."""
+    import os
+    from repr_jax._allocator import tcmalloc_library
+    library = tcmalloc_library()
+    rows = []
+    for name in models:
+        impls = ["repr_jax", "repr_jax_system"] + (["torch_eager"] if torch_available and name in ref.torch_models()
+                                                   else [])
+        workers, first, allocator = {}, {}, {}
+        try:
+            for impl in impls:   # started (and compiled) one at a time
+                env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+                env["REPR_JAX_NO_TCMALLOC"] = "1"
+                if impl == "repr_jax" and library:
+                    env["LD_PRELOAD"] = library
+                workers[impl] = subprocess.Popen(
+                    [sys.executable, "-c", _WORKER, impl, name, str(batch), str(steps), str(Path(__file__).parent)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                hello = json.loads(workers[impl].stdout.readline())
+                first[impl], allocator[impl] = hello["first_step_s"], hello["allocator"]
+            seconds = {k: [] for k in impls}
+            for _ in range(rounds):
+                for impl in impls:
+                    time.sleep(pause)
+                    workers[impl].stdin.write("go\n")
+                    workers[impl].stdin.flush()
+                    seconds[impl].append(json.loads(workers[impl].stdout.readline())["seconds"])
+        finally:
+            for w in workers.values():
+                if w.stdin:
+                    w.stdin.close()
+                w.wait(timeout=60)
+        ips = {k: sorted(batch * steps / t for t in v) for k, v in seconds.items()}
+        row = {"model": name, "batch": batch, "steps_per_round": steps, "rounds": rounds, "first_step_s": first,
+               "allocator": allocator,
+               "images_per_second": {k: {"min": v[0], "median": statistics.median(v)} for k, v in ips.items()},
+               "ratios": {}}
+        if "torch_eager" in seconds:
+            for ours in ("repr_jax", "repr_jax_system"):
+                row["ratios"][f"{ours}/torch_eager"] = statistics.median(
+                    o / m for o, m in zip(seconds["torch_eager"], seconds[ours]))
+        rows.append(row)
+    return rows
+
+
 def zoo_markdown(name: str, rows: list) -> list[str]:
     """The markdown lines of a ``zoo`` or ``zoo_memory`` result."""
     if name == "zoo_memory":
@@ -168,8 +253,11 @@ def zoo_markdown(name: str, rows: list) -> list[str]:
                              f"{r['step_s']:.2f} | {r['peak_rss_gib']:.2f} |")
         return lines + [""]
     impls = sorted({k for r in rows for k in r["images_per_second"]})
-    lines = [f"**{name}** (train step, images/s median (min) over interleaved rounds; ratios: median of per-round "
-             "time ratios, > 1 = repr-jax faster)", "",
+    where = ("a process per implementation, taking turns; repr_jax with the CLI's allocator "
+             f"({rows[0]['allocator']['repr_jax']}), repr_jax_system with the system's; "
+             if name == "zoo_processes" and rows else "")
+    lines = [f"**{name}** (train step, {where}images/s median (min) over interleaved rounds; ratios: median of "
+             "per-round time ratios, > 1 = repr-jax faster)", "",
              "| model | batch | " + " | ".join(impls) + " | ratios | first step (s) |",
              "| --- | --- |" + " --- |" * len(impls) + " --- | --- |"]
     for r in rows:
@@ -181,4 +269,4 @@ def zoo_markdown(name: str, rows: list) -> list[str]:
     return lines + [""]
 
 
-__all__ = ["ZOO", "bench_zoo", "bench_zoo_memory", "jax_step", "torch_step", "zoo_markdown"]
+__all__ = ["ZOO", "bench_zoo", "bench_zoo_memory", "bench_zoo_processes", "jax_step", "torch_step", "zoo_markdown"]

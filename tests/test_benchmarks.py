@@ -20,8 +20,12 @@ def test_quick_harness_writes_every_benchmark(tmp_path):
     results = json.loads(out.read_text())
     assert {"cpu", "cores", "device_kind", "jax"} <= set(results["machine"])
     assert set(results["benchmarks"]) == {"metric", "reinit", "train_step", "repr_overhead", "seeds", "seeds_run",
-                                           "export", "streaming", "zoo", "zoo_memory"}
+                                           "export", "streaming", "zoo", "zoo_processes", "zoo_memory"}
     zoo, memory = results["benchmarks"].pop("zoo"), results["benchmarks"].pop("zoo_memory")
+    isolated, = results["benchmarks"].pop("zoo_processes")
+    assert isolated["model"] == "convnet" and isolated["allocator"]["repr_jax_system"] == "system"
+    assert {"repr_jax", "repr_jax_system"} <= set(isolated["images_per_second"])
+    assert all(v["min"] > 0 for v in isolated["images_per_second"].values())
     assert [r["model"] for r in zoo] == ["convnet"] and zoo[0]["images_per_second"]["repr_jax"]["median"] > 0
     assert zoo[0]["images_per_second"]["repr_jax"]["min"] <= zoo[0]["images_per_second"]["repr_jax"]["median"]
     assert memory[0]["model"] == "convnet" and 0 < memory[0]["peak_rss_gib"] < 8 and memory[0]["first_step_s"] > 0
