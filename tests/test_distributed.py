@@ -128,10 +128,12 @@ def _start(data, out, process_id, port, *flags, processes=2, **env):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=process_env(**env), cwd=ROOT)
 
 
-def test_a_process_whose_peers_never_come_exits_in_bounded_time_with_one_line(data, tmp_path):
+@pytest.mark.parametrize("process_id", [0, 1])   # 1: its coordinator (process 0) is unreachable
+def test_a_process_whose_peers_never_come_exits_in_bounded_time_with_one_line(data, tmp_path, process_id):
     import time
     started = time.time()
-    proc = _start(data / "data", tmp_path / "alone", 0, free_port(), "--epochs", "1", REPR_JAX_JOIN_TIMEOUT="8")
+    proc = _start(data / "data", tmp_path / "alone", process_id, free_port(), "--epochs", "1",
+                  REPR_JAX_JOIN_TIMEOUT="8")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and time.time() - started < 90
     lines = [l for l in err.splitlines() if l.startswith("error:")]
@@ -148,6 +150,19 @@ def test_processes_started_with_different_settings_refuse_in_one_line_instead_of
         assert proc.returncode == 2, err[-2000:]
         assert "the processes of this run have different settings (process 1 differ from process 0)" in err
     assert not (tmp_path / "mixed").exists()
+
+
+def test_processes_that_disagree_on_the_number_of_processes_stop_in_bounded_time(data, tmp_path):
+    import time
+    port, started = free_port(), time.time()
+    procs = [_start(data / "data", tmp_path / "count", i, port, "--epochs", "1", processes=n, REPR_JAX_JOIN_TIMEOUT="8")
+             for i, n in ((0, 2), (1, 3))]
+    results = [p.communicate(timeout=180) for p in procs]
+    assert time.time() - started < 150
+    for proc, (_, err) in zip(procs, results):
+        assert proc.returncode == 2, err[-2000:]
+        assert len([l for l in err.splitlines() if l.startswith("error:")]) == 1, err[-2000:]
+    assert not (tmp_path / "count").exists()
 
 
 def test_a_port_out_of_range_is_refused(tmp_path):
