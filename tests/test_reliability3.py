@@ -111,6 +111,26 @@ def test_a_checkpoint_with_flipped_bytes_is_detected(tiny_cifar_dir, tmp_path, c
     assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3]
 
 
+def test_evaluate_and_export_verify_the_checksums_a_checkpoint_carries(tiny_cifar_dir, tmp_path, capsys):
+    """The restore → verify wiring, end to end and deterministic: arrays intact, one recorded
+    checksum changed — ``evaluate`` and ``export`` refuse the checkpoint naming the array."""
+    run = _plain_run(tiny_cifar_dir, tmp_path / "run")
+    meta = run / "checkpoints" / "2" / "extra" / "metadata"
+    extra = json.loads(meta.read_text())
+    key = sorted(extra["checksums"])[0]
+    extra["checksums"][key] = "0" * 64
+    meta.write_text(json.dumps(extra))
+    from repr_jax.evaluate import main as evaluate_main
+    capsys.readouterr()
+    assert evaluate_main([str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "the checkpoint of epoch 2 is damaged" in err and key in err and "does not match the checksum" in err
+    assert export_cli.main([str(run), "--out", str(tmp_path / "exp"), "--data-dir", str(tiny_cifar_dir)]) == 2
+    err = capsys.readouterr().err
+    assert key in err and "does not match the checksum" in err and not (tmp_path / "exp").exists()
+    assert evaluate_main([str(run), "--step", "1"]) == 0
+
+
 def test_checksums_are_sha256_of_dtype_shape_and_bytes_and_name_the_changed_array():
     """The checksum a checkpoint carries (a hashlib reference here) and the check that names
     the one array whose bytes changed — whatever the flipped bytes decode to."""
