@@ -26,6 +26,7 @@ peak across ``exec`` on Linux) — what a run of that model needs before its dat
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -163,7 +164,7 @@ def bench_zoo_memory(cases) -> list:
 
 
 _WORKER = r"""
-import json, os, sys, time
+import json, sys, time
 impl, name, batch, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 sys.path.insert(0, sys.argv[5])
 if impl == "torch_eager":
@@ -195,7 +196,6 @@ def bench_zoo_processes(models=ZOO, rounds: int = 5, batch: int = 128, steps: in
                         torch_available: bool = True, pause: float = 0.5) -> list:
     """``zoo_processes`` (module docstring): ``pause`` seconds between two processes' turns, for
     the previous one's threads to go to sleep."""
-    import os
     from repr_jax._allocator import tcmalloc_library
     library = tcmalloc_library()
     rows = []
@@ -240,7 +240,7 @@ def bench_zoo_processes(models=ZOO, rounds: int = 5, batch: int = 128, steps: in
 
 
 def zoo_markdown(name: str, rows: list) -> list[str]:
-    """The markdown lines of a ``zoo`` or ``zoo_memory`` result."""
+    """The markdown lines of a ``zoo``, ``zoo_processes`` or ``zoo_memory`` result."""
     if name == "zoo_memory":
         lines = [f"**{name}** (a fresh process per row: first step = compile + run; peak = VmHWM)", "",
                  "| model | image | batch | first step (s) | step (s) | peak RSS (GiB) |",
