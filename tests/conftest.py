@@ -52,10 +52,12 @@ def _isolated_cache(tmp_path_factory):
     xla_cache = (os.path.join(tempfile.gettempdir(), f"repr-jax-xla-cache-{run_id}") if run_id
                  else str(tmp_path_factory.mktemp("xla_cache")))
     os.environ["JAX_COMPILATION_CACHE_DIR"] = xla_cache
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"      # small eager ops too
+    # only programs that take a while to compile: every cached program is serialized, and one
+    # clean-clone run (2026-12-07) died of a segfault inside XLA:CPU's executable serialization
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     jax.config.update("jax_compilation_cache_dir", xla_cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     yield
     for k, v in old.items():
