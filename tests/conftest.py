@@ -41,7 +41,8 @@ def load_script(relative: str):
 def _isolated_cache(tmp_path_factory):
     """One decode cache for the test session, never the user's ~/.cache (keys are per source);
     one XLA compilation cache, so runs that build the same program (a fresh optimizer or
-    method object each) compile it once per session — subprocesses included."""
+    method object each) compile it once per session — subprocesses included — when it takes
+    ≥ 0.5 s to compile."""
     import jax
     old = {k: os.environ.get(k) for k in ("REPR_JAX_CACHE", "REPR_JAX_DATA_DIR", "JAX_COMPILATION_CACHE_DIR",
                                           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
