@@ -119,16 +119,20 @@ def bench_zoo(models=ZOO, rounds: int = 5, batch: int = 128, steps: int = 3, tor
         for _ in range(rounds):
             for key, fn in impls.items():
                 seconds[key].append(_timed(fn, steps))
-        ips = {k: sorted(batch * steps / t for t in v) for k, v in seconds.items()}
-        row = {"model": name, "batch": batch, "steps_per_round": steps, "rounds": rounds, "first_step_s": compile_s,
-               "images_per_second": {k: {"min": v[0], "median": statistics.median(v)} for k, v in ips.items()},
-               "ratios": {}}
-        for other in ("torch_eager", "repr_jax_lax_depthwise"):
-            if other in seconds:   # per round: the other's time / ours (> 1: repr-jax's step is faster)
-                row["ratios"][f"repr_jax/{other}"] = statistics.median(
-                    o / m for o, m in zip(seconds[other], seconds["repr_jax"]))
-        rows.append(row)
+        rows.append(_row(name, batch, steps, rounds, seconds, compile_s,
+                         [("repr_jax", other) for other in ("torch_eager", "repr_jax_lax_depthwise")]))
     return rows
+
+
+def _row(name, batch, steps, rounds, seconds, first, pairs) -> dict:
+    """A ``zoo``/``zoo_processes`` row: images/s min and median per implementation, and for each
+    ``(ours, other)`` of ``pairs`` present the median of the per-round ratios other's time / ours
+    (> 1: repr-jax's step is faster)."""
+    ips = {k: sorted(batch * steps / t for t in v) for k, v in seconds.items()}
+    return {"model": name, "batch": batch, "steps_per_round": steps, "rounds": rounds, "first_step_s": first,
+            "images_per_second": {k: {"min": v[0], "median": statistics.median(v)} for k, v in ips.items()},
+            "ratios": {f"{ours}/{other}": statistics.median(o / m for o, m in zip(seconds[other], seconds[ours]))
+                       for ours, other in pairs if other in seconds}}
 
 
 _PROBE = r"""
@@ -226,16 +230,9 @@ def bench_zoo_processes(models=ZOO, rounds: int = 5, batch: int = 128, steps: in
                 if w.stdin:
                     w.stdin.close()
                 w.wait(timeout=60)
-        ips = {k: sorted(batch * steps / t for t in v) for k, v in seconds.items()}
-        row = {"model": name, "batch": batch, "steps_per_round": steps, "rounds": rounds, "first_step_s": first,
-               "allocator": allocator,
-               "images_per_second": {k: {"min": v[0], "median": statistics.median(v)} for k, v in ips.items()},
-               "ratios": {}}
-        if "torch_eager" in seconds:
-            for ours in ("repr_jax", "repr_jax_system"):
-                row["ratios"][f"{ours}/torch_eager"] = statistics.median(
-                    o / m for o, m in zip(seconds["torch_eager"], seconds[ours]))
-        rows.append(row)
+        row = _row(name, batch, steps, rounds, seconds, first,
+                   [(ours, "torch_eager") for ours in ("repr_jax", "repr_jax_system")])
+        rows.append({**row, "allocator": allocator})
     return rows
 
 
