@@ -153,9 +153,12 @@ def free_port() -> int:
 
 def process_env(**extra) -> dict:
     """The environment of a process of a multi-process test run: the same XLA:CPU programs in
-    every run (no YNN fusion, no inherited ``XLA_FLAGS``), plus ``extra``."""
-    import os
+    every run (no YNN fusion, no inherited ``XLA_FLAGS``), plus ``extra``; compiled at the
+    tests' optimisation level (:data:`FAST_COMPILE`) like every program of the suite."""
     env = dict(os.environ, REPR_JAX_NO_YNN="1")
     env.pop("XLA_FLAGS", None)
     env.update(extra)
+    flags = f"{env.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+    if flags:
+        env["XLA_FLAGS"] = flags
     return env
