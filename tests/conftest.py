@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,26 +39,24 @@ def load_script(relative: str):
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     """One decode cache for the test session, never the user's ~/.cache (keys are per source);
-    one XLA compilation cache, so runs that build the same program (a fresh optimizer or
-    method object each) compile it once per session — subprocesses included — when it takes
-    ≥ 0.5 s to compile."""
+    no persistent XLA compilation cache, in this process or the processes tests start.
+
+    The suite used one (programs compiled once per session, subprocesses included) until three
+    clean-clone runs on 2026-12-07 each lost a worker to a segfault inside XLA:CPU late in the
+    run: twice while serializing an executable for the cache (``executable.serialize()``: the
+    Hessian criterion in ``test_ablation``, RePr's re-initialisation in ``test_masks``), once
+    compiling that Hessian program for it, each in a worker that had written and loaded many
+    cached executables before; XLA:CPU's executable (de)serialization has open segfault reports
+    (jax-ml/jax#28908), and JAX's cache writes entries without a lock when eviction is off.
+    Every program is now compiled in the process that runs it."""
     import jax
-    old = {k: os.environ.get(k) for k in ("REPR_JAX_CACHE", "REPR_JAX_DATA_DIR", "JAX_COMPILATION_CACHE_DIR",
-                                          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
-                                          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")}
+    keys = ("REPR_JAX_CACHE", "REPR_JAX_DATA_DIR", "JAX_COMPILATION_CACHE_DIR", "JAX_ENABLE_COMPILATION_CACHE")
+    old = {k: os.environ.get(k) for k in keys}
     os.environ["REPR_JAX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     os.environ.pop("REPR_JAX_DATA_DIR", None)
-    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")      # shared by the workers of one run
-    xla_cache = (os.path.join(tempfile.gettempdir(), f"repr-jax-xla-cache-{run_id}") if run_id
-                 else str(tmp_path_factory.mktemp("xla_cache")))
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = xla_cache
-    # only programs that take a while to compile: every cached program is serialized, and one
-    # clean-clone run (2026-12-07) died of a segfault inside XLA:CPU's executable serialization
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
-    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-    jax.config.update("jax_compilation_cache_dir", xla_cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+    os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+    jax.config.update("jax_enable_compilation_cache", False)
     yield
     for k, v in old.items():
         if v is None:
