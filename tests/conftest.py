@@ -162,11 +162,11 @@ def _free_compiled_programs():
     their executables, and the memory mappings of their code, are freed.
 
     Without it a worker keeps every program it compiled: six test files left one process with
-    13,400 memory mappings and 4.3 GB resident, and late in a full run a worker passed the
+    13,400 memory mappings and 4.3 GB resident, so late in a full run a worker reaches the
     kernel's ``vm.max_map_count`` (65,530), where XLA:CPU's compiler segfaults instead of
-    failing (four clean-clone runs on 2026-12-07 lost a worker that way, in whichever test was
-    compiling; with the limit lowered to 8,000 the same six files segfault the same way, and
-    pass with this fixture, peaking near 5,000 mappings)."""
+    failing: four clean-clone runs on 2026-12-07 lost a worker late in the run, in whichever test
+    was compiling; with the limit lowered to 8,000 the same six files segfault the same way, and
+    pass with this fixture (peaks near 5,000; 12,411 in a whole clean-clone run)."""
     yield
     import gc
     import jax
