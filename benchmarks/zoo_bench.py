@@ -18,8 +18,10 @@ system has it, :mod:`repr_jax._allocator`), ``repr_jax_system`` with the system'
 ``torch_eager`` as installed; ``repr_jax/torch_eager`` is what a user of the CLI gets against
 PyTorch, ``repr_jax_system/torch_eager`` like for like.
 
-``zoo_memory``: per model and image size, a fresh process builds the model, compiles and runs
-one train step (``first_step_s``: compile + run), runs three more, and reports its peak
+``zoo_memory``: per model and image size, a fresh process builds the model and its train
+state (``init_s``), compiles and runs one train step (``first_step_s``: compile + run), runs
+three more, and reports the allocator it ran with (the environment's: run the harness under
+``LD_PRELOAD`` to measure tcmalloc) and its peak
 resident memory (``VmHWM`` of ``/proc/self/status``; ``ru_maxrss`` would carry the parent's
 peak across ``exec`` on Linux) — what a run of that model needs before its data.
 """
@@ -141,14 +143,17 @@ from repr_jax._xla_flags import enable_cpu_fusion
 enable_cpu_fusion()
 sys.path.insert(0, sys.argv[4])
 from zoo_bench import jax_step
+started = time.perf_counter()
 step, first = jax_step(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+init = time.perf_counter() - started - first
 started = time.perf_counter()
 for _ in range(3):
     out = step()
 import jax; jax.block_until_ready(out)
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({"first_step_s": first, "step_s": (time.perf_counter() - started) / 3,
-                  "peak_rss_gib": hwm / 2**20}))
+from repr_jax._allocator import allocator_in_use
+print(json.dumps({"init_s": init, "first_step_s": first, "step_s": (time.perf_counter() - started) / 3,
+                  "peak_rss_gib": hwm / 2**20, "allocator": allocator_in_use()}))
 """
 
 
@@ -239,15 +244,17 @@ def bench_zoo_processes(models=ZOO, rounds: int = 5, batch: int = 128, steps: in
 def zoo_markdown(name: str, rows: list) -> list[str]:
     """The markdown lines of a ``zoo``, ``zoo_processes`` or ``zoo_memory`` result."""
     if name == "zoo_memory":
-        lines = [f"**{name}** (a fresh process per row: first step = compile + run; peak = VmHWM)", "",
-                 "| model | image | batch | first step (s) | step (s) | peak RSS (GiB) |",
-                 "| --- | --- | --- | --- | --- | --- |"]
+        allocator = next((r["allocator"] for r in rows if "allocator" in r), "?")
+        lines = [f"**{name}** (a fresh process per row, allocator: {allocator}; init = creating the train "
+                 "state; first step = compile + run; peak = VmHWM)", "",
+                 "| model | image | batch | init (s) | first step (s) | step (s) | peak RSS (GiB) |",
+                 "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in rows:
             if "error" in r:
-                lines.append(f"| {r['model']} | {r['image']} | {r['batch']} | failed: {r['error']} | | |")
+                lines.append(f"| {r['model']} | {r['image']} | {r['batch']} | failed: {r['error']} | | | |")
             else:
-                lines.append(f"| {r['model']} | {r['image']} | {r['batch']} | {r['first_step_s']:.1f} | "
-                             f"{r['step_s']:.2f} | {r['peak_rss_gib']:.2f} |")
+                lines.append(f"| {r['model']} | {r['image']} | {r['batch']} | {r.get('init_s', float('nan')):.1f} | "
+                             f"{r['first_step_s']:.1f} | {r['step_s']:.2f} | {r['peak_rss_gib']:.2f} |")
         return lines + [""]
     impls = sorted({k for r in rows for k in r["images_per_second"]})
     where = ("a process per implementation, taking turns; repr_jax with the CLI's allocator "

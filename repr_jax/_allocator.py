@@ -7,8 +7,12 @@ first-touches its large buffers again: page faults at ~0.3–0.6 ms per MB, a 75
 MobileNetV2 costing 25 ms where the arithmetic takes a few (``benchmarks/RESULTS.md`` §8b,
 §8d). tcmalloc keeps freed memory for reuse. Measured (§8d, a 2-core AMD EPYC, one process
 per row, batch 128, 32×32): a train step of MobileNetV2 1.43× faster, C³(32) 1.33×,
-ResNet-20 1.10×, peak memory within ±15 %; results are bit-identical (an allocator does
-not change arithmetic).
+ResNet-20 1.10×; results are bit-identical (an allocator does not change arithmetic). It
+costs memory (§8f): XLA:CPU allocates a step's temporaries as one block; tcmalloc keeps it
+for the next step, but once a small allocation lands inside the freed block the next step
+takes a fresh one, so peak resident memory was up to 1.5× higher (MobileNetV2 at 64×64,
+batch 50: 4.73 vs 3.23 GiB; ResNet-18 5.29 vs 3.36). ``REPR_JAX_NO_TCMALLOC=1`` where memory
+is the bound.
 
 :func:`use_tcmalloc` re-executes the running script once with ``LD_PRELOAD`` naming the
 system's tcmalloc (``libtcmalloc_minimal``, Debian/Ubuntu package ``libtcmalloc-minimal4``;

@@ -11,7 +11,10 @@ import pytest
 from repr_jax.layers import reference_convs
 from repr_jax.models import create_model
 from repr_jax.models.depthwise import DepthwiseConv, depthwise, depthwise_lax, depthwise_shifted
-from repr_jax.models.pointwise import PointwiseConv, pointwise_lax, pointwise_matmul
+from repr_jax.models import depthwise as depthwise_module
+from repr_jax.models import pointwise as pointwise_module
+from repr_jax.models.grad_order import after
+from repr_jax.models.pointwise import PointwiseConv, pointwise, pointwise_lax, pointwise_matmul
 from repr_jax.shapes import model_graph
 
 
@@ -90,13 +93,52 @@ def test_pointwise_matmul_equals_a_1x1_convolution_and_a_numpy_reference(use_bia
     np.testing.assert_allclose(ours.apply(v, jnp.asarray(x)), ref.apply(v, jnp.asarray(x)), rtol=2e-6, atol=2e-6)
     # gradients with respect to the input and the kernel equal the convolution's
     g = jnp.asarray(rng.normal(size=(3, 5, 4, 6)).astype(np.float32))
-    grads = [jax.vjp(fn, jnp.asarray(x), jnp.asarray(k))[1](g) for fn in (pointwise_matmul, pointwise_lax)]
-    np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=2e-5, atol=2e-5)
-    np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=2e-5, atol=2e-5)
-    np.testing.assert_allclose(grads[0][1][0, 0], np.einsum("nhwc,nhwf->cf", x, np.asarray(g)), rtol=2e-5, atol=2e-5)
+    # (autodiff of the product, the written-out backward pass the layer uses, the convolution's)
+    grads = [jax.vjp(fn, jnp.asarray(x), jnp.asarray(k))[1](g) for fn in (pointwise_matmul, pointwise, pointwise_lax)]
+    for ours_grads in grads[:2]:
+        np.testing.assert_allclose(ours_grads[0], grads[2][0], rtol=2e-5, atol=2e-5)
+        np.testing.assert_allclose(ours_grads[1], grads[2][1], rtol=2e-5, atol=2e-5)
+        np.testing.assert_allclose(ours_grads[1][0, 0], np.einsum("nhwc,nhwf->cf", x, np.asarray(g)),
+                                   rtol=2e-5, atol=2e-5)
+        np.testing.assert_allclose(ours_grads[0], np.einsum("nhwf,cf->nhwc", np.asarray(g), k[0, 0]),
+                                   rtol=2e-5, atol=2e-5)
     # the channel graph traces the convolution; training runs the matrix product
     assert "conv_general_dilated" not in str(jax.make_jaxpr(lambda v: ours.apply(v, jnp.asarray(x)))(v))
     with reference_convs():
         assert "conv_general_dilated" in str(jax.make_jaxpr(lambda v: ours.apply(v, jnp.asarray(x)))(v))
     with pytest.raises(ValueError, match="unknown pointwise impl"):
         PointwiseConv(6, impl="fast").init(jax.random.key(0), jnp.asarray(x))
+
+
+def test_after_keeps_the_value_and_depends_on_its_arguments():
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(4, 6)).astype(np.float32))
+    deps = (jnp.asarray(rng.normal(size=(3, 3)).astype(np.float32)), jnp.asarray(1e30 * np.ones(5, np.float32)))
+    out = jax.jit(after)(x, *deps)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(x))            # exact, not to round-off
+    assert out.dtype == x.dtype
+    # the dependency is real data flow (a non-finite dependency shows through), so a scheduler
+    # must compute the dependencies before anything that uses the result
+    assert np.isnan(np.asarray(jax.jit(after)(x, jnp.asarray([np.nan], np.float32)))).all()
+
+
+def test_mobilenetv2_computes_each_kernel_gradient_before_going_down(monkeypatch):
+    """Without the ordering XLA:CPU defers every kernel gradient to the end of the backward
+    pass and keeps each layer's activations and output gradient alive until then: the
+    temporaries of a MobileNetV2 train step at 16×16, batch 8, were 25.9 MiB against 13.9 MiB
+    (64×64, batch 50: 2.86 against 2.03 GiB)."""
+    import optax
+    from repr_jax.state import create_train_state
+    from repr_jax.train import train_step
+    state = create_train_state(create_model("mobilenetv2"), optax.sgd(0.1, momentum=0.9), 0, input_shape=(16, 16, 3))
+    x, y = jnp.zeros((8, 16, 16, 3), jnp.uint8), jnp.zeros((8,), jnp.int32)
+
+    def temporaries():
+        step = jax.jit(lambda s, k: train_step(s, x, y, k, layers=s.layers, augmentation=False),
+                       compiler_options=dict(state.compiler_options))
+        return step.lower(state, jax.random.key(0)).compile().memory_analysis().temp_size_in_bytes
+
+    ordered = temporaries()
+    monkeypatch.setattr(depthwise_module, "after", lambda value, *deps: value)
+    monkeypatch.setattr(pointwise_module, "after", lambda value, *deps: value)
+    assert ordered < 0.75 * temporaries()

@@ -34,6 +34,7 @@ from repr_jax.compress.graph import FIXED, ChannelGraph, index_kept
 from repr_jax.compress.structure import channel_graph, variable_shapes
 from repr_jax.layers import replace_path
 from repr_jax.models import from_architecture, input_shape_of
+from repr_jax.xla_options import compiler_options
 
 
 class ExportError(ValueError):
@@ -210,9 +211,10 @@ def export_state(state, architecture: dict) -> Exported:
 
 def logits(architecture: dict, variables: dict, images: jax.Array) -> jax.Array:
     """Eval-mode logits of the model ``architecture`` describes on float images (one
-    compiled program: op-by-op dispatch of a deep model takes minutes on a CPU)."""
+    compiled program: op-by-op dispatch of a deep model takes minutes on a CPU; with the XLA
+    options the model declares, as its training did — :mod:`repr_jax.xla_options`)."""
     model = from_architecture(architecture)
-    return jax.jit(lambda v, x: model.apply(v, x, train=False))(
+    return jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=dict(compiler_options(model)) or None)(
         {k: v for k, v in variables.items() if k in ("params", "batch_stats")}, images)
 
 

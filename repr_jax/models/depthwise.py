@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from repr_jax.layers import use_reference_convs
+from repr_jax.models.grad_order import after
 
 IMPLS = ("auto", "shifted", "lax")
 
@@ -61,7 +62,9 @@ def depthwise(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
     autodiff of the shifted form would keep every one of the kh·kw shifted windows until the
     backward pass (9 copies of each depthwise input in a 3×3 layer — MobileNetV2 at 64×64
     needed 16 GiB); here the windows are formed again inside the backward pass, where the
-    kernel's gradient consumes them at once."""
+    kernel's gradient consumes them at once; the input's gradient is computed after the
+    kernel's (:func:`repr_jax.models.grad_order.after`), so XLA:CPU does not keep ``g`` and
+    ``x`` alive until the end of the backward pass."""
     return depthwise_shifted(x, kernel, strides, padding)
 
 
@@ -73,7 +76,8 @@ def _depthwise_bwd(strides, padding, residuals, g):
     x, kernel = residuals
     _, dx = jax.vjp(lambda a: depthwise_shifted(a, kernel, strides, padding), x)
     _, dk = jax.vjp(lambda k: depthwise_shifted(x, k, strides, padding), kernel)
-    return dx(g)[0], dk(g)[0]
+    dk = dk(g)[0]
+    return after(dx(g)[0], dk), dk   # the kernel's gradient first: g is freed early (grad_order)
 
 
 depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)

@@ -65,7 +65,8 @@ class MobileNetV2(nn.Module):
     # XLA:CPU options for its train/eval programs (repr_jax.xla_options): YNN fusion for the
     # reductions only (its elementwise fusions held 14.2 GiB of temporaries for the gradient at
     # 64×64, batch 50; without YNN reductions XLA:CPU's tree-reduction reduce-windows are slow)
-    # and the memory-optimised scheduler: 2.7 GiB, and a 2.9× faster step (benchmarks/RESULTS.md §8b).
+    # and the memory-optimised scheduler: 2.7 GiB, and a 2.9× faster step (benchmarks/RESULTS.md §8b);
+    # 2.0 GiB with its convs' backward passes ordered (repr_jax.models.grad_order, §8f).
     cpu_compiler_options = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE",
                             "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 

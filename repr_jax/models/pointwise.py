@@ -10,7 +10,9 @@ first transposes to a channel-major layout — in MobileNetV2's train step those
 took a quarter of the time (``benchmarks/RESULTS.md`` §8e). Written as a matrix product,
 autodiff gives two more matrix products on the same row-major ``(N·H·W, C)`` views and no
 transpose: fwd + bwd of a 128×32×32 layer 144 → 24 channels took 29 ms against the
-convolution's 55 ms on a 2-core Zen 4 EPYC (24 → 144: 30 vs 47 ms).
+convolution's 55 ms on a 2-core Zen 4 EPYC (24 → 144: 30 vs 47 ms). The layer calls
+:func:`pointwise`, the same products with the backward pass ordered for XLA:CPU's scheduler
+(:mod:`repr_jax.models.grad_order`).
 
 :class:`PointwiseConv` has ``nn.Conv``'s parameters, named and shaped the same — ``kernel``
 ``(1, 1, C, F)`` and ``bias`` ``(F,)`` — so checkpoints, the channel graph, pruning, export and
@@ -30,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from repr_jax.layers import use_reference_convs
+from repr_jax.models.grad_order import after
 
 IMPLS = ("auto", "matmul", "lax")
 
@@ -39,6 +42,31 @@ def pointwise_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
     product of the flattened pixels (module docstring)."""
     flat = x.reshape(-1, x.shape[-1]) @ kernel[0, 0].astype(x.dtype)
     return flat.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+@jax.custom_vjp
+def pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """:func:`pointwise_matmul` with its backward pass written out — the kernel's gradient
+    ``xᵀ·g`` and the input's ``g·Kᵀ``, the matrix products autodiff derives — computing the
+    input's gradient after the kernel's (:func:`repr_jax.models.grad_order.after`): XLA:CPU
+    otherwise defers every kernel gradient to the end of the backward pass and keeps each
+    layer's input and output gradient alive until then."""
+    return pointwise_matmul(x, kernel)
+
+
+def _pointwise_fwd(x, kernel):
+    return pointwise_matmul(x, kernel), (x, kernel)
+
+
+def _pointwise_bwd(residuals, g):
+    x, kernel = residuals
+    flat_x, flat_g = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+    dk = (flat_x.T @ flat_g).astype(kernel.dtype)[None, None]
+    dx = (flat_g @ kernel[0, 0].astype(g.dtype).T).reshape(x.shape).astype(x.dtype)
+    return after(dx, dk), dk
+
+
+pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
 def pointwise_lax(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -61,10 +89,10 @@ class PointwiseConv(nn.Module):
             raise ValueError(f"unknown pointwise impl {self.impl!r}; choose from {', '.join(IMPLS)}")
         kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), jnp.float32)
         matmul = self.impl == "matmul" or (self.impl == "auto" and jax.default_backend() == "cpu")
-        y = (pointwise_lax if use_reference_convs() or not matmul else pointwise_matmul)(x, kernel)
+        y = (pointwise_lax if use_reference_convs() or not matmul else pointwise)(x, kernel)
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(y.dtype)
         return y
 
 
-__all__ = ["IMPLS", "PointwiseConv", "pointwise_lax", "pointwise_matmul"]
+__all__ = ["IMPLS", "PointwiseConv", "pointwise", "pointwise_lax", "pointwise_matmul"]
