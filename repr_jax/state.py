@@ -13,7 +13,6 @@ XLA options the model declares for its programs, :mod:`repr_jax.xla_options`) ar
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import flax.struct
@@ -61,10 +60,7 @@ def create_train_state(model, tx: optax.GradientTransformation, seed: int,
     layers = method.context.layers if method is not None else model_layers(model, shape)
     root = jax.random.key(seed)
     init_key, run_key = jax.random.split(root)
-    # one compiled program: op by op, MobileNetV2's init took 20.6 s and kept 0.75 GB of
-    # per-op programs cached for the rest of the process; jitted 8 s, freed with the function
-    # (benchmarks/RESULTS.md §8f). Values equal the op-by-op init's to float32 round-off.
-    variables = jax.jit(functools.partial(model.init, train=False))(init_key, jnp.zeros((1,) + shape, jnp.float32))
+    variables = model.init(init_key, jnp.zeros((1,) + shape, jnp.float32), train=False)
     params = variables["params"]
     element = method.element_masks(params) if method is not None else ()
     method_state, method_params, method_tx, method_opt_state = {}, {}, None, {}
