@@ -11,7 +11,7 @@ ResNet-20 1.10×; results are bit-identical (an allocator does not change arithm
 costs memory (§8f): XLA:CPU allocates a step's temporaries as one block; tcmalloc keeps it
 for the next step, but once a small allocation lands inside the freed block the next step
 takes a fresh one, so peak resident memory was up to 1.5× higher (MobileNetV2 at 64×64,
-batch 50: 4.73 vs 3.23 GiB; ResNet-18 5.29 vs 3.36). ``REPR_JAX_NO_TCMALLOC=1`` where memory
+batch 50: 5.26 vs 3.74 GiB; ResNet-18 5.29 vs 3.36). ``REPR_JAX_NO_TCMALLOC=1`` where memory
 is the bound.
 
 :func:`use_tcmalloc` re-executes the running script once with ``LD_PRELOAD`` naming the
