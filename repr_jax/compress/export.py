@@ -209,13 +209,20 @@ def export_state(state, architecture: dict) -> Exported:
                   live_filters(state.masks, state.layers))
 
 
-def logits(architecture: dict, variables: dict, images: jax.Array) -> jax.Array:
-    """Eval-mode logits of the model ``architecture`` describes on float images (one
-    compiled program: op-by-op dispatch of a deep model takes minutes on a CPU; with the XLA
-    options the model declares, as its training did — :mod:`repr_jax.xla_options`)."""
+def eval_apply(architecture: dict):
+    """``f(variables, images)``: the eval-mode forward pass of the model ``architecture``
+    describes as one compiled program (op-by-op dispatch of a deep model takes minutes on a
+    CPU), with the XLA options the model declares, as its training had them
+    (:mod:`repr_jax.xla_options`; MobileNetV2 at 64×64, batch 64: 0.45 GiB of temporaries
+    instead of 1.43 with the process's flags)."""
     model = from_architecture(architecture)
-    return jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=dict(compiler_options(model)) or None)(
-        {k: v for k, v in variables.items() if k in ("params", "batch_stats")}, images)
+    return jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=dict(compiler_options(model)) or None)
+
+
+def logits(architecture: dict, variables: dict, images: jax.Array) -> jax.Array:
+    """Eval-mode logits of the model ``architecture`` describes on float images
+    (:func:`eval_apply`)."""
+    return eval_apply(architecture)({k: v for k, v in variables.items() if k in ("params", "batch_stats")}, images)
 
 
 def max_logit_difference(big_arch: dict, big_vars: dict, exported: Exported, images) -> float:
@@ -260,5 +267,5 @@ def load_exported(directory):
     return model, restore_variables(directory / "checkpoint", template), arch
 
 
-__all__ = ["ExportError", "Exported", "export", "export_model", "export_state", "load_exported", "logits",
+__all__ = ["ExportError", "Exported", "export", "export_model", "export_state", "eval_apply", "load_exported", "logits",
            "max_logit_difference", "removable", "save_exported"]
